@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Starts, checks and stops the real services shardline is tested against, with nothing but Java and Maven:
+#   Apache Kafka (KRaft, single node) on 127.0.0.1:9092
+#   Apache Cassandra 5.0 (stands in for ScyllaDB: same CQL protocol, same driver) on 127.0.0.1:9042
+#   Apicurio Registry 3 (Confluent-compatible API under /apis/ccompat/v7) on 127.0.0.1:8081
+#
+# usage: scripts/services.sh up|down|status|logs [kafka|cassandra|registry ...]
+#
+# Jars come from Maven Central into $SHARDLINE_CACHE (default ~/.cache/shardline), outside the work tree, so
+# later runs start without downloading. Data, logs and pid files live in $SHARDLINE_STATE (default
+# .services/ in the repo). `up` is idempotent; `down` stops exactly the processes whose pid files it wrote.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HERE="$ROOT/scripts/services"
+CACHE=${SHARDLINE_CACHE:-$HOME/.cache/shardline}
+STATE=${SHARDLINE_STATE:-$ROOT/.services}
+KAFKA_VERSION=4.1.1
+LOG4J_VERSION=2.25.2
+CASSANDRA_VERSION=5.0.6
+APICURIO_VERSION=3.0.9
+WAIT_S=${SHARDLINE_SERVICE_WAIT_S:-180}
+ALL=(kafka cassandra registry)
+
+die() { echo "services.sh: $*" >&2; exit 1; }
+
+need_tools() {
+  command -v java >/dev/null || die "Java 17 or newer is needed (apt-get install openjdk-17-jre-headless)"
+  local v
+  v=$(java -version 2>&1 | sed -nE 's/.*version "([0-9]+).*/\1/p' | head -n1)
+  [ "${v:-0}" -ge 17 ] || die "Java 17 or newer is needed, found '${v:-none}'"
+  command -v mvn >/dev/null || die "Maven is needed to fetch the jars (apt-get install maven)"
+  command -v python3 >/dev/null || die "python3 is needed for the readiness probes"
+  command -v curl >/dev/null || die "curl is needed for the registry probe"
+}
+
+mvn_q() { mvn -B -q -ntp "$@" >"$CACHE/mvn.log" 2>&1 || { tail -n 40 "$CACHE/mvn.log" >&2; die "maven failed: $*"; }; }
+
+# fetch_libs NAME "group:artifact:version ..." -> $CACHE/NAME/lib/*.jar (with transitive dependencies)
+fetch_libs() {
+  local name=$1 coords=$2 dir="$CACHE/$1"
+  [ -f "$dir/.complete" ] && return 0
+  echo "services.sh: fetching $name from Maven Central (once; cached in $dir)"
+  rm -rf "$dir"; mkdir -p "$dir"
+  {
+    echo '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+    echo "<groupId>shardline.services</groupId><artifactId>$name</artifactId><version>1</version><dependencies>"
+    local c g a v
+    for c in $coords; do
+      IFS=: read -r g a v <<<"$c"
+      echo "<dependency><groupId>$g</groupId><artifactId>$a</artifactId><version>$v</version></dependency>"
+    done
+    echo '</dependencies></project>'
+  } >"$dir/pom.xml"
+  mvn_q -f "$dir/pom.xml" dependency:copy-dependencies -DoutputDirectory="$dir/lib" -DincludeScope=runtime
+  touch "$dir/.complete"
+}
+
+fetch_registry() {
+  local dir="$CACHE/apicurio-$APICURIO_VERSION"
+  [ -f "$dir/.complete" ] && return 0
+  echo "services.sh: fetching Apicurio Registry $APICURIO_VERSION from Maven Central (once; cached in $dir)"
+  rm -rf "$dir"; mkdir -p "$dir"
+  mvn_q dependency:copy -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" -DoutputDirectory="$dir"
+  tar -xzf "$dir"/apicurio-registry-app-*.tar.gz -C "$dir"
+  rm -f "$dir"/apicurio-registry-app-*.tar.gz
+  local run
+  # 3.x archives hold either quarkus-app/quarkus-run.jar (fast-jar) or *-runner.jar beside lib/ (legacy-jar).
+  run=$(find "$dir" \( -name quarkus-run.jar -o -name '*-runner.jar' \) | head -n1)
+  [ -n "$run" ] || die "no quarkus-run.jar or *-runner.jar in the Apicurio archive"
+  echo "$run" >"$dir/run-jar"
+  touch "$dir/.complete"
+}
+
+fetch() {
+  mkdir -p "$CACHE"
+  case $1 in
+    kafka) fetch_libs "kafka-$KAFKA_VERSION" "org.apache.kafka:kafka_2.13:$KAFKA_VERSION org.apache.kafka:kafka-tools:$KAFKA_VERSION org.apache.logging.log4j:log4j-slf4j2-impl:$LOG4J_VERSION org.apache.logging.log4j:log4j-core:$LOG4J_VERSION" ;;
+    cassandra) fetch_libs "cassandra-$CASSANDRA_VERSION" "org.apache.cassandra:cassandra-all:$CASSANDRA_VERSION" ;;
+    registry) fetch_registry ;;
+  esac
+}
+
+pidfile() { echo "$STATE/$1.pid"; }
+logfile() { echo "$STATE/$1.log"; }
+
+# Running means: our pid file, a live process, and that process carries our marker (no pid reuse surprises).
+running() {
+  local pf pid
+  pf=$(pidfile "$1"); [ -f "$pf" ] || return 1
+  pid=$(cat "$pf"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-Dshardline.service=$1" || return 1
+}
+
+probe() {
+  case $1 in
+    kafka) python3 "$HERE/probe.py" kafka 127.0.0.1:9092 ;;
+    cassandra) python3 "$HERE/probe.py" cql 127.0.0.1:9042 ;;
+    registry) curl -fsS -m 3 http://127.0.0.1:8081/apis/ccompat/v7/subjects >/dev/null && echo "registry: ccompat API answers" ;;
+  esac
+}
+
+launch() { # launch NAME cmd... : detached, own session, output only to the log file
+  local name=$1; shift
+  mkdir -p "$STATE"
+  setsid "$@" >"$(logfile "$name")" 2>&1 </dev/null &
+  echo $! >"$(pidfile "$name")"
+}
+
+start_kafka() {
+  local lib="$CACHE/kafka-$KAFKA_VERSION/lib" dir="$STATE/kafka"
+  mkdir -p "$dir"
+  sed "s#@STATE@#$dir#g" "$HERE/kafka.properties" >"$dir/server.properties"
+  local cp="$lib/*" jopts=(-Dlog4j2.configurationFile="$HERE/kafka-log4j2.properties")
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    local id
+    id=$(java "${jopts[@]}" -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)
+    java "${jopts[@]}" -cp "$cp" kafka.tools.StorageTool format --standalone -t "$id" -c "$dir/server.properties" \
+      >"$STATE/kafka-format.log" 2>&1 || { cat "$STATE/kafka-format.log" >&2; die "kafka storage format failed"; }
+  fi
+  launch kafka java -Dshardline.service=kafka -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    "${jopts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties"
+}
+
+start_cassandra() {
+  local lib="$CACHE/cassandra-$CASSANDRA_VERSION/lib" dir="$STATE/cassandra"
+  mkdir -p "$dir/conf" "$dir/logs"
+  sed "s#@STATE@#$dir#g" "$HERE/cassandra.yaml" >"$dir/conf/cassandra.yaml"
+  local agent=() jamm
+  jamm=$(ls "$lib"/jamm-*.jar 2>/dev/null | head -n1 || true)
+  [ -n "$jamm" ] && agent=(-javaagent:"$jamm")
+  # The Java 17 module list of Cassandra 5.0's conf/jvm17-server.options.
+  local jpms=(
+    -Djdk.attach.allowAttachSelf=true -Djava.security.manager=allow
+    --add-exports java.base/jdk.internal.misc=ALL-UNNAMED --add-exports java.base/jdk.internal.ref=ALL-UNNAMED
+    --add-exports java.base/sun.nio.ch=ALL-UNNAMED --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+    --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
+    --add-exports java.sql/java.sql=ALL-UNNAMED --add-exports java.base/java.lang.ref=ALL-UNNAMED
+    --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
+    --add-opens java.base/java.lang.module=ALL-UNNAMED --add-opens java.base/jdk.internal.loader=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.ref=ALL-UNNAMED --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.math=ALL-UNNAMED --add-opens java.base/jdk.internal.module=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
+    --add-opens java.base/sun.nio.ch=ALL-UNNAMED --add-opens java.base/java.io=ALL-UNNAMED
+    --add-opens java.base/java.nio=ALL-UNNAMED --add-opens java.base/java.util.concurrent=ALL-UNNAMED
+    --add-opens java.base/java.util=ALL-UNNAMED --add-opens java.base/java.util.concurrent.atomic=ALL-UNNAMED
+    --add-opens java.base/java.lang=ALL-UNNAMED --add-opens java.base/java.math=ALL-UNNAMED
+    --add-opens java.base/java.lang.reflect=ALL-UNNAMED --add-opens java.base/java.net=ALL-UNNAMED
+  )
+  launch cassandra java -Dshardline.service=cassandra -Xms2g -Xmx2g -Xmn512m -XX:+UseG1GC -Xss512k \
+    "${jpms[@]}" "${agent[@]}" \
+    -Dcassandra.config="file://$dir/conf/cassandra.yaml" -Dcassandra.storagedir="$dir" \
+    -Dcassandra.logdir="$dir/logs" -Dlogback.configurationFile="$HERE/cassandra-logback.xml" \
+    -Dcassandra-foreground=yes -Dcassandra.unsafesystem=true -Dcassandra.skip_wait_for_gossip_to_settle=0 \
+    -Dcassandra.ring_delay_ms=100 -Dcassandra.superuser_setup_delay_ms=0 \
+    -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon
+}
+
+start_registry() {
+  local run
+  run=$(cat "$CACHE/apicurio-$APICURIO_VERSION/run-jar")
+  launch registry java -Dshardline.service=registry -Xms128m -Xmx512m \
+    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port=8081 -Dapicurio.storage.kind=sql \
+    -Dapicurio.storage.sql.kind=h2 -jar "$run"
+}
+
+wait_ready() {
+  local name=$1 deadline=$((SECONDS + WAIT_S))
+  until probe "$name" >/dev/null 2>&1; do
+    if ! running "$name"; then
+      echo "services.sh: $name exited during start-up; the end of $(logfile "$name"):" >&2
+      tail -n 60 "$(logfile "$name")" >&2 || true
+      return 1
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      echo "services.sh: $name did not answer within ${WAIT_S}s; the end of $(logfile "$name"):" >&2
+      tail -n 60 "$(logfile "$name")" >&2 || true
+      return 1
+    fi
+    sleep 1
+  done
+  echo "services.sh: $name ready ($(probe "$name" 2>/dev/null | tail -n1))"
+}
+
+up() {
+  need_tools
+  local n started=()
+  for n in "$@"; do fetch "$n"; done
+  for n in "$@"; do
+    if running "$n"; then echo "services.sh: $n already running (pid $(cat "$(pidfile "$n")"))"; continue; fi
+    "start_$n"; started+=("$n")
+  done
+  for n in "${started[@]}"; do wait_ready "$n" || exit 1; done
+}
+
+down() {
+  local n pid i
+  for n in "$@"; do
+    if ! running "$n"; then rm -f "$(pidfile "$n")"; continue; fi
+    pid=$(cat "$(pidfile "$n")")
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then echo "services.sh: $n ignored SIGTERM for 30s, killing" >&2; kill -KILL "$pid" 2>/dev/null || true; fi
+    rm -f "$(pidfile "$n")"
+    echo "services.sh: $n stopped"
+  done
+}
+
+status() {
+  local n rc=0
+  for n in "$@"; do
+    if running "$n"; then
+      if out=$(probe "$n" 2>&1); then echo "$n: running (pid $(cat "$(pidfile "$n")")), $out"
+      else echo "$n: running (pid $(cat "$(pidfile "$n")")), not answering: $out"; rc=1; fi
+    else echo "$n: stopped"; rc=1; fi
+  done
+  return $rc
+}
+
+cmd=${1:-}; shift || true
+names=("$@"); [ ${#names[@]} -eq 0 ] && names=("${ALL[@]}")
+for n in "${names[@]}"; do case $n in kafka|cassandra|registry) ;; *) die "unknown service '$n' (kafka, cassandra, registry)";; esac; done
+case $cmd in
+  up) up "${names[@]}" ;;
+  down) down "${names[@]}" ;;
+  status) status "${names[@]}" ;;
+  logs) for n in "${names[@]}"; do echo "== $(logfile "$n")"; tail -n 40 "$(logfile "$n")" 2>/dev/null || echo "(no log)"; done ;;
+  fetch) need_tools; for n in "${names[@]}"; do fetch "$n"; done ;;
+  *) die "usage: scripts/services.sh up|down|status|logs|fetch [kafka|cassandra|registry ...]" ;;
+esac

@@ -1,0 +1,256 @@
+//! The `shardline` command: parses arguments, sets up tracing, calls the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use shardline::codec::{RegistryClient, SchemaResolver};
+use shardline::config::Config;
+use shardline::loadgen::{self, navigation, ProduceSpec};
+use shardline::runtime::{self, RunOptions};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "shardline", version, about = "Thread-per-core Kafka → Avro → ScyllaDB stream processor")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the processor: one shard per configured core.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Exit once every assigned partition is consumed to its end and written.
+        #[arg(long)]
+        drain: bool,
+        /// With --drain: how long the drained state must last before exiting.
+        #[arg(long, default_value_t = 3000)]
+        drain_idle_ms: u64,
+        /// Write nothing (decode and map only): the benchmark's null sink.
+        #[arg(long)]
+        null_sink: bool,
+        /// Write the run summary as JSON to this file at exit.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+    },
+    /// Check the config against the live services (topics, subject, table, column types) without consuming.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Produce navigation events (Confluent wire format, keyed by uid).
+    Produce {
+        #[arg(long, env = "SHARDLINE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, env = "SHARDLINE_REGISTRY_URL", default_value = "http://127.0.0.1:8081/apis/ccompat/v7")]
+        registry_url: String,
+        #[arg(long)]
+        topic: String,
+        /// Subject to register the schema under. Default `<topic>-value`.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Records to send.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Or send for this many seconds.
+        #[arg(long)]
+        duration_s: Option<u64>,
+        /// Target msg/s, steady; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Timestamp of event 0 (ms); events advance 1 ms every 10. Default: now.
+        #[arg(long)]
+        base_ts_ms: Option<i64>,
+        /// Distinct users.
+        #[arg(long, default_value_t = 100_000)]
+        uids: u64,
+        /// Make every n-th record a poison record, cycling through the error classes (dead-letter tests).
+        #[arg(long, default_value_t = 0)]
+        poison_every: u64,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Create a topic (idempotent).
+    CreateTopic {
+        #[arg(long, env = "SHARDLINE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+    },
+    /// Run CQL statements (schema set-up in scripts; no cqlsh needed).
+    Cql {
+        #[arg(long, env = "SHARDLINE_SCYLLA_NODES", default_value = "127.0.0.1:9042")]
+        nodes: String,
+        statements: Vec<String>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,scylla=warn,rdkafka=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main(Cli::parse()) {
+        eprintln!("shardline: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Run {
+            config,
+            drain,
+            drain_idle_ms,
+            null_sink,
+            summary,
+        } => {
+            let cfg = Config::load(&config)?;
+            let report = shardline::check::check_live(&cfg).context("start-up check")?;
+            tracing::info!(partitions = ?report.partitions, schema_id = ?report.schema_id, "start-up check passed");
+            let registries_addr: std::net::SocketAddr = cfg.metrics.listen.parse().context("metrics.listen")?;
+            let started = Instant::now();
+            let running = runtime::start(
+                Arc::new(cfg),
+                RunOptions {
+                    null_sink,
+                    drain,
+                    drain_idle_ms,
+                },
+            )?;
+            let registries = running.registries.clone();
+            let bound = shardline::metrics::http::serve(registries_addr, registries.clone())
+                .with_context(|| format!("binding metrics endpoint {registries_addr}"))?;
+            tracing::info!(shards = running.specs.len(), metrics = %format!("http://{bound}/metrics"), "running");
+            let (stop_tx, stop_rx) = crossbeam_channel::unbounded();
+            let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+            std::thread::spawn(move || {
+                for _ in signals.forever() {
+                    if stop_tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+            let result = running.supervise(&stop_rx);
+            let s = shardline::report::summarize(&registries, started.elapsed().as_secs_f64());
+            let json = serde_json::to_string_pretty(&s)?;
+            if let Some(p) = summary {
+                std::fs::write(&p, &json).with_context(|| format!("writing {}", p.display()))?;
+            }
+            tracing::info!(
+                consumed = s.consumed,
+                written = s.written,
+                dead_lettered = s.dead_lettered,
+                msgs_per_s = format!("{:.0}", s.msgs_per_s),
+                "run ended"
+            );
+            result?;
+            Ok(())
+        }
+        Cmd::Check { config } => {
+            let cfg = Config::load(&config)?;
+            let r = shardline::check::check_live(&cfg)?;
+            println!("config OK");
+            for (t, n) in &r.partitions {
+                println!("  topic {t}: {n} partitions");
+            }
+            if let Some(id) = r.schema_id {
+                println!("  subject {}: latest schema id {id}", cfg.subject());
+            }
+            for c in &r.columns {
+                println!("  column {c}");
+            }
+            Ok(())
+        }
+        Cmd::Produce {
+            brokers,
+            registry_url,
+            topic,
+            subject,
+            count,
+            duration_s,
+            rate,
+            seed,
+            base_ts_ms,
+            uids,
+            poison_every,
+            quiet,
+        } => {
+            if count.is_none() && duration_s.is_none() {
+                bail!("give --count or --duration-s");
+            }
+            let reg = RegistryClient::new(&registry_url, Duration::from_secs(10));
+            let subject = subject.unwrap_or_else(|| format!("{topic}-value"));
+            let schema_id = reg.register(&subject, navigation::SCHEMA).context("registering the schema")?;
+            // The registry must give back what we registered (catches a wrong base URL early).
+            reg.schema_by_id(schema_id).context("reading the schema back")?;
+            let spec = ProduceSpec {
+                brokers,
+                topic,
+                schema_id,
+                count,
+                duration: duration_s.map(Duration::from_secs),
+                rate,
+                seed,
+                base_ts_ms: base_ts_ms.unwrap_or_else(|| shardline::sink::now_us() / 1000),
+                uids,
+                poison_every,
+                progress: !quiet,
+            };
+            let s = loadgen::produce(&spec, &Default::default())?;
+            eprintln!(
+                "sent {} ({} acked, {} failed, {} poison) in {:.1}s: {:.0} msg/s, {:.1} MiB",
+                s.sent,
+                s.acked,
+                s.failed,
+                s.poison,
+                s.seconds,
+                s.rate_per_s,
+                s.bytes as f64 / (1 << 20) as f64
+            );
+            println!("{}", serde_json::to_string(&s)?);
+            if s.failed > 0 {
+                bail!("{} records were not acknowledged", s.failed);
+            }
+            Ok(())
+        }
+        Cmd::CreateTopic {
+            brokers,
+            topic,
+            partitions,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(shardline::kafka::admin::create_topic(&brokers, &topic, partitions))?;
+            println!("topic {topic} ready ({partitions} partitions)");
+            Ok(())
+        }
+        Cmd::Cql { nodes, statements } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let session = scylla::client::session_builder::SessionBuilder::new()
+                    .known_nodes(nodes.split(','))
+                    .build()
+                    .await?;
+                for s in &statements {
+                    session.query_unpaged(s.as_str(), &[]).await.with_context(|| format!("executing {s}"))?;
+                }
+                anyhow::Ok(())
+            })
+        }
+    }
+}

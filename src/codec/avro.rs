@@ -1,0 +1,722 @@
+//! A compiled Avro binary decoder: the writer schema is resolved once per schema id into a [`Plan`],
+//! and each message is then read straight into the slots of a [`Row`] that the pipeline needs.
+//!
+//! Why not `apache_avro::from_avro_datum`: it rebuilds the resolved schema on every call. Here schema
+//! resolution (which writer field fills which reader slot, which fields are skipped) happens once, in
+//! [`Plan::compile`], and per-message work is only varint and length reads.
+//!
+//! Guarantee: no input bytes make [`Plan::decode`] panic, loop without consuming input, recurse without
+//! bound, or allocate more than a small multiple of the input length; every malformed datum is a
+//! [`CodecError`]. Precondition: the writer schema parsed (apache-avro checks names and references).
+
+use std::collections::HashMap;
+
+use apache_avro::schema::{InnerDecimalSchema, Schema, UuidSchema};
+
+use super::CodecError;
+
+/// Deepest nesting of records/arrays/maps/unions a datum may have: recursive schemas cannot make the
+/// decoder overflow its stack.
+pub const MAX_DEPTH: usize = 64;
+/// Items of zero-byte elements (nulls) one block may claim: such items consume no input, so the input
+/// length cannot bound them.
+const MAX_ZERO_SIZE_ITEMS: u64 = 1 << 16;
+
+/// A decoded value. Logical types keep their meaning so the CQL mapping can be exact.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    Bytes(Vec<u8>),
+    Str(String),
+    /// An enum symbol (its name).
+    Enum(String),
+    /// Days since the epoch.
+    Date(i32),
+    TimeMillis(i32),
+    TimeMicros(i64),
+    TimestampMillis(i64),
+    TimestampMicros(i64),
+    Uuid(String),
+    Array(Vec<Value>),
+    Map(Vec<(String, Value)>),
+    /// A nested record, its fields in writer order.
+    Record(Vec<(String, Value)>),
+}
+
+/// The shape of a value, known from the schema before any datum: what start-up type checks use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Null,
+    Bool,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    Str,
+    Enum,
+    Fixed,
+    Date,
+    TimeMillis,
+    TimeMicros,
+    TimestampMillis,
+    TimestampMicros,
+    Uuid,
+    Array(Box<Kind>),
+    Map(Box<Kind>),
+    Record,
+    /// `["null", T]` in either order.
+    Nullable(Box<Kind>),
+    /// Any other union.
+    Union,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Array(k) => write!(f, "array<{k}>"),
+            Kind::Map(k) => write!(f, "map<{k}>"),
+            Kind::Nullable(k) => write!(f, "[null, {k}]"),
+            Kind::Null => f.write_str("null"),
+            Kind::Bool => f.write_str("boolean"),
+            Kind::Int => f.write_str("int"),
+            Kind::Long => f.write_str("long"),
+            Kind::Float => f.write_str("float"),
+            Kind::Double => f.write_str("double"),
+            Kind::Bytes => f.write_str("bytes"),
+            Kind::Str => f.write_str("string"),
+            Kind::Enum => f.write_str("enum"),
+            Kind::Fixed => f.write_str("fixed"),
+            Kind::Date => f.write_str("date"),
+            Kind::TimeMillis => f.write_str("time-millis"),
+            Kind::TimeMicros => f.write_str("time-micros"),
+            Kind::TimestampMillis => f.write_str("timestamp-millis"),
+            Kind::TimestampMicros => f.write_str("timestamp-micros"),
+            Kind::Uuid => f.write_str("uuid"),
+            Kind::Record => f.write_str("record"),
+            Kind::Union => f.write_str("union"),
+        }
+    }
+}
+
+/// One node of the compiled schema. Children are indices into [`Plan::nodes`], so recursive named
+/// types compile to a finite graph.
+#[derive(Debug, Clone)]
+enum Node {
+    Null,
+    Bool,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    Str,
+    Fixed(usize),
+    Enum(Vec<String>),
+    Date,
+    TimeMillis,
+    TimeMicros,
+    TimestampMillis,
+    TimestampMicros,
+    UuidStr,
+    Array(usize),
+    Map(usize),
+    Union(Vec<usize>),
+    Record(Vec<(String, usize)>),
+    /// A named type referenced before its definition finished compiling (recursion).
+    Pending,
+}
+
+/// What to do with one top-level writer field.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    node: usize,
+    /// The reader slot it fills, or `None` to skip it.
+    slot: Option<usize>,
+}
+
+/// A writer schema resolved against the fields the pipeline reads.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    nodes: Vec<Node>,
+    steps: Vec<Step>,
+    slots: usize,
+    kinds: Vec<Kind>,
+}
+
+/// One decoded record: a value per reader slot, in the order given to [`Plan::compile`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    pub values: Vec<Value>,
+}
+
+impl Plan {
+    /// Resolves `writer` (a record schema) against `fields`, the record fields the pipeline reads.
+    /// A field absent from the writer schema is a [`CodecError::Resolution`].
+    pub fn compile(writer: &Schema, fields: &[String]) -> Result<Plan, CodecError> {
+        let mut c = Compiler {
+            nodes: Vec::new(),
+            named: HashMap::new(),
+        };
+        let root = c.node(writer, 0)?;
+        let Some(Node::Record(top)) = c.nodes.get(root).cloned() else {
+            return Err(CodecError::Resolution(
+                "the writer schema is not a record".into(),
+            ));
+        };
+        let mut steps = Vec::with_capacity(top.len());
+        let mut kinds = vec![Kind::Null; fields.len()];
+        let mut found = vec![false; fields.len()];
+        for (name, node) in &top {
+            let slot = fields.iter().position(|f| f == name);
+            if let Some(s) = slot {
+                found[s] = true;
+                kinds[s] = c.kind(*node, 0);
+            }
+            steps.push(Step { node: *node, slot });
+        }
+        if let Some(missing) = found.iter().position(|f| !f) {
+            return Err(CodecError::Resolution(format!(
+                "field '{}' is not in writer schema {}",
+                fields.get(missing).map(String::as_str).unwrap_or("?"),
+                writer.name().map(|n| n.fullname(None)).unwrap_or_default()
+            )));
+        }
+        Ok(Plan {
+            nodes: c.nodes,
+            steps,
+            slots: fields.len(),
+            kinds,
+        })
+    }
+
+    /// The shape of each reader slot, for start-up type checks.
+    pub fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+
+    /// Decodes one datum into `row` (its values are replaced; the allocation is reused).
+    pub fn decode(&self, datum: &[u8], row: &mut Row) -> Result<(), CodecError> {
+        row.values.clear();
+        row.values.resize(self.slots, Value::Null);
+        let mut r = Reader { buf: datum, pos: 0 };
+        for step in &self.steps {
+            match step.slot {
+                Some(slot) => {
+                    let v = self.read(step.node, &mut r, 1)?;
+                    if let Some(cell) = row.values.get_mut(slot) {
+                        *cell = v;
+                    }
+                }
+                None => self.skip(step.node, &mut r, 1)?,
+            }
+        }
+        if r.pos != datum.len() {
+            return Err(CodecError::TrailingBytes(datum.len() - r.pos));
+        }
+        Ok(())
+    }
+
+    fn node(&self, i: usize) -> Result<&Node, CodecError> {
+        self.nodes
+            .get(i)
+            .ok_or_else(|| CodecError::Resolution("dangling schema reference".into()))
+    }
+
+    fn read(&self, node: usize, r: &mut Reader<'_>, depth: usize) -> Result<Value, CodecError> {
+        if depth > MAX_DEPTH {
+            return Err(CodecError::TooDeep);
+        }
+        Ok(match self.node(node)? {
+            Node::Null => Value::Null,
+            Node::Bool => Value::Bool(r.bool()?),
+            Node::Int => Value::Int(r.int()?),
+            Node::Long => Value::Long(r.long()?),
+            Node::Float => Value::Float(f32::from_le_bytes(r.fixed::<4>()?)),
+            Node::Double => Value::Double(f64::from_le_bytes(r.fixed::<8>()?)),
+            Node::Bytes => Value::Bytes(r.bytes()?.to_vec()),
+            Node::Str => Value::Str(r.str()?.to_owned()),
+            Node::UuidStr => Value::Uuid(r.str()?.to_owned()),
+            Node::Fixed(n) => Value::Bytes(r.take(*n)?.to_vec()),
+            Node::Enum(symbols) => {
+                let i = r.long()?;
+                let s = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| symbols.get(i))
+                    .ok_or(CodecError::BadIndex(i))?;
+                Value::Enum(s.clone())
+            }
+            Node::Date => Value::Date(r.int()?),
+            Node::TimeMillis => Value::TimeMillis(r.int()?),
+            Node::TimeMicros => Value::TimeMicros(r.long()?),
+            Node::TimestampMillis => Value::TimestampMillis(r.long()?),
+            Node::TimestampMicros => Value::TimestampMicros(r.long()?),
+            Node::Array(item) => {
+                let item = *item;
+                let zero = self.zero_sized(item);
+                let mut out = Vec::new();
+                while let Some(n) = r.block(zero)? {
+                    out.reserve(n.min(r.remaining()));
+                    for _ in 0..n {
+                        out.push(self.read(item, r, depth + 1)?);
+                    }
+                }
+                Value::Array(out)
+            }
+            Node::Map(val) => {
+                let val = *val;
+                let mut out = Vec::new();
+                while let Some(n) = r.block(false)? {
+                    out.reserve(n.min(r.remaining()));
+                    for _ in 0..n {
+                        let k = r.str()?.to_owned();
+                        out.push((k, self.read(val, r, depth + 1)?));
+                    }
+                }
+                Value::Map(out)
+            }
+            Node::Union(branches) => {
+                let i = r.long()?;
+                let b = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| branches.get(i))
+                    .ok_or(CodecError::BadIndex(i))?;
+                self.read(*b, r, depth + 1)?
+            }
+            Node::Record(fields) => {
+                let mut out = Vec::with_capacity(fields.len());
+                for (name, f) in fields {
+                    out.push((name.clone(), self.read(*f, r, depth + 1)?));
+                }
+                Value::Record(out)
+            }
+            Node::Pending => return Err(CodecError::Resolution("unresolved named type".into())),
+        })
+    }
+
+    fn skip(&self, node: usize, r: &mut Reader<'_>, depth: usize) -> Result<(), CodecError> {
+        if depth > MAX_DEPTH {
+            return Err(CodecError::TooDeep);
+        }
+        match self.node(node)? {
+            Node::Null => {}
+            Node::Bool => {
+                r.take(1)?;
+            }
+            Node::Int
+            | Node::Long
+            | Node::Enum(_)
+            | Node::Date
+            | Node::TimeMillis
+            | Node::TimeMicros
+            | Node::TimestampMillis
+            | Node::TimestampMicros => {
+                r.long()?;
+            }
+            Node::Float => {
+                r.take(4)?;
+            }
+            Node::Double => {
+                r.take(8)?;
+            }
+            Node::Bytes | Node::Str | Node::UuidStr => {
+                r.bytes()?;
+            }
+            Node::Fixed(n) => {
+                r.take(*n)?;
+            }
+            Node::Array(item) => {
+                let item = *item;
+                let zero = self.zero_sized(item);
+                while let Some(n) = r.block(zero)? {
+                    for _ in 0..n {
+                        self.skip(item, r, depth + 1)?;
+                    }
+                }
+            }
+            Node::Map(val) => {
+                let val = *val;
+                while let Some(n) = r.block(false)? {
+                    for _ in 0..n {
+                        r.bytes()?;
+                        self.skip(val, r, depth + 1)?;
+                    }
+                }
+            }
+            Node::Union(branches) => {
+                let i = r.long()?;
+                let b = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| branches.get(i))
+                    .ok_or(CodecError::BadIndex(i))?;
+                self.skip(*b, r, depth + 1)?;
+            }
+            Node::Record(fields) => {
+                for (_, f) in fields {
+                    self.skip(*f, r, depth + 1)?;
+                }
+            }
+            Node::Pending => return Err(CodecError::Resolution("unresolved named type".into())),
+        }
+        Ok(())
+    }
+
+    /// Whether values of this node can take zero bytes (then array counts are capped explicitly).
+    fn zero_sized(&self, node: usize) -> bool {
+        match self.nodes.get(node) {
+            Some(Node::Null) | Some(Node::Fixed(0)) => true,
+            Some(Node::Record(f)) => f.is_empty(),
+            _ => false,
+        }
+    }
+}
+
+struct Compiler {
+    nodes: Vec<Node>,
+    named: HashMap<String, usize>,
+}
+
+impl Compiler {
+    fn push(&mut self, n: Node) -> usize {
+        self.nodes.push(n);
+        self.nodes.len() - 1
+    }
+
+    fn node(&mut self, s: &Schema, depth: usize) -> Result<usize, CodecError> {
+        if depth > MAX_DEPTH {
+            return Err(CodecError::Resolution("schema nests too deeply".into()));
+        }
+        let n = match s {
+            Schema::Null => Node::Null,
+            Schema::Boolean => Node::Bool,
+            Schema::Int => Node::Int,
+            Schema::Long => Node::Long,
+            Schema::Float => Node::Float,
+            Schema::Double => Node::Double,
+            Schema::Bytes | Schema::BigDecimal => Node::Bytes,
+            Schema::String => Node::Str,
+            Schema::Date => Node::Date,
+            Schema::TimeMillis => Node::TimeMillis,
+            Schema::TimeMicros => Node::TimeMicros,
+            Schema::TimestampMillis | Schema::LocalTimestampMillis => Node::TimestampMillis,
+            Schema::TimestampMicros | Schema::LocalTimestampMicros => Node::TimestampMicros,
+            // Nanosecond timestamps are longs on the wire; keep them as longs rather than lose precision.
+            Schema::TimestampNanos | Schema::LocalTimestampNanos => Node::Long,
+            Schema::Uuid(UuidSchema::String) => Node::UuidStr,
+            Schema::Uuid(UuidSchema::Bytes) => Node::Bytes,
+            Schema::Uuid(UuidSchema::Fixed(f)) | Schema::Duration(f) => {
+                let i = self.push(Node::Fixed(f.size));
+                self.named.insert(f.name.fullname(None), i);
+                return Ok(i);
+            }
+            Schema::Decimal(d) => match &d.inner {
+                InnerDecimalSchema::Bytes => Node::Bytes,
+                InnerDecimalSchema::Fixed(f) => Node::Fixed(f.size),
+            },
+            Schema::Fixed(f) => {
+                let i = self.push(Node::Fixed(f.size));
+                self.named.insert(f.name.fullname(None), i);
+                return Ok(i);
+            }
+            Schema::Enum(e) => {
+                let i = self.push(Node::Enum(e.symbols.clone()));
+                self.named.insert(e.name.fullname(None), i);
+                return Ok(i);
+            }
+            Schema::Array(a) => {
+                let item = self.node(&a.items, depth + 1)?;
+                Node::Array(item)
+            }
+            Schema::Map(m) => {
+                let v = self.node(&m.types, depth + 1)?;
+                Node::Map(v)
+            }
+            Schema::Union(u) => {
+                let mut b = Vec::with_capacity(u.variants().len());
+                for v in u.variants() {
+                    b.push(self.node(v, depth + 1)?);
+                }
+                Node::Union(b)
+            }
+            Schema::Record(rec) => {
+                // Registered before its fields compile, so a field referring back to it resolves.
+                let i = self.push(Node::Pending);
+                self.named.insert(rec.name.fullname(None), i);
+                let mut fields = Vec::with_capacity(rec.fields.len());
+                for f in &rec.fields {
+                    fields.push((f.name.clone(), self.node(&f.schema, depth + 1)?));
+                }
+                if let Some(slot) = self.nodes.get_mut(i) {
+                    *slot = Node::Record(fields);
+                }
+                return Ok(i);
+            }
+            Schema::Ref { name } => {
+                return self.named.get(&name.fullname(None)).copied().ok_or_else(|| {
+                    CodecError::Resolution(format!("unknown named type {}", name.fullname(None)))
+                })
+            }
+        };
+        Ok(self.push(n))
+    }
+
+    fn kind(&self, node: usize, depth: usize) -> Kind {
+        if depth > MAX_DEPTH {
+            return Kind::Record;
+        }
+        match self.nodes.get(node) {
+            None | Some(Node::Pending) | Some(Node::Record(_)) => Kind::Record,
+            Some(Node::Null) => Kind::Null,
+            Some(Node::Bool) => Kind::Bool,
+            Some(Node::Int) => Kind::Int,
+            Some(Node::Long) => Kind::Long,
+            Some(Node::Float) => Kind::Float,
+            Some(Node::Double) => Kind::Double,
+            Some(Node::Bytes) => Kind::Bytes,
+            Some(Node::Str) => Kind::Str,
+            Some(Node::Fixed(_)) => Kind::Fixed,
+            Some(Node::Enum(_)) => Kind::Enum,
+            Some(Node::Date) => Kind::Date,
+            Some(Node::TimeMillis) => Kind::TimeMillis,
+            Some(Node::TimeMicros) => Kind::TimeMicros,
+            Some(Node::TimestampMillis) => Kind::TimestampMillis,
+            Some(Node::TimestampMicros) => Kind::TimestampMicros,
+            Some(Node::UuidStr) => Kind::Uuid,
+            Some(Node::Array(i)) => Kind::Array(Box::new(self.kind(*i, depth + 1))),
+            Some(Node::Map(i)) => Kind::Map(Box::new(self.kind(*i, depth + 1))),
+            Some(Node::Union(b)) => {
+                let non_null: Vec<usize> = b
+                    .iter()
+                    .copied()
+                    .filter(|i| !matches!(self.nodes.get(*i), Some(Node::Null)))
+                    .collect();
+                match (b.len(), non_null.as_slice()) {
+                    (2, [one]) => Kind::Nullable(Box::new(self.kind(*one, depth + 1))),
+                    _ => Kind::Union,
+                }
+            }
+        }
+    }
+}
+
+/// A cursor over one datum. Every read is bounds-checked.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    #[inline]
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let end = self.pos.checked_add(n).ok_or(CodecError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(CodecError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    #[inline]
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        self.take(N)?.try_into().map_err(|_| CodecError::Truncated)
+    }
+
+    /// A zig-zag varint of at most 10 bytes.
+    #[inline]
+    fn long(&mut self) -> Result<i64, CodecError> {
+        let mut v: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let b = *self.buf.get(self.pos).ok_or(CodecError::Truncated)?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(CodecError::BadVarint);
+            }
+        }
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    #[inline]
+    fn int(&mut self) -> Result<i32, CodecError> {
+        let v = self.long()?;
+        i32::try_from(v).map_err(|_| CodecError::BadVarint)
+    }
+
+    #[inline]
+    fn bool(&mut self) -> Result<bool, CodecError> {
+        match self.take(1)?.first() {
+            Some(0) => Ok(false),
+            Some(1) => Ok(true),
+            Some(b) => Err(CodecError::BadBool(*b)),
+            None => Err(CodecError::Truncated),
+        }
+    }
+
+    #[inline]
+    fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
+        let n = self.long()?;
+        let n = usize::try_from(n).map_err(|_| CodecError::BadLength(n))?;
+        self.take(n)
+    }
+
+    #[inline]
+    fn str(&mut self) -> Result<&'a str, CodecError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| CodecError::BadUtf8)
+    }
+
+    /// The item count of the next array/map block, `None` at the end marker. A negative count is
+    /// followed by the block's byte size, which is read and ignored.
+    fn block(&mut self, zero_sized_items: bool) -> Result<Option<usize>, CodecError> {
+        let n = self.long()?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let count = if n < 0 {
+            self.long()?;
+            n.unsigned_abs()
+        } else {
+            n as u64
+        };
+        // Each non-zero-sized item takes at least one byte: a count beyond the remaining input is corrupt.
+        let limit = if zero_sized_items {
+            MAX_ZERO_SIZE_ITEMS
+        } else {
+            self.remaining() as u64
+        };
+        if count > limit {
+            return Err(CodecError::BadLength(n));
+        }
+        usize::try_from(count)
+            .map(Some)
+            .map_err(|_| CodecError::BadLength(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::types::Value as AvroValue;
+
+    const SCHEMA: &str = r#"{"type":"record","name":"ev","namespace":"t","fields":[
+        {"name":"id","type":"string"},
+        {"name":"skipme","type":{"type":"map","values":{"type":"array","items":"long"}}},
+        {"name":"n","type":["null","int"]},
+        {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+        {"name":"kind","type":{"type":"enum","name":"K","symbols":["A","B"]}},
+        {"name":"tags","type":{"type":"array","items":"string"}},
+        {"name":"f","type":"double"},
+        {"name":"ok","type":"boolean"}
+    ]}"#;
+
+    // apache-avro's own encoder is the reference the decoder is checked against (deprecated, still exact).
+    #[allow(deprecated)]
+    fn encode(schema: &Schema, v: AvroValue) -> Vec<u8> {
+        apache_avro::to_avro_datum(schema, v).expect("test value matches its schema")
+    }
+
+    fn sample(schema: &Schema) -> Vec<u8> {
+        encode(
+            schema,
+            AvroValue::Record(vec![
+                ("id".into(), AvroValue::String("e1".into())),
+                (
+                    "skipme".into(),
+                    AvroValue::Map(
+                        [("k".to_string(), AvroValue::Array(vec![AvroValue::Long(-5), AvroValue::Long(1 << 40)]))]
+                            .into_iter()
+                            .collect(),
+                    ),
+                ),
+                ("n".into(), AvroValue::Union(1, Box::new(AvroValue::Int(-42)))),
+                ("ts".into(), AvroValue::TimestampMillis(1_700_000_000_123)),
+                ("kind".into(), AvroValue::Enum(1, "B".into())),
+                (
+                    "tags".into(),
+                    AvroValue::Array(vec![AvroValue::String("x".into()), AvroValue::String("yz".into())]),
+                ),
+                ("f".into(), AvroValue::Double(2.5)),
+                ("ok".into(), AvroValue::Boolean(true)),
+            ]),
+        )
+    }
+
+    #[test]
+    fn decodes_needed_fields_in_slot_order_and_skips_the_rest() {
+        let schema = Schema::parse_str(SCHEMA).expect("test schema parses");
+        let fields: Vec<String> = ["ok", "tags", "kind", "ts", "n", "id", "f"].map(String::from).to_vec();
+        let plan = Plan::compile(&schema, &fields).expect("compiles");
+        let mut row = Row::default();
+        plan.decode(&sample(&schema), &mut row).expect("decodes");
+        assert_eq!(
+            row.values,
+            vec![
+                Value::Bool(true),
+                Value::Array(vec![Value::Str("x".into()), Value::Str("yz".into())]),
+                Value::Enum("B".into()),
+                Value::TimestampMillis(1_700_000_000_123),
+                Value::Int(-42),
+                Value::Str("e1".into()),
+                Value::Double(2.5),
+            ]
+        );
+        assert_eq!(plan.kinds()[4], Kind::Nullable(Box::new(Kind::Int)));
+        assert_eq!(plan.kinds()[4].to_string(), "[null, int]");
+        assert_eq!(plan.kinds()[3].to_string(), "timestamp-millis");
+    }
+
+    #[test]
+    fn missing_field_is_a_resolution_error() {
+        let schema = Schema::parse_str(SCHEMA).expect("test schema parses");
+        match Plan::compile(&schema, &["nope".to_string()]) {
+            Err(CodecError::Resolution(m)) => assert!(m.contains("'nope'"), "{m}"),
+            other => panic!("expected a resolution error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_trailing_byte_is_an_error() {
+        let schema = Schema::parse_str(SCHEMA).expect("test schema parses");
+        let plan = Plan::compile(&schema, &["id".to_string(), "tags".to_string()]).expect("compiles");
+        let bytes = sample(&schema);
+        let mut row = Row::default();
+        for cut in 0..bytes.len() {
+            assert!(plan.decode(&bytes[..cut], &mut row).is_err(), "prefix of {cut} bytes decoded");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(plan.decode(&longer, &mut row), Err(CodecError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn hostile_counts_and_recursion_are_bounded() {
+        let list = r#"{"type":"record","name":"L","fields":[{"name":"next","type":["null","L"]}]}"#;
+        let schema = Schema::parse_str(list).expect("recursive schema parses");
+        let plan = Plan::compile(&schema, &[]).expect("compiles");
+        let mut row = Row::default();
+        // 1000 levels of `next` (union index 1), then null: deeper than MAX_DEPTH.
+        let mut deep = vec![2u8; 1000];
+        deep.push(0);
+        assert_eq!(plan.decode(&deep, &mut row), Err(CodecError::TooDeep));
+        let nulls = r#"{"type":"record","name":"N","fields":[{"name":"a","type":{"type":"array","items":"null"}}]}"#;
+        let schema = Schema::parse_str(nulls).expect("parses");
+        let plan = Plan::compile(&schema, &["a".to_string()]).expect("compiles");
+        // A block claiming 2^62 null items, encoded as a zig-zag varint.
+        let huge = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00];
+        assert!(matches!(plan.decode(&huge, &mut row), Err(CodecError::BadLength(_))));
+        // Eleven continuation bytes: not a varint.
+        assert_eq!(plan.decode(&[0xff; 11], &mut row), Err(CodecError::BadVarint));
+    }
+}

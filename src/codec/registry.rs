@@ -1,0 +1,100 @@
+//! The Confluent-compatible schema registry API: writer schemas by id, the latest version of a
+//! subject, and registration (for the load generator).
+//!
+//! Guarantee: a 404 is [`CodecError::UnknownSchema`] (permanent, goes to the dead-letter topic); a
+//! connection failure or 5xx is [`CodecError::RegistryUnavailable`] (retryable, never dead-lettered).
+//! Precondition: blocking I/O. Call it only on first sight of a schema id, never per message.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::CodecError;
+
+/// The I/O seam for writer schemas, so unit tests can use a stand-in.
+pub trait SchemaResolver {
+    /// The writer schema JSON of a registry id.
+    fn schema_by_id(&self, id: u32) -> Result<String, CodecError>;
+    /// The id and schema JSON of the latest version of `subject`.
+    fn latest(&self, subject: &str) -> Result<(u32, String), CodecError>;
+}
+
+/// A blocking client of `<base>/schemas/ids/{id}` and `<base>/subjects/{s}/versions`.
+#[derive(Clone)]
+pub struct RegistryClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+#[derive(Deserialize)]
+struct SchemaBody {
+    schema: String,
+}
+
+#[derive(Deserialize)]
+struct VersionBody {
+    id: u32,
+    schema: String,
+}
+
+#[derive(Deserialize)]
+struct IdBody {
+    id: u32,
+}
+
+impl RegistryClient {
+    /// `base` is the API root, for Apicurio `http://host:8081/apis/ccompat/v7`.
+    pub fn new(base: &str, timeout: Duration) -> Self {
+        RegistryClient {
+            base: base.trim_end_matches('/').to_string(),
+            agent: ureq::AgentBuilder::new().timeout(timeout).build(),
+        }
+    }
+
+    /// Registers `schema_json` under `subject` (idempotent in the registry) and returns its id.
+    pub fn register(&self, subject: &str, schema_json: &str) -> Result<u32, CodecError> {
+        let url = format!("{}/subjects/{}/versions", self.base, subject);
+        let body = serde_json::json!({ "schema": schema_json });
+        let resp = self
+            .agent
+            .post(&url)
+            .set("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .send_json(body)
+            .map_err(|e| classify(e, 0))?;
+        let id: IdBody = resp
+            .into_json()
+            .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}")))?;
+        Ok(id.id)
+    }
+}
+
+fn classify(e: ureq::Error, id: u32) -> CodecError {
+    match e {
+        ureq::Error::Status(404, _) => CodecError::UnknownSchema(id),
+        ureq::Error::Status(code, resp) if (400..500).contains(&code) => CodecError::Resolution(format!(
+            "registry refused the request ({code}): {}",
+            resp.into_string().unwrap_or_default()
+        )),
+        other => CodecError::RegistryUnavailable(other.to_string()),
+    }
+}
+
+impl SchemaResolver for RegistryClient {
+    fn schema_by_id(&self, id: u32) -> Result<String, CodecError> {
+        let url = format!("{}/schemas/ids/{id}", self.base);
+        let resp = self.agent.get(&url).call().map_err(|e| classify(e, id))?;
+        let body: SchemaBody = resp
+            .into_json()
+            .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}")))?;
+        Ok(body.schema)
+    }
+
+    fn latest(&self, subject: &str) -> Result<(u32, String), CodecError> {
+        let url = format!("{}/subjects/{subject}/versions/latest", self.base);
+        let resp = self.agent.get(&url).call().map_err(|e| classify(e, 0))?;
+        let body: VersionBody = resp
+            .into_json()
+            .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}")))?;
+        Ok((body.id, body.schema))
+    }
+}

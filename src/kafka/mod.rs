@@ -1,0 +1,140 @@
+//! Kafka: the per-shard consumer (its context, its glommio async runtime), offset tracking and the
+//! dead-letter producer.
+//!
+//! Guarantee (at least once): offsets are stored only for the contiguous done prefix of each
+//! partition (`enable.auto.offset.store=false`), and librdkafka commits stored offsets on its timer,
+//! before a revoke and on close. A record is done when written, or when its dead letter is acked.
+//! Precondition: the eager assignment protocol (shardline sets it): on every rebalance all partitions
+//! are revoked, so a shard drops its per-partition state and resumes from committed offsets.
+
+pub mod context;
+pub mod dead_letter;
+pub mod tracker;
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::util::AsyncRuntime;
+use thiserror::Error;
+
+use crate::config::KafkaConfig;
+
+/// Errors of the Kafka boundary.
+#[derive(Debug, Error)]
+pub enum KafkaError {
+    #[error("kafka client: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("dead-letter produce failed: {0}")]
+    DeadLetter(String),
+    #[error("record cannot be processed and no dead_letter_topic is configured: {0}")]
+    NoDeadLetterTopic(String),
+}
+
+impl KafkaError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            KafkaError::Client(e) => !matches!(
+                e.rdkafka_error_code(),
+                Some(rdkafka::types::RDKafkaErrorCode::InvalidConfig) | None
+            ),
+            KafkaError::DeadLetter(_) => true,
+            KafkaError::NoDeadLetterTopic(_) => false,
+        }
+    }
+}
+
+/// rdkafka's async hooks on glommio. Must be used from inside a glommio executor (shards are).
+pub struct GlommioRuntime;
+
+impl AsyncRuntime for GlommioRuntime {
+    type Delay = futures::future::Map<
+        futures::channel::oneshot::Receiver<()>,
+        fn(Result<(), futures::channel::oneshot::Canceled>),
+    >;
+
+    fn spawn<T>(task: T)
+    where
+        T: std::future::Future<Output = ()> + Send + 'static,
+    {
+        glommio::spawn_local(task).detach();
+    }
+
+    fn delay_for(duration: Duration) -> Self::Delay {
+        use futures::FutureExt;
+        // rdkafka wants a Send delay; glommio timers are thread-local, so a local task sleeps and
+        // completes a (Send) oneshot.
+        let (tx, rx) = futures::channel::oneshot::channel();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(duration).await;
+            let _ = tx.send(());
+        })
+        .detach();
+        fn ignore(_: Result<(), futures::channel::oneshot::Canceled>) {}
+        rx.map(ignore as fn(_))
+    }
+}
+
+/// The consumer configuration of every shard: passthrough first, then the keys shardline owns.
+pub fn consumer_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (key, v) in &k.librdkafka {
+        c.set(key, v);
+    }
+    c.set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group_id)
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", k.commit_interval_ms.to_string())
+        .set("auto.offset.reset", &k.offset_reset)
+        .set("session.timeout.ms", k.session_timeout_ms.to_string())
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set("statistics.interval.ms", "1000");
+    c
+}
+
+/// The producer configuration (dead letters, load generator).
+pub fn producer_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (key, v) in &k.librdkafka {
+        // Consumer-only keys in the shared passthrough map would make the producer warn on every start.
+        if !key.starts_with("fetch.") && !key.starts_with("queued.") && key != "auto.offset.reset" {
+            c.set(key, v);
+        }
+    }
+    c.set("bootstrap.servers", &k.brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5");
+    c
+}
+
+/// Topic administration for scripts and tests.
+pub mod admin {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    /// Creates `topic` with `partitions` partitions; an existing topic is fine.
+    pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), super::KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()?;
+        let res = admin
+            .create_topics(
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await?;
+        for r in res {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    tracing::error!(topic = %t, %code, "create topic failed");
+                    return Err(super::KafkaError::Client(rdkafka::error::KafkaError::AdminOp(code)));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,208 @@
+//! The load generator behind `shardline produce`: realistic navigation events, deterministic from
+//! (seed, index, base timestamp) so tests can regenerate what was sent, Avro-encoded and framed in the
+//! Confluent wire format, keyed by uid, produced at a steady target rate or as fast as possible.
+//!
+//! Guarantee: the summary counts only records the broker acknowledged; failures are counted apart.
+//! Poison records (for dead-letter tests) are produced only when asked, one class after another.
+
+pub mod navigation;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use serde::Serialize;
+
+use crate::codec::frame;
+
+/// What to produce.
+#[derive(Debug, Clone)]
+pub struct ProduceSpec {
+    pub brokers: String,
+    pub topic: String,
+    pub schema_id: u32,
+    /// Stop after this many records (None: run for `duration`).
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    /// Records per second; 0 means as fast as possible.
+    pub rate: u64,
+    pub seed: u64,
+    pub base_ts_ms: i64,
+    pub uids: u64,
+    /// Every n-th record is a poison record (0: none).
+    pub poison_every: u64,
+    pub progress: bool,
+}
+
+/// What was produced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProduceSummary {
+    pub topic: String,
+    pub sent: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub poison: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub rate_per_s: f64,
+    pub seed: u64,
+    pub base_ts_ms: i64,
+    pub schema_id: u32,
+}
+
+struct Counting {
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Ctx(Arc<Counting>);
+
+impl ClientContext for Ctx {}
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(_) => self.0.acked.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.0.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// The poison classes, in the order they are produced.
+pub const POISON_CLASSES: &[&str] = &["bad_magic", "corrupt_datum", "unknown_schema", "truncated", "mapping"];
+
+/// Produces per `spec`. Blocking; call from a plain thread.
+pub fn produce(spec: &ProduceSpec, extra: &std::collections::BTreeMap<String, String>) -> Result<ProduceSummary, rdkafka::error::KafkaError> {
+    let mut cfg = rdkafka::ClientConfig::new();
+    for (k, v) in extra {
+        cfg.set(k, v);
+    }
+    cfg.set("bootstrap.servers", &spec.brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("compression.type", "lz4")
+        .set("enable.idempotence", "true");
+    let counting = Arc::new(Counting {
+        acked: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+    let producer: ThreadedProducer<Ctx> = cfg.create_with_context(Ctx(counting.clone()))?;
+    let start = Instant::now();
+    let mut sum = ProduceSummary {
+        topic: spec.topic.clone(),
+        seed: spec.seed,
+        base_ts_ms: spec.base_ts_ms,
+        schema_id: spec.schema_id,
+        ..Default::default()
+    };
+    let mut datum = Vec::with_capacity(512);
+    let mut framed = Vec::with_capacity(512);
+    let mut last_progress = Instant::now();
+    let mut i: u64 = 0;
+    loop {
+        if spec.count.is_some_and(|c| i >= c) || spec.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        if spec.rate > 0 {
+            // Steady pacing: record i is due at start + i/rate; sleep only when ahead.
+            let due = Duration::from_secs_f64(i as f64 / spec.rate as f64);
+            let now = start.elapsed();
+            if due > now + Duration::from_millis(1) {
+                std::thread::sleep(due - now);
+            }
+        }
+        let ev = navigation::event(spec.seed, i, spec.base_ts_ms, spec.uids);
+        datum.clear();
+        ev.encode(&mut datum);
+        frame::frame_into(spec.schema_id, &datum, &mut framed);
+        let poison_class = (spec.poison_every > 0 && i % spec.poison_every == spec.poison_every - 1)
+            .then(|| POISON_CLASSES.get(((i / spec.poison_every) as usize) % POISON_CLASSES.len()).copied())
+            .flatten();
+        if let Some(class) = poison_class {
+            poison(class, spec.schema_id, &ev, &mut framed);
+            sum.poison += 1;
+        }
+        let mut rec = BaseRecord::to(&spec.topic).key(ev.uid.as_bytes()).payload(framed.as_slice());
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+        sum.sent += 1;
+        sum.bytes += framed.len() as u64;
+        i += 1;
+        if spec.progress && last_progress.elapsed() >= Duration::from_millis(500) {
+            last_progress = Instant::now();
+            progress_line(spec, &sum, start.elapsed());
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    sum.acked = counting.acked.load(Ordering::Relaxed);
+    sum.failed = counting.failed.load(Ordering::Relaxed);
+    sum.seconds = start.elapsed().as_secs_f64();
+    sum.rate_per_s = if sum.seconds > 0.0 { sum.sent as f64 / sum.seconds } else { 0.0 };
+    if spec.progress {
+        progress_line(spec, &sum, start.elapsed());
+        eprintln!();
+    }
+    Ok(sum)
+}
+
+/// Replaces `framed` with a poison record of `class`.
+fn poison(class: &str, schema_id: u32, ev: &navigation::NavigationEvent, framed: &mut Vec<u8>) {
+    match class {
+        "bad_magic" => {
+            if let Some(b) = framed.first_mut() {
+                *b = 9;
+            }
+        }
+        // A string length that runs past the end of the datum.
+        "corrupt_datum" => {
+            framed.truncate(frame::HEADER_LEN);
+            framed.extend_from_slice(&[0x7e, b'x']);
+        }
+        "unknown_schema" => {
+            let mut d = Vec::new();
+            ev.encode(&mut d);
+            frame::frame_into(schema_id.wrapping_add(1_000_000), &d, framed);
+        }
+        "truncated" => framed.truncate(3),
+        // Decodes fine, but the ip is not an address: the inet column refuses it.
+        "mapping" => {
+            let mut bad = ev.clone();
+            bad.ip = "not-an-ip".into();
+            let mut d = Vec::new();
+            bad.encode(&mut d);
+            frame::frame_into(schema_id, &d, framed);
+        }
+        _ => {}
+    }
+}
+
+fn progress_line(spec: &ProduceSpec, sum: &ProduceSummary, elapsed: Duration) {
+    let width = 30usize;
+    let frac = match (spec.count, spec.duration) {
+        (Some(c), _) if c > 0 => sum.sent as f64 / c as f64,
+        (_, Some(d)) => elapsed.as_secs_f64() / d.as_secs_f64().max(1e-9),
+        _ => 0.0,
+    }
+    .clamp(0.0, 1.0);
+    let filled = (frac * width as f64) as usize;
+    let rate = sum.sent as f64 / elapsed.as_secs_f64().max(1e-9);
+    eprint!(
+        "\r[{}{}] {:5.1}% {} sent, {:.0} msg/s",
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+        frac * 100.0,
+        sum.sent,
+        rate
+    );
+}

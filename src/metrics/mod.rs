@@ -1,0 +1,259 @@
+//! Metrics: one prometheus registry per shard (no cross-core cache lines on the message path), merged
+//! at scrape time by the `/metrics` endpoint, and summarised at exit.
+//!
+//! Guarantee: every metric name is `shardline_<thing>_<unit>` with a small fixed label set (shard,
+//! topic, partition, stage, kind); latency histograms use [`LATENCY_BUCKETS`] (10 µs to 15 s).
+//! A failed write observes no latency; it counts its error.
+//! Precondition: a [`ShardMetrics`] is used by its own shard only; the endpoint only reads.
+
+pub mod events;
+pub mod http;
+
+use std::collections::BTreeMap;
+
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Seconds. Decode sits at the bottom (µs), inserts in the middle (sub-ms to ms), end to end at the top
+/// (ms to seconds during catch-up or an outage).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
+    500e-3, 1.0, 2.5, 5.0, 10.0, 15.0,
+];
+
+/// A shard's metrics, with the hot-path handles resolved once.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    pub registry: Registry,
+    pub shard: String,
+    pub decode_seconds: Histogram,
+    pub write_seconds: Histogram,
+    pub end_to_end_seconds: Histogram,
+    pub messages: IntCounterVec,
+    pub partition_messages: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub write_retries: IntCounterVec,
+    pub commits: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub paused: IntGauge,
+    pub lag: IntGaugeVec,
+    pub assigned: IntGaugeVec,
+}
+
+fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Names are static and unique per registry: a clash is a programming error caught by unit tests.
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique within a shard registry");
+    c
+}
+
+impl ShardMetrics {
+    pub fn new(shard: usize) -> ShardMetrics {
+        let registry = Registry::new();
+        let s = shard.to_string();
+        let hist = |name: &str, help: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                &["shard"],
+            )
+            .expect("static histogram options are valid");
+            reg(&registry, h).with_label_values(&[s.as_str()])
+        };
+        let decode_seconds = hist("shardline_decode_seconds", "Wire frame + Avro datum to row, per message.");
+        let write_seconds = hist(
+            "shardline_write_seconds",
+            "INSERT latency of successful writes (last attempt).",
+        );
+        let end_to_end_seconds = hist(
+            "shardline_end_to_end_seconds",
+            "Kafka record timestamp to write acknowledged.",
+        );
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("static counter options are valid"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static gauge options are valid"),
+            )
+        };
+        let messages = counter(
+            "shardline_messages_total",
+            "Messages per stage: consumed, decoded, written, dead_lettered.",
+            &["shard", "topic", "stage"],
+        );
+        let partition_messages = counter(
+            "shardline_partition_messages_total",
+            "Messages consumed per partition by this shard.",
+            &["shard", "topic", "partition"],
+        );
+        let errors = counter(
+            "shardline_errors_total",
+            "Errors by stage and kind (error class).",
+            &["shard", "topic", "stage", "kind"],
+        );
+        let write_retries = counter(
+            "shardline_write_retries_total",
+            "Retried writes by error kind.",
+            &["shard", "kind"],
+        );
+        let commits = counter(
+            "shardline_commits_total",
+            "Offset commits by result.",
+            &["shard", "result"],
+        );
+        let in_flight = gauge(
+            "shardline_in_flight_writes",
+            "Writes and dead-letter produces in flight.",
+            &["shard"],
+        )
+        .with_label_values(&[s.as_str()]);
+        let paused = gauge(
+            "shardline_paused",
+            "1 while the shard has paused its partitions (in-flight budget spent).",
+            &["shard"],
+        )
+        .with_label_values(&[s.as_str()]);
+        let lag = gauge(
+            "shardline_consumer_lag_messages",
+            "High watermark minus committed offset, per partition (librdkafka statistics).",
+            &["shard", "topic", "partition"],
+        );
+        let assigned = gauge(
+            "shardline_partition_assigned",
+            "1 for each partition assigned to a shard, with the shard's core.",
+            &["shard", "core", "topic", "partition"],
+        );
+        ShardMetrics {
+            registry,
+            shard: s,
+            decode_seconds,
+            write_seconds,
+            end_to_end_seconds,
+            messages,
+            partition_messages,
+            errors,
+            write_retries,
+            commits,
+            in_flight,
+            paused,
+            lag,
+            assigned,
+        }
+    }
+
+    /// The counter of one stage of one topic (resolve once, then increment freely).
+    pub fn stage(&self, topic: &str, stage: &str) -> IntCounter {
+        self.messages.with_label_values(&[self.shard.as_str(), topic, stage])
+    }
+}
+
+/// Merges the families of several shard registries (same name → one family, metrics concatenated).
+pub fn gather(registries: &[Registry]) -> Vec<MetricFamily> {
+    let mut by_name: BTreeMap<String, MetricFamily> = BTreeMap::new();
+    for r in registries {
+        for mut fam in r.gather() {
+            match by_name.get_mut(fam.name()) {
+                Some(existing) => {
+                    let ms = fam.take_metric();
+                    existing.mut_metric().extend(ms);
+                }
+                None => {
+                    by_name.insert(fam.name().to_string(), fam);
+                }
+            }
+        }
+    }
+    by_name.into_values().collect()
+}
+
+/// Sum of a counter family's values whose labels match all of `labels`.
+pub fn counter_sum(fams: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> f64 {
+    fams.iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            labels
+                .iter()
+                .all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v))
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+/// Merged cumulative buckets of a histogram family: (upper bound, cumulative count), plus total count.
+pub fn histogram_buckets(fams: &[MetricFamily], name: &str) -> (Vec<(f64, u64)>, u64) {
+    let mut merged: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut total = 0;
+    for m in fams.iter().filter(|f| f.name() == name).flat_map(|f| f.get_metric().iter()) {
+        let h = m.get_histogram();
+        total += h.get_sample_count();
+        for b in h.get_bucket() {
+            *merged.entry(b.upper_bound().to_bits()).or_default() += b.cumulative_count();
+        }
+    }
+    let mut v: Vec<(f64, u64)> = merged.into_iter().map(|(k, c)| (f64::from_bits(k), c)).collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (v, total)
+}
+
+/// A quantile estimated from cumulative buckets by linear interpolation inside the bucket, as
+/// Prometheus' `histogram_quantile` does. `None` without samples.
+pub fn quantile(buckets: &[(f64, u64)], total: u64, q: f64) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut prev_bound = 0.0;
+    let mut prev_count = 0u64;
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            let in_bucket = (count - prev_count) as f64;
+            let frac = if in_bucket > 0.0 {
+                (rank - prev_count as f64) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(prev_bound + (bound - prev_bound) * frac.clamp(0.0, 1.0));
+        }
+        prev_bound = bound;
+        prev_count = count;
+    }
+    // Beyond the last finite bucket: report its bound (a lower bound of the truth).
+    Some(prev_bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_registries_merge_and_quantiles_interpolate() {
+        let a = ShardMetrics::new(0);
+        let b = ShardMetrics::new(1);
+        a.stage("t", "written").inc_by(3);
+        b.stage("t", "written").inc_by(4);
+        for _ in 0..90 {
+            a.write_seconds.observe(0.0004);
+        }
+        for _ in 0..10 {
+            b.write_seconds.observe(0.004);
+        }
+        let fams = gather(&[a.registry.clone(), b.registry.clone()]);
+        assert_eq!(counter_sum(&fams, "shardline_messages_total", &[("stage", "written")]), 7.0);
+        assert_eq!(counter_sum(&fams, "shardline_messages_total", &[("shard", "1")]), 4.0);
+        let (buckets, total) = histogram_buckets(&fams, "shardline_write_seconds");
+        assert_eq!(total, 100);
+        let p50 = quantile(&buckets, total, 0.5).expect("has samples");
+        assert!((250e-6..=500e-6).contains(&p50), "p50 {p50}");
+        let p99 = quantile(&buckets, total, 0.99).expect("has samples");
+        assert!((2.5e-3..=5e-3).contains(&p99), "p99 {p99}");
+        assert_eq!(quantile(&buckets, 0, 0.5), None);
+        let text = prometheus::TextEncoder::new().encode_to_string(&fams).expect("encodes");
+        assert!(text.contains("shardline_write_seconds_bucket{shard=\"1\",le=\"0.005\"} 10"), "{text}");
+    }
+}

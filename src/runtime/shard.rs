@@ -1,0 +1,509 @@
+//! One shard: a glommio executor pinned to one core that consumes, decodes, writes and commits the
+//! partitions Kafka assigns to it, sharing nothing with other shards on the message path.
+//!
+//! Guarantee (at least once): a record's offset becomes committable only when it and every earlier
+//! record of its partition is written, or dead-lettered and acknowledged. Retryable write errors are
+//! retried with capped exponential backoff and jitter, never skipped; a record that can never be written
+//! goes to the dead-letter topic, or, without one, stops the shard uncommitted.
+//! Memory bound: at most `max_in_flight_per_shard` records in flight; at the bound the shard pauses its
+//! partitions (librdkafka drops its prefetch and refetches on resume) instead of buffering.
+//! Preconditions: runs inside a glommio `LocalExecutor`; the eager assignment protocol (set by
+//! `kafka::consumer_config`).
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures::future::LocalBoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use prometheus::IntCounter;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::bridge::TokioBridge;
+use super::{Control, RunError, RunOptions, ShardSpec};
+use crate::codec::{Decoder, RegistryClient, Row};
+use crate::config::Config;
+use crate::kafka::context::ShardContext;
+use crate::kafka::dead_letter::{DeadLetter, DeadLetterProducer};
+use crate::kafka::tracker::PartitionTracker;
+use crate::kafka::{consumer_config, producer_config, GlommioRuntime, KafkaError};
+use crate::metrics::{events, ShardMetrics};
+use crate::sink::{NullWriter, RowWriter, ScyllaWriter};
+
+/// Backoff of retried writes: 50 ms doubling to 5 s, with ±50% jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = 50u64.saturating_mul(1 << attempt.min(7)).min(5000);
+    let jitter = fastrand::u64(0..=base);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+/// How a record ended.
+enum Outcome {
+    Written,
+    DeadLettered,
+    /// Cannot be processed and cannot be dead-lettered: the shard stops without committing it.
+    Fatal(String),
+}
+
+struct Completion {
+    epoch: u64,
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    outcome: Outcome,
+}
+
+struct PartitionState {
+    tracker: PartitionTracker,
+    consumed: IntCounter,
+    dirty: bool,
+}
+
+struct Stages {
+    consumed: IntCounter,
+    decoded: IntCounter,
+    written: IntCounter,
+    dead_lettered: IntCounter,
+}
+
+/// Everything a record's future needs, shared by the shard's futures (Rc: one thread).
+struct Shared {
+    spec: ShardSpec,
+    metrics: ShardMetrics,
+    writer: Rc<dyn RowWriter>,
+    dead_letters: Option<DeadLetterProducer>,
+    topics: Vec<String>,
+}
+
+/// Runs one shard to completion. Called inside the shard's executor.
+pub async fn run(
+    config: Arc<Config>,
+    spec: ShardSpec,
+    metrics: ShardMetrics,
+    control: crossbeam_channel::Receiver<Control>,
+    opts: RunOptions,
+) -> Result<(), RunError> {
+    let bridge = TokioBridge::start(format!("shard{}-tokio", spec.index), spec.bridge_core)
+        .map_err(|e| RunError::Runtime(format!("shard {}: tokio bridge: {e}", spec.index)))?;
+    let fields = config.needed_fields();
+    let mut decoder = match (&config.schema.registry_url, &config.schema.schema_file) {
+        (Some(url), _) => Decoder::framed(
+            RegistryClient::new(url, Duration::from_millis(config.schema.registry_timeout_ms)),
+            fields.clone(),
+        ),
+        (None, Some(file)) => {
+            let json = std::fs::read_to_string(file)
+                .map_err(|e| RunError::Runtime(format!("schema.schema_file {file}: {e}")))?;
+            Decoder::raw(&json, fields.clone())?
+        }
+        (None, None) => return Err(RunError::Runtime("no schema source (validate() should have caught this)".into())),
+    };
+    let (scylla, binder) = ScyllaWriter::connect(&config, &fields, &bridge).await?;
+    let writer: Rc<dyn RowWriter> = if opts.null_sink { Rc::new(NullWriter) } else { Rc::new(scylla) };
+
+    let client_id = format!("shardline-{}-shard{}", std::process::id(), spec.index);
+    let epoch = Arc::new(AtomicU64::new(0));
+    let assignment = Arc::new(Mutex::new(Vec::new()));
+    let ctx = ShardContext {
+        shard: spec.index,
+        core: spec.core,
+        metrics: metrics.clone(),
+        epoch: epoch.clone(),
+        assignment: assignment.clone(),
+    };
+    let mut cc = consumer_config(&config.kafka, &client_id);
+    if opts.drain {
+        cc.set("enable.partition.eof", "true");
+    }
+    // Created on the shard's pinned thread: librdkafka's threads inherit this core's affinity.
+    let consumer: StreamConsumer<ShardContext, GlommioRuntime> =
+        cc.create_with_context(ctx).map_err(KafkaError::from)?;
+    let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(KafkaError::from)?;
+    let dead_letters = match &config.kafka.dead_letter_topic {
+        Some(t) => Some(DeadLetterProducer::new(&producer_config(&config.kafka, &client_id), t.clone())?),
+        None => None,
+    };
+    let shared = Rc::new(Shared {
+        spec,
+        metrics: metrics.clone(),
+        writer,
+        dead_letters,
+        topics: config.kafka.topics.clone(),
+    });
+    let stages: Vec<Stages> = config
+        .kafka
+        .topics
+        .iter()
+        .map(|t| Stages {
+            consumed: metrics.stage(t, "consumed"),
+            decoded: metrics.stage(t, "decoded"),
+            written: metrics.stage(t, "written"),
+            dead_lettered: metrics.stage(t, "dead_lettered"),
+        })
+        .collect();
+    tracing::info!(shard = spec.index, core = spec.core, client_id, "shard started");
+
+    let max_in_flight = config.scylla.max_in_flight_per_shard;
+    let resume_at = max_in_flight / 2;
+    let mut inflight: FuturesUnordered<LocalBoxFuture<'static, Completion>> = FuturesUnordered::new();
+    let mut parts: HashMap<(usize, i32), PartitionState> = HashMap::new();
+    let mut current_epoch = 0u64;
+    let mut assigned: Vec<(String, i32)> = Vec::new();
+    let mut eof: HashMap<i32, bool> = HashMap::new();
+    let mut paused = false;
+    let mut stopping: Option<Instant> = None;
+    let mut fatal: Option<String> = None;
+    let mut idle_since: Option<Instant> = None;
+    let mut row = Row::default();
+    let mut stream = consumer.stream();
+    let tick_every = Duration::from_millis(100);
+    let mut tick = glommio::timer::Timer::new(tick_every);
+
+    enum Event<M> {
+        Done(Completion),
+        Msg(M),
+        Tick,
+    }
+
+    loop {
+        let fetching = stopping.is_none() && fatal.is_none();
+        let ev = poll_fn(|cx| {
+            if let Poll::Ready(Some(c)) = inflight.poll_next_unpin(cx) {
+                return Poll::Ready(Event::Done(c));
+            }
+            if fetching {
+                if let Poll::Ready(Some(m)) = stream.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Msg(m));
+                }
+            }
+            if tick.poll_unpin(cx).is_ready() {
+                return Poll::Ready(Event::Tick);
+            }
+            Poll::Pending
+        })
+        .await;
+
+        // A rebalance happened since the last event: drop per-partition state, start from committed offsets.
+        let e = epoch.load(Ordering::SeqCst);
+        if e != current_epoch {
+            current_epoch = e;
+            parts.clear();
+            eof.clear();
+            assigned = assignment.lock().map(|a| a.clone()).unwrap_or_default();
+            idle_since = None;
+        }
+
+        match ev {
+            Event::Done(c) => {
+                shared.metrics.in_flight.set(inflight.len() as i64);
+                match c.outcome {
+                    Outcome::Written => {
+                        if let Some(s) = stages.get(c.topic) {
+                            s.written.inc();
+                        }
+                    }
+                    Outcome::DeadLettered => {
+                        if let Some(s) = stages.get(c.topic) {
+                            s.dead_lettered.inc();
+                        }
+                    }
+                    Outcome::Fatal(msg) => {
+                        fatal.get_or_insert(msg);
+                        continue;
+                    }
+                }
+                if c.epoch == current_epoch {
+                    if let Some(p) = parts.get_mut(&(c.topic, c.partition)) {
+                        if p.tracker.done(c.offset).is_some() {
+                            p.dirty = true;
+                        }
+                    }
+                }
+                if paused && inflight.len() <= resume_at {
+                    set_paused(&consumer, &assigned, false, &shared.metrics, inflight.len());
+                    paused = false;
+                }
+            }
+            Event::Msg(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                eof.insert(p, true);
+            }
+            Event::Msg(Err(err)) => {
+                // Broker and transport errors are retried inside librdkafka; they are only reported here.
+                tracing::warn!(shard = spec.index, error = %err, "consumer error");
+                shared.metrics.errors.with_label_values(&[shared.metrics.shard.as_str(), "", "consume", "kafka"]).inc();
+            }
+            Event::Msg(Ok(msg)) => {
+                idle_since = None;
+                let Some(topic) = shared.topics.iter().position(|t| t == msg.topic()) else {
+                    continue;
+                };
+                let partition = msg.partition();
+                let offset = msg.offset();
+                eof.insert(partition, false);
+                let state = parts.entry((topic, partition)).or_insert_with(|| PartitionState {
+                    tracker: PartitionTracker::default(),
+                    consumed: shared.metrics.partition_messages.with_label_values(&[
+                        shared.metrics.shard.as_str(),
+                        msg.topic(),
+                        partition.to_string().as_str(),
+                    ]),
+                    dirty: false,
+                });
+                if !state.tracker.begin(offset) {
+                    continue;
+                }
+                state.consumed.inc();
+                let stage = stages.get(topic);
+                if let Some(s) = stage {
+                    s.consumed.inc();
+                }
+                let ts_ms = msg.timestamp().to_millis();
+                let payload = msg.payload().unwrap_or_default();
+                let started = Instant::now();
+                // Registry outages are the one retryable decode error: wait, never dead-letter.
+                let mut attempt = 0;
+                let decoded = loop {
+                    match decoder.decode(payload, &mut row) {
+                        Err(e) if e.is_retryable() => {
+                            attempt += 1;
+                            events::record_failed(&shared.metrics, msg.topic(), partition, offset, "decode", e.class(), &e);
+                            glommio::timer::sleep(backoff(attempt)).await;
+                        }
+                        other => break other,
+                    }
+                };
+                let bound = match decoded {
+                    Ok(_) => {
+                        shared.metrics.decode_seconds.observe(started.elapsed().as_secs_f64());
+                        if let Some(s) = stage {
+                            s.decoded.inc();
+                        }
+                        binder.bind(&mut row, ts_ms).map_err(|e| ("map", e.class(), e.to_string()))
+                    }
+                    Err(e) => Err(("decode", e.class(), e.to_string())),
+                };
+                let key = msg.key().map(<[u8]>::to_vec);
+                let value = msg.payload().map(<[u8]>::to_vec);
+                let fut: LocalBoxFuture<'static, Completion> = match bound {
+                    Ok(values) => write(shared.clone(), current_epoch, topic, partition, offset, ts_ms, values, key, value).boxed_local(),
+                    Err((stage, class, message)) => {
+                        events::record_failed(&shared.metrics, msg.topic(), partition, offset, stage, class, &message);
+                        dead_letter(shared.clone(), current_epoch, topic, partition, offset, key, value, class, message).boxed_local()
+                    }
+                };
+                inflight.push(fut);
+                shared.metrics.in_flight.set(inflight.len() as i64);
+                if !paused && inflight.len() >= max_in_flight {
+                    set_paused(&consumer, &assigned, true, &shared.metrics, inflight.len());
+                    paused = true;
+                }
+            }
+            Event::Tick => {
+                tick = glommio::timer::Timer::new(tick_every);
+                store_offsets(&consumer, &shared.topics, &mut parts);
+                match control.try_recv() {
+                    Ok(Control::Stop) if stopping.is_none() => {
+                        tracing::info!(shard = spec.index, in_flight = inflight.len(), "stopping: no more fetches, finishing in-flight work");
+                        stopping = Some(Instant::now());
+                    }
+                    Ok(Control::Kill) => return Err(RunError::Runtime("killed".into())),
+                    _ => {}
+                }
+                if fatal.is_some() && inflight.is_empty() {
+                    break;
+                }
+                if let Some(since) = stopping {
+                    let deadline = Duration::from_millis(config.shards.shutdown_deadline_ms);
+                    if inflight.is_empty() || since.elapsed() >= deadline {
+                        if !inflight.is_empty() {
+                            tracing::warn!(shard = spec.index, in_flight = inflight.len(), "shutdown deadline passed: unfinished records stay uncommitted and will be replayed");
+                        }
+                        break;
+                    }
+                }
+                if opts.drain && stopping.is_none() && current_epoch > 0 && inflight.is_empty() {
+                    let drained = assigned.iter().all(|(_, p)| eof.get(p).copied().unwrap_or(false));
+                    if drained {
+                        let since = *idle_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= Duration::from_millis(opts.drain_idle_ms) {
+                            tracing::info!(shard = spec.index, "drained: every assigned partition at its end");
+                            stopping = Some(Instant::now());
+                        }
+                    } else {
+                        idle_since = None;
+                    }
+                }
+            }
+        }
+    }
+
+    drop(stream);
+    store_offsets(&consumer, &shared.topics, &mut parts);
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), s) in &parts {
+        if let (Some(topic), Some(next)) = (shared.topics.get(*t), s.tracker.committable()) {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(next));
+        }
+    }
+    if tpl.count() > 0 {
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => events::committed(&shared.metrics, true, None),
+            Err(e) => events::committed(&shared.metrics, false, Some(&e)),
+        }
+    }
+    if let Some(d) = &shared.dead_letters {
+        d.flush(Duration::from_secs(10));
+    }
+    drop(consumer);
+    tracing::info!(shard = spec.index, "shard stopped");
+    match fatal {
+        Some(msg) => Err(RunError::Runtime(format!("shard {}: {msg}", spec.index))),
+        None => Ok(()),
+    }
+}
+
+fn set_paused(
+    consumer: &StreamConsumer<ShardContext, GlommioRuntime>,
+    assigned: &[(String, i32)],
+    pause: bool,
+    metrics: &ShardMetrics,
+    in_flight: usize,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in assigned {
+        tpl.add_partition(t, *p);
+    }
+    let r = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    if let Err(e) = r {
+        tracing::warn!(shard = %metrics.shard, error = %e, pause, "pause/resume failed");
+    }
+    events::paused(metrics, pause, in_flight);
+}
+
+fn store_offsets(
+    consumer: &StreamConsumer<ShardContext, GlommioRuntime>,
+    topics: &[String],
+    parts: &mut HashMap<(usize, i32), PartitionState>,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), s) in parts.iter_mut() {
+        if !s.dirty {
+            continue;
+        }
+        s.dirty = false;
+        if let (Some(topic), Some(next)) = (topics.get(*t), s.tracker.committable()) {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(next));
+        }
+    }
+    if tpl.count() > 0 {
+        // Fails only for partitions revoked meanwhile: their records will be replayed by the new owner.
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "store_offsets after revoke");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    shared: Rc<Shared>,
+    epoch: u64,
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    ts_ms: Option<i64>,
+    values: crate::sink::BoundRow,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+) -> Completion {
+    let values = Rc::new(values);
+    let mut attempt = 0u32;
+    let done = |outcome| Completion {
+        epoch,
+        topic,
+        partition,
+        offset,
+        outcome,
+    };
+    loop {
+        let started = Instant::now();
+        match shared.writer.write(values.clone()).await {
+            Ok(()) => {
+                shared.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
+                if let Some(ms) = ts_ms {
+                    let e2e_ms = crate::sink::now_us() / 1000 - ms;
+                    shared.metrics.end_to_end_seconds.observe(e2e_ms.max(0) as f64 / 1000.0);
+                }
+                return done(Outcome::Written);
+            }
+            Err(e) if e.is_retryable() => {
+                attempt += 1;
+                let wait = backoff(attempt);
+                events::write_retried(&shared.metrics, e.class(), attempt, wait.as_millis() as u64, &e);
+                glommio::timer::sleep(wait).await;
+            }
+            Err(e) => {
+                let t = shared.topics.get(topic).map(String::as_str).unwrap_or("");
+                events::record_failed(&shared.metrics, t, partition, offset, "write", e.class(), &e);
+                return dead_letter(shared.clone(), epoch, topic, partition, offset, key, value, e.class(), e.to_string()).await;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    shared: Rc<Shared>,
+    epoch: u64,
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    class: &'static str,
+    message: String,
+) -> Completion {
+    let outcome = match &shared.dead_letters {
+        None => Outcome::Fatal(format!(
+            "record {}/{partition}@{offset} cannot be processed ({class}: {message}) and no kafka.dead_letter_topic is configured",
+            shared.topics.get(topic).map(String::as_str).unwrap_or("")
+        )),
+        Some(p) => {
+            let mut attempt = 0u32;
+            loop {
+                let d = DeadLetter {
+                    key: key.clone(),
+                    value: value.clone(),
+                    class,
+                    message: message.clone(),
+                    topic: shared.topics.get(topic).cloned().unwrap_or_default(),
+                    partition,
+                    offset,
+                    shard: shared.spec.index,
+                };
+                match p.send(d).await {
+                    Ok(()) => break Outcome::DeadLettered,
+                    Err(e) => {
+                        attempt += 1;
+                        events::write_retried(&shared.metrics, "dead_letter", attempt, 0, &e);
+                        glommio::timer::sleep(backoff(attempt)).await;
+                    }
+                }
+            }
+        }
+    };
+    Completion {
+        epoch,
+        topic,
+        partition,
+        offset,
+        outcome,
+    }
+}
