@@ -29,7 +29,10 @@ pub struct CheckReport {
 pub fn reference_schema(config: &Config) -> Result<(Option<u32>, String), RunError> {
     match (&config.schema.registry_url, &config.schema.schema_file) {
         (Some(url), _) => {
-            let r = RegistryClient::new(url, Duration::from_millis(config.schema.registry_timeout_ms));
+            let r = RegistryClient::new(
+                url,
+                Duration::from_millis(config.schema.registry_timeout_ms),
+            );
             let subject = config.subject();
             let (id, json) = r.latest(&subject).map_err(|e| match e {
                 CodecError::UnknownSchema(_) => RunError::Runtime(format!(
@@ -64,14 +67,20 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
             .map(|m| m.partitions().len())
             .unwrap_or(0);
         if n == 0 {
-            return Err(RunError::Runtime(format!("kafka topic '{t}' does not exist at {}", config.kafka.brokers)));
+            return Err(RunError::Runtime(format!(
+                "kafka topic '{t}' does not exist at {}",
+                config.kafka.brokers
+            )));
         }
         partitions.push((t.clone(), n));
     }
     // Schema and fields.
     let (schema_id, json) = reference_schema(config)?;
-    let schema = Schema::parse_str(&json)
-        .map_err(|e| RunError::Codec(CodecError::Resolution(format!("writer schema does not parse: {e}"))))?;
+    let schema = Schema::parse_str(&json).map_err(|e| {
+        RunError::Codec(CodecError::Resolution(format!(
+            "writer schema does not parse: {e}"
+        )))
+    })?;
     let fields = config.needed_fields();
     let plan = Plan::compile(&schema, &fields)?;
     // Table and types.
@@ -87,21 +96,39 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
     Ok(CheckReport {
         partitions,
         schema_id,
-        columns: binder.columns.iter().map(|c| format!("{} <- {} ({})", c.column, c.field, c.ty)).collect(),
+        columns: binder
+            .columns
+            .iter()
+            .map(|c| format!("{} <- {} ({})", c.column, c.field, c.ty))
+            .collect(),
     })
 }
 
 /// TTL and timestamp fields must have usable kinds.
-fn check_special(config: &Config, fields: &[String], kinds: &[crate::codec::Kind]) -> Result<(), SinkError> {
+fn check_special(
+    config: &Config,
+    fields: &[String],
+    kinds: &[crate::codec::Kind],
+) -> Result<(), SinkError> {
     use crate::codec::Kind;
-    let kind_of = |f: &str| fields.iter().position(|x| x == f).and_then(|i| kinds.get(i));
+    let kind_of = |f: &str| {
+        fields
+            .iter()
+            .position(|x| x == f)
+            .and_then(|i| kinds.get(i))
+    };
     if let Some(f) = &config.table.ttl_field {
         if !matches!(kind_of(f), Some(Kind::Int | Kind::Long)) {
-            return Err(SinkError::Schema(format!("table.ttl_field '{f}' must be an Avro int or long")));
+            return Err(SinkError::Schema(format!(
+                "table.ttl_field '{f}' must be an Avro int or long"
+            )));
         }
     }
     if let Some(f) = &config.table.timestamp_field {
-        if !matches!(kind_of(f), Some(Kind::Long | Kind::TimestampMillis | Kind::TimestampMicros)) {
+        if !matches!(
+            kind_of(f),
+            Some(Kind::Long | Kind::TimestampMillis | Kind::TimestampMicros)
+        ) {
             return Err(SinkError::Schema(format!(
                 "table.timestamp_field '{f}' must be a long (µs) or a timestamp-millis/micros"
             )));

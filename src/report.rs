@@ -50,7 +50,10 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
     let stage = |s: &str| counter_sum(&fams, "shardline_messages_total", &[("stage", s)]) as u64;
     let consumed = stage("consumed");
     let mut partitions: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for f in fams.iter().filter(|f| f.name() == "shardline_partition_messages_total") {
+    for f in fams
+        .iter()
+        .filter(|f| f.name() == "shardline_partition_messages_total")
+    {
         for m in f.get_metric() {
             let label = |k: &str| {
                 m.get_label()
@@ -74,7 +77,11 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
         consumed,
         written: stage("written"),
         dead_lettered: stage("dead_lettered"),
-        msgs_per_s: if seconds > 0.0 { consumed as f64 / seconds } else { 0.0 },
+        msgs_per_s: if seconds > 0.0 {
+            consumed as f64 / seconds
+        } else {
+            0.0
+        },
         end_to_end: quantiles(&fams, "shardline_end_to_end_seconds"),
         write: quantiles(&fams, "shardline_write_seconds"),
         decode: quantiles(&fams, "shardline_decode_seconds"),

@@ -15,7 +15,11 @@ use shardline::runtime::{self, RunOptions};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "shardline", version, about = "Thread-per-core Kafka → Avro → ScyllaDB stream processor")]
+#[command(
+    name = "shardline",
+    version,
+    about = "Thread-per-core Kafka → Avro → ScyllaDB stream processor"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -47,9 +51,17 @@ enum Cmd {
     },
     /// Produce navigation events (Confluent wire format, keyed by uid).
     Produce {
-        #[arg(long, env = "SHARDLINE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        #[arg(
+            long,
+            env = "SHARDLINE_KAFKA_BROKERS",
+            default_value = "127.0.0.1:9092"
+        )]
         brokers: String,
-        #[arg(long, env = "SHARDLINE_REGISTRY_URL", default_value = "http://127.0.0.1:8081/apis/ccompat/v7")]
+        #[arg(
+            long,
+            env = "SHARDLINE_REGISTRY_URL",
+            default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
+        )]
         registry_url: String,
         #[arg(long)]
         topic: String,
@@ -82,7 +94,11 @@ enum Cmd {
     },
     /// Create a topic (idempotent).
     CreateTopic {
-        #[arg(long, env = "SHARDLINE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        #[arg(
+            long,
+            env = "SHARDLINE_KAFKA_BROKERS",
+            default_value = "127.0.0.1:9092"
+        )]
         brokers: String,
         #[arg(long)]
         topic: String,
@@ -100,8 +116,9 @@ enum Cmd {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,scylla=warn,rdkafka=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,scylla=warn,rdkafka=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -123,7 +140,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let report = shardline::check::check_live(&cfg).context("start-up check")?;
             tracing::info!(partitions = ?report.partitions, schema_id = ?report.schema_id, "start-up check passed");
-            let registries_addr: std::net::SocketAddr = cfg.metrics.listen.parse().context("metrics.listen")?;
+            let registries_addr: std::net::SocketAddr =
+                cfg.metrics.listen.parse().context("metrics.listen")?;
             let started = Instant::now();
             let running = runtime::start(
                 Arc::new(cfg),
@@ -138,7 +156,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("binding metrics endpoint {registries_addr}"))?;
             tracing::info!(shards = running.specs.len(), metrics = %format!("http://{bound}/metrics"), "running");
             let (stop_tx, stop_rx) = crossbeam_channel::unbounded();
-            let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+            let mut signals = signal_hook::iterator::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
             std::thread::spawn(move || {
                 for _ in signals.forever() {
                     if stop_tx.send(()).is_err() {
@@ -196,9 +217,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             let reg = RegistryClient::new(&registry_url, Duration::from_secs(10));
             let subject = subject.unwrap_or_else(|| format!("{topic}-value"));
-            let schema_id = reg.register(&subject, navigation::SCHEMA).context("registering the schema")?;
+            let schema_id = reg
+                .register(&subject, navigation::SCHEMA)
+                .context("registering the schema")?;
             // The registry must give back what we registered (catches a wrong base URL early).
-            reg.schema_by_id(schema_id).context("reading the schema back")?;
+            reg.schema_by_id(schema_id)
+                .context("reading the schema back")?;
             let spec = ProduceSpec {
                 brokers,
                 topic,
@@ -234,20 +258,29 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             topic,
             partitions,
         } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(shardline::kafka::admin::create_topic(&brokers, &topic, partitions))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(shardline::kafka::admin::create_topic(
+                &brokers, &topic, partitions,
+            ))?;
             println!("topic {topic} ready ({partitions} partitions)");
             Ok(())
         }
         Cmd::Cql { nodes, statements } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let session = scylla::client::session_builder::SessionBuilder::new()
                     .known_nodes(nodes.split(','))
                     .build()
                     .await?;
                 for s in &statements {
-                    session.query_unpaged(s.as_str(), &[]).await.with_context(|| format!("executing {s}"))?;
+                    session
+                        .query_unpaged(s.as_str(), &[])
+                        .await
+                        .with_context(|| format!("executing {s}"))?;
                 }
                 anyhow::Ok(())
             })

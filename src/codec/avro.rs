@@ -457,9 +457,16 @@ impl Compiler {
                 return Ok(i);
             }
             Schema::Ref { name } => {
-                return self.named.get(&name.fullname(None)).copied().ok_or_else(|| {
-                    CodecError::Resolution(format!("unknown named type {}", name.fullname(None)))
-                })
+                return self
+                    .named
+                    .get(&name.fullname(None))
+                    .copied()
+                    .ok_or_else(|| {
+                        CodecError::Resolution(format!(
+                            "unknown named type {}",
+                            name.fullname(None)
+                        ))
+                    })
             }
         };
         Ok(self.push(n))
@@ -635,17 +642,26 @@ mod tests {
                 (
                     "skipme".into(),
                     AvroValue::Map(
-                        [("k".to_string(), AvroValue::Array(vec![AvroValue::Long(-5), AvroValue::Long(1 << 40)]))]
-                            .into_iter()
-                            .collect(),
+                        [(
+                            "k".to_string(),
+                            AvroValue::Array(vec![AvroValue::Long(-5), AvroValue::Long(1 << 40)]),
+                        )]
+                        .into_iter()
+                        .collect(),
                     ),
                 ),
-                ("n".into(), AvroValue::Union(1, Box::new(AvroValue::Int(-42)))),
+                (
+                    "n".into(),
+                    AvroValue::Union(1, Box::new(AvroValue::Int(-42))),
+                ),
                 ("ts".into(), AvroValue::TimestampMillis(1_700_000_000_123)),
                 ("kind".into(), AvroValue::Enum(1, "B".into())),
                 (
                     "tags".into(),
-                    AvroValue::Array(vec![AvroValue::String("x".into()), AvroValue::String("yz".into())]),
+                    AvroValue::Array(vec![
+                        AvroValue::String("x".into()),
+                        AvroValue::String("yz".into()),
+                    ]),
                 ),
                 ("f".into(), AvroValue::Double(2.5)),
                 ("ok".into(), AvroValue::Boolean(true)),
@@ -656,7 +672,9 @@ mod tests {
     #[test]
     fn decodes_needed_fields_in_slot_order_and_skips_the_rest() {
         let schema = Schema::parse_str(SCHEMA).expect("test schema parses");
-        let fields: Vec<String> = ["ok", "tags", "kind", "ts", "n", "id", "f"].map(String::from).to_vec();
+        let fields: Vec<String> = ["ok", "tags", "kind", "ts", "n", "id", "f"]
+            .map(String::from)
+            .to_vec();
         let plan = Plan::compile(&schema, &fields).expect("compiles");
         let mut row = Row::default();
         plan.decode(&sample(&schema), &mut row).expect("decodes");
@@ -689,15 +707,22 @@ mod tests {
     #[test]
     fn every_truncation_and_trailing_byte_is_an_error() {
         let schema = Schema::parse_str(SCHEMA).expect("test schema parses");
-        let plan = Plan::compile(&schema, &["id".to_string(), "tags".to_string()]).expect("compiles");
+        let plan =
+            Plan::compile(&schema, &["id".to_string(), "tags".to_string()]).expect("compiles");
         let bytes = sample(&schema);
         let mut row = Row::default();
         for cut in 0..bytes.len() {
-            assert!(plan.decode(&bytes[..cut], &mut row).is_err(), "prefix of {cut} bytes decoded");
+            assert!(
+                plan.decode(&bytes[..cut], &mut row).is_err(),
+                "prefix of {cut} bytes decoded"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert_eq!(plan.decode(&longer, &mut row), Err(CodecError::TrailingBytes(1)));
+        assert_eq!(
+            plan.decode(&longer, &mut row),
+            Err(CodecError::TrailingBytes(1))
+        );
     }
 
     #[test]
@@ -715,8 +740,14 @@ mod tests {
         let plan = Plan::compile(&schema, &["a".to_string()]).expect("compiles");
         // A block claiming 2^62 null items, encoded as a zig-zag varint.
         let huge = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00];
-        assert!(matches!(plan.decode(&huge, &mut row), Err(CodecError::BadLength(_))));
+        assert!(matches!(
+            plan.decode(&huge, &mut row),
+            Err(CodecError::BadLength(_))
+        ));
         // Eleven continuation bytes: not a varint.
-        assert_eq!(plan.decode(&[0xff; 11], &mut row), Err(CodecError::BadVarint));
+        assert_eq!(
+            plan.decode(&[0xff; 11], &mut row),
+            Err(CodecError::BadVarint)
+        );
     }
 }

@@ -52,6 +52,9 @@ mod tests {
         assert_eq!(split(&[]), Err(CodecError::Truncated));
         assert_eq!(split(&[0, 0, 0]), Err(CodecError::Truncated));
         assert_eq!(split(&[1, 0, 0, 0, 1]), Err(CodecError::BadMagic(1)));
-        assert_eq!(split(&[0, 0, 0, 0, 7]).expect("empty datum is a frame"), (7, &[][..]));
+        assert_eq!(
+            split(&[0, 0, 0, 0, 7]).expect("empty datum is a frame"),
+            (7, &[][..])
+        );
     }
 }

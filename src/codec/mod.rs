@@ -149,7 +149,11 @@ impl<R: SchemaResolver> Decoder<R> {
     }
 }
 
-fn resolve<R: SchemaResolver>(resolver: &R, id: u32, fields: &[String]) -> Result<Plan, CodecError> {
+fn resolve<R: SchemaResolver>(
+    resolver: &R,
+    id: u32,
+    fields: &[String],
+) -> Result<Plan, CodecError> {
     let json = resolver.schema_by_id(id)?;
     let schema = Schema::parse_str(&json)
         .map_err(|e| CodecError::Resolution(format!("schema id {id} does not parse: {e}")))?;
@@ -173,7 +177,9 @@ mod tests {
                 return Err(CodecError::RegistryUnavailable("connection refused".into()));
             }
             match id {
-                7 => Ok(r#"{"type":"record","name":"r","fields":[{"name":"a","type":"long"}]}"#.into()),
+                7 => Ok(
+                    r#"{"type":"record","name":"r","fields":[{"name":"a","type":"long"}]}"#.into(),
+                ),
                 _ => Err(CodecError::UnknownSchema(id)),
             }
         }
@@ -191,7 +197,10 @@ mod tests {
         let mut d = Decoder::framed(r, vec!["a".into()]);
         let mut row = Row::default();
         let msg = [0, 0, 0, 0, 7, 0x54];
-        assert!(d.decode(&msg, &mut row).expect_err("registry down").is_retryable());
+        assert!(d
+            .decode(&msg, &mut row)
+            .expect_err("registry down")
+            .is_retryable());
         if let Mode::Framed { resolver, .. } = &d.mode {
             resolver.down.set(false);
         }
@@ -208,6 +217,10 @@ mod tests {
             // 1 failed outage call + 1 for id 7 + 1 for id 9: later messages hit the cache.
             assert_eq!(resolver.calls.get(), 3);
         }
-        assert_eq!(d.decode(&[1, 0, 0, 0, 7, 0], &mut row).map_err(|e| e.class()), Err("bad_magic"));
+        assert_eq!(
+            d.decode(&[1, 0, 0, 0, 7, 0], &mut row)
+                .map_err(|e| e.class()),
+            Err("bad_magic")
+        );
     }
 }

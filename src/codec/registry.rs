@@ -61,9 +61,9 @@ impl RegistryClient {
             .set("Content-Type", "application/vnd.schemaregistry.v1+json")
             .send_json(body)
             .map_err(|e| classify(e, 0))?;
-        let id: IdBody = resp
-            .into_json()
-            .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}")))?;
+        let id: IdBody = resp.into_json().map_err(|e| {
+            CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}"))
+        })?;
         Ok(id.id)
     }
 }
@@ -71,10 +71,12 @@ impl RegistryClient {
 fn classify(e: ureq::Error, id: u32) -> CodecError {
     match e {
         ureq::Error::Status(404, _) => CodecError::UnknownSchema(id),
-        ureq::Error::Status(code, resp) if (400..500).contains(&code) => CodecError::Resolution(format!(
-            "registry refused the request ({code}): {}",
-            resp.into_string().unwrap_or_default()
-        )),
+        ureq::Error::Status(code, resp) if (400..500).contains(&code) => {
+            CodecError::Resolution(format!(
+                "registry refused the request ({code}): {}",
+                resp.into_string().unwrap_or_default()
+            ))
+        }
         other => CodecError::RegistryUnavailable(other.to_string()),
     }
 }
@@ -83,18 +85,18 @@ impl SchemaResolver for RegistryClient {
     fn schema_by_id(&self, id: u32) -> Result<String, CodecError> {
         let url = format!("{}/schemas/ids/{id}", self.base);
         let resp = self.agent.get(&url).call().map_err(|e| classify(e, id))?;
-        let body: SchemaBody = resp
-            .into_json()
-            .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}")))?;
+        let body: SchemaBody = resp.into_json().map_err(|e| {
+            CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}"))
+        })?;
         Ok(body.schema)
     }
 
     fn latest(&self, subject: &str) -> Result<(u32, String), CodecError> {
         let url = format!("{}/subjects/{subject}/versions/latest", self.base);
         let resp = self.agent.get(&url).call().map_err(|e| classify(e, 0))?;
-        let body: VersionBody = resp
-            .into_json()
-            .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}")))?;
+        let body: VersionBody = resp.into_json().map_err(|e| {
+            CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}"))
+        })?;
         Ok((body.id, body.schema))
     }
 }

@@ -324,7 +324,10 @@ impl Config {
         }
         match (&self.schema.registry_url, &self.schema.schema_file) {
             (None, None) => {
-                return bad("schema: set registry_url (Confluent wire format) or schema_file (raw Avro)".into())
+                return bad(
+                    "schema: set registry_url (Confluent wire format) or schema_file (raw Avro)"
+                        .into(),
+                )
             }
             (Some(_), Some(_)) => {
                 return bad("schema: registry_url and schema_file are exclusive; keep one".into())
@@ -358,7 +361,10 @@ impl Config {
         self.timestamp_source()?;
         if let Some(cores) = &self.shards.cores {
             if cores.is_empty() {
-                return bad("shards.cores is empty: list at least one core, or remove it to use every core".into());
+                return bad(
+                    "shards.cores is empty: list at least one core, or remove it to use every core"
+                        .into(),
+                );
             }
             let mut sorted = cores.clone();
             sorted.sort_unstable();
@@ -370,7 +376,10 @@ impl Config {
         if let (Some(b), cores) = (&self.shards.bridge_cores, &self.shards.cores) {
             let n = cores.as_ref().map(Vec::len);
             if n != Some(b.len()) {
-                return bad("shards.bridge_cores needs shards.cores, with one bridge core per shard core".into());
+                return bad(
+                    "shards.bridge_cores needs shards.cores, with one bridge core per shard core"
+                        .into(),
+                );
             }
         }
         if self.shards.io_memory_bytes < 64 * 1024 {
@@ -387,7 +396,10 @@ impl Config {
 
     /// The checked write-timestamp source.
     pub fn timestamp_source(&self) -> Result<TimestampSource, ConfigError> {
-        match (self.table.timestamp_source.as_str(), &self.table.timestamp_field) {
+        match (
+            self.table.timestamp_source.as_str(),
+            &self.table.timestamp_field,
+        ) {
             ("kafka", None) => Ok(TimestampSource::Kafka),
             ("now", None) => Ok(TimestampSource::Now),
             ("field", Some(f)) => Ok(TimestampSource::Field(f.clone())),
@@ -474,7 +486,9 @@ columns = { uid = "uid", url = "url" }
     fn unknown_key_is_rejected() {
         let text = MINIMAL.replace("group_id = \"g\"", "group_id = \"g\"\ngroup_idd = \"x\"");
         match Config::parse(&text) {
-            Err(ConfigError::Parse { message, .. }) => assert!(message.contains("group_idd"), "{message}"),
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains("group_idd"), "{message}")
+            }
             other => panic!("expected a parse error, got {other:?}"),
         }
     }
@@ -489,14 +503,27 @@ columns = { uid = "uid", url = "url" }
 
     #[test]
     fn validate_messages_name_the_key() {
-        assert!(invalid(&MINIMAL.replace("dead_letter_topic = \"navigation.dlq\"", "dead_letter_topic = \"navigation\""))
-            .contains("kafka.dead_letter_topic"));
-        assert!(invalid(&MINIMAL.replace("nodes = [\"127.0.0.1:9042\"]", "nodes = []\nconsistency = \"lots\""))
-            .contains("scylla.nodes"));
-        assert!(invalid(&format!("{MINIMAL}ttl_seconds = 5\nttl_field = \"t\"\n")).contains("exclusive"));
-        assert!(invalid(&format!("{MINIMAL}timestamp_source = \"field\"\n")).contains("timestamp_field"));
+        assert!(invalid(&MINIMAL.replace(
+            "dead_letter_topic = \"navigation.dlq\"",
+            "dead_letter_topic = \"navigation\""
+        ))
+        .contains("kafka.dead_letter_topic"));
+        assert!(invalid(&MINIMAL.replace(
+            "nodes = [\"127.0.0.1:9042\"]",
+            "nodes = []\nconsistency = \"lots\""
+        ))
+        .contains("scylla.nodes"));
+        assert!(
+            invalid(&format!("{MINIMAL}ttl_seconds = 5\nttl_field = \"t\"\n"))
+                .contains("exclusive")
+        );
+        assert!(invalid(&format!("{MINIMAL}timestamp_source = \"field\"\n"))
+            .contains("timestamp_field"));
         assert!(invalid(&format!("{MINIMAL}[shards]\ncores = [0, 0]\n")).contains("twice"));
-        assert!(invalid(&format!("{MINIMAL}[metrics]\nlisten = \"nowhere\"\n")).contains("metrics.listen"));
+        assert!(
+            invalid(&format!("{MINIMAL}[metrics]\nlisten = \"nowhere\"\n"))
+                .contains("metrics.listen")
+        );
     }
 
     #[test]
@@ -519,7 +546,10 @@ columns = { uid = "uid", url = "url" }
         });
         assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
         assert_eq!(c.scylla.nodes, vec!["s1:9042", "s2:9042"]);
-        assert_eq!(c.kafka.librdkafka.get("sasl.password").map(String::as_str), Some("hunter2"));
+        assert_eq!(
+            c.kafka.librdkafka.get("sasl.password").map(String::as_str),
+            Some("hunter2")
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! stored (done) offsets before the partitions go away.
 //! Precondition: callbacks run on the thread that polls the consumer, which is the shard's own thread.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
@@ -23,6 +23,14 @@ pub struct ShardContext {
     pub epoch: Arc<AtomicU64>,
     /// The current assignment: read by the shard only when the epoch changed.
     pub assignment: Arc<Mutex<Vec<(String, i32)>>>,
+    /// The start barrier of this process: how many of its shards have had a first assignment.
+    /// Until all have, assigned partitions are held paused, so the first shard to join does not start
+    /// on partitions that the group hands to a sibling moments later.
+    pub joined: Arc<AtomicUsize>,
+    pub shards: usize,
+    pub first_assign: AtomicBool,
+    /// True while this shard's partitions are held paused by the start barrier.
+    pub held: Arc<AtomicBool>,
 }
 
 fn parts(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -35,7 +43,7 @@ fn parts(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 impl ClientContext for ShardContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // End-of-partition is an event shardline asks for (drain mode), not an error.
-        if let rdkafka::error::KafkaError::PartitionEOF(_) = error {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
             return;
         }
         tracing::error!(shard = self.shard, %error, reason, "librdkafka error");
@@ -50,7 +58,11 @@ impl ClientContext for ShardContext {
                 }
                 self.metrics
                     .lag
-                    .with_label_values(&[self.metrics.shard.as_str(), topic.as_str(), p.to_string().as_str()])
+                    .with_label_values(&[
+                        self.metrics.shard.as_str(),
+                        topic.as_str(),
+                        p.to_string().as_str(),
+                    ])
                     .set(part.consumer_lag);
             }
         }
@@ -69,9 +81,18 @@ impl ConsumerContext for ShardContext {
         }
     }
 
-    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                if !self.first_assign.swap(true, Ordering::SeqCst) {
+                    self.joined.fetch_add(1, Ordering::SeqCst);
+                }
+                let hold = self.joined.load(Ordering::SeqCst) < self.shards;
+                let r = if hold { c.pause(tpl) } else { c.resume(tpl) };
+                if let Err(e) = r {
+                    tracing::warn!(shard = self.shard, error = %e, "start barrier pause/resume failed");
+                }
+                self.held.store(hold, Ordering::SeqCst);
                 let p = parts(tpl);
                 events::partitions_assigned(&self.metrics, self.core, &p);
                 if let Ok(mut a) = self.assignment.lock() {
@@ -80,7 +101,9 @@ impl ConsumerContext for ShardContext {
                 self.epoch.fetch_add(1, Ordering::SeqCst);
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::error!(shard = self.shard, error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                tracing::error!(shard = self.shard, error = %e, "rebalance error")
+            }
         }
     }
 
@@ -88,7 +111,9 @@ impl ConsumerContext for ShardContext {
         match result {
             Ok(()) => events::committed(&self.metrics, true, None),
             // "No offset to commit" is librdkafka's timer finding nothing new: not an error.
-            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
             Err(e) => events::committed(&self.metrics, false, Some(&e)),
         }
     }

@@ -62,13 +62,34 @@ impl DeadLetterProducer {
             .unwrap_or(0)
             .to_string();
         let h = OwnedHeaders::new()
-            .insert(Header { key: headers::ERROR_CLASS, value: Some(d.class) })
-            .insert(Header { key: headers::ERROR_MESSAGE, value: Some(d.message.as_str()) })
-            .insert(Header { key: headers::SOURCE_TOPIC, value: Some(d.topic.as_str()) })
-            .insert(Header { key: headers::SOURCE_PARTITION, value: Some(partition.as_str()) })
-            .insert(Header { key: headers::SOURCE_OFFSET, value: Some(offset.as_str()) })
-            .insert(Header { key: headers::SHARD, value: Some(shard.as_str()) })
-            .insert(Header { key: headers::TIME_MS, value: Some(now.as_str()) });
+            .insert(Header {
+                key: headers::ERROR_CLASS,
+                value: Some(d.class),
+            })
+            .insert(Header {
+                key: headers::ERROR_MESSAGE,
+                value: Some(d.message.as_str()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_TOPIC,
+                value: Some(d.topic.as_str()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_PARTITION,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_OFFSET,
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: headers::SHARD,
+                value: Some(shard.as_str()),
+            })
+            .insert(Header {
+                key: headers::TIME_MS,
+                value: Some(now.as_str()),
+            });
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(h);
         if let Some(k) = &d.key {
             rec = rec.key(k.as_slice());

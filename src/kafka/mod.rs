@@ -116,7 +116,11 @@ pub mod admin {
     use rdkafka::types::RDKafkaErrorCode;
 
     /// Creates `topic` with `partitions` partitions; an existing topic is fine.
-    pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), super::KafkaError> {
+    pub async fn create_topic(
+        brokers: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<(), super::KafkaError> {
         let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .create()?;
@@ -131,7 +135,9 @@ pub mod admin {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((t, code)) => {
                     tracing::error!(topic = %t, %code, "create topic failed");
-                    return Err(super::KafkaError::Client(rdkafka::error::KafkaError::AdminOp(code)));
+                    return Err(super::KafkaError::Client(
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    ));
                 }
             }
         }

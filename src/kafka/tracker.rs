@@ -32,7 +32,10 @@ impl PartitionTracker {
 
     /// A record is done. Returns the new committable offset if it advanced.
     pub fn done(&mut self, offset: i64) -> Option<i64> {
-        let idx = self.pending.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
+        let idx = self
+            .pending
+            .binary_search_by_key(&offset, |(o, _)| *o)
+            .ok()?;
         if let Some(e) = self.pending.get_mut(idx) {
             e.1 = true;
         }

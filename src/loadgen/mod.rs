@@ -71,10 +71,19 @@ impl ProducerContext for Ctx {
 }
 
 /// The poison classes, in the order they are produced.
-pub const POISON_CLASSES: &[&str] = &["bad_magic", "corrupt_datum", "unknown_schema", "truncated", "mapping"];
+pub const POISON_CLASSES: &[&str] = &[
+    "bad_magic",
+    "corrupt_datum",
+    "unknown_schema",
+    "truncated",
+    "mapping",
+];
 
 /// Produces per `spec`. Blocking; call from a plain thread.
-pub fn produce(spec: &ProduceSpec, extra: &std::collections::BTreeMap<String, String>) -> Result<ProduceSummary, rdkafka::error::KafkaError> {
+pub fn produce(
+    spec: &ProduceSpec,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> Result<ProduceSummary, rdkafka::error::KafkaError> {
     let mut cfg = rdkafka::ClientConfig::new();
     for (k, v) in extra {
         cfg.set(k, v);
@@ -103,7 +112,8 @@ pub fn produce(spec: &ProduceSpec, extra: &std::collections::BTreeMap<String, St
     let mut last_progress = Instant::now();
     let mut i: u64 = 0;
     loop {
-        if spec.count.is_some_and(|c| i >= c) || spec.duration.is_some_and(|d| start.elapsed() >= d) {
+        if spec.count.is_some_and(|c| i >= c) || spec.duration.is_some_and(|d| start.elapsed() >= d)
+        {
             break;
         }
         if spec.rate > 0 {
@@ -118,18 +128,30 @@ pub fn produce(spec: &ProduceSpec, extra: &std::collections::BTreeMap<String, St
         datum.clear();
         ev.encode(&mut datum);
         frame::frame_into(spec.schema_id, &datum, &mut framed);
-        let poison_class = (spec.poison_every > 0 && i % spec.poison_every == spec.poison_every - 1)
-            .then(|| POISON_CLASSES.get(((i / spec.poison_every) as usize) % POISON_CLASSES.len()).copied())
+        let poison_class = (spec.poison_every > 0
+            && i % spec.poison_every == spec.poison_every - 1)
+            .then(|| {
+                POISON_CLASSES
+                    .get(((i / spec.poison_every) as usize) % POISON_CLASSES.len())
+                    .copied()
+            })
             .flatten();
         if let Some(class) = poison_class {
             poison(class, spec.schema_id, &ev, &mut framed);
             sum.poison += 1;
         }
-        let mut rec = BaseRecord::to(&spec.topic).key(ev.uid.as_bytes()).payload(framed.as_slice());
+        let mut rec = BaseRecord::to(&spec.topic)
+            .key(ev.uid.as_bytes())
+            .payload(framed.as_slice());
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     rec = r;
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -148,7 +170,11 @@ pub fn produce(spec: &ProduceSpec, extra: &std::collections::BTreeMap<String, St
     sum.acked = counting.acked.load(Ordering::Relaxed);
     sum.failed = counting.failed.load(Ordering::Relaxed);
     sum.seconds = start.elapsed().as_secs_f64();
-    sum.rate_per_s = if sum.seconds > 0.0 { sum.sent as f64 / sum.seconds } else { 0.0 };
+    sum.rate_per_s = if sum.seconds > 0.0 {
+        sum.sent as f64 / sum.seconds
+    } else {
+        0.0
+    };
     if spec.progress {
         progress_line(spec, &sum, start.elapsed());
         eprintln!();

@@ -19,7 +19,16 @@ pub const SCHEMA: &str = r#"{"type":"record","name":"Navigation","namespace":"sh
 ]}"#;
 
 pub const EVENT_TYPES: [&str; 4] = ["PAGE_VIEW", "CLICK", "SCROLL", "PURCHASE"];
-const PAGES: [&str; 8] = ["/", "/search", "/product/", "/cart", "/checkout", "/account", "/blog/", "/help"];
+const PAGES: [&str; 8] = [
+    "/",
+    "/search",
+    "/product/",
+    "/cart",
+    "/checkout",
+    "/account",
+    "/blog/",
+    "/help",
+];
 const AGENTS: [&str; 4] = [
     "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
@@ -50,7 +59,8 @@ pub fn event(seed: u64, i: u64, base_ts_ms: i64, uids: u64) -> NavigationEvent {
     let pick = |r: &mut fastrand::Rng, n: usize| r.usize(0..n);
     let page = PAGES[pick(&mut r, PAGES.len())];
     let url = format!("https://shop.example.com{page}{}", r.u32(0..10_000));
-    let referer = (r.u8(0..3) > 0).then(|| format!("https://search.example.org/?q={}", r.u32(0..1000)));
+    let referer =
+        (r.u8(0..3) > 0).then(|| format!("https://search.example.org/?q={}", r.u32(0..1000)));
     let ntags = r.usize(0..4);
     NavigationEvent {
         event_id: format!("{seed:08x}-{i:012}"),
@@ -63,7 +73,9 @@ pub fn event(seed: u64, i: u64, base_ts_ms: i64, uids: u64) -> NavigationEvent {
         country: (r.u8(0..5) > 0).then(|| COUNTRIES[pick(&mut r, COUNTRIES.len())].to_string()),
         event_type: pick(&mut r, EVENT_TYPES.len()),
         duration_ms: r.i32(0..120_000),
-        tags: (0..ntags).map(|_| TAGS[pick(&mut r, TAGS.len())].to_string()).collect(),
+        tags: (0..ntags)
+            .map(|_| TAGS[pick(&mut r, TAGS.len())].to_string())
+            .collect(),
     }
 }
 
@@ -148,9 +160,15 @@ mod tests {
                 ("ts".into(), A::TimestampMillis(e.ts_ms)),
                 ("ip".into(), A::String(e.ip.clone())),
                 ("country".into(), opt(&e.country)),
-                ("event_type".into(), A::Enum(e.event_type as u32, EVENT_TYPES[e.event_type].into())),
+                (
+                    "event_type".into(),
+                    A::Enum(e.event_type as u32, EVENT_TYPES[e.event_type].into()),
+                ),
                 ("duration_ms".into(), A::Int(e.duration_ms)),
-                ("tags".into(), A::Array(e.tags.iter().map(|t| A::String(t.clone())).collect())),
+                (
+                    "tags".into(),
+                    A::Array(e.tags.iter().map(|t| A::String(t.clone())).collect()),
+                ),
             ]);
             let theirs = apache_avro::to_avro_datum(&schema, v).expect("value matches schema");
             assert_eq!(mine, theirs, "event {i}");

@@ -5,17 +5,35 @@
 use super::ShardMetrics;
 
 /// A record could not be processed at `stage` (`decode`, `map`, `write`, `dead_letter`).
-pub fn record_failed(m: &ShardMetrics, topic: &str, partition: i32, offset: i64, stage: &str, kind: &str, error: &dyn std::fmt::Display) {
+pub fn record_failed(
+    m: &ShardMetrics,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    stage: &str,
+    kind: &str,
+    error: &dyn std::fmt::Display,
+) {
     tracing::warn!(shard = %m.shard, topic, partition, offset, stage, kind, %error, "record failed");
-    m.errors.with_label_values(&[m.shard.as_str(), topic, stage, kind]).inc();
+    m.errors
+        .with_label_values(&[m.shard.as_str(), topic, stage, kind])
+        .inc();
 }
 
 /// A retryable write error; the write will be tried again after `backoff_ms`.
-pub fn write_retried(m: &ShardMetrics, kind: &str, attempt: u32, backoff_ms: u64, error: &dyn std::fmt::Display) {
+pub fn write_retried(
+    m: &ShardMetrics,
+    kind: &str,
+    attempt: u32,
+    backoff_ms: u64,
+    error: &dyn std::fmt::Display,
+) {
     if attempt == 1 || attempt.is_power_of_two() {
         tracing::warn!(shard = %m.shard, kind, attempt, backoff_ms, %error, "write failed, retrying");
     }
-    m.write_retries.with_label_values(&[m.shard.as_str(), kind]).inc();
+    m.write_retries
+        .with_label_values(&[m.shard.as_str(), kind])
+        .inc();
 }
 
 /// The shard's partitions were assigned (one log line and one gauge per partition).
@@ -24,7 +42,12 @@ pub fn partitions_assigned(m: &ShardMetrics, core: usize, parts: &[(String, i32)
     m.assigned.reset();
     for (t, p) in parts {
         m.assigned
-            .with_label_values(&[m.shard.as_str(), core.as_str(), t.as_str(), p.to_string().as_str()])
+            .with_label_values(&[
+                m.shard.as_str(),
+                core.as_str(),
+                t.as_str(),
+                p.to_string().as_str(),
+            ])
             .set(1);
     }
     let list: Vec<String> = parts.iter().map(|(t, p)| format!("{t}/{p}")).collect();
@@ -41,7 +64,9 @@ pub fn partitions_revoked(m: &ShardMetrics, parts: &[(String, i32)]) {
 /// An offset commit completed.
 pub fn committed(m: &ShardMetrics, ok: bool, error: Option<&dyn std::fmt::Display>) {
     let result = if ok { "ok" } else { "error" };
-    m.commits.with_label_values(&[m.shard.as_str(), result]).inc();
+    m.commits
+        .with_label_values(&[m.shard.as_str(), result])
+        .inc();
     if let Some(e) = error {
         tracing::warn!(shard = %m.shard, error = %e, "offset commit failed");
     }

@@ -38,7 +38,10 @@ fn handle(mut s: TcpStream, registries: &[Registry]) -> std::io::Result<()> {
             break;
         }
         len += n;
-        if buf.get(..len).is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n")) {
+        if buf
+            .get(..len)
+            .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
+        {
             break;
         }
     }
@@ -50,7 +53,11 @@ fn handle(mut s: TcpStream, registries: &[Registry]) -> std::io::Result<()> {
             let mut out = Vec::new();
             match TextEncoder::new().encode(&fams, &mut out) {
                 Ok(()) => ("200 OK", "text/plain; version=0.0.4", out),
-                Err(e) => ("500 Internal Server Error", "text/plain", e.to_string().into_bytes()),
+                Err(e) => (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    e.to_string().into_bytes(),
+                ),
             }
         }
         "/health" => ("200 OK", "text/plain", b"ok\n".to_vec()),

@@ -13,13 +13,16 @@ use std::collections::BTreeMap;
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 /// Seconds. Decode sits at the bottom (µs), inserts in the middle (sub-ms to ms), end to end at the top
 /// (ms to seconds during catch-up or an outage).
 pub const LATENCY_BUCKETS: &[f64] = &[
-    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
-    500e-3, 1.0, 2.5, 5.0, 10.0, 15.0,
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+    250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 15.0,
 ];
 
 /// A shard's metrics, with the hot-path handles resolved once.
@@ -60,7 +63,10 @@ impl ShardMetrics {
             .expect("static histogram options are valid");
             reg(&registry, h).with_label_values(&[s.as_str()])
         };
-        let decode_seconds = hist("shardline_decode_seconds", "Wire frame + Avro datum to row, per message.");
+        let decode_seconds = hist(
+            "shardline_decode_seconds",
+            "Wire frame + Avro datum to row, per message.",
+        );
         let write_seconds = hist(
             "shardline_write_seconds",
             "INSERT latency of successful writes (last attempt).",
@@ -72,13 +78,15 @@ impl ShardMetrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &registry,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("static counter options are valid"),
+                IntCounterVec::new(Opts::new(name, help), labels)
+                    .expect("static counter options are valid"),
             )
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &registry,
-                IntGaugeVec::new(Opts::new(name, help), labels).expect("static gauge options are valid"),
+                IntGaugeVec::new(Opts::new(name, help), labels)
+                    .expect("static gauge options are valid"),
             )
         };
         let messages = counter(
@@ -148,7 +156,8 @@ impl ShardMetrics {
 
     /// The counter of one stage of one topic (resolve once, then increment freely).
     pub fn stage(&self, topic: &str, stage: &str) -> IntCounter {
-        self.messages.with_label_values(&[self.shard.as_str(), topic, stage])
+        self.messages
+            .with_label_values(&[self.shard.as_str(), topic, stage])
     }
 }
 
@@ -177,9 +186,11 @@ pub fn counter_sum(fams: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -
         .filter(|f| f.name() == name)
         .flat_map(|f| f.get_metric().iter())
         .filter(|m| {
-            labels
-                .iter()
-                .all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v))
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
         })
         .map(|m| m.get_counter().get_value())
         .sum()
@@ -189,14 +200,21 @@ pub fn counter_sum(fams: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -
 pub fn histogram_buckets(fams: &[MetricFamily], name: &str) -> (Vec<(f64, u64)>, u64) {
     let mut merged: BTreeMap<u64, u64> = BTreeMap::new();
     let mut total = 0;
-    for m in fams.iter().filter(|f| f.name() == name).flat_map(|f| f.get_metric().iter()) {
+    for m in fams
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+    {
         let h = m.get_histogram();
         total += h.get_sample_count();
         for b in h.get_bucket() {
             *merged.entry(b.upper_bound().to_bits()).or_default() += b.cumulative_count();
         }
     }
-    let mut v: Vec<(f64, u64)> = merged.into_iter().map(|(k, c)| (f64::from_bits(k), c)).collect();
+    let mut v: Vec<(f64, u64)> = merged
+        .into_iter()
+        .map(|(k, c)| (f64::from_bits(k), c))
+        .collect();
     v.sort_by(|a, b| a.0.total_cmp(&b.0));
     (v, total)
 }
@@ -244,8 +262,14 @@ mod tests {
             b.write_seconds.observe(0.004);
         }
         let fams = gather(&[a.registry.clone(), b.registry.clone()]);
-        assert_eq!(counter_sum(&fams, "shardline_messages_total", &[("stage", "written")]), 7.0);
-        assert_eq!(counter_sum(&fams, "shardline_messages_total", &[("shard", "1")]), 4.0);
+        assert_eq!(
+            counter_sum(&fams, "shardline_messages_total", &[("stage", "written")]),
+            7.0
+        );
+        assert_eq!(
+            counter_sum(&fams, "shardline_messages_total", &[("shard", "1")]),
+            4.0
+        );
         let (buckets, total) = histogram_buckets(&fams, "shardline_write_seconds");
         assert_eq!(total, 100);
         let p50 = quantile(&buckets, total, 0.5).expect("has samples");
@@ -253,7 +277,12 @@ mod tests {
         let p99 = quantile(&buckets, total, 0.99).expect("has samples");
         assert!((2.5e-3..=5e-3).contains(&p99), "p99 {p99}");
         assert_eq!(quantile(&buckets, 0, 0.5), None);
-        let text = prometheus::TextEncoder::new().encode_to_string(&fams).expect("encodes");
-        assert!(text.contains("shardline_write_seconds_bucket{shard=\"1\",le=\"0.005\"} 10"), "{text}");
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&fams)
+            .expect("encodes");
+        assert!(
+            text.contains("shardline_write_seconds_bucket{shard=\"1\",le=\"0.005\"} 10"),
+            "{text}"
+        );
     }
 }

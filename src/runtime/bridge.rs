@@ -58,7 +58,10 @@ impl TokioBridge {
             if let Some(id) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id });
             }
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = handle_tx.send(Err(e));

@@ -88,7 +88,9 @@ pub fn placement(config: &Config) -> Result<Vec<ShardSpec>, RunError> {
         None => online.clone(),
     };
     if cores.is_empty() {
-        return Err(RunError::Runtime("no online cores found; set shards.cores".into()));
+        return Err(RunError::Runtime(
+            "no online cores found; set shards.cores".into(),
+        ));
     }
     if let Some(bad) = cores.iter().find(|c| !online.contains(c)) {
         return Err(RunError::Config(ConfigError::Invalid(format!(
@@ -127,7 +129,16 @@ pub fn start(config: Arc<Config>, opts: RunOptions) -> Result<Running, RunError>
     let mut handles = Vec::new();
     let mut controls = Vec::new();
     let mut registries = Vec::new();
+    let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let drained: Arc<Vec<std::sync::atomic::AtomicBool>> = Arc::new(
+        specs
+            .iter()
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect(),
+    );
     for spec in &specs {
+        let joined = joined.clone();
+        let drained = drained.clone();
         let (tx, rx): (Sender<Control>, Receiver<Control>) = crossbeam_channel::unbounded();
         let metrics = ShardMetrics::new(spec.index);
         registries.push(metrics.registry.clone());
@@ -137,13 +148,15 @@ pub fn start(config: Arc<Config>, opts: RunOptions) -> Result<Running, RunError>
             .name(&format!("shard{}", spec.index))
             .io_memory(config.shards.io_memory_bytes)
             .spawn(move || async move {
-                let r = shard::run(cfg, spec, metrics, rx, opts).await;
+                let r = shard::run(cfg, spec, joined, drained, metrics, rx, opts).await;
                 if let Err(e) = &r {
                     tracing::error!(shard = spec.index, error = %e, "shard failed");
                 }
                 r
             })
-            .map_err(|e| RunError::Runtime(format!("shard {} on core {}: {e}", spec.index, spec.core)))?;
+            .map_err(|e| {
+                RunError::Runtime(format!("shard {} on core {}: {e}", spec.index, spec.core))
+            })?;
         handles.push(Some(h));
         controls.push(tx);
     }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -86,6 +86,8 @@ struct Shared {
 pub async fn run(
     config: Arc<Config>,
     spec: ShardSpec,
+    joined: Arc<AtomicUsize>,
+    drained: Arc<Vec<AtomicBool>>,
     metrics: ShardMetrics,
     control: crossbeam_channel::Receiver<Control>,
     opts: RunOptions,
@@ -95,7 +97,10 @@ pub async fn run(
     let fields = config.needed_fields();
     let mut decoder = match (&config.schema.registry_url, &config.schema.schema_file) {
         (Some(url), _) => Decoder::framed(
-            RegistryClient::new(url, Duration::from_millis(config.schema.registry_timeout_ms)),
+            RegistryClient::new(
+                url,
+                Duration::from_millis(config.schema.registry_timeout_ms),
+            ),
             fields.clone(),
         ),
         (None, Some(file)) => {
@@ -103,21 +108,35 @@ pub async fn run(
                 .map_err(|e| RunError::Runtime(format!("schema.schema_file {file}: {e}")))?;
             Decoder::raw(&json, fields.clone())?
         }
-        (None, None) => return Err(RunError::Runtime("no schema source (validate() should have caught this)".into())),
+        (None, None) => {
+            return Err(RunError::Runtime(
+                "no schema source (validate() should have caught this)".into(),
+            ))
+        }
     };
     let (scylla, binder) = ScyllaWriter::connect(&config, &fields, &bridge).await?;
-    let writer: Rc<dyn RowWriter> = if opts.null_sink { Rc::new(NullWriter) } else { Rc::new(scylla) };
+    let writer: Rc<dyn RowWriter> = if opts.null_sink {
+        Rc::new(NullWriter)
+    } else {
+        Rc::new(scylla)
+    };
 
     let client_id = format!("shardline-{}-shard{}", std::process::id(), spec.index);
     let epoch = Arc::new(AtomicU64::new(0));
     let assignment = Arc::new(Mutex::new(Vec::new()));
+    let held = Arc::new(AtomicBool::new(false));
     let ctx = ShardContext {
         shard: spec.index,
         core: spec.core,
         metrics: metrics.clone(),
         epoch: epoch.clone(),
         assignment: assignment.clone(),
+        joined: joined.clone(),
+        shards: drained.len(),
+        first_assign: AtomicBool::new(false),
+        held: held.clone(),
     };
+    let started_at = Instant::now();
     let mut cc = consumer_config(&config.kafka, &client_id);
     if opts.drain {
         cc.set("enable.partition.eof", "true");
@@ -128,7 +147,10 @@ pub async fn run(
     let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(KafkaError::from)?;
     let dead_letters = match &config.kafka.dead_letter_topic {
-        Some(t) => Some(DeadLetterProducer::new(&producer_config(&config.kafka, &client_id), t.clone())?),
+        Some(t) => Some(DeadLetterProducer::new(
+            &producer_config(&config.kafka, &client_id),
+            t.clone(),
+        )?),
         None => None,
     };
     let shared = Rc::new(Shared {
@@ -149,11 +171,17 @@ pub async fn run(
             dead_lettered: metrics.stage(t, "dead_lettered"),
         })
         .collect();
-    tracing::info!(shard = spec.index, core = spec.core, client_id, "shard started");
+    tracing::info!(
+        shard = spec.index,
+        core = spec.core,
+        client_id,
+        "shard started"
+    );
 
     let max_in_flight = config.scylla.max_in_flight_per_shard;
     let resume_at = max_in_flight / 2;
-    let mut inflight: FuturesUnordered<LocalBoxFuture<'static, Completion>> = FuturesUnordered::new();
+    let mut inflight: FuturesUnordered<LocalBoxFuture<'static, Completion>> =
+        FuturesUnordered::new();
     let mut parts: HashMap<(usize, i32), PartitionState> = HashMap::new();
     let mut current_epoch = 0u64;
     let mut assigned: Vec<(String, i32)> = Vec::new();
@@ -163,6 +191,7 @@ pub async fn run(
     let mut fatal: Option<String> = None;
     let mut idle_since: Option<Instant> = None;
     let mut row = Row::default();
+    let mut last_store = Instant::now();
     let mut stream = consumer.stream();
     let tick_every = Duration::from_millis(100);
     let mut tick = glommio::timer::Timer::new(tick_every);
@@ -227,7 +256,13 @@ pub async fn run(
                         }
                     }
                 }
-                if paused && inflight.len() <= resume_at {
+                // Stored offsets are what librdkafka commits on its timer and before a revoke: keep them
+                // within a few ms of the truth so a rebalance replays little, without an FFI call per record.
+                if last_store.elapsed() >= Duration::from_millis(2) {
+                    store_offsets(&consumer, &shared.topics, &mut parts);
+                    last_store = Instant::now();
+                }
+                if paused && inflight.len() <= resume_at && !held.load(Ordering::SeqCst) {
                     set_paused(&consumer, &assigned, false, &shared.metrics, inflight.len());
                     paused = false;
                 }
@@ -238,7 +273,11 @@ pub async fn run(
             Event::Msg(Err(err)) => {
                 // Broker and transport errors are retried inside librdkafka; they are only reported here.
                 tracing::warn!(shard = spec.index, error = %err, "consumer error");
-                shared.metrics.errors.with_label_values(&[shared.metrics.shard.as_str(), "", "consume", "kafka"]).inc();
+                shared
+                    .metrics
+                    .errors
+                    .with_label_values(&[shared.metrics.shard.as_str(), "", "consume", "kafka"])
+                    .inc();
             }
             Event::Msg(Ok(msg)) => {
                 idle_since = None;
@@ -248,15 +287,17 @@ pub async fn run(
                 let partition = msg.partition();
                 let offset = msg.offset();
                 eof.insert(partition, false);
-                let state = parts.entry((topic, partition)).or_insert_with(|| PartitionState {
-                    tracker: PartitionTracker::default(),
-                    consumed: shared.metrics.partition_messages.with_label_values(&[
-                        shared.metrics.shard.as_str(),
-                        msg.topic(),
-                        partition.to_string().as_str(),
-                    ]),
-                    dirty: false,
-                });
+                let state = parts
+                    .entry((topic, partition))
+                    .or_insert_with(|| PartitionState {
+                        tracker: PartitionTracker::default(),
+                        consumed: shared.metrics.partition_messages.with_label_values(&[
+                            shared.metrics.shard.as_str(),
+                            msg.topic(),
+                            partition.to_string().as_str(),
+                        ]),
+                        dirty: false,
+                    });
                 if !state.tracker.begin(offset) {
                     continue;
                 }
@@ -274,7 +315,15 @@ pub async fn run(
                     match decoder.decode(payload, &mut row) {
                         Err(e) if e.is_retryable() => {
                             attempt += 1;
-                            events::record_failed(&shared.metrics, msg.topic(), partition, offset, "decode", e.class(), &e);
+                            events::record_failed(
+                                &shared.metrics,
+                                msg.topic(),
+                                partition,
+                                offset,
+                                "decode",
+                                e.class(),
+                                &e,
+                            );
                             glommio::timer::sleep(backoff(attempt)).await;
                         }
                         other => break other,
@@ -282,21 +331,56 @@ pub async fn run(
                 };
                 let bound = match decoded {
                     Ok(_) => {
-                        shared.metrics.decode_seconds.observe(started.elapsed().as_secs_f64());
+                        shared
+                            .metrics
+                            .decode_seconds
+                            .observe(started.elapsed().as_secs_f64());
                         if let Some(s) = stage {
                             s.decoded.inc();
                         }
-                        binder.bind(&mut row, ts_ms).map_err(|e| ("map", e.class(), e.to_string()))
+                        binder
+                            .bind(&mut row, ts_ms)
+                            .map_err(|e| ("map", e.class(), e.to_string()))
                     }
                     Err(e) => Err(("decode", e.class(), e.to_string())),
                 };
                 let key = msg.key().map(<[u8]>::to_vec);
                 let value = msg.payload().map(<[u8]>::to_vec);
                 let fut: LocalBoxFuture<'static, Completion> = match bound {
-                    Ok(values) => write(shared.clone(), current_epoch, topic, partition, offset, ts_ms, values, key, value).boxed_local(),
+                    Ok(values) => write(
+                        shared.clone(),
+                        current_epoch,
+                        topic,
+                        partition,
+                        offset,
+                        ts_ms,
+                        values,
+                        key,
+                        value,
+                    )
+                    .boxed_local(),
                     Err((stage, class, message)) => {
-                        events::record_failed(&shared.metrics, msg.topic(), partition, offset, stage, class, &message);
-                        dead_letter(shared.clone(), current_epoch, topic, partition, offset, key, value, class, message).boxed_local()
+                        events::record_failed(
+                            &shared.metrics,
+                            msg.topic(),
+                            partition,
+                            offset,
+                            stage,
+                            class,
+                            &message,
+                        );
+                        dead_letter(
+                            shared.clone(),
+                            current_epoch,
+                            topic,
+                            partition,
+                            offset,
+                            key,
+                            value,
+                            class,
+                            message,
+                        )
+                        .boxed_local()
                     }
                 };
                 inflight.push(fut);
@@ -308,10 +392,25 @@ pub async fn run(
             }
             Event::Tick => {
                 tick = glommio::timer::Timer::new(tick_every);
+                // Release the start barrier once every shard of this process has joined (or after 30 s,
+                // should a sibling never come up).
+                if held.load(Ordering::SeqCst)
+                    && (joined.load(Ordering::SeqCst) >= drained.len()
+                        || started_at.elapsed() > Duration::from_secs(30))
+                {
+                    held.store(false, Ordering::SeqCst);
+                    if !paused {
+                        set_paused(&consumer, &assigned, false, &shared.metrics, inflight.len());
+                    }
+                }
                 store_offsets(&consumer, &shared.topics, &mut parts);
                 match control.try_recv() {
                     Ok(Control::Stop) if stopping.is_none() => {
-                        tracing::info!(shard = spec.index, in_flight = inflight.len(), "stopping: no more fetches, finishing in-flight work");
+                        tracing::info!(
+                            shard = spec.index,
+                            in_flight = inflight.len(),
+                            "stopping: no more fetches, finishing in-flight work"
+                        );
                         stopping = Some(Instant::now());
                     }
                     Ok(Control::Kill) => return Err(RunError::Runtime("killed".into())),
@@ -329,12 +428,24 @@ pub async fn run(
                         break;
                     }
                 }
-                if opts.drain && stopping.is_none() && current_epoch > 0 && inflight.is_empty() {
-                    let drained = assigned.iter().all(|(_, p)| eof.get(p).copied().unwrap_or(false));
-                    if drained {
+                if opts.drain && stopping.is_none() {
+                    let mine = current_epoch > 0
+                        && inflight.is_empty()
+                        && assigned
+                            .iter()
+                            .all(|(_, p)| eof.get(p).copied().unwrap_or(false));
+                    if let Some(flag) = drained.get(spec.index) {
+                        flag.store(mine, Ordering::SeqCst);
+                    }
+                    // Shards of one process leave together: a shard leaving early would rebalance its
+                    // siblings mid-work.
+                    if mine && drained.iter().all(|d| d.load(Ordering::SeqCst)) {
                         let since = *idle_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= Duration::from_millis(opts.drain_idle_ms) {
-                            tracing::info!(shard = spec.index, "drained: every assigned partition at its end");
+                            tracing::info!(
+                                shard = spec.index,
+                                "drained: every assigned partition of every shard at its end"
+                            );
                             stopping = Some(Instant::now());
                         }
                     } else {
@@ -381,7 +492,11 @@ fn set_paused(
     for (t, p) in assigned {
         tpl.add_partition(t, *p);
     }
-    let r = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    let r = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
     if let Err(e) = r {
         tracing::warn!(shard = %metrics.shard, error = %e, pause, "pause/resume failed");
     }
@@ -436,23 +551,54 @@ async fn write(
         let started = Instant::now();
         match shared.writer.write(values.clone()).await {
             Ok(()) => {
-                shared.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
+                shared
+                    .metrics
+                    .write_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 if let Some(ms) = ts_ms {
                     let e2e_ms = crate::sink::now_us() / 1000 - ms;
-                    shared.metrics.end_to_end_seconds.observe(e2e_ms.max(0) as f64 / 1000.0);
+                    shared
+                        .metrics
+                        .end_to_end_seconds
+                        .observe(e2e_ms.max(0) as f64 / 1000.0);
                 }
                 return done(Outcome::Written);
             }
             Err(e) if e.is_retryable() => {
                 attempt += 1;
                 let wait = backoff(attempt);
-                events::write_retried(&shared.metrics, e.class(), attempt, wait.as_millis() as u64, &e);
+                events::write_retried(
+                    &shared.metrics,
+                    e.class(),
+                    attempt,
+                    wait.as_millis() as u64,
+                    &e,
+                );
                 glommio::timer::sleep(wait).await;
             }
             Err(e) => {
                 let t = shared.topics.get(topic).map(String::as_str).unwrap_or("");
-                events::record_failed(&shared.metrics, t, partition, offset, "write", e.class(), &e);
-                return dead_letter(shared.clone(), epoch, topic, partition, offset, key, value, e.class(), e.to_string()).await;
+                events::record_failed(
+                    &shared.metrics,
+                    t,
+                    partition,
+                    offset,
+                    "write",
+                    e.class(),
+                    &e,
+                );
+                return dead_letter(
+                    shared.clone(),
+                    epoch,
+                    topic,
+                    partition,
+                    offset,
+                    key,
+                    value,
+                    e.class(),
+                    e.to_string(),
+                )
+                .await;
             }
         }
     }

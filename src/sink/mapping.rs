@@ -91,7 +91,10 @@ impl CqlType {
 }
 
 fn generic<'a>(s: &'a str, name: &str) -> Option<&'a str> {
-    s.strip_prefix(name)?.trim_start().strip_prefix('<')?.strip_suffix('>')
+    s.strip_prefix(name)?
+        .trim_start()
+        .strip_prefix('<')?
+        .strip_suffix('>')
 }
 
 fn split_top_level_comma(s: &str) -> Option<(&str, &str)> {
@@ -125,7 +128,9 @@ pub fn compatible(kind: &Kind, ty: &CqlType) -> bool {
         (Kind::TimestampMillis | Kind::TimestampMicros, C::Timestamp | C::BigInt) => true,
         (Kind::Date, C::Date | C::Int) => true,
         (Kind::TimeMillis | Kind::TimeMicros, C::Time | C::BigInt) => true,
-        (Kind::Array(k), C::List(t) | C::Set(t)) => compatible(k, t) && !matches!(**k, Kind::Nullable(_)),
+        (Kind::Array(k), C::List(t) | C::Set(t)) => {
+            compatible(k, t) && !matches!(**k, Kind::Nullable(_))
+        }
         (Kind::Map(v), C::Map(k, t)) => matches!(**k, C::Text | C::Ascii) && compatible(v, t),
         _ => false,
     }
@@ -149,7 +154,10 @@ pub fn convert(v: Value, ty: &CqlType) -> Result<Option<CqlValue>, &'static str>
             let u: uuid::Uuid = s.parse().map_err(|_| "string is not a UUID")?;
             CqlValue::Timeuuid(u.into())
         }
-        (Value::Str(s), C::Inet) => CqlValue::Inet(s.parse::<IpAddr>().map_err(|_| "string is not an IP address")?),
+        (Value::Str(s), C::Inet) => CqlValue::Inet(
+            s.parse::<IpAddr>()
+                .map_err(|_| "string is not an IP address")?,
+        ),
         (Value::Bool(b), C::Boolean) => CqlValue::Boolean(b),
         (Value::Int(i), C::Int) => CqlValue::Int(i),
         (Value::Int(i), C::BigInt) => CqlValue::BigInt(i64::from(i)),
@@ -167,7 +175,9 @@ pub fn convert(v: Value, ty: &CqlType) -> Result<Option<CqlValue>, &'static str>
         (Value::Bytes(b), C::Blob) => CqlValue::Blob(b),
         (Value::TimestampMillis(ms), C::Timestamp) => CqlValue::Timestamp(CqlTimestamp(ms)),
         (Value::TimestampMillis(ms), C::BigInt) => CqlValue::BigInt(ms),
-        (Value::TimestampMicros(us), C::Timestamp) => CqlValue::Timestamp(CqlTimestamp(us.div_euclid(1000))),
+        (Value::TimestampMicros(us), C::Timestamp) => {
+            CqlValue::Timestamp(CqlTimestamp(us.div_euclid(1000)))
+        }
         (Value::TimestampMicros(us), C::BigInt) => CqlValue::BigInt(us),
         // CQL dates count days from 2^31 = 1970-01-01.
         (Value::Date(d), C::Date) => CqlValue::Date(CqlDate((i64::from(d) + (1i64 << 31)) as u32)),
@@ -211,9 +221,9 @@ pub struct ColumnMap {
 /// Checks each mapped field's Avro kind against its live column. Errors name field, column and types.
 pub fn check(columns: &[ColumnMap], kinds: &[Kind]) -> Result<(), SinkError> {
     for c in columns {
-        let kind = kinds.get(c.slot).ok_or_else(|| {
-            SinkError::Schema(format!("field '{}' has no decoded slot", c.field))
-        })?;
+        let kind = kinds
+            .get(c.slot)
+            .ok_or_else(|| SinkError::Schema(format!("field '{}' has no decoded slot", c.field)))?;
         if !compatible(kind, &c.ty) {
             return Err(SinkError::Schema(format!(
                 "field '{}' of Avro type {} cannot be written to column '{}' of CQL type {}",
@@ -232,7 +242,10 @@ mod tests {
     fn parses_nested_types() {
         assert_eq!(
             CqlType::parse("frozen<map<text, list<int>>>"),
-            CqlType::Map(Box::new(CqlType::Text), Box::new(CqlType::List(Box::new(CqlType::Int))))
+            CqlType::Map(
+                Box::new(CqlType::Text),
+                Box::new(CqlType::List(Box::new(CqlType::Int)))
+            )
         );
         assert_eq!(CqlType::parse("varchar"), CqlType::Text);
         assert_eq!(CqlType::parse("counter"), CqlType::Other("counter".into()));
@@ -241,7 +254,10 @@ mod tests {
 
     #[test]
     fn conversions_are_exact() {
-        assert_eq!(convert(Value::Long(7), &CqlType::Int), Ok(Some(CqlValue::Int(7))));
+        assert_eq!(
+            convert(Value::Long(7), &CqlType::Int),
+            Ok(Some(CqlValue::Int(7)))
+        );
         assert!(convert(Value::Long(1 << 40), &CqlType::Int).is_err());
         assert_eq!(
             convert(Value::TimestampMillis(1500), &CqlType::Timestamp),
@@ -250,14 +266,22 @@ mod tests {
         assert_eq!(convert(Value::Null, &CqlType::Int), Ok(None));
         assert_eq!(
             convert(Value::Str("10.0.0.1".into()), &CqlType::Inet),
-            Ok(Some(CqlValue::Inet("10.0.0.1".parse().expect("literal ip"))))
+            Ok(Some(CqlValue::Inet(
+                "10.0.0.1".parse().expect("literal ip")
+            )))
         );
         assert!(convert(Value::Str("nope".into()), &CqlType::Inet).is_err());
         assert_eq!(
-            convert(Value::Array(vec![Value::Str("a".into())]), &CqlType::List(Box::new(CqlType::Text))),
+            convert(
+                Value::Array(vec![Value::Str("a".into())]),
+                &CqlType::List(Box::new(CqlType::Text))
+            ),
             Ok(Some(CqlValue::List(vec![CqlValue::Text("a".into())])))
         );
-        assert_eq!(convert(Value::Date(0), &CqlType::Date), Ok(Some(CqlValue::Date(CqlDate(1 << 31)))));
+        assert_eq!(
+            convert(Value::Date(0), &CqlType::Date),
+            Ok(Some(CqlValue::Date(CqlDate(1 << 31))))
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub use mapping::{ColumnMap, CqlType};
 pub enum SinkError {
     /// A record's value does not fit its column: permanent for that record.
     #[error("column '{column}': {reason}")]
-    Mapping { column: String, reason: &'static str },
+    Mapping {
+        column: String,
+        reason: &'static str,
+    },
     /// A write the database refused or did not answer.
     #[error("write failed ({class}): {message}")]
     Write {
@@ -52,7 +55,13 @@ pub enum SinkError {
 
 impl SinkError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Write { retryable: true, .. } | SinkError::Connect { .. })
+        matches!(
+            self,
+            SinkError::Write {
+                retryable: true,
+                ..
+            } | SinkError::Connect { .. }
+        )
     }
 
     /// The error class for dead-letter headers and metric labels.
@@ -68,15 +77,17 @@ impl SinkError {
     fn from_execution(e: ExecutionError) -> SinkError {
         let (retryable, class) = match &e {
             ExecutionError::RequestTimeout(_) => (true, "timeout"),
-            ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => (true, "unavailable"),
+            ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => {
+                (true, "unavailable")
+            }
             ExecutionError::LastAttemptError(a) => match a {
                 RequestAttemptError::DbError(db, _) => match db {
                     DbError::WriteTimeout { .. } | DbError::ReadTimeout { .. } => (true, "timeout"),
                     DbError::Unavailable { .. } | DbError::IsBootstrapping => (true, "unavailable"),
                     DbError::Overloaded | DbError::RateLimitReached { .. } => (true, "overloaded"),
-                    DbError::WriteFailure { .. } | DbError::ServerError | DbError::TruncateError => {
-                        (true, "server")
-                    }
+                    DbError::WriteFailure { .. }
+                    | DbError::ServerError
+                    | DbError::TruncateError => (true, "server"),
                     _ => (false, "invalid"),
                 },
                 RequestAttemptError::BrokenConnectionError(_)
@@ -177,7 +188,10 @@ impl Binder {
             });
         }
         let ttl = match &config.table.ttl_field {
-            Some(f) => Ttl::Slot(slot_of(f).ok_or_else(|| SinkError::Schema(format!("ttl field '{f}' is not decoded")))?),
+            Some(f) => Ttl::Slot(
+                slot_of(f)
+                    .ok_or_else(|| SinkError::Schema(format!("ttl field '{f}' is not decoded")))?,
+            ),
             None => Ttl::Fixed(i32::try_from(config.table.ttl_seconds).map_err(|_| {
                 SinkError::Schema("table.ttl_seconds is larger than CQL allows".into())
             })?),
@@ -188,16 +202,20 @@ impl Binder {
         {
             TimestampSource::Kafka => Ts::Kafka,
             TimestampSource::Now => Ts::Now,
-            TimestampSource::Field(f) => Ts::Slot(
-                slot_of(&f).ok_or_else(|| SinkError::Schema(format!("timestamp field '{f}' is not decoded")))?,
-            ),
+            TimestampSource::Field(f) => Ts::Slot(slot_of(&f).ok_or_else(|| {
+                SinkError::Schema(format!("timestamp field '{f}' is not decoded"))
+            })?),
         };
         Ok(Binder { columns, ttl, ts })
     }
 
     /// The prepared statement text.
     pub fn insert_cql(&self, keyspace: &str, table: &str) -> String {
-        let cols: Vec<String> = self.columns.iter().map(|c| format!("\"{}\"", c.column)).collect();
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.column))
+            .collect();
         let marks = vec!["?"; self.columns.len()].join(", ");
         format!(
             "INSERT INTO \"{keyspace}\".\"{table}\" ({}) VALUES ({marks}) USING TTL ? AND TIMESTAMP ?",
@@ -214,16 +232,20 @@ impl Binder {
                 .get_mut(c.slot)
                 .map(|v| std::mem::replace(v, Value::Null))
                 .unwrap_or(Value::Null);
-            out.push(mapping::convert(v, &c.ty).map_err(|reason| SinkError::Mapping {
-                column: c.column.clone(),
-                reason,
-            })?);
+            out.push(
+                mapping::convert(v, &c.ty).map_err(|reason| SinkError::Mapping {
+                    column: c.column.clone(),
+                    reason,
+                })?,
+            );
         }
         let ttl = match self.ttl {
             Ttl::Fixed(s) => s,
             Ttl::Slot(i) => match row.values.get(i) {
                 Some(Value::Int(s)) => *s,
-                Some(Value::Long(s)) => i32::try_from(*s).map_err(|_| mapping_err("ttl", "ttl out of range"))?,
+                Some(Value::Long(s)) => {
+                    i32::try_from(*s).map_err(|_| mapping_err("ttl", "ttl out of range"))?
+                }
                 Some(Value::Null) | None => 0,
                 _ => return Err(mapping_err("ttl", "ttl field is not an int or long")),
             },
@@ -239,7 +261,12 @@ impl Binder {
             Ts::Slot(i) => match row.values.get(i) {
                 Some(Value::TimestampMillis(ms)) => ms.saturating_mul(1000),
                 Some(Value::TimestampMicros(us)) | Some(Value::Long(us)) => *us,
-                _ => return Err(mapping_err("timestamp", "timestamp field is not a timestamp or long")),
+                _ => {
+                    return Err(mapping_err(
+                        "timestamp",
+                        "timestamp field is not a timestamp or long",
+                    ))
+                }
             },
         };
         out.push(Some(CqlValue::Int(ttl)));
@@ -319,10 +346,21 @@ pub async fn table_columns(
         .map_err(|e| SinkError::Schema(format!("system_schema.columns: {e}")))?
     {
         let (name, ty) = r.map_err(|e| SinkError::Schema(format!("system_schema.columns: {e}")))?;
+        // A non-frozen list appends cells keyed by a fresh timeuuid on every write, so a replay with the
+        // same write timestamp duplicates its elements (measured in the replay test). Frozen lists and
+        // sets are single cells or idempotent.
+        if ty.starts_with("list<") {
+            tracing::warn!(
+                column = %name, r#type = %ty,
+                "non-frozen list column: replays duplicate its elements; use frozen<list<..>> or set<..> for idempotent writes"
+            );
+        }
         out.insert(name, CqlType::parse(&ty));
     }
     if out.is_empty() {
-        return Err(SinkError::Schema(format!("table {keyspace}.{table} does not exist")));
+        return Err(SinkError::Schema(format!(
+            "table {keyspace}.{table} does not exist"
+        )));
     }
     Ok(out)
 }
@@ -339,7 +377,8 @@ impl ScyllaWriter {
         let (session, binder, insert) = bridge
             .wrap(async {
                 let session = connect(config).await?;
-                let types = table_columns(&session, &config.table.keyspace, &config.table.table).await?;
+                let types =
+                    table_columns(&session, &config.table.keyspace, &config.table.table).await?;
                 let binder = Binder::new(config, fields, &types)?;
                 let cql = binder.insert_cql(&config.table.keyspace, &config.table.table);
                 let insert = session
@@ -371,7 +410,10 @@ impl RowWriter for ScyllaWriter {
                 .map(|_| ())
                 .map_err(SinkError::from_execution)
         };
-        Box::pin(crate::runtime::bridge::InTokio::new(self.handle.clone(), fut))
+        Box::pin(crate::runtime::bridge::InTokio::new(
+            self.handle.clone(),
+            fut,
+        ))
     }
 }
 
@@ -402,7 +444,12 @@ columns = {{ a = "fa", b = "fb" }}
     }
 
     fn types() -> HashMap<String, CqlType> {
-        [("a".to_string(), CqlType::Text), ("b".to_string(), CqlType::BigInt)].into_iter().collect()
+        [
+            ("a".to_string(), CqlType::Text),
+            ("b".to_string(), CqlType::BigInt),
+        ]
+        .into_iter()
+        .collect()
     }
 
     #[test]
@@ -444,7 +491,10 @@ columns = {{ a = "fa", b = "fb" }}
         let mut t = types();
         t.remove("b");
         let err = Binder::new(&c, &fields, &t).expect_err("column b is missing");
-        assert!(err.to_string().contains("column 'b'") && err.to_string().contains("'fb'"), "{err}");
+        assert!(
+            err.to_string().contains("column 'b'") && err.to_string().contains("'fb'"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,0 +1,8 @@
+//! Integration tests against the real services of `scripts/services.sh` (Kafka, Cassandra, Apicurio).
+//! One binary; each scenario a module; unique topic, group and keyspace names per test.
+//! Run with `cargo test --features integration --test integration` (scripts/test.sh does).
+#![cfg(feature = "integration")]
+
+mod harness;
+mod processor;
+mod utils;

@@ -1,0 +1,358 @@
+//! Shared helpers: unique names, topics, keyspaces, producing, running the binary, reading back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::TryStreamExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::value::{CqlTimestamp, CqlValue};
+use shardline::codec::RegistryClient;
+use shardline::loadgen::{self, navigation, ProduceSpec, ProduceSummary};
+
+pub const BROKERS: &str = "127.0.0.1:9092";
+pub const REGISTRY: &str = "http://127.0.0.1:8081/apis/ccompat/v7";
+pub const CQL: &str = "127.0.0.1:9042";
+pub const BASE_TS_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test (or earlier run) uses: lowercase, CQL- and Kafka-safe.
+pub fn unique(prefix: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() % 100_000_000)
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{t}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub fn tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime builds")
+}
+
+pub fn create_topic(topic: &str, partitions: i32) -> Result<()> {
+    tokio().block_on(shardline::kafka::admin::create_topic(
+        BROKERS, topic, partitions,
+    ))?;
+    Ok(())
+}
+
+pub async fn session() -> Result<Session> {
+    Ok(SessionBuilder::new().known_node(CQL).build().await?)
+}
+
+pub const TABLE_CQL: &str = "CREATE TABLE IF NOT EXISTS {ks}.navigation_events (uid text, event_id text, url text, \
+     referer text, user_agent text, ts timestamp, ip inet, country text, event_type text, duration_ms int, \
+     tags frozen<list<text>>, PRIMARY KEY ((uid), event_id))";
+
+/// A fresh keyspace with the navigation table.
+pub async fn create_keyspace(s: &Session, ks: &str) -> Result<()> {
+    s.query_unpaged(
+        format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class':'SimpleStrategy','replication_factor':1}}"),
+        &[],
+    )
+    .await?;
+    s.query_unpaged(TABLE_CQL.replace("{ks}", ks), &[]).await?;
+    Ok(())
+}
+
+/// Registers the navigation schema for `topic` and produces `count` events.
+pub fn produce(topic: &str, count: u64, seed: u64, poison_every: u64) -> Result<ProduceSummary> {
+    let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
+    let schema_id = reg.register(&format!("{topic}-value"), navigation::SCHEMA)?;
+    let spec = ProduceSpec {
+        brokers: BROKERS.into(),
+        topic: topic.into(),
+        schema_id,
+        count: Some(count),
+        duration: None,
+        rate: 0,
+        seed,
+        base_ts_ms: BASE_TS_MS,
+        uids: 20_000,
+        poison_every,
+        progress: false,
+    };
+    let s = loadgen::produce(&spec, &BTreeMap::new())?;
+    if s.acked != count {
+        bail!("only {} of {count} records acknowledged", s.acked);
+    }
+    Ok(s)
+}
+
+/// The config of a test pipeline, written to a temp file.
+pub fn write_config(
+    dir: &Path,
+    topic: &str,
+    group: &str,
+    ks: &str,
+    extra_table: &str,
+    columns: &str,
+) -> Result<PathBuf> {
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{BROKERS}"
+group_id = "{group}"
+topics = ["{topic}"]
+dead_letter_topic = "{topic}.dlq"
+commit_interval_ms = 500
+
+[schema]
+registry_url = "{REGISTRY}"
+
+[scylla]
+nodes = ["{CQL}"]
+consistency = "one"
+max_in_flight_per_shard = 512
+
+[table]
+keyspace = "{ks}"
+table = "navigation_events"
+ttl_seconds = 2592000
+{extra_table}
+
+[table.columns]
+{columns}
+
+[shards]
+cores = [0, 1]
+shutdown_deadline_ms = 20000
+
+[metrics]
+listen = "127.0.0.1:0"
+"#
+    );
+    let p = dir.join(format!("{group}.toml"));
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+pub const ALL_COLUMNS: &str = r#"uid = "uid"
+event_id = "event_id"
+url = "url"
+referer = "referer"
+user_agent = "user_agent"
+ts = "ts"
+ip = "ip"
+country = "country"
+event_type = "event_type"
+duration_ms = "duration_ms"
+tags = "tags""#;
+
+pub fn temp_dir(name: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Output of one `shardline run`.
+pub struct RunOutput {
+    pub ok: bool,
+    pub stderr: String,
+    pub summary: Option<serde_json::Value>,
+}
+
+/// Runs `shardline run --drain` to completion (or `timeout`).
+pub fn run_drain(config: &Path, timeout: Duration, extra: &[&str]) -> Result<RunOutput> {
+    let summary = config.with_extension("summary.json");
+    let _ = std::fs::remove_file(&summary);
+    let log = config.with_extension(format!("log{}", SEQ.fetch_add(1, Ordering::SeqCst)));
+    let logf = std::fs::File::create(&log)?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--drain", "--drain-idle-ms", "2000", "--summary"])
+        .arg(&summary)
+        .args(extra)
+        .env("RUST_LOG", "info,scylla=warn,rdkafka=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "shardline run did not finish within {timeout:?}; log: {}",
+                tail(&log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let summary = std::fs::read_to_string(&summary)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    Ok(RunOutput {
+        ok: status.success(),
+        stderr,
+        summary,
+    })
+}
+
+pub fn tail(p: &Path) -> String {
+    let s = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn group_consumer(group: &str) -> Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?)
+}
+
+/// Committed offset of every partition of `topic` for `group` (-1 when none).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let c = group_consumer(group)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    let mut out = vec![-1; partitions as usize];
+    for e in got.elements() {
+        if let (Offset::Offset(o), Some(slot)) = (e.offset(), out.get_mut(e.partition() as usize)) {
+            *slot = o;
+        }
+    }
+    Ok(out)
+}
+
+/// High watermark of every partition.
+pub fn end_offsets(topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let c = group_consumer("shardline-test-watermarks")?;
+    (0..partitions)
+        .map(|p| Ok(c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1))
+        .collect()
+}
+
+/// Sets the group's committed offsets back to the start (the group must have no live member).
+pub fn reset_group(group: &str, topic: &str, partitions: i32) -> Result<()> {
+    let c = group_consumer(group)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Offset(0))?;
+    }
+    c.assign(&tpl)?;
+    c.commit(&tpl, CommitMode::Sync)
+        .context("committing offset 0")?;
+    Ok(())
+}
+
+/// One row of the navigation table, with the write time of `url`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NavRow {
+    pub uid: String,
+    pub event_id: String,
+    pub url: Option<String>,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+    pub ts_ms: Option<i64>,
+    pub ip: Option<String>,
+    pub country: Option<String>,
+    pub event_type: Option<String>,
+    pub duration_ms: Option<i32>,
+    pub tags: Option<Vec<String>>,
+    pub writetime_us: Option<i64>,
+}
+
+pub async fn read_rows(s: &Session, ks: &str) -> Result<HashMap<String, NavRow>> {
+    let q = format!(
+        "SELECT uid, event_id, url, referer, user_agent, ts, ip, country, event_type, duration_ms, tags, WRITETIME(url) \
+         FROM {ks}.navigation_events"
+    );
+    let mut stmt = scylla::statement::Statement::new(q);
+    stmt.set_page_size(5000);
+    stmt.set_request_timeout(Some(Duration::from_secs(30)));
+    let mut rows = s
+        .query_iter(stmt, &[])
+        .await?
+        .rows_stream::<scylla::value::Row>()?;
+    let mut out = HashMap::new();
+    while let Some(r) = rows.try_next().await? {
+        let c = r.columns;
+        let text = |i: usize| match c.get(i) {
+            Some(Some(CqlValue::Text(s))) => Some(s.clone()),
+            Some(Some(CqlValue::Inet(a))) => Some(a.to_string()),
+            _ => None,
+        };
+        let row = NavRow {
+            uid: text(0).unwrap_or_default(),
+            event_id: text(1).unwrap_or_default(),
+            url: text(2),
+            referer: text(3),
+            user_agent: text(4),
+            ts_ms: match c.get(5) {
+                Some(Some(CqlValue::Timestamp(CqlTimestamp(ms)))) => Some(*ms),
+                _ => None,
+            },
+            ip: text(6),
+            country: text(7),
+            event_type: text(8),
+            duration_ms: match c.get(9) {
+                Some(Some(CqlValue::Int(i))) => Some(*i),
+                _ => None,
+            },
+            tags: match c.get(10) {
+                Some(Some(CqlValue::List(l))) => Some(
+                    l.iter()
+                        .filter_map(|v| match v {
+                            CqlValue::Text(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            },
+            writetime_us: match c.get(11) {
+                Some(Some(CqlValue::BigInt(w))) => Some(*w),
+                _ => None,
+            },
+        };
+        out.insert(row.event_id.clone(), row);
+    }
+    Ok(out)
+}
+
+/// Asserts that a row holds exactly what event `i` of the run carried.
+pub fn assert_row_matches(row: &NavRow, seed: u64) {
+    let i = navigation::index_of(&row.event_id).expect("event ids carry their index");
+    let e = navigation::event(seed, i, BASE_TS_MS, 20_000);
+    assert_eq!(row.uid, e.uid, "uid of {}", row.event_id);
+    assert_eq!(row.url.as_deref(), Some(e.url.as_str()));
+    assert_eq!(row.referer, e.referer);
+    assert_eq!(row.user_agent.as_deref(), Some(e.user_agent.as_str()));
+    assert_eq!(row.ts_ms, Some(e.ts_ms));
+    assert_eq!(row.ip.as_deref(), Some(e.ip.as_str()));
+    assert_eq!(row.country, e.country);
+    assert_eq!(
+        row.event_type.as_deref(),
+        Some(navigation::EVENT_TYPES[e.event_type])
+    );
+    assert_eq!(row.duration_ms, Some(e.duration_ms));
+    // CQL stores an empty list as null.
+    let tags = row.tags.clone().unwrap_or_default();
+    assert_eq!(tags, e.tags);
+}
