@@ -113,6 +113,16 @@ enum Cmd {
     },
 }
 
+fn cql_text(v: &scylla::value::CqlValue) -> String {
+    use scylla::value::CqlValue as V;
+    match v {
+        V::Text(s) | V::Ascii(s) => s.clone(),
+        V::BigInt(i) => i.to_string(),
+        V::Int(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -121,6 +131,8 @@ fn main() {
             }),
         )
         .with_writer(std::io::stderr)
+        // Plain text when logs go to a file: tests and operators grep them.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = real_main(Cli::parse()) {
         eprintln!("shardline: {e:#}");
@@ -234,6 +246,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 base_ts_ms: base_ts_ms.unwrap_or_else(|| shardline::sink::now_us() / 1000),
                 uids,
                 poison_every,
+                alt_schema_id: if poison_every > 0 {
+                    Some(reg.register(&format!("{subject}-noip"), navigation::SCHEMA_WITHOUT_IP)?)
+                } else {
+                    None
+                },
                 progress: !quiet,
             };
             let s = loadgen::produce(&spec, &Default::default())?;
@@ -277,10 +294,23 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     .build()
                     .await?;
                 for s in &statements {
-                    session
-                        .query_unpaged(s.as_str(), &[])
+                    let mut stmt = scylla::statement::Statement::new(s.as_str());
+                    stmt.set_request_timeout(Some(Duration::from_secs(120)));
+                    let res = session
+                        .query_unpaged(stmt, &[])
                         .await
                         .with_context(|| format!("executing {s}"))?;
+                    // SELECTs print their rows, one per line, columns separated by tabs.
+                    if let Ok(rows) = res.into_rows_result() {
+                        for row in rows.rows::<scylla::value::Row>()? {
+                            let cols: Vec<String> = row?
+                                .columns
+                                .iter()
+                                .map(|c| c.as_ref().map(cql_text).unwrap_or_else(|| "null".into()))
+                                .collect();
+                            println!("{}", cols.join("\t"));
+                        }
+                    }
                 }
                 anyhow::Ok(())
             })

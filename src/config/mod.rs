@@ -143,6 +143,10 @@ pub struct TableConfig {
     /// The field for `timestamp_source = "field"`.
     #[serde(default)]
     pub timestamp_field: Option<String>,
+    /// What a null field does: `unset` (the default: the column is not written, no tombstone) or
+    /// `null` (writes a CQL null, which is a tombstone and overwrites an earlier value).
+    #[serde(default = "default_null_values")]
+    pub null_values: String,
 }
 
 /// Placement: which cores run shards.
@@ -214,6 +218,9 @@ fn default_max_in_flight() -> usize {
 }
 fn default_timestamp_source() -> String {
     "kafka".into()
+}
+fn default_null_values() -> String {
+    "unset".into()
 }
 fn default_io_memory_bytes() -> usize {
     2 << 20
@@ -359,6 +366,12 @@ impl Config {
             return bad("table.ttl_seconds and table.ttl_field are exclusive; keep one".into());
         }
         self.timestamp_source()?;
+        if !["unset", "null"].contains(&self.table.null_values.as_str()) {
+            return bad(format!(
+                "table.null_values must be 'unset' or 'null', not '{}'",
+                self.table.null_values
+            ));
+        }
         if let Some(cores) = &self.shards.cores {
             if cores.is_empty() {
                 return bad(

@@ -33,6 +33,8 @@ pub struct ProduceSpec {
     pub uids: u64,
     /// Every n-th record is a poison record (0: none).
     pub poison_every: u64,
+    /// Registry id of [`navigation::SCHEMA_WITHOUT_IP`], for `schema_resolution` poison records.
+    pub alt_schema_id: Option<u32>,
     pub progress: bool,
 }
 
@@ -71,13 +73,37 @@ impl ProducerContext for Ctx {
 }
 
 /// The poison classes, in the order they are produced.
+/// Each is named by the dead-letter class shardline gives it, except `truncated` (a frame shorter
+/// than its header: class `corrupt_datum`) and `empty_key` (the database refuses an empty partition
+/// key: class `invalid`).
 pub const POISON_CLASSES: &[&str] = &[
     "bad_magic",
     "corrupt_datum",
     "unknown_schema",
+    "schema_resolution",
     "truncated",
     "mapping",
+    "empty_key",
 ];
+
+/// The dead-letter class shardline reports for a poison class.
+pub fn expected_dead_letter_class(poison: &str) -> &str {
+    match poison {
+        "truncated" => "corrupt_datum",
+        "empty_key" => "invalid",
+        other => other,
+    }
+}
+
+/// The poison class of record `i`, if it is one.
+pub fn poison_class_of(i: u64, poison_every: u64) -> Option<&'static str> {
+    if poison_every == 0 || i % poison_every != poison_every - 1 {
+        return None;
+    }
+    POISON_CLASSES
+        .get(((i / poison_every) as usize) % POISON_CLASSES.len())
+        .copied()
+}
 
 /// Produces per `spec`. Blocking; call from a plain thread.
 pub fn produce(
@@ -128,20 +154,16 @@ pub fn produce(
         datum.clear();
         ev.encode(&mut datum);
         frame::frame_into(spec.schema_id, &datum, &mut framed);
-        let poison_class = (spec.poison_every > 0
-            && i % spec.poison_every == spec.poison_every - 1)
-            .then(|| {
-                POISON_CLASSES
-                    .get(((i / spec.poison_every) as usize) % POISON_CLASSES.len())
-                    .copied()
-            })
-            .flatten();
-        if let Some(class) = poison_class {
-            poison(class, spec.schema_id, &ev, &mut framed);
+        let mut key = ev.uid.as_str();
+        if let Some(class) = poison_class_of(i, spec.poison_every) {
+            poison(class, spec, &ev, &mut framed);
+            if class == "empty_key" {
+                key = "";
+            }
             sum.poison += 1;
         }
         let mut rec = BaseRecord::to(&spec.topic)
-            .key(ev.uid.as_bytes())
+            .key(key.as_bytes())
             .payload(framed.as_slice());
         loop {
             match producer.send(rec) {
@@ -183,7 +205,8 @@ pub fn produce(
 }
 
 /// Replaces `framed` with a poison record of `class`.
-fn poison(class: &str, schema_id: u32, ev: &navigation::NavigationEvent, framed: &mut Vec<u8>) {
+fn poison(class: &str, spec: &ProduceSpec, ev: &navigation::NavigationEvent, framed: &mut Vec<u8>) {
+    let schema_id = spec.schema_id;
     match class {
         "bad_magic" => {
             if let Some(b) = framed.first_mut() {
@@ -201,6 +224,25 @@ fn poison(class: &str, schema_id: u32, ev: &navigation::NavigationEvent, framed:
             frame::frame_into(schema_id.wrapping_add(1_000_000), &d, framed);
         }
         "truncated" => framed.truncate(3),
+        // A schema without the mapped field `ip`: resolution against the mapping fails.
+        "schema_resolution" => {
+            let mut d = Vec::new();
+            ev.encode_without_ip(&mut d);
+            frame::frame_into(
+                spec.alt_schema_id
+                    .unwrap_or(schema_id.wrapping_add(2_000_000)),
+                &d,
+                framed,
+            );
+        }
+        // Valid Avro and mapping, but an empty partition key: the database refuses the INSERT.
+        "empty_key" => {
+            let mut bad = ev.clone();
+            bad.uid = String::new();
+            let mut d = Vec::new();
+            bad.encode(&mut d);
+            frame::frame_into(schema_id, &d, framed);
+        }
         // Decodes fine, but the ip is not an address: the inet column refuses it.
         "mapping" => {
             let mut bad = ev.clone();

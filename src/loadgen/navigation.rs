@@ -18,6 +18,13 @@ pub const SCHEMA: &str = r#"{"type":"record","name":"Navigation","namespace":"sh
 {"name":"tags","type":{"type":"array","items":"string"}}
 ]}"#;
 
+/// The same record without `ip`: a writer schema that a mapping of `ip` cannot resolve.
+pub const SCHEMA_WITHOUT_IP: &str = r#"{"type":"record","name":"NavigationNoIp","namespace":"shardline.events","fields":[
+{"name":"event_id","type":"string"},
+{"name":"uid","type":"string"},
+{"name":"url","type":"string"}
+]}"#;
+
 pub const EVENT_TYPES: [&str; 4] = ["PAGE_VIEW", "CLICK", "SCROLL", "PURCHASE"];
 const PAGES: [&str; 8] = [
     "/",
@@ -109,6 +116,13 @@ fn nullable(out: &mut Vec<u8>, s: &Option<String>) {
 }
 
 impl NavigationEvent {
+    /// Appends the encoding of this event under [`SCHEMA_WITHOUT_IP`].
+    pub fn encode_without_ip(&self, out: &mut Vec<u8>) {
+        string(out, &self.event_id);
+        string(out, &self.uid);
+        string(out, &self.url);
+    }
+
     /// Appends the Avro binary encoding of this event.
     pub fn encode(&self, out: &mut Vec<u8>) {
         string(out, &self.event_id);

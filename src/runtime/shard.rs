@@ -192,6 +192,7 @@ pub async fn run(
     let mut idle_since: Option<Instant> = None;
     let mut row = Row::default();
     let mut last_store = Instant::now();
+    let mut full_since: Option<Instant> = None;
     let mut stream = consumer.stream();
     let tick_every = Duration::from_millis(100);
     let mut tick = glommio::timer::Timer::new(tick_every);
@@ -203,7 +204,11 @@ pub async fn run(
     }
 
     loop {
-        let fetching = stopping.is_none() && fatal.is_none();
+        // At the in-flight bound the shard stops taking records (librdkafka's bounded queue holds them);
+        // if the bound holds for a second (a slow or absent database), it pauses its partitions so the
+        // consumer keeps serving rebalances and the poll interval without buffering more.
+        let full = inflight.len() >= max_in_flight;
+        let fetching = stopping.is_none() && fatal.is_none() && (!full || paused);
         let ev = poll_fn(|cx| {
             if let Poll::Ready(Some(c)) = inflight.poll_next_unpin(cx) {
                 return Poll::Ready(Event::Done(c));
@@ -261,6 +266,9 @@ pub async fn run(
                 if last_store.elapsed() >= Duration::from_millis(2) {
                     store_offsets(&consumer, &shared.topics, &mut parts);
                     last_store = Instant::now();
+                }
+                if inflight.len() < max_in_flight {
+                    full_since = None;
                 }
                 if paused && inflight.len() <= resume_at && !held.load(Ordering::SeqCst) {
                     set_paused(&consumer, &assigned, false, &shared.metrics, inflight.len());
@@ -385,9 +393,8 @@ pub async fn run(
                 };
                 inflight.push(fut);
                 shared.metrics.in_flight.set(inflight.len() as i64);
-                if !paused && inflight.len() >= max_in_flight {
-                    set_paused(&consumer, &assigned, true, &shared.metrics, inflight.len());
-                    paused = true;
+                if inflight.len() >= max_in_flight {
+                    full_since.get_or_insert_with(Instant::now);
                 }
             }
             Event::Tick => {
@@ -404,6 +411,10 @@ pub async fn run(
                     }
                 }
                 store_offsets(&consumer, &shared.topics, &mut parts);
+                if !paused && full_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    set_paused(&consumer, &assigned, true, &shared.metrics, inflight.len());
+                    paused = true;
+                }
                 match control.try_recv() {
                     Ok(Control::Stop) if stopping.is_none() => {
                         tracing::info!(

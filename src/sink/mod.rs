@@ -21,7 +21,7 @@ use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
-use scylla::value::CqlValue;
+use scylla::value::{CqlValue, MaybeUnset};
 use thiserror::Error;
 
 use crate::codec::{Row, Value};
@@ -123,7 +123,8 @@ pub fn parse_consistency(s: &str) -> Option<Consistency> {
 }
 
 /// Statement values for one row: the mapped columns, then TTL, then write timestamp (µs).
-pub type BoundRow = Vec<Option<CqlValue>>;
+/// `Unset` leaves a column untouched (no tombstone); `Set(None)` writes a CQL null (a tombstone).
+pub type BoundRow = Vec<MaybeUnset<Option<CqlValue>>>;
 
 /// The I/O seam for writes, so unit tests and the null-sink benchmark can stand in for Scylla.
 pub trait RowWriter {
@@ -160,6 +161,8 @@ pub struct Binder {
     pub columns: Vec<ColumnMap>,
     ttl: Ttl,
     ts: Ts,
+    /// Null fields write CQL nulls (tombstones) instead of leaving the column unset.
+    write_nulls: bool,
 }
 
 impl Binder {
@@ -206,7 +209,12 @@ impl Binder {
                 SinkError::Schema(format!("timestamp field '{f}' is not decoded"))
             })?),
         };
-        Ok(Binder { columns, ttl, ts })
+        Ok(Binder {
+            columns,
+            ttl,
+            ts,
+            write_nulls: config.table.null_values == "null",
+        })
     }
 
     /// The prepared statement text.
@@ -232,12 +240,14 @@ impl Binder {
                 .get_mut(c.slot)
                 .map(|v| std::mem::replace(v, Value::Null))
                 .unwrap_or(Value::Null);
-            out.push(
-                mapping::convert(v, &c.ty).map_err(|reason| SinkError::Mapping {
-                    column: c.column.clone(),
-                    reason,
-                })?,
-            );
+            let v = mapping::convert(v, &c.ty).map_err(|reason| SinkError::Mapping {
+                column: c.column.clone(),
+                reason,
+            })?;
+            out.push(match v {
+                None if !self.write_nulls => MaybeUnset::Unset,
+                v => MaybeUnset::Set(v),
+            });
         }
         let ttl = match self.ttl {
             Ttl::Fixed(s) => s,
@@ -269,8 +279,8 @@ impl Binder {
                 }
             },
         };
-        out.push(Some(CqlValue::Int(ttl)));
-        out.push(Some(CqlValue::BigInt(ts_us)));
+        out.push(MaybeUnset::Set(Some(CqlValue::Int(ttl))));
+        out.push(MaybeUnset::Set(Some(CqlValue::BigInt(ts_us))));
         Ok(out)
     }
 }
@@ -465,15 +475,19 @@ columns = {{ a = "fa", b = "fb" }}
             values: vec![Value::Str("x".into()), Value::Int(5)],
         };
         let bound = b.bind(&mut row, Some(1_700_000_000_123)).expect("binds");
-        assert_eq!(
-            bound,
-            vec![
-                Some(CqlValue::Text("x".into())),
-                Some(CqlValue::BigInt(5)),
-                Some(CqlValue::Int(60)),
-                Some(CqlValue::BigInt(1_700_000_000_123_000)),
-            ]
-        );
+        let expect = [
+            CqlValue::Text("x".into()),
+            CqlValue::BigInt(5),
+            CqlValue::Int(60),
+            CqlValue::BigInt(1_700_000_000_123_000),
+        ];
+        assert_eq!(bound.len(), expect.len());
+        for (b, e) in bound.iter().zip(expect) {
+            assert!(
+                matches!(b, MaybeUnset::Set(Some(v)) if *v == e),
+                "{b:?} != {e:?}"
+            );
+        }
     }
 
     #[test]
@@ -485,8 +499,25 @@ columns = {{ a = "fa", b = "fb" }}
             values: vec![Value::Null, Value::Long(1), Value::TimestampMillis(2)],
         };
         let bound = b.bind(&mut row, None).expect("binds");
-        assert_eq!(bound.last(), Some(&Some(CqlValue::BigInt(2000))));
-        assert_eq!(bound.first(), Some(&None));
+        assert!(matches!(
+            bound.last(),
+            Some(MaybeUnset::Set(Some(CqlValue::BigInt(2000))))
+        ));
+        assert!(
+            matches!(bound.first(), Some(MaybeUnset::Unset)),
+            "null leaves the column unset"
+        );
+        let c2 = config(
+            "timestamp_source = \"field\"\ntimestamp_field = \"ts\"\nnull_values = \"null\"",
+        );
+        let b2 = Binder::new(&c2, &fields, &types()).expect("binder");
+        let mut row = Row {
+            values: vec![Value::Null, Value::Long(1), Value::TimestampMillis(2)],
+        };
+        assert!(matches!(
+            b2.bind(&mut row, None).expect("binds").first(),
+            Some(MaybeUnset::Set(None))
+        ));
 
         let mut t = types();
         t.remove("b");

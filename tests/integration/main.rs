@@ -3,6 +3,8 @@
 //! Run with `cargo test --features integration --test integration` (scripts/test.sh does).
 #![cfg(feature = "integration")]
 
+#[cfg(feature = "fault-tests")]
+mod faults;
 mod harness;
 mod processor;
 mod utils;

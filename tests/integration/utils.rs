@@ -71,19 +71,33 @@ pub async fn create_keyspace(s: &Session, ks: &str) -> Result<()> {
 
 /// Registers the navigation schema for `topic` and produces `count` events.
 pub fn produce(topic: &str, count: u64, seed: u64, poison_every: u64) -> Result<ProduceSummary> {
+    produce_at(topic, count, seed, poison_every, 0)
+}
+
+/// As `produce`, at `rate` msg/s (0: as fast as possible).
+pub fn produce_at(
+    topic: &str,
+    count: u64,
+    seed: u64,
+    poison_every: u64,
+    rate: u64,
+) -> Result<ProduceSummary> {
     let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
     let schema_id = reg.register(&format!("{topic}-value"), navigation::SCHEMA)?;
+    let alt_schema_id =
+        Some(reg.register(&format!("{topic}-noip"), navigation::SCHEMA_WITHOUT_IP)?);
     let spec = ProduceSpec {
         brokers: BROKERS.into(),
         topic: topic.into(),
         schema_id,
         count: Some(count),
         duration: None,
-        rate: 0,
+        rate,
         seed,
         base_ts_ms: BASE_TS_MS,
         uids: 20_000,
         poison_every,
+        alt_schema_id,
         progress: false,
     };
     let s = loadgen::produce(&spec, &BTreeMap::new())?;
@@ -355,4 +369,131 @@ pub fn assert_row_matches(row: &NavRow, seed: u64) {
     // CQL stores an empty list as null.
     let tags = row.tags.clone().unwrap_or_default();
     assert_eq!(tags, e.tags);
+}
+
+/// A `shardline run` in the background, with its log in a file.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(config: &Path, extra: &[&str]) -> Result<Proc> {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let log = config.with_extension(format!("bg{n}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args(["run", "--config"])
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "info,scylla=warn,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(Proc { child, log })
+    }
+
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill {sig} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for exit; `None` if still running.
+    pub fn wait_for(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(Some(s));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port for a metrics endpoint the test scrapes.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// GET http://127.0.0.1:port/metrics, or an empty string.
+pub fn scrape(port: u16) -> String {
+    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .timeout(Duration::from_secs(3))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// Sum of a metric's samples whose line contains every `needle`.
+pub fn metric_sum(text: &str, name: &str, needles: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `cond` holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<bool> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond()? {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(false)
+}
+
+/// scripts/services.sh with the given arguments.
+pub fn services(args: &[&str]) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+    let out = Command::new("bash").arg(script).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "services.sh {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+pub fn row_count(ks: &str) -> Result<usize> {
+    tokio().block_on(async { Ok(read_rows(&session().await?, ks).await?.len()) })
+}
+
+/// Config text with a fixed metrics port.
+pub fn with_metrics_port(config: &Path, port: u16) -> Result<()> {
+    let text = std::fs::read_to_string(config)?.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(config, text)?;
+    Ok(())
 }

@@ -1,0 +1,67 @@
+//! Hot path: Avro decode of the navigation record, side by side:
+//! - apache-avro `from_avro_datum` (re-resolves the schema on every call),
+//! - apache-avro with a reused `GenericDatumReader` into a `Value`, and its `from_value` path into a struct,
+//! - apache-avro's reused reader deserialising straight into a struct (`read_deser`),
+//! - shardline's compiled `Plan` into a reused `Row` (the path shardline runs).
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::Schema;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use serde::Deserialize;
+use shardline::codec::{Plan, Row};
+use shardline::loadgen::navigation;
+
+mod common;
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+struct Navigation {
+    event_id: String,
+    uid: String,
+    url: String,
+    referer: Option<String>,
+    user_agent: String,
+    ts: i64,
+    ip: String,
+    country: Option<String>,
+    event_type: String,
+    duration_ms: i32,
+    tags: Vec<String>,
+}
+
+#[allow(deprecated)]
+fn bench(c: &mut Criterion) {
+    let (datum, _) = common::message(3);
+    let schema = Schema::parse_str(navigation::SCHEMA).expect("schema parses");
+    let fields = common::config().needed_fields();
+    let plan = Plan::compile(&schema, &fields).expect("plan compiles");
+    let reader = GenericDatumReader::builder(&schema)
+        .build()
+        .expect("reader builds");
+    let mut g = c.benchmark_group("avro_decode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("apache_avro_from_avro_datum", |b| {
+        b.iter(|| apache_avro::from_avro_datum(&schema, &mut black_box(datum.as_slice()), None))
+    });
+    g.bench_function("apache_avro_reused_reader_value", |b| {
+        b.iter(|| reader.read_value(&mut black_box(datum.as_slice())))
+    });
+    g.bench_function("apache_avro_from_value", |b| {
+        b.iter(|| {
+            let v = reader
+                .read_value(&mut black_box(datum.as_slice()))
+                .expect("decodes");
+            apache_avro::from_value::<Navigation>(&v)
+        })
+    });
+    g.bench_function("apache_avro_read_deser", |b| {
+        b.iter(|| reader.read_deser::<Navigation>(&mut black_box(datum.as_slice())))
+    });
+    let mut row = Row::default();
+    g.bench_function("shardline_plan", |b| {
+        b.iter(|| plan.decode(black_box(&datum), &mut row))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

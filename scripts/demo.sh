@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The main job end to end: services up, topic (8 partitions) and table created, navigation events
+# produced at a steady rate while `shardline run` consumes them, then a graceful stop and a summary.
+#
+#   scripts/demo.sh                 # 300k events at 20k msg/s, the insert-only pipeline
+#   EVENTS=500000 RATE=0 scripts/demo.sh   # as fast as the producer goes
+# Services stay up afterwards (scripts/services.sh down stops them).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+EVENTS=${EVENTS:-300000}
+RATE=${RATE:-20000}
+CONFIG=${CONFIG:-tuning/navigation.toml}
+TOPIC=navigation
+OUT=${OUT:-$ROOT/results/demo}
+mkdir -p "$OUT"
+
+bash scripts/bootstrap.sh
+bash scripts/services.sh up
+echo "== building shardline (release)"
+cargo build --release --quiet
+B=target/release/shardline
+
+echo "== topic, dead-letter topic, keyspace and table"
+$B create-topic --topic $TOPIC --partitions 8
+$B create-topic --topic $TOPIC.dlq --partitions 1
+$B cql "CREATE KEYSPACE IF NOT EXISTS shardline WITH replication = {'class':'SimpleStrategy','replication_factor':1}" \
+  "DROP TABLE IF EXISTS shardline.navigation_events" \
+  "CREATE TABLE shardline.navigation_events (uid text, event_id text, url text, referer text, user_agent text, ts timestamp, ip inet, country text, event_type text, duration_ms int, tags frozen<list<text>>, PRIMARY KEY ((uid), event_id))"
+# Register the schema first so that `run`'s start-up check finds the subject.
+$B produce --topic $TOPIC --count 0 --quiet >/dev/null
+
+echo "== shardline run ($CONFIG), metrics on http://127.0.0.1:9898/metrics"
+$B run --config "$CONFIG" --summary "$OUT/summary.json" >"$OUT/run.log" 2>&1 &
+RUN_PID=$!
+trap 'kill -9 $RUN_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 60); do curl -fs http://127.0.0.1:9898/health >/dev/null 2>&1 && break; sleep 0.5; done
+
+written() {
+  curl -fs http://127.0.0.1:9898/metrics | awk '/^shardline_messages_total/ && /stage="(written|dead_lettered)"/ {s+=$2} END {printf "%d\n", s}'
+}
+base=$(written)
+echo "== producing $EVENTS events at ${RATE} msg/s (0 = as fast as possible)"
+$B produce --topic $TOPIC --count "$EVENTS" --rate "$RATE" --seed $RANDOM >"$OUT/produce.json"
+
+echo "== waiting until shardline has written everything"
+target=$((base + EVENTS))
+for _ in $(seq 1 600); do
+  w=$(written)
+  [ "${w%.*}" -ge "$target" ] && break
+  sleep 0.5
+done
+echo "== metrics excerpt"
+curl -fs http://127.0.0.1:9898/metrics | grep -E '^shardline_(messages_total|end_to_end_seconds_count|partition_assigned|commits_total|in_flight_writes)' | head -30
+kill -TERM $RUN_PID
+wait $RUN_PID || { echo "shardline run exited with an error; see $OUT/run.log" >&2; exit 1; }
+trap - EXIT
+
+rows=$($B cql "SELECT COUNT(*) FROM shardline.navigation_events")
+python3 - "$OUT/summary.json" "$OUT/produce.json" "$rows" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+p = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+rows = sys.argv[3].strip()
+e = s["end_to_end"]
+fmt = lambda v: "n/a" if v is None else f"{v:.2f} ms"
+print()
+print("== shardline demo summary")
+print(f"  produced          {p['acked']} events at {p['rate_per_s']:.0f} msg/s")
+print(f"  consumed          {s['consumed']}  (written {s['written']}, dead-lettered {s['dead_lettered']}) by {s['shards']} shards")
+print(f"  throughput        {s['msgs_per_s']:.0f} msg/s over the whole run ({s['seconds']:.1f} s, includes start-up and the producer's pace)")
+print(f"  end to end        p50 {fmt(e['p50_ms'])}  p99 {fmt(e['p99_ms'])}  p999 {fmt(e['p999_ms'])}  (Kafka timestamp -> write acked)")
+print(f"  insert            p50 {fmt(s['write']['p50_ms'])}  p99 {fmt(s['write']['p99_ms'])}")
+print(f"  decode            p50 {fmt(s['decode']['p50_ms'])}")
+print(f"  rows in table     {rows}")
+print(f"  metrics           http://127.0.0.1:9898/metrics (while shardline runs)")
+PY

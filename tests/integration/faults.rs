@@ -1,0 +1,490 @@
+//! Nothing lost: poison records, kill -9, a database outage, a broker restart, a second process joining
+//! and the first leaving, SIGTERM. Built with the `fault-tests` feature (scripts/test.sh sets it): these
+//! tests stop and start the shared services, so they run one at a time (`--test-threads 1`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use shardline::codec::{Decoder, RegistryClient, Row, Value};
+use shardline::kafka::dead_letter::headers;
+use shardline::loadgen::{self, navigation};
+
+use crate::utils::*;
+
+struct Pipeline {
+    topic: String,
+    ks: String,
+    group: String,
+    config: std::path::PathBuf,
+    port: u16,
+}
+
+fn pipeline(name: &str, partitions: i32) -> Result<Pipeline> {
+    let topic = unique(name);
+    let ks = unique(name);
+    let group = unique("grp");
+    let dir = temp_dir(name)?;
+    create_topic(&topic, partitions)?;
+    create_topic(&format!("{topic}.dlq"), 1)?;
+    tokio().block_on(async { create_keyspace(&session().await?, &ks).await })?;
+    let config = write_config(&dir, &topic, &group, &ks, "", ALL_COLUMNS)?;
+    let port = free_port()?;
+    with_metrics_port(&config, port)?;
+    Ok(Pipeline {
+        topic,
+        ks,
+        group,
+        config,
+        port,
+    })
+}
+
+fn all_committed(p: &Pipeline, partitions: i32) -> Result<bool> {
+    Ok(committed(&p.group, &p.topic, partitions)? == end_offsets(&p.topic, partitions)?)
+}
+
+/// Every event 0..n of `seed` has its row, field by field.
+fn assert_all_rows(ks: &str, seed: u64, n: u64) -> Result<()> {
+    let rows = tokio().block_on(async { read_rows(&session().await?, ks).await })?;
+    ensure!(rows.len() as u64 == n, "{} rows for {n} events", rows.len());
+    for row in rows.values() {
+        assert_row_matches(row, seed);
+    }
+    Ok(())
+}
+
+#[test]
+fn kill_dash_nine_five_times_loses_nothing() -> Result<()> {
+    const N: u64 = 300_000;
+    let p = pipeline("kill9", 8)?;
+    produce(&p.topic, N, 21, 0)?;
+    let mut rng = fastrand::Rng::with_seed(99);
+    for round in 0..5 {
+        let mut proc = Proc::spawn(&p.config, &[])?;
+        // A random moment after the shards are up and writing.
+        std::thread::sleep(Duration::from_millis(rng.u64(2500..6000)));
+        ensure!(
+            proc.alive(),
+            "round {round}: died early:\n{}",
+            proc.log_text()
+        );
+        proc.signal("-KILL")?;
+        proc.wait_for(Duration::from_secs(10))?;
+        eprintln!(
+            "round {round}: committed {:?}",
+            committed(&p.group, &p.topic, 8)?
+        );
+    }
+    let out = run_drain(&p.config, Duration::from_secs(900), &[])?;
+    ensure!(out.ok, "final run failed:\n{}", out.stderr);
+    ensure!(all_committed(&p, 8)?, "offsets not at the end");
+    assert_all_rows(&p.ks, 21, N)?;
+    let s = out.summary.expect("summary");
+    eprintln!(
+        "kill -9 x5: produced {N}, rows {N}, final run consumed {}",
+        s["consumed"]
+    );
+    Ok(())
+}
+
+/// Starts a run, produces `n` events at `rate` in the background, applies `fault` after `after`.
+fn outage(
+    name: &str,
+    n: u64,
+    rate: u64,
+    after: Duration,
+    fault: impl FnOnce() -> Result<()>,
+) -> Result<(Pipeline, String)> {
+    let p = pipeline(name, 4)?;
+    produce(&p.topic, 0, 31, 0)?; // registers the subject for the start-up check
+    let mut proc = Proc::spawn(&p.config, &[])?;
+    ensure!(
+        wait_until(Duration::from_secs(60), || Ok(!scrape(p.port).is_empty()))?,
+        "metrics never came up"
+    );
+    let topic = p.topic.clone();
+    let producer = std::thread::spawn(move || produce_at(&topic, n, 31, 0, rate));
+    std::thread::sleep(after);
+    let mut during = String::new();
+    let fault_started = Instant::now();
+    fault()?;
+    // What the metrics showed right after the fault healed (retries, pauses, errors).
+    during.push_str(&scrape(p.port));
+    eprintln!("fault handled in {:?}", fault_started.elapsed());
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    let caught_up = wait_until(Duration::from_secs(300), || all_committed(&p, 4))?;
+    ensure!(
+        caught_up,
+        "lag did not return to zero:\n{}",
+        proc.log_text()
+    );
+    ensure!(
+        proc.alive(),
+        "shardline exited during the fault:\n{}",
+        proc.log_text()
+    );
+    let lag = metric_sum(&scrape(p.port), "shardline_consumer_lag_messages", &[]);
+    proc.signal("-TERM")?;
+    let status = proc.wait_for(Duration::from_secs(60))?;
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "no clean exit after the fault: {status:?}"
+    );
+    assert_all_rows(&p.ks, 31, n)?;
+    eprintln!("{name}: produced {n}, rows {n}, consumer lag gauge at the end {lag}");
+    Ok((p, during))
+}
+
+#[test]
+fn cassandra_stopped_for_20_s_mid_run() -> Result<()> {
+    let (_p, metrics) = outage("cassdown", 60_000, 3000, Duration::from_secs(5), || {
+        services(&["down", "cassandra"])?;
+        std::thread::sleep(Duration::from_secs(20));
+        services(&["up", "cassandra"])
+    })?;
+    let retries = metric_sum(&metrics, "shardline_write_retries_total", &[]);
+    ensure!(
+        retries > 0.0,
+        "the outage shows no retried writes:\n{metrics}"
+    );
+    eprintln!("cassandra outage: {retries} write retries recorded");
+    Ok(())
+}
+
+#[test]
+fn kafka_broker_restarted_mid_run() -> Result<()> {
+    let (_p, _metrics) = outage("kafkadown", 60_000, 3000, Duration::from_secs(5), || {
+        services(&["down", "kafka"])?;
+        std::thread::sleep(Duration::from_secs(5));
+        services(&["up", "kafka"])
+    })?;
+    Ok(())
+}
+
+/// Assignment intervals per (process, partition) from the run logs.
+fn intervals(logs: &[(usize, String)]) -> HashMap<String, Vec<(usize, String, Option<String>)>> {
+    let mut open: HashMap<(usize, String), String> = HashMap::new();
+    let mut out: HashMap<String, Vec<(usize, String, Option<String>)>> = HashMap::new();
+    for (proc, text) in logs {
+        for line in text.lines() {
+            let ts = line.split_whitespace().next().unwrap_or("").to_string();
+            let Some(parts) = line.split("partitions=").nth(1) else {
+                continue;
+            };
+            let parts: Vec<String> = parts
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            if line.contains("partitions assigned") {
+                for p in parts {
+                    open.insert((*proc, p), ts.clone());
+                }
+            } else if line.contains("partitions revoked") {
+                for p in parts {
+                    if let Some(start) = open.remove(&(*proc, p.clone())) {
+                        out.entry(p)
+                            .or_default()
+                            .push((*proc, start, Some(ts.clone())));
+                    }
+                }
+            }
+        }
+    }
+    for ((proc, p), start) in open {
+        out.entry(p).or_default().push((proc, start, None));
+    }
+    out
+}
+
+#[test]
+fn second_process_joins_then_first_leaves() -> Result<()> {
+    const N: u64 = 80_000;
+    let p = pipeline("twoproc", 8)?;
+    produce(&p.topic, 0, 41, 0)?;
+    let mut a = Proc::spawn(&p.config, &[])?;
+    let topic = p.topic.clone();
+    let producer = std::thread::spawn(move || produce_at(&topic, N, 41, 0, 4000));
+    std::thread::sleep(Duration::from_secs(6));
+    // Same group, another metrics port.
+    let cfg_b = p.config.with_extension("b.toml");
+    std::fs::write(
+        &cfg_b,
+        std::fs::read_to_string(&p.config)?
+            .replace(&format!("127.0.0.1:{}", p.port), "127.0.0.1:0"),
+    )?;
+    let mut b = Proc::spawn(&cfg_b, &[])?;
+    std::thread::sleep(Duration::from_secs(8));
+    a.signal("-TERM")?;
+    ensure!(
+        a.wait_for(Duration::from_secs(60))?
+            .is_some_and(|s| s.success()),
+        "first process did not stop cleanly:\n{}",
+        a.log_text()
+    );
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    ensure!(
+        wait_until(Duration::from_secs(300), || all_committed(&p, 8))?,
+        "lag did not return to zero:\n{}",
+        b.log_text()
+    );
+    b.signal("-TERM")?;
+    ensure!(
+        b.wait_for(Duration::from_secs(60))?
+            .is_some_and(|s| s.success()),
+        "second process did not stop cleanly"
+    );
+    assert_all_rows(&p.ks, 41, N)?;
+    // No partition was held by two processes at once: their assignment intervals never overlap.
+    let logs = vec![(0, a.log_text()), (1, b.log_text())];
+    let iv = intervals(&logs);
+    ensure!(
+        iv.len() == 8,
+        "assignments seen for {} partitions",
+        iv.len()
+    );
+    for (part, list) in &iv {
+        for x in list {
+            for y in list {
+                if x.0 == y.0 {
+                    continue;
+                }
+                let x_end = x.2.clone().unwrap_or_else(|| "9999".into());
+                let y_end = y.2.clone().unwrap_or_else(|| "9999".into());
+                let overlap = x.1 < y_end && y.1 < x_end;
+                ensure!(
+                    !overlap,
+                    "partition {part} held by both processes: {x:?} and {y:?}"
+                );
+            }
+        }
+        ensure!(
+            list.iter().any(|x| x.0 == 1),
+            "partition {part} never reached the second process"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn poison_records_of_every_class_go_to_the_dead_letter_topic() -> Result<()> {
+    const N: u64 = 35_000;
+    const EVERY: u64 = 100; // 1%
+    let p = pipeline("poison", 4)?;
+    let sent = produce(&p.topic, N, 51, EVERY)?;
+    let poison = sent.poison;
+    ensure!(poison == N / EVERY, "{poison} poison records");
+    let out = run_drain(&p.config, Duration::from_secs(600), &[])?;
+    ensure!(out.ok, "run failed:\n{}", out.stderr);
+    let s = out.summary.expect("summary");
+    ensure!(s["dead_lettered"] == poison, "summary: {s}");
+
+    // Read the dead letters and the source records they point at.
+    let dlq: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", unique("dlqreader"))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&format!("{}.dlq", p.topic), 0, Offset::Beginning)?;
+    dlq.assign(&tpl)?;
+    let mut letters = Vec::new();
+    let start = Instant::now();
+    while (letters.len() as u64) < poison && start.elapsed() < Duration::from_secs(60) {
+        if let Some(m) = dlq.poll(Duration::from_millis(500)) {
+            let m = m?;
+            let mut h = HashMap::new();
+            if let Some(hs) = m.headers() {
+                for x in hs.iter() {
+                    h.insert(
+                        x.key.to_string(),
+                        String::from_utf8_lossy(x.value.unwrap_or_default()).to_string(),
+                    );
+                }
+            }
+            letters.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                h,
+            ));
+        }
+    }
+    ensure!(
+        letters.len() as u64 == poison,
+        "{} dead letters for {poison} poison records",
+        letters.len()
+    );
+
+    // The whole source topic once: (partition, offset) -> (key, value).
+    let src: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", unique("srcreader"))
+        .create()?;
+    let mut all = TopicPartitionList::new();
+    for part in 0..4 {
+        all.add_partition_offset(&p.topic, part, Offset::Beginning)?;
+    }
+    src.assign(&all)?;
+    let mut source: HashMap<(i32, i64), (Option<Vec<u8>>, Option<Vec<u8>>)> = HashMap::new();
+    let start = Instant::now();
+    while (source.len() as u64) < N && start.elapsed() < Duration::from_secs(120) {
+        if let Some(m) = src.poll(Duration::from_millis(500)) {
+            let m = m?;
+            source.insert(
+                (m.partition(), m.offset()),
+                (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)),
+            );
+        }
+    }
+    ensure!(
+        source.len() as u64 == N,
+        "read {} source records",
+        source.len()
+    );
+    let mut by_class: HashMap<String, u64> = HashMap::new();
+    let mut decoder = Decoder::framed(
+        RegistryClient::new(REGISTRY, Duration::from_secs(10)),
+        vec!["event_id".to_string()],
+    );
+    for (key, value, h) in &letters {
+        for name in [
+            headers::ERROR_CLASS,
+            headers::ERROR_MESSAGE,
+            headers::SOURCE_TOPIC,
+            headers::SOURCE_PARTITION,
+            headers::SOURCE_OFFSET,
+            headers::SHARD,
+            headers::TIME_MS,
+        ] {
+            ensure!(
+                h.get(name).is_some_and(|v| !v.is_empty()),
+                "dead letter lacks header {name}: {h:?}"
+            );
+        }
+        ensure!(h[headers::SOURCE_TOPIC] == p.topic);
+        let part: i32 = h[headers::SOURCE_PARTITION].parse()?;
+        let off: i64 = h[headers::SOURCE_OFFSET].parse()?;
+        // The dead letter carries the source record's exact key and value.
+        let (src_key, src_value) = source
+            .get(&(part, off))
+            .ok_or_else(|| anyhow::anyhow!("no source record at {part}@{off}"))?;
+        ensure!(src_key == key, "key differs at {part}@{off}");
+        ensure!(src_value == value, "value differs at {part}@{off}");
+        // Which poison class was it? The class header must be the one shardline gives that class.
+        let class = &h[headers::ERROR_CLASS];
+        *by_class.entry(class.clone()).or_default() += 1;
+        if let Some(v) = value {
+            let mut row = Row::default();
+            if decoder.decode(v, &mut row).is_ok() {
+                if let Some(Value::Str(id)) = row.values.first() {
+                    let i = navigation::index_of(id).unwrap_or(u64::MAX);
+                    let expected =
+                        loadgen::poison_class_of(i, EVERY).map(loadgen::expected_dead_letter_class);
+                    ensure!(
+                        expected == Some(class.as_str()),
+                        "event {i} dead-lettered as {class}, expected {expected:?}"
+                    );
+                }
+            }
+        }
+    }
+    for c in loadgen::POISON_CLASSES {
+        let want = loadgen::expected_dead_letter_class(c);
+        ensure!(
+            by_class.get(want).copied().unwrap_or(0) > 0,
+            "no dead letter of class {want}: {by_class:?}"
+        );
+    }
+    let rows = row_count(&p.ks)?;
+    ensure!(
+        rows as u64 + poison == N,
+        "rows {rows} + dead letters {poison} != produced {N}"
+    );
+    ensure!(all_committed(&p, 4)?);
+    eprintln!("poison: produced {N}, written {rows}, dead-lettered {poison} {by_class:?}");
+    Ok(())
+}
+
+#[test]
+fn sigterm_exits_zero_within_the_deadline_with_exact_commits() -> Result<()> {
+    const N: u64 = 100_000;
+    let p = pipeline("sigterm", 4)?;
+    produce(&p.topic, N, 61, 0)?;
+    let mut proc = Proc::spawn(&p.config, &[])?;
+    ensure!(wait_until(Duration::from_secs(60), || Ok(metric_sum(
+        &scrape(p.port),
+        "shardline_messages_total",
+        &["stage=\"written\""]
+    ) > 5000.0))?);
+    let t = Instant::now();
+    proc.signal("-TERM")?;
+    let status = proc.wait_for(Duration::from_secs(30))?;
+    let took = t.elapsed();
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}:\n{}",
+        proc.log_text()
+    );
+    // shutdown_deadline_ms = 20000 in the test config, plus commit and close.
+    ensure!(took < Duration::from_secs(25), "took {took:?}");
+    let committed = committed(&p.group, &p.topic, 4)?;
+    let ends = end_offsets(&p.topic, 4)?;
+    ensure!(
+        committed.iter().zip(&ends).any(|(c, e)| c < e),
+        "the run should have been interrupted: {committed:?} / {ends:?}"
+    );
+    // Every record below the committed offset is in the table.
+    let rows = tokio().block_on(async { read_rows(&session().await?, &p.ks).await })?;
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", unique("verify"))
+        .create()?;
+    let mut decoder = Decoder::framed(
+        RegistryClient::new(REGISTRY, Duration::from_secs(10)),
+        vec!["event_id".to_string()],
+    );
+    let mut checked = 0u64;
+    for (part, c) in committed.iter().enumerate() {
+        if *c <= 0 {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&p.topic, part as i32, Offset::Beginning)?;
+        reader.assign(&tpl)?;
+        let mut next = 0;
+        while next < *c {
+            let Some(m) = reader.poll(Duration::from_secs(5)) else {
+                continue;
+            };
+            let m = m?;
+            next = m.offset() + 1;
+            if m.offset() >= *c {
+                break;
+            }
+            let mut row = Row::default();
+            decoder.decode(m.payload().unwrap_or_default(), &mut row)?;
+            let Some(Value::Str(id)) = row.values.first() else {
+                anyhow::bail!("no event id")
+            };
+            ensure!(
+                rows.contains_key(id),
+                "{id} at {part}@{} is committed but not in the table",
+                m.offset()
+            );
+            checked += 1;
+        }
+    }
+    eprintln!("sigterm: exit 0 after {took:?}; committed {committed:?} of {ends:?}; {checked} committed records all in the table ({} rows)", rows.len());
+    Ok(())
+}
