@@ -15,6 +15,9 @@ use shardline::loadgen::{self, navigation};
 
 use crate::utils::*;
 
+/// A record's key and value bytes.
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 struct Pipeline {
     topic: String,
     ks: String,
@@ -336,7 +339,7 @@ fn poison_records_of_every_class_go_to_the_dead_letter_topic() -> Result<()> {
         all.add_partition_offset(&p.topic, part, Offset::Beginning)?;
     }
     src.assign(&all)?;
-    let mut source: HashMap<(i32, i64), (Option<Vec<u8>>, Option<Vec<u8>>)> = HashMap::new();
+    let mut source: HashMap<(i32, i64), KeyValue> = HashMap::new();
     let start = Instant::now();
     while (source.len() as u64) < N && start.elapsed() < Duration::from_secs(120) {
         if let Some(m) = src.poll(Duration::from_millis(500)) {
