@@ -18,6 +18,7 @@
 //! - [`metrics`]: per-shard prometheus registries, named events, the `/metrics` endpoint.
 //! - [`check`]: the live start-up check (topics, subject, table, types).
 //! - [`loadgen`]: the navigation-event load generator behind `shardline produce`.
+//! - [`plan`]: the capacity planner behind `shardline plan` (pure functions).
 //! - [`report`]: the end-of-run summary computed from the merged metrics.
 //!
 //! The binary (`src/bin/shardline.rs`) only parses arguments, sets up tracing and calls these.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod kafka;
 pub mod loadgen;
 pub mod metrics;
+pub mod plan;
 pub mod report;
 pub mod runtime;
 pub mod sink;

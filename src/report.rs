@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use prometheus::Registry;
 use serde::Serialize;
 
-use crate::metrics::{counter_sum, gather, histogram_buckets, quantile};
+use crate::metrics::{counter_sum, gather, gauge_range, histogram_buckets, quantile};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Quantiles {
@@ -25,7 +25,10 @@ pub struct RunSummary {
     pub consumed: u64,
     pub written: u64,
     pub dead_lettered: u64,
+    /// Records per second between the first record consumed and the last one done (any shard).
     pub msgs_per_s: f64,
+    /// That active span in seconds.
+    pub active_seconds: f64,
     pub end_to_end: Quantiles,
     pub write: Quantiles,
     pub decode: Quantiles,
@@ -71,7 +74,14 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
             }
         }
     }
+    let first = gauge_range(&fams, "shardline_first_record_time_seconds").map(|r| r.0);
+    let last = gauge_range(&fams, "shardline_last_done_time_seconds").map(|r| r.1);
+    let active_seconds = match (first, last) {
+        (Some(f), Some(l)) if l > f => l - f,
+        _ => 0.0,
+    };
     RunSummary {
+        active_seconds,
         shards: registries.len(),
         seconds,
         consumed,

@@ -105,6 +105,34 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         partitions: i32,
     },
+    /// Size a deployment from measured costs: shards, hosts, partitions, in-flight, fetch settings.
+    Plan {
+        /// A bench report (results/bench/report.json) to take the costs from.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Or explicit costs: shardline CPU µs per message on the full path.
+        #[arg(long)]
+        cpu_us_per_msg: Option<f64>,
+        /// Write latency p99 (ms).
+        #[arg(long)]
+        write_p99_ms: Option<f64>,
+        /// Average record size (bytes).
+        #[arg(long)]
+        msg_bytes: Option<f64>,
+        /// Target throughput (msg/s).
+        #[arg(long)]
+        msgs_per_s: f64,
+        #[arg(long, default_value_t = 8)]
+        cores_per_host: u32,
+        #[arg(long, default_value_t = 0.3)]
+        headroom: f64,
+        /// Partitions of the topic, if fixed.
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Write the per-host config fragment here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run CQL statements (schema set-up in scripts; no cqlsh needed).
     Cql {
         #[arg(long, env = "SHARDLINE_SCYLLA_NODES", default_value = "127.0.0.1:9042")]
@@ -282,6 +310,55 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 &brokers, &topic, partitions,
             ))?;
             println!("topic {topic} ready ({partitions} partitions)");
+            Ok(())
+        }
+        Cmd::Plan {
+            report,
+            cpu_us_per_msg,
+            write_p99_ms,
+            msg_bytes,
+            msgs_per_s,
+            cores_per_host,
+            headroom,
+            partitions,
+            out,
+        } => {
+            let from_report: Option<serde_json::Value> = match &report {
+                Some(p) => Some(serde_json::from_str(
+                    &std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                )?),
+                None => None,
+            };
+            let pick = |explicit: Option<f64>, key: &str| -> anyhow::Result<f64> {
+                explicit
+                    .or_else(|| from_report.as_ref().and_then(|r| r["costs"][key].as_f64()))
+                    .with_context(|| {
+                        format!(
+                            "give --{} or a --report with costs.{key}",
+                            key.replace('_', "-")
+                        )
+                    })
+            };
+            let costs = shardline::plan::Costs {
+                cpu_us_per_msg: pick(cpu_us_per_msg, "cpu_us_per_msg")?,
+                write_p99_ms: pick(write_p99_ms, "write_p99_ms")?,
+                msg_bytes: pick(msg_bytes, "msg_bytes")?,
+            };
+            let target = shardline::plan::Target {
+                msgs_per_s,
+                cores_per_host,
+                headroom,
+                partitions,
+            };
+            let plan = shardline::plan::plan(&costs, &target).map_err(anyhow::Error::msg)?;
+            print!("{}", plan.explain(&costs, &target));
+            let fragment = plan.config_fragment();
+            match out {
+                Some(p) => std::fs::write(&p, &fragment)
+                    .with_context(|| format!("writing {}", p.display()))?,
+                None => print!("\n{fragment}"),
+            }
             Ok(())
         }
         Cmd::Cql { nodes, statements } => {

@@ -566,6 +566,24 @@ columns = { uid = "uid", url = "url" }
     }
 
     #[test]
+    fn shipped_profiles_parse_and_validate() {
+        for (name, text) in [
+            ("navigation", include_str!("../../tuning/navigation.toml")),
+            ("latency", include_str!("../../tuning/latency.toml")),
+            ("throughput", include_str!("../../tuning/throughput.toml")),
+        ] {
+            let c = Config::parse(text).unwrap_or_else(|e| panic!("tuning/{name}.toml: {e}"));
+            c.validate()
+                .unwrap_or_else(|e| panic!("tuning/{name}.toml: {e}"));
+        }
+        let latency = Config::parse(include_str!("../../tuning/latency.toml")).expect("parses");
+        let throughput =
+            Config::parse(include_str!("../../tuning/throughput.toml")).expect("parses");
+        assert!(latency.scylla.max_in_flight_per_shard < throughput.scylla.max_in_flight_per_shard);
+        assert_eq!(latency.shards.bridge_cores, Some(vec![1, 2, 3]));
+    }
+
+    #[test]
     fn needed_fields_are_deduplicated_in_slot_order() {
         let text = format!("{MINIMAL}timestamp_source = \"field\"\ntimestamp_field = \"ts\"\n");
         let c = Config::parse(&text).expect("parses");

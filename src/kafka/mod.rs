@@ -90,6 +90,11 @@ pub fn consumer_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("session.timeout.ms", k.session_timeout_ms.to_string())
         .set("partition.assignment.strategy", "range,roundrobin")
         .set("statistics.interval.ms", "1000");
+    // librdkafka prefetches up to 100k records per partition by default, so one partition's backlog
+    // queues ahead of its siblings'; a smaller prefetch interleaves partitions (passthrough overrides).
+    if !k.librdkafka.contains_key("queued.min.messages") {
+        c.set("queued.min.messages", "2000");
+    }
     c
 }
 

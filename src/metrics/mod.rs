@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Seconds. Decode sits at the bottom (µs), inserts in the middle (sub-ms to ms), end to end at the top
@@ -42,6 +42,9 @@ pub struct ShardMetrics {
     pub paused: IntGauge,
     pub lag: IntGaugeVec,
     pub assigned: IntGaugeVec,
+    /// Unix time of the first record this shard consumed, and of its latest completed record.
+    pub first_record_time: Gauge,
+    pub last_done_time: Gauge,
 }
 
 fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -136,8 +139,26 @@ impl ShardMetrics {
             "1 for each partition assigned to a shard, with the shard's core.",
             &["shard", "core", "topic", "partition"],
         );
+        let time_gauge = |name: &str, help: &str| {
+            reg(
+                &registry,
+                GaugeVec::new(Opts::new(name, help), &["shard"])
+                    .expect("static gauge options are valid"),
+            )
+            .with_label_values(&[s.as_str()])
+        };
+        let first_record_time = time_gauge(
+            "shardline_first_record_time_seconds",
+            "Unix time of the first record consumed by the shard.",
+        );
+        let last_done_time = time_gauge(
+            "shardline_last_done_time_seconds",
+            "Unix time of the shard's latest written or dead-lettered record.",
+        );
         ShardMetrics {
             registry,
+            first_record_time,
+            last_done_time,
             shard: s,
             decode_seconds,
             write_seconds,
@@ -178,6 +199,20 @@ pub fn gather(registries: &[Registry]) -> Vec<MetricFamily> {
         }
     }
     by_name.into_values().collect()
+}
+
+/// Min and max over shards of a gauge family (ignoring zeros: shards that never set it).
+pub fn gauge_range(fams: &[MetricFamily], name: &str) -> Option<(f64, f64)> {
+    let vals: Vec<f64> = fams
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_gauge().get_value())
+        .filter(|v| *v > 0.0)
+        .collect();
+    let min = vals.iter().copied().reduce(f64::min)?;
+    let max = vals.iter().copied().reduce(f64::max)?;
+    Some((min, max))
 }
 
 /// Sum of a counter family's values whose labels match all of `labels`.
@@ -248,6 +283,38 @@ pub fn quantile(buckets: &[(f64, u64)], total: u64, q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dashboard_only_queries_metrics_that_exist() {
+        let m = ShardMetrics::new(0);
+        m.stage("t", "written").inc();
+        m.errors.with_label_values(&["0", "t", "decode", "x"]).inc();
+        m.write_retries.with_label_values(&["0", "x"]).inc();
+        m.commits.with_label_values(&["0", "ok"]).inc();
+        m.lag.with_label_values(&["0", "t", "0"]).set(1);
+        m.assigned.with_label_values(&["0", "0", "t", "0"]).set(1);
+        m.partition_messages
+            .with_label_values(&["0", "t", "0"])
+            .inc();
+        let names: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        let dash = include_str!("../../tuning/grafana-dashboard.json");
+        let parsed: serde_json::Value = serde_json::from_str(dash).expect("dashboard is JSON");
+        assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 8));
+        for word in dash.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if let Some(base) = word.strip_prefix("shardline_") {
+                let base = base.trim_end_matches("_bucket");
+                assert!(
+                    names.iter().any(|n| n == &format!("shardline_{base}")),
+                    "dashboard queries unknown metric shardline_{base}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn shard_registries_merge_and_quantiles_interpolate() {

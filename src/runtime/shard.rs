@@ -37,6 +37,13 @@ use crate::kafka::{consumer_config, producer_config, GlommioRuntime, KafkaError}
 use crate::metrics::{events, ShardMetrics};
 use crate::sink::{NullWriter, RowWriter, ScyllaWriter};
 
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// Backoff of retried writes: 50 ms doubling to 5 s, with ±50% jitter.
 fn backoff(attempt: u32) -> Duration {
     let base = 50u64.saturating_mul(1 << attempt.min(7)).min(5000);
@@ -238,6 +245,7 @@ pub async fn run(
         match ev {
             Event::Done(c) => {
                 shared.metrics.in_flight.set(inflight.len() as i64);
+                shared.metrics.last_done_time.set(unix_seconds());
                 match c.outcome {
                     Outcome::Written => {
                         if let Some(s) = stages.get(c.topic) {
@@ -310,6 +318,9 @@ pub async fn run(
                     continue;
                 }
                 state.consumed.inc();
+                if shared.metrics.first_record_time.get() == 0.0 {
+                    shared.metrics.first_record_time.set(unix_seconds());
+                }
                 let stage = stages.get(topic);
                 if let Some(s) = stage {
                     s.consumed.inc();

@@ -1,0 +1,196 @@
+//! The end-to-end bench harness behind scripts/bench.sh (not a criterion bench): the comparison
+//! points that are not shardline itself.
+//!
+//!   cargo bench --bench e2e -- raw   --topic T --count N
+//!       the raw consume ceiling: one plain rdkafka consumer reading the topic, nothing else.
+//!   cargo bench --bench e2e -- tokio --config FILE --count N [--threads K]
+//!       the same pipeline (decode, bind, INSERT, in-order offset tracking, at most max_in_flight
+//!       writes) on a conventional tokio multi-threaded runtime: one consumer, a task per write.
+//!
+//! Prints one JSON line: messages, seconds (first record to last done), msg/s, end-to-end quantiles.
+//! CPU and peak RSS are measured from outside (wait4 rusage) by scripts/bench.py.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use shardline::codec::{Decoder, RegistryClient, Row};
+use shardline::config::Config;
+use shardline::kafka::tracker::PartitionTracker;
+use shardline::metrics::{gather, histogram_buckets, quantile, ShardMetrics};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// This process's user+system CPU seconds (from /proc/self/stat).
+fn self_cpu(tick: f64) -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+        })
+        .unwrap_or(0.0)
+}
+
+fn clock_tick() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; criterion-style filters are ignored.
+    let mode = args
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or_default();
+    let count: u64 = arg(&args, "--count").context("--count")?.parse()?;
+    match mode.as_str() {
+        "raw" => raw(
+            &arg(&args, "--topic").context("--topic")?,
+            count,
+            &arg(&args, "--brokers").unwrap_or("127.0.0.1:9092".into()),
+        ),
+        "tokio" => {
+            let threads: usize = arg(&args, "--threads").unwrap_or("2".into()).parse()?;
+            let cfg = Config::load(std::path::Path::new(
+                &arg(&args, "--config").context("--config")?,
+            ))?;
+            tokio_pipeline(cfg, count, threads)
+        }
+        other => bail!("unknown mode '{other}': raw or tokio"),
+    }
+}
+
+fn raw(topic: &str, count: u64, brokers: &str) -> Result<()> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-raw-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    let mut first: Option<Instant> = None;
+    let tick = clock_tick();
+    let mut cpu0 = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while n < count && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m?;
+            if first.is_none() {
+                first = Some(Instant::now());
+                cpu0 = self_cpu(tick);
+            }
+            bytes += m.payload().map(<[u8]>::len).unwrap_or(0) as u64;
+            n += 1;
+        }
+    }
+    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({"mode": "raw", "messages": n, "seconds": secs, "msgs_per_s": n as f64 / secs.max(1e-9), "bytes": bytes,
+            "cpu_us_per_msg": (self_cpu(tick) - cpu0) / (n.max(1) as f64) * 1e6})
+    );
+    Ok(())
+}
+
+fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let fields = cfg.needed_fields();
+        let session = Arc::new(shardline::sink::connect(&cfg).await?);
+        let types = shardline::sink::table_columns(&session, &cfg.table.keyspace, &cfg.table.table).await?;
+        let binder = shardline::sink::Binder::new(&cfg, &fields, &types)?;
+        let insert = session.prepare(binder.insert_cql(&cfg.table.keyspace, &cfg.table.table)).await?;
+        let registry = cfg.schema.registry_url.clone().context("registry_url")?;
+        let mut decoder = Decoder::framed(RegistryClient::new(&registry, Duration::from_secs(5)), fields);
+        let consumer: StreamConsumer = shardline::kafka::consumer_config(&cfg.kafka, "bench-tokio").create()?;
+        let topics: Vec<&str> = cfg.kafka.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let metrics = ShardMetrics::new(0);
+        let sem = Arc::new(tokio::sync::Semaphore::new(cfg.scylla.max_in_flight_per_shard));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(i32, i64)>();
+        let mut trackers: HashMap<i32, PartitionTracker> = HashMap::new();
+        let mut stream = consumer.stream();
+        let mut row = Row::default();
+        let (mut received, mut done) = (0u64, 0u64);
+        let mut first: Option<Instant> = None;
+        let tick = clock_tick();
+        let mut cpu0 = 0.0;
+        let topic = cfg.kafka.topics.first().cloned().unwrap_or_default();
+        while done < count {
+            tokio::select! {
+                Some((p, o)) = done_rx.recv() => {
+                    done += 1;
+                    if let Some(next) = trackers.get_mut(&p).and_then(|t| t.done(o)) {
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition_offset(&topic, p, Offset::Offset(next))?;
+                        let _ = consumer.store_offsets(&tpl);
+                    }
+                }
+                permit = sem.clone().acquire_owned(), if received < count => {
+                    let permit = permit?;
+                    let Some(m) = stream.next().await else { break };
+                    let m = m?;
+                    if first.is_none() {
+                        first = Some(Instant::now());
+                        cpu0 = self_cpu(tick);
+                    }
+                    received += 1;
+                    let (p, o) = (m.partition(), m.offset());
+                    trackers.entry(p).or_default().begin(o);
+                    let ts = m.timestamp().to_millis();
+                    decoder.decode(m.payload().unwrap_or_default(), &mut row)?;
+                    let values = binder.bind(&mut row, ts)?;
+                    let (s, ins, tx, m2) = (session.clone(), insert.clone(), done_tx.clone(), metrics.clone());
+                    // The conventional design: a task per write on the multi-threaded runtime.
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        if s.execute_unpaged(&ins, &values).await.is_ok() {
+                            m2.write_seconds.observe(t.elapsed().as_secs_f64());
+                            if let Some(ms) = ts {
+                                let e2e = shardline::sink::now_us() / 1000 - ms;
+                                m2.end_to_end_seconds.observe(e2e.max(0) as f64 / 1000.0);
+                            }
+                        }
+                        drop(permit);
+                        let _ = tx.send((p, o));
+                    });
+                }
+            }
+        }
+        let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let fams = gather(std::slice::from_ref(&metrics.registry));
+        let (b, n) = histogram_buckets(&fams, "shardline_end_to_end_seconds");
+        let q = |x| quantile(&b, n, x).map(|s| s * 1000.0);
+        println!(
+            "{}",
+            serde_json::json!({"mode": "tokio", "threads": threads, "messages": done, "seconds": secs,
+                "msgs_per_s": done as f64 / secs.max(1e-9),
+                "cpu_us_per_msg": (self_cpu(tick) - cpu0) / (done.max(1) as f64) * 1e6,
+                "end_to_end": {"p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999)}})
+        );
+        anyhow::Ok(())
+    })
+}

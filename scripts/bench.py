@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark of shardline against the real services (scripts/bench.sh runs this).
+
+Writes results/bench/report.json, results/bench/summary.md and results/bench/latency.svg.
+Every figure is measured here, in this run, on this machine; ratios compare runs of the same run.
+CPU per message is the process's user+system CPU between its first and last record, divided by the
+records in between (sampled from /proc/<pid>/stat), so start-up and idle time are left out.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.environ.get("OUT", os.path.join(ROOT, "results", "bench"))
+B = os.path.join(ROOT, "target", "release", "shardline")
+N_FAST = int(os.environ.get("N_FAST", "400000"))   # raw ceiling and null sink
+N_DB = int(os.environ.get("N_DB", "100000"))       # max rate into Cassandra
+RATES = [int(r) for r in os.environ.get("RATES", "2000,5000").split(",")]
+RATE_SECONDS = int(os.environ.get("RATE_SECONDS", "20"))
+NULL_RATE = int(os.environ.get("NULL_RATE", "50000"))
+TICK = os.sysconf("SC_CLK_TCK")
+STAMP = str(int(time.time()))
+PORT = 19898
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def harness():
+    out = sh("cargo", "bench", "--bench", "e2e", "--no-run", "--message-format=json", cwd=ROOT)
+    for line in out.splitlines():
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "e2e" and m.get("executable"):
+            return m["executable"]
+    sys.exit("bench.py: no e2e harness executable")
+
+
+def cpu_seconds(pid):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def peak_rss_mib(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def scrape(port):
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return ""
+
+
+def metric(text, name, needle=""):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and needle in line:
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                pass
+    return total
+
+
+def produce(topic, count, rate=0, seed=1):
+    out = sh(B, "produce", "--topic", topic, "--count", str(count), "--rate", str(rate), "--seed", str(seed), "--quiet")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def create(topic, partitions=8):
+    sh(B, "create-topic", "--topic", topic, "--partitions", str(partitions))
+    sh(B, "create-topic", "--topic", topic + ".dlq", "--partitions", "1")
+
+
+def config(name, topic, cores, in_flight=512):
+    text = open(os.path.join(ROOT, "tuning", "navigation.toml")).read()
+    text = text.replace('group_id = "shardline-demo"', f'group_id = "bench-{name}-{STAMP}"')
+    text = text.replace('topics = ["navigation"]', f'topics = ["{topic}"]')
+    text = text.replace('dead_letter_topic = "navigation.dlq"', f'dead_letter_topic = "{topic}.dlq"')
+    text = text.replace('listen = "127.0.0.1:9898"', f'listen = "127.0.0.1:{PORT}"')
+    text = text.replace("max_in_flight_per_shard = 256", f"max_in_flight_per_shard = {in_flight}")
+    text += f"\n[shards]\ncores = {json.dumps(cores)}\n"
+    path = os.path.join(OUT, f"{name}.toml")
+    open(path, "w").write(text)
+    return path
+
+
+def follow(proc, port, target, timeout):
+    """Polls metrics until `target` records are done; returns CPU seconds and records between the first
+    and the last sample that saw progress."""
+    start = time.time()
+    first = None
+    last = None
+    while time.time() - start < timeout and proc.poll() is None:
+        t = scrape(port)
+        done = metric(t, "shardline_messages_total", 'stage="written"') + metric(t, "shardline_messages_total", 'stage="dead_lettered"')
+        cpu = cpu_seconds(proc.pid)
+        if done > 0 and first is None:
+            first = (done, cpu)
+        if done > 0:
+            last = (done, cpu)
+        if done >= target:
+            break
+        time.sleep(0.1)
+    if first is None or last is None or last[0] <= first[0]:
+        return None
+    return (last[1] - first[1]) / (last[0] - first[0]) * 1e6
+
+
+def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count=0):
+    cfg = config(name, topic, cores)
+    summary = os.path.join(OUT, f"{name}.summary.json")
+    args = [B, "run", "--config", cfg, "--summary", summary] + (["--null-sink"] if null_sink else [])
+    log = open(os.path.join(OUT, f"{name}.log"), "w")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+    for _ in range(120):
+        if scrape(PORT):
+            break
+        time.sleep(0.25)
+    time.sleep(3.5)  # the start barrier lets both shards join before any record is taken
+    producer = None
+    if produce_count:
+        producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate), "--quiet"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    cpu_us = follow(proc, PORT, target, timeout=600)
+    rss = peak_rss_mib(proc.pid)
+    if producer:
+        producer.wait()
+    proc.terminate()
+    proc.wait(timeout=60)
+    s = json.load(open(summary))
+    r = {
+        "name": name, "impl": "shardline", "shards": len(cores), "sink": "null" if null_sink else "cassandra",
+        "offered_rate": rate or None, "messages": s["consumed"], "msgs_per_s": s["msgs_per_s"],
+        "cpu_us_per_msg": cpu_us, "peak_rss_mib": rss,
+        "end_to_end": s["end_to_end"], "write": s["write"], "decode_p50_us": (s["decode"]["p50_ms"] or 0) * 1000,
+    }
+    print(json.dumps(r), flush=True)
+    return r
+
+
+def tokio(name, topic, target, rate=0, produce_count=0, threads=2):
+    cfg = config(name, topic, [0, 1])
+    proc = subprocess.Popen([HARNESS, "tokio", "--config", cfg, "--count", str(target), "--threads", str(threads)],
+                            stdout=subprocess.PIPE, stderr=open(os.path.join(OUT, f"{name}.log"), "w"), text=True)
+    time.sleep(4)
+    producer = None
+    if produce_count:
+        producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate), "--quiet"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    rss = 0.0
+    while proc.poll() is None:
+        rss = max(rss, peak_rss_mib(proc.pid) or 0.0)
+        time.sleep(0.1)
+    out = proc.stdout.read().strip().splitlines()
+    if producer:
+        producer.wait()
+    res = json.loads(out[-1])
+    # The harness measures its own CPU between its first and its last record.
+    cpu_us = res.get("cpu_us_per_msg")
+    r = {
+        "name": name, "impl": "tokio-multi-thread", "shards": threads, "sink": "cassandra", "offered_rate": rate or None,
+        "messages": res["messages"], "msgs_per_s": res["msgs_per_s"], "cpu_us_per_msg": cpu_us, "peak_rss_mib": rss or None,
+        "end_to_end": res["end_to_end"],
+    }
+    print(json.dumps(r), flush=True)
+    return r
+
+
+def svg(rows, path):
+    rows = [r for r in rows if r.get("end_to_end", {}).get("p99_ms") is not None and r.get("offered_rate")]
+    w, h, pad = 760, 60 + 70 * max(len(rows), 1), 200
+    vmax = max([max(r["end_to_end"].get(k) or 0 for k in ("p50_ms", "p99_ms", "p999_ms")) for r in rows] + [1])
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="20" font-size="14">End-to-end latency at fixed offered rates (ms; Kafka timestamp → write acked)</text>']
+    colors = {"p50_ms": "#4c78a8", "p99_ms": "#f58518", "p999_ms": "#e45756"}
+    for i, r in enumerate(rows):
+        y = 45 + 70 * i
+        out.append(f'<text x="10" y="{y + 25}">{r["name"]}</text>')
+        for j, k in enumerate(("p50_ms", "p99_ms", "p999_ms")):
+            v = r["end_to_end"].get(k) or 0
+            bw = (w - pad - 80) * v / vmax
+            out.append(f'<rect x="{pad}" y="{y + 18 * j}" width="{bw:.1f}" height="15" fill="{colors[k]}"/>')
+            out.append(f'<text x="{pad + bw + 4:.1f}" y="{y + 18 * j + 12}">{k[:-3]} {v:.1f}</text>')
+    out.append("</svg>")
+    open(path, "w").write("\n".join(out))
+
+
+def fmt(v, unit="", digits=1):
+    return "n/a" if v is None else f"{v:,.{digits}f}{unit}"
+
+
+def main():
+    global HARNESS
+    os.makedirs(OUT, exist_ok=True)
+    HARNESS = harness()
+    sh(B, "cql", "CREATE KEYSPACE IF NOT EXISTS shardline WITH replication = {'class':'SimpleStrategy','replication_factor':1}",
+       "DROP TABLE IF EXISTS shardline.navigation_events",
+       "CREATE TABLE shardline.navigation_events (uid text, event_id text, url text, referer text, user_agent text, ts timestamp, "
+       "ip inet, country text, event_type text, duration_ms int, tags frozen<list<text>>, PRIMARY KEY ((uid), event_id))")
+    results = []
+    fast = f"bench_fast_{STAMP}"
+    create(fast)
+    p = produce(fast, N_FAST)
+    msg_bytes = p["bytes"] / max(p["sent"], 1)
+    raw = json.loads(sh(HARNESS, "raw", "--topic", fast, "--count", str(N_FAST)).strip().splitlines()[-1])
+    raw["name"] = "raw consumer ceiling"
+    print(json.dumps(raw), flush=True)
+    for cores in ([0], [0, 1]):
+        results.append(shardline(f"null-sink-{len(cores)}-shard", fast, cores, N_FAST, null_sink=True))
+    db = f"bench_db_{STAMP}"
+    create(db)
+    produce(db, N_DB)
+    for cores in ([0], [0, 1]):
+        results.append(shardline(f"cassandra-max-{len(cores)}-shard", db, cores, N_DB))
+    results.append(tokio("tokio-cassandra-max", db, N_DB))
+    for rate in RATES:
+        count = rate * RATE_SECONDS
+        t = f"bench_rate{rate}_{STAMP}"
+        create(t)
+        produce(t, 0)
+        results.append(shardline(f"cassandra-{rate}-per-s", t, [0, 1], count, rate=rate, produce_count=count))
+        t2 = f"bench_trate{rate}_{STAMP}"
+        create(t2)
+        produce(t2, 0)
+        results.append(tokio(f"tokio-cassandra-{rate}-per-s", t2, count, rate=rate, produce_count=count))
+    t = f"bench_nullrate_{STAMP}"
+    create(t)
+    produce(t, 0)
+    results.append(shardline(f"null-sink-1-shard-{NULL_RATE}-per-s", t, [0], NULL_RATE * 10, null_sink=True, rate=NULL_RATE,
+                             produce_count=NULL_RATE * 10))
+
+    by = {r["name"]: r for r in results}
+    full = by.get("cassandra-max-2-shard") or {}
+    report = {
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "raw": raw, "runs": results,
+        "ratios": {
+            "null_sink_2_shard_to_raw": by["null-sink-2-shard"]["msgs_per_s"] / raw["msgs_per_s"],
+            "null_sink_1_shard_to_raw": by["null-sink-1-shard"]["msgs_per_s"] / raw["msgs_per_s"],
+            "cassandra_2_to_1_shard": by["cassandra-max-2-shard"]["msgs_per_s"] / by["cassandra-max-1-shard"]["msgs_per_s"],
+            "null_sink_2_to_1_shard": by["null-sink-2-shard"]["msgs_per_s"] / by["null-sink-1-shard"]["msgs_per_s"],
+            "shardline_to_tokio_max": by["cassandra-max-2-shard"]["msgs_per_s"] / by["tokio-cassandra-max"]["msgs_per_s"],
+        },
+        # What `shardline plan --report` reads.
+        "costs": {"cpu_us_per_msg": full.get("cpu_us_per_msg"), "write_p99_ms": (full.get("write") or {}).get("p99_ms"),
+                  "msg_bytes": msg_bytes},
+    }
+    json.dump(report, open(os.path.join(OUT, "report.json"), "w"), indent=2)
+    svg(results, os.path.join(OUT, "latency.svg"))
+    lines = ["# shardline benchmark", "", f"Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}; Kafka, Cassandra and the registry on the same machine.",
+             f"Raw consume ceiling (one plain rdkafka consumer): **{fmt(raw['msgs_per_s'], ' msg/s', 0)}** over {raw['messages']:,} records of {msg_bytes:.0f} B, {fmt(raw.get('cpu_us_per_msg'), ' µs', 2)} CPU per record.", "",
+             "| run | impl | shards | sink | offered msg/s | achieved msg/s | CPU µs/msg | e2e p50 ms | e2e p99 ms | e2e p999 ms | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        e = r.get("end_to_end") or {}
+        lines.append(f"| {r['name']} | {r['impl']} | {r['shards']} | {r['sink']} | {fmt(r['offered_rate'], '', 0)} | {fmt(r['msgs_per_s'], '', 0)} | "
+                     f"{fmt(r['cpu_us_per_msg'], '', 2)} | {fmt(e.get('p50_ms'), '', 2)} | {fmt(e.get('p99_ms'), '', 2)} | {fmt(e.get('p999_ms'), '', 2)} | {fmt(r.get('peak_rss_mib'), '', 0)} |")
+    lines += ["", "Ratios (same run):", ""] + [f"- {k}: **{v:.2f}**" for k, v in report["ratios"].items()]
+    lines += ["", "End-to-end latency of pre-produced backlogs (the max runs) measures queueing, not the pipeline: read the fixed-rate rows for latency.",
+              "Latency quantiles are interpolated from the histogram buckets (10 µs … 15 s), as Prometheus does."]
+    open(os.path.join(OUT, "summary.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
