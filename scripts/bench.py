@@ -117,7 +117,7 @@ def follow(proc, port, target, timeout):
             last = (done, cpu)
         if done >= target:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     if first is None or last is None or last[0] <= first[0]:
         return None
     return (last[1] - first[1]) / (last[0] - first[0]) * 1e6
@@ -132,10 +132,10 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
     for _ in range(120):
         if scrape(PORT):
             break
-        time.sleep(0.25)
-    time.sleep(3.5)  # the start barrier lets both shards join before any record is taken
+        time.sleep(0.05)
     producer = None
     if produce_count:
+        time.sleep(3.5)  # the start barrier lets both shards join before the paced producer starts
         producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate), "--quiet"],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     cpu_us = follow(proc, PORT, target, timeout=600)

@@ -87,8 +87,8 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
         consumed,
         written: stage("written"),
         dead_lettered: stage("dead_lettered"),
-        msgs_per_s: if seconds > 0.0 {
-            consumed as f64 / seconds
+        msgs_per_s: if active_seconds > 0.0 {
+            consumed as f64 / active_seconds
         } else {
             0.0
         },
