@@ -49,8 +49,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
-/// Kafka source and dead-letter sink.
-#[derive(Debug, Clone, Deserialize)]
+/// Kafka source and dead-letter sink. Its `Debug` redacts secret-looking passthrough values.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`. Env override: `SHARDLINE_KAFKA_BROKERS`.
@@ -77,6 +77,44 @@ pub struct KafkaConfig {
     /// `sasl.password` may be given as `SHARDLINE_KAFKA_SASL_PASSWORD` instead.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+}
+
+/// Passthrough keys whose values are never printed.
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password")
+        || k.contains("secret")
+        || k.ends_with(".key.pem")
+        || k.contains("sasl.oauthbearer.config")
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted: BTreeMap<&str, &str> = self
+            .librdkafka
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret_key(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("offset_reset", &self.offset_reset)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("librdkafka", &redacted)
+            .finish()
+    }
 }
 
 /// Where writer schemas come from.
@@ -120,6 +158,14 @@ pub struct ScyllaConfig {
     /// Writes in flight per shard: the shard's memory bound and the database's concurrency. Default 256.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight_per_shard: usize,
+    /// TLS to the database: a PEM CA bundle to verify the nodes with. Default: none (plain TCP).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS. Default: none.
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
 }
 
 /// Where and how rows are written.
@@ -352,6 +398,17 @@ impl Config {
         }
         if self.scylla.request_timeout_ms == 0 {
             return bad("scylla.request_timeout_ms must be > 0".into());
+        }
+        if self.scylla.tls_cert_file.is_some() != self.scylla.tls_key_file.is_some() {
+            return bad(
+                "scylla.tls_cert_file and scylla.tls_key_file go together: set both or neither"
+                    .into(),
+            );
+        }
+        if self.scylla.tls_cert_file.is_some() && self.scylla.tls_ca_file.is_none() {
+            return bad(
+                "scylla.tls_cert_file needs scylla.tls_ca_file (TLS is on only with a CA)".into(),
+            );
         }
         if self.scylla.max_in_flight_per_shard == 0 {
             return bad("scylla.max_in_flight_per_shard must be at least 1".into());

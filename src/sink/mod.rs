@@ -324,6 +324,13 @@ pub async fn connect(config: &Config) -> Result<Session, SinkError> {
     let mut builder = SessionBuilder::new()
         .known_nodes(&s.nodes)
         .default_execution_profile_handle(profile.into_handle());
+    if let Some(ca) = &s.tls_ca_file {
+        builder = builder.tls_context(Some(tls_context(
+            ca,
+            s.tls_cert_file.as_deref(),
+            s.tls_key_file.as_deref(),
+        )?));
+    }
     if let Some(user) = &s.username {
         let password = std::env::var("SHARDLINE_SCYLLA_PASSWORD").unwrap_or_default();
         builder = builder.user(user.clone(), password);
@@ -332,6 +339,30 @@ pub async fn connect(config: &Config) -> Result<Session, SinkError> {
         nodes: s.nodes.join(","),
         message: e.to_string(),
     })
+}
+
+/// An OpenSSL context that verifies the nodes against `ca` and, with both given, presents a client cert.
+fn tls_context(
+    ca: &str,
+    cert: Option<&str>,
+    key: Option<&str>,
+) -> Result<openssl::ssl::SslContext, SinkError> {
+    use openssl::ssl::{SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode};
+    let err = |what: &str, e: openssl::error::ErrorStack| SinkError::Connect {
+        nodes: String::new(),
+        message: format!("TLS {what}: {e}"),
+    };
+    let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(|e| err("context", e))?;
+    b.set_ca_file(ca)
+        .map_err(|e| err(&format!("CA file {ca}"), e))?;
+    b.set_verify(SslVerifyMode::PEER);
+    if let (Some(c), Some(k)) = (cert, key) {
+        b.set_certificate_file(c, SslFiletype::PEM)
+            .map_err(|e| err(&format!("certificate {c}"), e))?;
+        b.set_private_key_file(k, SslFiletype::PEM)
+            .map_err(|e| err(&format!("key {k}"), e))?;
+    }
+    Ok(b.build())
 }
 
 /// The live column types of a table. Empty if the table does not exist.
@@ -526,6 +557,12 @@ columns = {{ a = "fa", b = "fb" }}
             err.to_string().contains("column 'b'") && err.to_string().contains("'fb'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tls_context_reports_a_missing_ca_file() {
+        let e = tls_context("/nonexistent/ca.pem", None, None).expect_err("no such CA file");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]
