@@ -90,18 +90,37 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
         let session = sink::connect(config).await?;
         sink::table_columns(&session, &config.table.keyspace, &config.table.table).await
     })?;
-    let binder = Binder::new(config, &fields, &types)?;
-    mapping::check(&binder.columns, plan.kinds())?;
+    let all = config.all_fields();
+    let binder = Binder::new(config, &all, &types)?;
+    mapping::check(&decoded_only(&binder.columns, fields.len()), plan.kinds())?;
     check_special(config, &fields, plan.kinds())?;
+    let mut columns: Vec<String> = binder
+        .columns
+        .iter()
+        .map(|c| format!("{} <- {} ({})", c.column, c.field, c.ty))
+        .collect();
+    // The insert processors' tables: the same checks, table by table.
+    for p in &config.processors {
+        if let crate::config::ProcessorConfig::Insert { name, table } = p {
+            let types = bridge.handle().block_on(async {
+                let session = sink::connect(config).await?;
+                sink::table_columns(&session, &table.keyspace, &table.table).await
+            })?;
+            let b = Binder::for_table(table, &all, &types)?;
+            mapping::check(&decoded_only(&b.columns, fields.len()), plan.kinds())?;
+            columns.extend(b.columns.iter().map(|c| format!("[{name}] {} <- {} ({})", c.column, c.field, c.ty)));
+        }
+    }
     Ok(CheckReport {
         partitions,
         schema_id,
-        columns: binder
-            .columns
-            .iter()
-            .map(|c| format!("{} <- {} ({})", c.column, c.field, c.ty))
-            .collect(),
+        columns,
     })
+}
+
+/// The columns fed by decoded fields: enriched ones (lookups) are type-checked per record instead.
+fn decoded_only(columns: &[mapping::ColumnMap], decoded: usize) -> Vec<mapping::ColumnMap> {
+    columns.iter().filter(|c| c.slot < decoded).cloned().collect()
 }
 
 /// TTL and timestamp fields must have usable kinds.

@@ -18,6 +18,7 @@
 //! - [`metrics`]: per-shard prometheus registries, named events, the `/metrics` endpoint.
 //! - [`check`]: the live start-up check (topics, subject, table, types).
 //! - [`loadgen`]: the navigation-event load generator behind `shardline produce`.
+//! - [`pipeline`]: the processor chain (filter, lookup, insert, produce) and the `Processor` trait.
 //! - [`plan`]: the capacity planner behind `shardline plan` (pure functions).
 //! - [`report`]: the end-of-run summary computed from the merged metrics.
 //!
@@ -29,6 +30,7 @@ pub mod config;
 pub mod kafka;
 pub mod loadgen;
 pub mod metrics;
+pub mod pipeline;
 pub mod plan;
 pub mod report;
 pub mod runtime;

@@ -149,6 +149,132 @@ pub struct Plan {
     kinds: Vec<Kind>,
 }
 
+impl Plan {
+    /// A writer-side plan: every top-level field of `schema`, in schema order, for [`Plan::encode`].
+    pub fn for_encoding(schema: &Schema) -> Result<(Plan, Vec<String>), CodecError> {
+        let names: Vec<String> = match schema {
+            Schema::Record(r) => r.fields.iter().map(|f| f.name.clone()).collect(),
+            _ => return Err(CodecError::Resolution("the output schema is not a record".into())),
+        };
+        let plan = Plan::compile(schema, &names)?;
+        Ok((plan, names))
+    }
+
+    /// Appends the Avro encoding of one record: `values[i]` is the value of top-level field `i`.
+    pub fn encode(&self, values: &[&Value], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        for (i, step) in self.steps.iter().enumerate() {
+            let v = values.get(step.slot.unwrap_or(i)).copied().unwrap_or(&Value::Null);
+            self.write(step.node, v, out, 1)?;
+        }
+        Ok(())
+    }
+
+    fn accepts(&self, node: usize, v: &Value) -> bool {
+        matches!(
+            (self.nodes.get(node), v),
+            (Some(Node::Null), Value::Null)
+                | (Some(Node::Bool), Value::Bool(_))
+                | (Some(Node::Int), Value::Int(_))
+                | (Some(Node::Long), Value::Long(_) | Value::Int(_))
+                | (Some(Node::Float), Value::Float(_))
+                | (Some(Node::Double), Value::Double(_) | Value::Float(_))
+                | (Some(Node::Bytes | Node::Fixed(_)), Value::Bytes(_))
+                | (Some(Node::Str), Value::Str(_) | Value::Enum(_) | Value::Uuid(_))
+                | (Some(Node::UuidStr), Value::Uuid(_) | Value::Str(_))
+                | (Some(Node::Enum(_)), Value::Enum(_) | Value::Str(_))
+                | (Some(Node::Date), Value::Date(_))
+                | (Some(Node::TimeMillis), Value::TimeMillis(_))
+                | (Some(Node::TimeMicros), Value::TimeMicros(_))
+                | (Some(Node::TimestampMillis), Value::TimestampMillis(_))
+                | (Some(Node::TimestampMicros), Value::TimestampMicros(_))
+                | (Some(Node::Array(_)), Value::Array(_))
+                | (Some(Node::Map(_)), Value::Map(_))
+                | (Some(Node::Record(_)), Value::Record(_))
+        )
+    }
+
+    fn write(&self, node: usize, v: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), CodecError> {
+        if depth > MAX_DEPTH {
+            return Err(CodecError::TooDeep);
+        }
+        let mismatch = || CodecError::Resolution(format!("value {v:?} does not fit the output schema"));
+        match (self.node(node)?, v) {
+            (Node::Null, Value::Null) => {}
+            (Node::Bool, Value::Bool(b)) => out.push(u8::from(*b)),
+            (Node::Int, Value::Int(i)) | (Node::Date, Value::Date(i)) | (Node::TimeMillis, Value::TimeMillis(i)) => {
+                write_long(out, i64::from(*i))
+            }
+            (Node::Long, Value::Long(l))
+            | (Node::TimeMicros, Value::TimeMicros(l))
+            | (Node::TimestampMillis, Value::TimestampMillis(l))
+            | (Node::TimestampMicros, Value::TimestampMicros(l)) => write_long(out, *l),
+            (Node::Long, Value::Int(i)) => write_long(out, i64::from(*i)),
+            (Node::Float, Value::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
+            (Node::Double, Value::Double(d)) => out.extend_from_slice(&d.to_le_bytes()),
+            (Node::Double, Value::Float(f)) => out.extend_from_slice(&f64::from(*f).to_le_bytes()),
+            (Node::Bytes, Value::Bytes(b)) => {
+                write_long(out, b.len() as i64);
+                out.extend_from_slice(b);
+            }
+            (Node::Fixed(n), Value::Bytes(b)) if b.len() == *n => out.extend_from_slice(b),
+            (Node::Str | Node::UuidStr, Value::Str(s) | Value::Enum(s) | Value::Uuid(s)) => {
+                write_long(out, s.len() as i64);
+                out.extend_from_slice(s.as_bytes());
+            }
+            (Node::Enum(symbols), Value::Enum(s) | Value::Str(s)) => {
+                let i = symbols.iter().position(|x| x == s).ok_or_else(mismatch)?;
+                write_long(out, i as i64);
+            }
+            (Node::Array(item), Value::Array(items)) => {
+                if !items.is_empty() {
+                    write_long(out, items.len() as i64);
+                    for x in items {
+                        self.write(*item, x, out, depth + 1)?;
+                    }
+                }
+                write_long(out, 0);
+            }
+            (Node::Map(val), Value::Map(entries)) => {
+                if !entries.is_empty() {
+                    write_long(out, entries.len() as i64);
+                    for (k, x) in entries {
+                        write_long(out, k.len() as i64);
+                        out.extend_from_slice(k.as_bytes());
+                        self.write(*val, x, out, depth + 1)?;
+                    }
+                }
+                write_long(out, 0);
+            }
+            (Node::Union(branches), v) => {
+                let (i, b) = branches
+                    .iter()
+                    .enumerate()
+                    .find(|(_, b)| self.accepts(**b, v))
+                    .ok_or_else(mismatch)?;
+                write_long(out, i as i64);
+                self.write(*b, v, out, depth + 1)?;
+            }
+            (Node::Record(fields), Value::Record(values)) => {
+                for (name, f) in fields {
+                    let x = values.iter().find(|(n, _)| n == name).map(|(_, x)| x).unwrap_or(&Value::Null);
+                    self.write(*f, x, out, depth + 1)?;
+                }
+            }
+            _ => return Err(mismatch()),
+        }
+        Ok(())
+    }
+}
+
+fn write_long(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
 /// One decoded record: a value per reader slot, in the order given to [`Plan::compile`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Row {
@@ -693,6 +819,33 @@ mod tests {
         assert_eq!(plan.kinds()[4], Kind::Nullable(Box::new(Kind::Int)));
         assert_eq!(plan.kinds()[4].to_string(), "[null, int]");
         assert_eq!(plan.kinds()[3].to_string(), "timestamp-millis");
+    }
+
+    #[test]
+    fn encode_then_decode_round_trips() {
+        let schema = Schema::parse_str(SCHEMA).expect("test schema parses");
+        let (plan, names) = Plan::for_encoding(&schema).expect("compiles");
+        let values = [
+            Value::Str("e1".into()),
+            Value::Map(vec![("k".into(), Value::Array(vec![Value::Long(-5)]))]),
+            Value::Int(-42),
+            Value::TimestampMillis(1_700_000_000_123),
+            Value::Str("B".into()),
+            Value::Array(vec![Value::Str("x".into())]),
+            Value::Double(2.5),
+            Value::Bool(true),
+        ];
+        let refs: Vec<&Value> = values.iter().collect();
+        let mut out = Vec::new();
+        plan.encode(&refs, &mut out).expect("encodes");
+        let reader = Plan::compile(&schema, &names).expect("compiles");
+        let mut row = Row::default();
+        reader.decode(&out, &mut row).expect("decodes what was encoded");
+        assert_eq!(row.values[4], Value::Enum("B".into()));
+        assert_eq!(row.values[2], Value::Int(-42));
+        assert_eq!(row.values[5], values[5]);
+        let bad = [&Value::Bool(true)];
+        assert!(plan.encode(&bad, &mut out).is_err());
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct Config {
     pub shards: ShardsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The processor chain; `[table]` is always its last sink. Default: none (decode → insert).
+    #[serde(default)]
+    pub processors: Vec<ProcessorConfig>,
 }
 
 /// Kafka source and dead-letter sink. Its `Debug` redacts secret-looking passthrough values.
@@ -193,6 +196,137 @@ pub struct TableConfig {
     /// `null` (writes a CQL null, which is a tombstone and overwrites an earlier value).
     #[serde(default = "default_null_values")]
     pub null_values: String,
+}
+
+impl TableConfig {
+    /// The checked write-timestamp source.
+    pub fn timestamp_source(&self) -> Result<TimestampSource, ConfigError> {
+        match (
+            self.timestamp_source.as_str(),
+            &self.timestamp_field,
+        ) {
+            ("kafka", None) => Ok(TimestampSource::Kafka),
+            ("now", None) => Ok(TimestampSource::Now),
+            ("field", Some(f)) => Ok(TimestampSource::Field(f.clone())),
+            ("field", None) => Err(ConfigError::Invalid(
+                "table.timestamp_source = \"field\" needs table.timestamp_field".into(),
+            )),
+            ("kafka" | "now", Some(_)) => Err(ConfigError::Invalid(
+                "table.timestamp_field is only used with table.timestamp_source = \"field\"".into(),
+            )),
+            (other, _) => Err(ConfigError::Invalid(format!(
+                "table.timestamp_source '{other}' is not one of kafka, field, now"
+            ))),
+        }
+    }
+}
+
+/// One step of the processor chain (`[[processors]]`), in config order. Filters and lookups change or
+/// drop the record and run in order; inserts and produces only read it and run concurrently, after them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProcessorConfig {
+    /// Keep (or, with `keep = false`, drop) records whose `field` matches every condition given.
+    Filter {
+        name: String,
+        field: String,
+        /// Equal to this value (compared as text: enums by symbol, numbers in decimal).
+        #[serde(default)]
+        equals: Option<toml::Value>,
+        /// One of these values (as text).
+        #[serde(default, rename = "in")]
+        one_of: Option<Vec<toml::Value>>,
+        /// Present (not null) when true; absent when false.
+        #[serde(default)]
+        present: Option<bool>,
+        /// Numeric comparisons.
+        #[serde(default)]
+        gt: Option<f64>,
+        #[serde(default)]
+        ge: Option<f64>,
+        #[serde(default)]
+        lt: Option<f64>,
+        #[serde(default)]
+        le: Option<f64>,
+        /// Keep matching records (default true); false drops them instead.
+        #[serde(default = "default_true")]
+        keep: bool,
+    },
+    /// A prepared SELECT by key; its columns are merged into the record under new names.
+    Lookup {
+        name: String,
+        /// `SELECT a, b FROM ks.t WHERE k = ?` with one `?` per key field.
+        query: String,
+        key_fields: Vec<String>,
+        /// Selected column → record field it fills.
+        columns: BTreeMap<String, String>,
+        /// Per-shard cache of lookups (entries); 0 disables it. Default 10000.
+        #[serde(default = "default_cache_entries")]
+        cache_entries: usize,
+        /// How long a cached answer (or a cached miss) is trusted. Default 60000.
+        #[serde(default = "default_cache_ttl_ms")]
+        cache_ttl_ms: u64,
+        /// `drop` the record, fill `defaults`, or `dead_letter` it. Default `default`.
+        #[serde(default = "default_on_miss")]
+        on_miss: String,
+        /// Field → value used on a miss with `on_miss = "default"` (missing ones stay null).
+        #[serde(default)]
+        defaults: BTreeMap<String, toml::Value>,
+        /// Per-request timeout. Default 1000.
+        #[serde(default = "default_step_timeout_ms")]
+        timeout_ms: u64,
+        /// Speculative execution: send the SELECT to another replica after this delay. Default: off.
+        #[serde(default)]
+        speculative_delay_ms: Option<u64>,
+    },
+    /// One more table written from the record, with its own mapping, TTL and write timestamp.
+    Insert { name: String, table: TableConfig },
+    /// Re-encode the record with a registered schema, Confluent-framed, to an output topic. The input
+    /// offset is committed only after the broker acknowledged it.
+    Produce {
+        name: String,
+        topic: String,
+        /// The output Avro schema (JSON text); its fields are read from the record by name.
+        schema: String,
+        /// Registry subject. Default `<topic>-value`.
+        #[serde(default)]
+        subject: Option<String>,
+        /// Field whose value keys the output record. Default: the input record's key.
+        #[serde(default)]
+        key_field: Option<String>,
+    },
+}
+
+impl ProcessorConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            ProcessorConfig::Filter { name, .. }
+            | ProcessorConfig::Lookup { name, .. }
+            | ProcessorConfig::Insert { name, .. }
+            | ProcessorConfig::Produce { name, .. } => name,
+        }
+    }
+
+    /// Whether the step only reads the record (a sink).
+    pub fn is_sink(&self) -> bool {
+        matches!(self, ProcessorConfig::Insert { .. } | ProcessorConfig::Produce { .. })
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_cache_ttl_ms() -> u64 {
+    60_000
+}
+fn default_on_miss() -> String {
+    "default".into()
+}
+fn default_step_timeout_ms() -> u64 {
+    1000
 }
 
 /// Placement: which cores run shards.
@@ -452,6 +586,46 @@ impl Config {
                 );
             }
         }
+        let mut seen_sink = false;
+        let mut names = std::collections::HashSet::new();
+        for p in &self.processors {
+            let n = p.name();
+            if n.is_empty() || !names.insert(n.to_string()) {
+                return bad(format!("processors: every step needs a unique, non-empty name ('{n}')"));
+            }
+            if p.is_sink() {
+                seen_sink = true;
+            } else if seen_sink {
+                return bad(format!(
+                    "processors: '{n}' changes the record but comes after an insert or produce; put filters and lookups first"
+                ));
+            }
+            match p {
+                ProcessorConfig::Lookup { on_miss, key_fields, query, columns, .. } => {
+                    if !["drop", "default", "dead_letter"].contains(&on_miss.as_str()) {
+                        return bad(format!("processors.{n}.on_miss must be drop, default or dead_letter, not '{on_miss}'"));
+                    }
+                    if key_fields.is_empty() || query.matches('?').count() != key_fields.len() {
+                        return bad(format!("processors.{n}: the query needs one '?' per key field ({})", key_fields.len()));
+                    }
+                    if columns.is_empty() {
+                        return bad(format!("processors.{n}.columns must map at least one selected column"));
+                    }
+                }
+                ProcessorConfig::Insert { table, .. } => {
+                    table.timestamp_source()?;
+                    if table.columns.is_empty() {
+                        return bad(format!("processors.{n}.table.columns must map at least one column"));
+                    }
+                }
+                ProcessorConfig::Produce { topic, .. } => {
+                    if self.kafka.topics.contains(topic) {
+                        return bad(format!("processors.{n}.topic '{topic}' is a source topic: records would loop"));
+                    }
+                }
+                ProcessorConfig::Filter { .. } => {}
+            }
+        }
         if self.shards.io_memory_bytes < 64 * 1024 {
             return bad("shards.io_memory_bytes must be at least 65536".into());
         }
@@ -464,25 +638,9 @@ impl Config {
         Ok(())
     }
 
-    /// The checked write-timestamp source.
+    /// The checked write-timestamp source of the primary table.
     pub fn timestamp_source(&self) -> Result<TimestampSource, ConfigError> {
-        match (
-            self.table.timestamp_source.as_str(),
-            &self.table.timestamp_field,
-        ) {
-            ("kafka", None) => Ok(TimestampSource::Kafka),
-            ("now", None) => Ok(TimestampSource::Now),
-            ("field", Some(f)) => Ok(TimestampSource::Field(f.clone())),
-            ("field", None) => Err(ConfigError::Invalid(
-                "table.timestamp_source = \"field\" needs table.timestamp_field".into(),
-            )),
-            ("kafka" | "now", Some(_)) => Err(ConfigError::Invalid(
-                "table.timestamp_field is only used with table.timestamp_source = \"field\"".into(),
-            )),
-            (other, _) => Err(ConfigError::Invalid(format!(
-                "table.timestamp_source '{other}' is not one of kafka, field, now"
-            ))),
-        }
+        self.table.timestamp_source()
     }
 
     /// The subject checked at start-up.
@@ -495,25 +653,82 @@ impl Config {
         })
     }
 
-    /// Record fields the pipeline reads, in slot order: mapped fields, then TTL and timestamp fields.
+    /// Record fields decoded from Avro, in slot order: the primary table's mapped, TTL and timestamp
+    /// fields, then what the processors read (filter fields, lookup keys, insert and produce fields),
+    /// except the fields lookups add.
     pub fn needed_fields(&self) -> Vec<String> {
+        let enriched = self.enriched_fields();
         let mut fields: Vec<String> = Vec::new();
         let mut push = |f: &str| {
-            if !fields.iter().any(|x| x == f) {
+            if !fields.iter().any(|x| x == f) && !enriched.iter().any(|x| x == f) {
                 fields.push(f.to_string());
             }
         };
-        for f in self.table.columns.values() {
-            push(f);
-        }
-        if let Some(f) = &self.table.ttl_field {
-            push(f);
-        }
-        if let Some(f) = &self.table.timestamp_field {
-            push(f);
+        let table_fields = |t: &TableConfig, push: &mut dyn FnMut(&str)| {
+            for f in t.columns.values() {
+                push(f);
+            }
+            if let Some(f) = &t.ttl_field {
+                push(f);
+            }
+            if let Some(f) = &t.timestamp_field {
+                push(f);
+            }
+        };
+        table_fields(&self.table, &mut push);
+        for p in &self.processors {
+            match p {
+                ProcessorConfig::Filter { field, .. } => push(field),
+                ProcessorConfig::Lookup { key_fields, .. } => key_fields.iter().for_each(|f| push(f)),
+                ProcessorConfig::Insert { table, .. } => table_fields(table, &mut push),
+                ProcessorConfig::Produce { schema, key_field, .. } => {
+                    for f in schema_field_names(schema) {
+                        push(&f);
+                    }
+                    if let Some(k) = key_field {
+                        push(k);
+                    }
+                }
+            }
         }
         fields
     }
+
+    /// Fields the lookups add to the record, in chain order.
+    pub fn enriched_fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in &self.processors {
+            if let ProcessorConfig::Lookup { columns, .. } = p {
+                for f in columns.values() {
+                    if !out.contains(f) {
+                        out.push(f.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every record slot: decoded fields, then enriched ones.
+    pub fn all_fields(&self) -> Vec<String> {
+        let mut f = self.needed_fields();
+        f.extend(self.enriched_fields());
+        f
+    }
+}
+
+/// The top-level field names of a record schema's JSON (empty if it is not one).
+pub fn schema_field_names(schema_json: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(schema_json)
+        .ok()
+        .and_then(|v| {
+            v.get("fields")?.as_array().map(|fs| {
+                fs.iter()
+                    .filter_map(|f| f.get("name")?.as_str().map(String::from))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

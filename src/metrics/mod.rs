@@ -45,6 +45,11 @@ pub struct ShardMetrics {
     /// Unix time of the first record this shard consumed, and of its latest completed record.
     pub first_record_time: Gauge,
     pub last_done_time: Gauge,
+    /// Per processor step: latency and outcomes (passed, dropped, missed, failed), labelled by step name.
+    pub step_seconds: HistogramVec,
+    pub step_outcomes: IntCounterVec,
+    /// Lookup cache hits and misses per step.
+    pub lookup_cache: IntCounterVec,
 }
 
 fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -155,8 +160,30 @@ impl ShardMetrics {
             "shardline_last_done_time_seconds",
             "Unix time of the shard's latest written or dead-lettered record.",
         );
+        let step_seconds = reg(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("shardline_step_seconds", "Latency of each processor step.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["shard", "step"],
+            )
+            .expect("static histogram options are valid"),
+        );
+        let step_outcomes = counter(
+            "shardline_step_outcomes_total",
+            "Records per processor step and outcome: passed, dropped, missed, failed.",
+            &["shard", "step", "outcome"],
+        );
+        let lookup_cache = counter(
+            "shardline_lookup_cache_total",
+            "Lookup cache hits and misses per step.",
+            &["shard", "step", "result"],
+        );
         ShardMetrics {
             registry,
+            step_seconds,
+            step_outcomes,
+            lookup_cache,
             first_record_time,
             last_done_time,
             shard: s,

@@ -123,8 +123,20 @@ pub struct Running {
     pub specs: Vec<ShardSpec>,
 }
 
+/// Makes a shard's custom processor steps (called once per shard, on the shard's thread).
+pub type ProcessorFactory = Arc<dyn Fn(usize) -> Vec<Box<dyn crate::pipeline::Processor>> + Send + Sync>;
+
 /// Starts one shard per placement entry. Call [`crate::check::check_live`] first.
 pub fn start(config: Arc<Config>, opts: RunOptions) -> Result<Running, RunError> {
+    start_with(config, opts, None)
+}
+
+/// As [`start`], with custom processor steps from `custom` in every shard's chain.
+pub fn start_with(
+    config: Arc<Config>,
+    opts: RunOptions,
+    custom: Option<ProcessorFactory>,
+) -> Result<Running, RunError> {
     let specs = placement(&config)?;
     let mut handles = Vec::new();
     let mut controls = Vec::new();
@@ -139,6 +151,7 @@ pub fn start(config: Arc<Config>, opts: RunOptions) -> Result<Running, RunError>
     for spec in &specs {
         let joined = joined.clone();
         let drained = drained.clone();
+        let custom = custom.clone();
         let (tx, rx): (Sender<Control>, Receiver<Control>) = crossbeam_channel::unbounded();
         let metrics = ShardMetrics::new(spec.index);
         registries.push(metrics.registry.clone());
@@ -148,7 +161,7 @@ pub fn start(config: Arc<Config>, opts: RunOptions) -> Result<Running, RunError>
             .name(&format!("shard{}", spec.index))
             .io_memory(config.shards.io_memory_bytes)
             .spawn(move || async move {
-                let r = shard::run(cfg, spec, joined, drained, metrics, rx, opts).await;
+                let r = shard::run(cfg, spec, joined, drained, custom, metrics, rx, opts).await;
                 if let Err(e) = &r {
                     tracing::error!(shard = spec.index, error = %e, "shard failed");
                 }

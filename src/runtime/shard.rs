@@ -29,6 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::bridge::TokioBridge;
 use super::{Control, RunError, RunOptions, ShardSpec};
 use crate::codec::{Decoder, RegistryClient, Row};
+use crate::pipeline::{steps, Chain, Processor, Record};
 use crate::config::Config;
 use crate::kafka::context::ShardContext;
 use crate::kafka::dead_letter::{DeadLetter, DeadLetterProducer};
@@ -45,7 +46,7 @@ fn unix_seconds() -> f64 {
 }
 
 /// Backoff of retried writes: 50 ms doubling to 5 s, with ±50% jitter.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = 50u64.saturating_mul(1 << attempt.min(7)).min(5000);
     let jitter = fastrand::u64(0..=base);
     Duration::from_millis(base / 2 + jitter)
@@ -54,6 +55,8 @@ fn backoff(attempt: u32) -> Duration {
 /// How a record ended.
 enum Outcome {
     Written,
+    /// A filter or a lookup miss dropped it on purpose: done, nothing written.
+    Dropped,
     DeadLettered,
     /// Cannot be processed and cannot be dead-lettered: the shard stops without committing it.
     Fatal(String),
@@ -77,7 +80,14 @@ struct Stages {
     consumed: IntCounter,
     decoded: IntCounter,
     written: IntCounter,
+    dropped: IntCounter,
     dead_lettered: IntCounter,
+}
+
+/// What a decoded record turns into.
+enum Bound {
+    Row(crate::sink::BoundRow),
+    Chain(Record, Rc<Chain>),
 }
 
 /// Everything a record's future needs, shared by the shard's futures (Rc: one thread).
@@ -95,6 +105,7 @@ pub async fn run(
     spec: ShardSpec,
     joined: Arc<AtomicUsize>,
     drained: Arc<Vec<AtomicBool>>,
+    custom: Option<super::ProcessorFactory>,
     metrics: ShardMetrics,
     control: crossbeam_channel::Receiver<Control>,
     opts: RunOptions,
@@ -121,14 +132,36 @@ pub async fn run(
             ))
         }
     };
-    let (scylla, binder) = ScyllaWriter::connect(&config, &fields, &bridge).await?;
-    let writer: Rc<dyn RowWriter> = if opts.null_sink {
-        Rc::new(NullWriter)
-    } else {
-        Rc::new(scylla)
-    };
-
+    // Custom steps first: their output fields get slots after the decoded and enriched ones.
+    let custom: Vec<Box<dyn Processor>> = custom.map(|f| f(spec.index)).unwrap_or_default();
+    let mut all_fields = config.all_fields();
+    for p in &custom {
+        for o in p.outputs() {
+            if !all_fields.contains(&o) {
+                all_fields.push(o);
+            }
+        }
+    }
+    let fields_rc: Rc<[String]> = all_fields.clone().into();
+    let (scylla, binder) = ScyllaWriter::connect(&config, &all_fields, &bridge).await?;
     let client_id = format!("shardline-{}-shard{}", std::process::id(), spec.index);
+    let (writer, chain): (Rc<dyn RowWriter>, Option<Rc<Chain>>) =
+        if config.processors.is_empty() && custom.is_empty() {
+            let w: Rc<dyn RowWriter> = if opts.null_sink { Rc::new(NullWriter) } else { Rc::new(scylla) };
+            (w, None)
+        } else {
+            let mut built =
+                steps::build(&config, &fields_rc, scylla, binder.clone(), &metrics, &client_id).await?;
+            // Built-in filters and lookups, then the custom steps, then the sinks.
+            let first_sink = built.iter().position(|s| s.is_sink()).unwrap_or(built.len());
+            let sinks = built.split_off(first_sink);
+            built.extend(custom);
+            built.extend(sinks);
+            let chain = Chain::new(built, metrics.clone());
+            tracing::info!(shard = spec.index, steps = ?chain.step_names(), "processor chain");
+            (Rc::new(NullWriter), Some(Rc::new(chain)))
+        };
+
     let epoch = Arc::new(AtomicU64::new(0));
     let assignment = Arc::new(Mutex::new(Vec::new()));
     let held = Arc::new(AtomicBool::new(false));
@@ -175,6 +208,7 @@ pub async fn run(
             consumed: metrics.stage(t, "consumed"),
             decoded: metrics.stage(t, "decoded"),
             written: metrics.stage(t, "written"),
+            dropped: metrics.stage(t, "dropped"),
             dead_lettered: metrics.stage(t, "dead_lettered"),
         })
         .collect();
@@ -250,6 +284,11 @@ pub async fn run(
                     Outcome::Written => {
                         if let Some(s) = stages.get(c.topic) {
                             s.written.inc();
+                        }
+                    }
+                    Outcome::Dropped => {
+                        if let Some(s) = stages.get(c.topic) {
+                            s.dropped.inc();
                         }
                     }
                     Outcome::DeadLettered => {
@@ -348,6 +387,8 @@ pub async fn run(
                         other => break other,
                     }
                 };
+                let key = msg.key().map(<[u8]>::to_vec);
+                let value = msg.payload().map(<[u8]>::to_vec);
                 let bound = match decoded {
                     Ok(_) => {
                         shared
@@ -357,16 +398,40 @@ pub async fn run(
                         if let Some(s) = stage {
                             s.decoded.inc();
                         }
-                        binder
-                            .bind(&mut row, ts_ms)
-                            .map_err(|e| ("map", e.class(), e.to_string()))
+                        match &chain {
+                            // The processor chain takes the whole record.
+                            Some(chain) => {
+                                row.values.resize(fields_rc.len(), crate::codec::Value::Null);
+                                let rec = Record {
+                                    fields: fields_rc.clone(),
+                                    values: std::mem::take(&mut row.values),
+                                    kafka_ts_ms: ts_ms,
+                                    key: key.clone(),
+                                };
+                                Ok(Bound::Chain(rec, chain.clone()))
+                            }
+                            None => binder
+                                .bind(&mut row, ts_ms)
+                                .map(Bound::Row)
+                                .map_err(|e| ("map", e.class(), e.to_string())),
+                        }
                     }
                     Err(e) => Err(("decode", e.class(), e.to_string())),
                 };
-                let key = msg.key().map(<[u8]>::to_vec);
-                let value = msg.payload().map(<[u8]>::to_vec);
                 let fut: LocalBoxFuture<'static, Completion> = match bound {
-                    Ok(values) => write(
+                    Ok(Bound::Chain(rec, chain)) => run_chain(
+                        shared.clone(),
+                        chain,
+                        rec,
+                        current_epoch,
+                        topic,
+                        partition,
+                        offset,
+                        key,
+                        value,
+                    )
+                    .boxed_local(),
+                    Ok(Bound::Row(values)) => write(
                         shared.clone(),
                         current_epoch,
                         topic,
@@ -622,6 +687,43 @@ async fn write(
                 )
                 .await;
             }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_chain(
+    shared: Rc<Shared>,
+    chain: Rc<Chain>,
+    rec: Record,
+    epoch: u64,
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+) -> Completion {
+    let ts_ms = rec.kafka_ts_ms;
+    match chain.run(rec).await {
+        Ok(kept) => {
+            if kept {
+                if let Some(ms) = ts_ms {
+                    let e2e_ms = crate::sink::now_us() / 1000 - ms;
+                    shared.metrics.end_to_end_seconds.observe(e2e_ms.max(0) as f64 / 1000.0);
+                }
+            }
+            Completion {
+                epoch,
+                topic,
+                partition,
+                offset,
+                outcome: if kept { Outcome::Written } else { Outcome::Dropped },
+            }
+        }
+        Err(e) => {
+            let t = shared.topics.get(topic).map(String::as_str).unwrap_or("");
+            events::record_failed(&shared.metrics, t, partition, offset, "process", e.class, &e.message);
+            dead_letter(shared.clone(), epoch, topic, partition, offset, key, value, e.class, e.message).await
         }
     }
 }

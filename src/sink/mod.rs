@@ -74,7 +74,7 @@ impl SinkError {
         }
     }
 
-    fn from_execution(e: ExecutionError) -> SinkError {
+    pub(crate) fn from_execution(e: ExecutionError) -> SinkError {
         let (retryable, class) = match &e {
             ExecutionError::RequestTimeout(_) => (true, "timeout"),
             ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => {
@@ -172,13 +172,22 @@ impl Binder {
         fields: &[String],
         types: &std::collections::HashMap<String, CqlType>,
     ) -> Result<Binder, SinkError> {
+        Binder::for_table(&config.table, fields, types)
+    }
+
+    /// The binder of any table config (the primary `[table]` or an insert processor's).
+    pub fn for_table(
+        table: &crate::config::TableConfig,
+        fields: &[String],
+        types: &std::collections::HashMap<String, CqlType>,
+    ) -> Result<Binder, SinkError> {
         let slot_of = |f: &str| fields.iter().position(|x| x == f);
-        let mut columns = Vec::with_capacity(config.table.columns.len());
-        for (column, field) in &config.table.columns {
+        let mut columns = Vec::with_capacity(table.columns.len());
+        for (column, field) in &table.columns {
             let ty = types.get(column).cloned().ok_or_else(|| {
                 SinkError::Schema(format!(
                     "column '{column}' (mapped from field '{field}') does not exist in table {}.{}",
-                    config.table.keyspace, config.table.table
+                    table.keyspace, table.table
                 ))
             })?;
             let slot = slot_of(field)
@@ -190,16 +199,16 @@ impl Binder {
                 ty,
             });
         }
-        let ttl = match &config.table.ttl_field {
+        let ttl = match &table.ttl_field {
             Some(f) => Ttl::Slot(
                 slot_of(f)
                     .ok_or_else(|| SinkError::Schema(format!("ttl field '{f}' is not decoded")))?,
             ),
-            None => Ttl::Fixed(i32::try_from(config.table.ttl_seconds).map_err(|_| {
+            None => Ttl::Fixed(i32::try_from(table.ttl_seconds).map_err(|_| {
                 SinkError::Schema("table.ttl_seconds is larger than CQL allows".into())
             })?),
         };
-        let ts = match config
+        let ts = match table
             .timestamp_source()
             .map_err(|e| SinkError::Schema(e.to_string()))?
         {
@@ -213,7 +222,7 @@ impl Binder {
             columns,
             ttl,
             ts,
-            write_nulls: config.table.null_values == "null",
+            write_nulls: table.null_values == "null",
         })
     }
 
@@ -231,7 +240,38 @@ impl Binder {
         )
     }
 
+    /// Binds a row that other steps still read (its values are cloned, not taken).
+    pub fn bind_cloned(&self, values: &[Value], kafka_ts_ms: Option<i64>) -> Result<BoundRow, SinkError> {
+        let mut row = Row {
+            values: self
+                .columns
+                .iter()
+                .map(|c| c.slot)
+                .chain(self.special_slots())
+                .fold(vec![Value::Null; values.len()], |mut acc, slot| {
+                    if let (Some(dst), Some(src)) = (acc.get_mut(slot), values.get(slot)) {
+                        *dst = src.clone();
+                    }
+                    acc
+                }),
+        };
+        self.bind(&mut row, kafka_ts_ms)
+    }
+
+    fn special_slots(&self) -> impl Iterator<Item = usize> {
+        let ttl = match self.ttl {
+            Ttl::Slot(i) => Some(i),
+            Ttl::Fixed(_) => None,
+        };
+        let ts = match self.ts {
+            Ts::Slot(i) => Some(i),
+            _ => None,
+        };
+        ttl.into_iter().chain(ts)
+    }
+
     /// Binds one decoded row; `kafka_ts_ms` is the record timestamp (None if the record has none).
+    /// The mapped values are moved out of the row.
     pub fn bind(&self, row: &mut Row, kafka_ts_ms: Option<i64>) -> Result<BoundRow, SinkError> {
         let mut out = Vec::with_capacity(self.columns.len() + 2);
         for c in &self.columns {
@@ -305,6 +345,44 @@ pub struct ScyllaWriter {
     session: Arc<Session>,
     insert: PreparedStatement,
     handle: tokio::runtime::Handle,
+}
+
+impl ScyllaWriter {
+    /// Another writer on the same session (the insert processors' tables).
+    pub async fn for_table(
+        &self,
+        table: &crate::config::TableConfig,
+        fields: &[String],
+    ) -> Result<(ScyllaWriter, Binder), SinkError> {
+        let session = self.session.clone();
+        let (binder, insert) = crate::runtime::bridge::InTokio::new(self.handle.clone(), async move {
+            let types = table_columns(&session, &table.keyspace, &table.table).await?;
+            let binder = Binder::for_table(table, fields, &types)?;
+            let cql = binder.insert_cql(&table.keyspace, &table.table);
+            let insert = session
+                .prepare(cql.as_str())
+                .await
+                .map_err(|e| SinkError::Schema(format!("cannot prepare `{cql}`: {e}")))?;
+            Ok::<_, SinkError>((binder, insert))
+        })
+        .await?;
+        Ok((
+            ScyllaWriter {
+                session: self.session.clone(),
+                insert,
+                handle: self.handle.clone(),
+            },
+            binder,
+        ))
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
 }
 
 /// Builds a session from config. Runs inside the bridge.
