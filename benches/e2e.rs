@@ -60,6 +60,13 @@ fn main() -> Result<()> {
         .find(|a| !a.starts_with("--"))
         .cloned()
         .unwrap_or_default();
+    if mode.is_empty() {
+        // `cargo test --all-targets` runs bench binaries without arguments: nothing to measure then.
+        eprintln!(
+            "usage: e2e raw --topic T --count N | e2e tokio --config FILE --count N [--threads K]"
+        );
+        return Ok(());
+    }
     let count: u64 = arg(&args, "--count").context("--count")?.parse()?;
     match mode.as_str() {
         "raw" => raw(

@@ -4,13 +4,20 @@
 #
 #   scripts/demo.sh                 # 300k events at 20k msg/s, the insert-only pipeline
 #   EVENTS=500000 RATE=0 scripts/demo.sh   # as fast as the producer goes
+#   PIPELINE=enrichment scripts/demo.sh     # the three-processors-in-one example (tuning/enrichment.toml)
 # Services stay up afterwards (scripts/services.sh down stops them).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 EVENTS=${EVENTS:-300000}
 RATE=${RATE:-20000}
-CONFIG=${CONFIG:-tuning/navigation.toml}
+PIPELINE=${PIPELINE:-insert}
+case $PIPELINE in
+  insert) CONFIG=${CONFIG:-tuning/navigation.toml} ;;
+  enrichment) CONFIG=${CONFIG:-tuning/enrichment.toml} ;;
+  *) echo "demo.sh: PIPELINE is insert or enrichment" >&2; exit 1 ;;
+esac
+UIDS=${UIDS:-4000}
 TOPIC=navigation
 OUT=${OUT:-$ROOT/results/demo}
 mkdir -p "$OUT"
@@ -27,6 +34,20 @@ $B create-topic --topic $TOPIC.dlq --partitions 1
 $B cql "CREATE KEYSPACE IF NOT EXISTS shardline WITH replication = {'class':'SimpleStrategy','replication_factor':1}" \
   "DROP TABLE IF EXISTS shardline.navigation_events" \
   "CREATE TABLE shardline.navigation_events (uid text, event_id text, url text, referer text, user_agent text, ts timestamp, ip inet, country text, event_type text, duration_ms int, tags frozen<list<text>>, PRIMARY KEY ((uid), event_id))"
+if [ "$PIPELINE" = enrichment ]; then
+  $B create-topic --topic $TOPIC.enriched --partitions 8
+  $B cql "DROP TABLE IF EXISTS shardline.user_segments" "DROP TABLE IF EXISTS shardline.last_seen" \
+    "DROP TABLE IF EXISTS shardline.visits_by_uid" \
+    "CREATE TABLE shardline.user_segments (uid text PRIMARY KEY, segment text)" \
+    "CREATE TABLE shardline.last_seen (uid text PRIMARY KEY, ts timestamp, url text, segment text)" \
+    "CREATE TABLE shardline.visits_by_uid (uid text, event_id text, ts timestamp, url text, event_type text, segment text, PRIMARY KEY ((uid), event_id))"
+  # Segments for the even users: the odd ones exercise the lookup's miss policy (default "unknown").
+  seeds=()
+  for n in $(seq 0 2 $((UIDS - 1))); do
+    seeds+=("INSERT INTO shardline.user_segments (uid, segment) VALUES ('$(printf 'u%07d' "$n")', 'seg-$((n % 4))')")
+  done
+  $B cql "${seeds[@]}"
+fi
 # Register the schema first so that `run`'s start-up check finds the subject.
 $B produce --topic $TOPIC --count 0 --quiet >/dev/null
 
@@ -37,11 +58,11 @@ trap 'kill -9 $RUN_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 60); do curl -fs http://127.0.0.1:9898/health >/dev/null 2>&1 && break; sleep 0.5; done
 
 written() {
-  curl -fs http://127.0.0.1:9898/metrics | awk '/^shardline_messages_total/ && /stage="(written|dead_lettered)"/ {s+=$2} END {printf "%d\n", s}'
+  curl -fs http://127.0.0.1:9898/metrics | awk '/^shardline_messages_total/ && /stage="(written|dead_lettered|dropped)"/ {s+=$2} END {printf "%d\n", s}'
 }
 base=$(written)
 echo "== producing $EVENTS events at ${RATE} msg/s (0 = as fast as possible)"
-$B produce --topic $TOPIC --count "$EVENTS" --rate "$RATE" --seed $RANDOM >"$OUT/produce.json"
+$B produce --topic $TOPIC --count "$EVENTS" --rate "$RATE" --seed $RANDOM --uids "$UIDS" >"$OUT/produce.json"
 
 echo "== waiting until shardline has written everything"
 target=$((base + EVENTS))
@@ -56,7 +77,11 @@ kill -TERM $RUN_PID
 wait $RUN_PID || { echo "shardline run exited with an error; see $OUT/run.log" >&2; exit 1; }
 trap - EXIT
 
-rows=$($B cql "SELECT COUNT(*) FROM shardline.navigation_events")
+if [ "$PIPELINE" = enrichment ]; then
+  rows="visits_by_uid $($B cql "SELECT COUNT(*) FROM shardline.visits_by_uid"), last_seen $($B cql "SELECT COUNT(*) FROM shardline.last_seen")"
+else
+  rows=$($B cql "SELECT COUNT(*) FROM shardline.navigation_events")
+fi
 python3 - "$OUT/summary.json" "$OUT/produce.json" "$rows" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -74,4 +99,8 @@ print(f"  insert            p50 {fmt(s['write']['p50_ms'])}  p99 {fmt(s['write']
 print(f"  decode            p50 {fmt(s['decode']['p50_ms'])}")
 print(f"  rows in table     {rows}")
 print(f"  metrics           http://127.0.0.1:9898/metrics (while shardline runs)")
+if s.get("steps"):
+    print("  processor steps   " + "; ".join(f"{k}: {v}" for k, v in s["steps"].items()))
+    print("  lookup cache      " + "; ".join(f"{k}: {v}" for k, v in s["lookup_cache"].items()))
+    print("  step p50/p99      " + "; ".join(f"{k}: {fmt(v['p50_ms'])} / {fmt(v['p99_ms'])}" for k, v in s["step_latency"].items()))
 PY

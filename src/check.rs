@@ -108,7 +108,11 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
             })?;
             let b = Binder::for_table(table, &all, &types)?;
             mapping::check(&decoded_only(&b.columns, fields.len()), plan.kinds())?;
-            columns.extend(b.columns.iter().map(|c| format!("[{name}] {} <- {} ({})", c.column, c.field, c.ty)));
+            columns.extend(
+                b.columns
+                    .iter()
+                    .map(|c| format!("[{name}] {} <- {} ({})", c.column, c.field, c.ty)),
+            );
         }
     }
     Ok(CheckReport {
@@ -120,7 +124,11 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
 
 /// The columns fed by decoded fields: enriched ones (lookups) are type-checked per record instead.
 fn decoded_only(columns: &[mapping::ColumnMap], decoded: usize) -> Vec<mapping::ColumnMap> {
-    columns.iter().filter(|c| c.slot < decoded).cloned().collect()
+    columns
+        .iter()
+        .filter(|c| c.slot < decoded)
+        .cloned()
+        .collect()
 }
 
 /// TTL and timestamp fields must have usable kinds.

@@ -25,6 +25,8 @@ pub struct RunSummary {
     pub consumed: u64,
     pub written: u64,
     pub dead_lettered: u64,
+    /// Dropped on purpose by a filter or a lookup miss policy.
+    pub dropped: u64,
     /// Records per second between the first record consumed and the last one done (any shard).
     pub msgs_per_s: f64,
     /// That active span in seconds.
@@ -34,6 +36,65 @@ pub struct RunSummary {
     pub decode: Quantiles,
     /// "topic/partition" → shard → messages consumed.
     pub partitions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Processor step → outcome (passed, dropped, missed, failed) → records, over all shards.
+    pub steps: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Lookup step → hit/miss → cache lookups.
+    pub lookup_cache: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Processor step → p50/p99 latency.
+    pub step_latency: BTreeMap<String, Quantiles>,
+}
+
+/// Sums a counter family by two labels.
+fn by_labels(
+    fams: &[prometheus::proto::MetricFamily],
+    name: &str,
+    a: &str,
+    b: &str,
+) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for f in fams.iter().filter(|f| f.name() == name) {
+        for m in f.get_metric() {
+            let label = |k: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == k)
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default()
+            };
+            *out.entry(label(a))
+                .or_default()
+                .entry(label(b))
+                .or_default() += m.get_counter().get_value() as u64;
+        }
+    }
+    out
+}
+
+fn step_latency(fams: &[prometheus::proto::MetricFamily]) -> BTreeMap<String, Quantiles> {
+    let mut by_step: BTreeMap<String, Vec<prometheus::proto::Metric>> = BTreeMap::new();
+    for f in fams.iter().filter(|f| f.name() == "shardline_step_seconds") {
+        for m in f.get_metric() {
+            let step = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "step")
+                .map(|l| l.value().to_string())
+                .unwrap_or_default();
+            by_step.entry(step).or_default().push(m.clone());
+        }
+    }
+    by_step
+        .into_iter()
+        .map(|(step, ms)| {
+            let mut fam = prometheus::proto::MetricFamily::default();
+            fam.set_name("step".into());
+            fam.set_field_type(prometheus::proto::MetricType::HISTOGRAM);
+            for m in ms {
+                fam.mut_metric().push(m);
+            }
+            (step, quantiles(&[fam], "step"))
+        })
+        .collect()
 }
 
 fn quantiles(fams: &[prometheus::proto::MetricFamily], name: &str) -> Quantiles {
@@ -87,6 +148,7 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
         consumed,
         written: stage("written"),
         dead_lettered: stage("dead_lettered"),
+        dropped: stage("dropped"),
         msgs_per_s: if active_seconds > 0.0 {
             consumed as f64 / active_seconds
         } else {
@@ -96,5 +158,8 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
         write: quantiles(&fams, "shardline_write_seconds"),
         decode: quantiles(&fams, "shardline_decode_seconds"),
         partitions,
+        steps: by_labels(&fams, "shardline_step_outcomes_total", "step", "outcome"),
+        lookup_cache: by_labels(&fams, "shardline_lookup_cache_total", "step", "result"),
+        step_latency: step_latency(&fams),
     }
 }

@@ -154,7 +154,11 @@ impl Plan {
     pub fn for_encoding(schema: &Schema) -> Result<(Plan, Vec<String>), CodecError> {
         let names: Vec<String> = match schema {
             Schema::Record(r) => r.fields.iter().map(|f| f.name.clone()).collect(),
-            _ => return Err(CodecError::Resolution("the output schema is not a record".into())),
+            _ => {
+                return Err(CodecError::Resolution(
+                    "the output schema is not a record".into(),
+                ))
+            }
         };
         let plan = Plan::compile(schema, &names)?;
         Ok((plan, names))
@@ -163,7 +167,10 @@ impl Plan {
     /// Appends the Avro encoding of one record: `values[i]` is the value of top-level field `i`.
     pub fn encode(&self, values: &[&Value], out: &mut Vec<u8>) -> Result<(), CodecError> {
         for (i, step) in self.steps.iter().enumerate() {
-            let v = values.get(step.slot.unwrap_or(i)).copied().unwrap_or(&Value::Null);
+            let v = values
+                .get(step.slot.unwrap_or(i))
+                .copied()
+                .unwrap_or(&Value::Null);
             self.write(step.node, v, out, 1)?;
         }
         Ok(())
@@ -179,7 +186,10 @@ impl Plan {
                 | (Some(Node::Float), Value::Float(_))
                 | (Some(Node::Double), Value::Double(_) | Value::Float(_))
                 | (Some(Node::Bytes | Node::Fixed(_)), Value::Bytes(_))
-                | (Some(Node::Str), Value::Str(_) | Value::Enum(_) | Value::Uuid(_))
+                | (
+                    Some(Node::Str),
+                    Value::Str(_) | Value::Enum(_) | Value::Uuid(_)
+                )
                 | (Some(Node::UuidStr), Value::Uuid(_) | Value::Str(_))
                 | (Some(Node::Enum(_)), Value::Enum(_) | Value::Str(_))
                 | (Some(Node::Date), Value::Date(_))
@@ -193,17 +203,24 @@ impl Plan {
         )
     }
 
-    fn write(&self, node: usize, v: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), CodecError> {
+    fn write(
+        &self,
+        node: usize,
+        v: &Value,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<(), CodecError> {
         if depth > MAX_DEPTH {
             return Err(CodecError::TooDeep);
         }
-        let mismatch = || CodecError::Resolution(format!("value {v:?} does not fit the output schema"));
+        let mismatch =
+            || CodecError::Resolution(format!("value {v:?} does not fit the output schema"));
         match (self.node(node)?, v) {
             (Node::Null, Value::Null) => {}
             (Node::Bool, Value::Bool(b)) => out.push(u8::from(*b)),
-            (Node::Int, Value::Int(i)) | (Node::Date, Value::Date(i)) | (Node::TimeMillis, Value::TimeMillis(i)) => {
-                write_long(out, i64::from(*i))
-            }
+            (Node::Int, Value::Int(i))
+            | (Node::Date, Value::Date(i))
+            | (Node::TimeMillis, Value::TimeMillis(i)) => write_long(out, i64::from(*i)),
             (Node::Long, Value::Long(l))
             | (Node::TimeMicros, Value::TimeMicros(l))
             | (Node::TimestampMillis, Value::TimestampMillis(l))
@@ -256,7 +273,11 @@ impl Plan {
             }
             (Node::Record(fields), Value::Record(values)) => {
                 for (name, f) in fields {
-                    let x = values.iter().find(|(n, _)| n == name).map(|(_, x)| x).unwrap_or(&Value::Null);
+                    let x = values
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, x)| x)
+                        .unwrap_or(&Value::Null);
                     self.write(*f, x, out, depth + 1)?;
                 }
             }
@@ -840,7 +861,9 @@ mod tests {
         plan.encode(&refs, &mut out).expect("encodes");
         let reader = Plan::compile(&schema, &names).expect("compiles");
         let mut row = Row::default();
-        reader.decode(&out, &mut row).expect("decodes what was encoded");
+        reader
+            .decode(&out, &mut row)
+            .expect("decodes what was encoded");
         assert_eq!(row.values[4], Value::Enum("B".into()));
         assert_eq!(row.values[2], Value::Int(-42));
         assert_eq!(row.values[5], values[5]);

@@ -50,6 +50,10 @@ pub struct Config {
     /// The processor chain; `[table]` is always its last sink. Default: none (decode → insert).
     #[serde(default)]
     pub processors: Vec<ProcessorConfig>,
+    /// Fields that custom (Rust) processor steps add to the record, so mappings may name them.
+    /// Default: none.
+    #[serde(default)]
+    pub custom_fields: Vec<String>,
 }
 
 /// Kafka source and dead-letter sink. Its `Debug` redacts secret-looking passthrough values.
@@ -201,10 +205,7 @@ pub struct TableConfig {
 impl TableConfig {
     /// The checked write-timestamp source.
     pub fn timestamp_source(&self) -> Result<TimestampSource, ConfigError> {
-        match (
-            self.timestamp_source.as_str(),
-            &self.timestamp_field,
-        ) {
+        match (self.timestamp_source.as_str(), &self.timestamp_field) {
             ("kafka", None) => Ok(TimestampSource::Kafka),
             ("now", None) => Ok(TimestampSource::Now),
             ("field", Some(f)) => Ok(TimestampSource::Field(f.clone())),
@@ -309,7 +310,10 @@ impl ProcessorConfig {
 
     /// Whether the step only reads the record (a sink).
     pub fn is_sink(&self) -> bool {
-        matches!(self, ProcessorConfig::Insert { .. } | ProcessorConfig::Produce { .. })
+        matches!(
+            self,
+            ProcessorConfig::Insert { .. } | ProcessorConfig::Produce { .. }
+        )
     }
 }
 
@@ -591,7 +595,9 @@ impl Config {
         for p in &self.processors {
             let n = p.name();
             if n.is_empty() || !names.insert(n.to_string()) {
-                return bad(format!("processors: every step needs a unique, non-empty name ('{n}')"));
+                return bad(format!(
+                    "processors: every step needs a unique, non-empty name ('{n}')"
+                ));
             }
             if p.is_sink() {
                 seen_sink = true;
@@ -601,26 +607,41 @@ impl Config {
                 ));
             }
             match p {
-                ProcessorConfig::Lookup { on_miss, key_fields, query, columns, .. } => {
+                ProcessorConfig::Lookup {
+                    on_miss,
+                    key_fields,
+                    query,
+                    columns,
+                    ..
+                } => {
                     if !["drop", "default", "dead_letter"].contains(&on_miss.as_str()) {
                         return bad(format!("processors.{n}.on_miss must be drop, default or dead_letter, not '{on_miss}'"));
                     }
                     if key_fields.is_empty() || query.matches('?').count() != key_fields.len() {
-                        return bad(format!("processors.{n}: the query needs one '?' per key field ({})", key_fields.len()));
+                        return bad(format!(
+                            "processors.{n}: the query needs one '?' per key field ({})",
+                            key_fields.len()
+                        ));
                     }
                     if columns.is_empty() {
-                        return bad(format!("processors.{n}.columns must map at least one selected column"));
+                        return bad(format!(
+                            "processors.{n}.columns must map at least one selected column"
+                        ));
                     }
                 }
                 ProcessorConfig::Insert { table, .. } => {
                     table.timestamp_source()?;
                     if table.columns.is_empty() {
-                        return bad(format!("processors.{n}.table.columns must map at least one column"));
+                        return bad(format!(
+                            "processors.{n}.table.columns must map at least one column"
+                        ));
                     }
                 }
                 ProcessorConfig::Produce { topic, .. } => {
                     if self.kafka.topics.contains(topic) {
-                        return bad(format!("processors.{n}.topic '{topic}' is a source topic: records would loop"));
+                        return bad(format!(
+                            "processors.{n}.topic '{topic}' is a source topic: records would loop"
+                        ));
                     }
                 }
                 ProcessorConfig::Filter { .. } => {}
@@ -679,9 +700,13 @@ impl Config {
         for p in &self.processors {
             match p {
                 ProcessorConfig::Filter { field, .. } => push(field),
-                ProcessorConfig::Lookup { key_fields, .. } => key_fields.iter().for_each(|f| push(f)),
+                ProcessorConfig::Lookup { key_fields, .. } => {
+                    key_fields.iter().for_each(|f| push(f))
+                }
                 ProcessorConfig::Insert { table, .. } => table_fields(table, &mut push),
-                ProcessorConfig::Produce { schema, key_field, .. } => {
+                ProcessorConfig::Produce {
+                    schema, key_field, ..
+                } => {
                     for f in schema_field_names(schema) {
                         push(&f);
                     }
@@ -694,9 +719,9 @@ impl Config {
         fields
     }
 
-    /// Fields the lookups add to the record, in chain order.
+    /// Fields the lookups (and custom steps) add to the record, in chain order.
     pub fn enriched_fields(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<String> = self.custom_fields.clone();
         for p in &self.processors {
             if let ProcessorConfig::Lookup { columns, .. } = p {
                 for f in columns.values() {
@@ -843,6 +868,7 @@ columns = { uid = "uid", url = "url" }
             ("navigation", include_str!("../../tuning/navigation.toml")),
             ("latency", include_str!("../../tuning/latency.toml")),
             ("throughput", include_str!("../../tuning/throughput.toml")),
+            ("enrichment", include_str!("../../tuning/enrichment.toml")),
         ] {
             let c = Config::parse(text).unwrap_or_else(|e| panic!("tuning/{name}.toml: {e}"));
             c.validate()
@@ -853,6 +879,36 @@ columns = { uid = "uid", url = "url" }
             Config::parse(include_str!("../../tuning/throughput.toml")).expect("parses");
         assert!(latency.scylla.max_in_flight_per_shard < throughput.scylla.max_in_flight_per_shard);
         assert_eq!(latency.shards.bridge_cores, Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn the_enrichment_pipeline_reads_and_adds_the_right_fields() {
+        let c = Config::parse(include_str!("../../tuning/enrichment.toml")).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.enriched_fields(), vec!["user_segment"]);
+        let decoded = c.needed_fields();
+        assert!(
+            !decoded.contains(&"user_segment".to_string()),
+            "lookup outputs are not decoded"
+        );
+        for f in ["uid", "ts", "url", "event_id", "event_type"] {
+            assert!(decoded.contains(&f.to_string()), "{f} is decoded");
+        }
+        assert_eq!(c.processors.len(), 3);
+        assert!(c.processors[1].is_sink() && !c.processors[0].is_sink());
+    }
+
+    #[test]
+    fn chain_order_and_lookup_options_are_checked() {
+        let base = include_str!("../../tuning/enrichment.toml");
+        let swapped = format!(
+            "{base}\n[[processors]]\nkind = \"filter\"\nname = \"late\"\nfield = \"uid\"\npresent = true\n"
+        );
+        assert!(invalid(&swapped).contains("'late' changes the record but comes after"));
+        let bad_miss = base.replace("on_miss = \"default\"", "on_miss = \"ignore\"");
+        assert!(invalid(&bad_miss).contains("on_miss"));
+        let bad_q = base.replace("WHERE uid = ?", "WHERE uid = ? AND x = ?");
+        assert!(invalid(&bad_q).contains("one '?' per key field"));
     }
 
     #[test]

@@ -86,7 +86,10 @@ pub trait Processor {
     fn is_sink(&self) -> bool {
         false
     }
-    fn process<'a>(&'a self, record: &'a mut Record) -> LocalBoxFuture<'a, Result<Outcome, StepError>>;
+    fn process<'a>(
+        &'a self,
+        record: &'a mut Record,
+    ) -> LocalBoxFuture<'a, Result<Outcome, StepError>>;
 }
 
 /// A shard's chain.
@@ -100,7 +103,10 @@ impl Chain {
     pub fn new(steps: Vec<Box<dyn Processor>>, metrics: ShardMetrics) -> Chain {
         let (mut first, sinks): (Vec<_>, Vec<_>) = steps.into_iter().partition(|s| !s.is_sink());
         first.extend(sinks);
-        Chain { steps: first, metrics }
+        Chain {
+            steps: first,
+            metrics,
+        }
     }
 
     pub fn step_names(&self) -> Vec<String> {
@@ -119,13 +125,20 @@ impl Chain {
             Ok(o) => o.label(),
             Err(_) => "failed",
         };
-        self.metrics.step_outcomes.with_label_values(&[shard, step.name(), outcome]).inc();
+        self.metrics
+            .step_outcomes
+            .with_label_values(&[shard, step.name(), outcome])
+            .inc();
         r
     }
 
     /// Runs a record through the chain. `Ok(false)`: dropped on purpose.
     pub async fn run(&self, mut rec: Record) -> Result<bool, StepError> {
-        let split = self.steps.iter().position(|s| s.is_sink()).unwrap_or(self.steps.len());
+        let split = self
+            .steps
+            .iter()
+            .position(|s| s.is_sink())
+            .unwrap_or(self.steps.len());
         let (changing, sinks) = self.steps.split_at(split);
         for step in changing {
             if self.timed(step.as_ref(), &mut rec).await? == Outcome::Dropped {

@@ -33,7 +33,10 @@ fn text(v: &Value) -> Option<String> {
     Some(match v {
         Value::Str(s) | Value::Enum(s) | Value::Uuid(s) => s.clone(),
         Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => i.to_string(),
-        Value::Long(l) | Value::TimestampMillis(l) | Value::TimestampMicros(l) | Value::TimeMicros(l) => l.to_string(),
+        Value::Long(l)
+        | Value::TimestampMillis(l)
+        | Value::TimestampMicros(l)
+        | Value::TimeMicros(l) => l.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Double(d) => d.to_string(),
         Value::Float(f) => f.to_string(),
@@ -44,7 +47,10 @@ fn text(v: &Value) -> Option<String> {
 fn number(v: &Value) -> Option<f64> {
     match v {
         Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Some(f64::from(*i)),
-        Value::Long(l) | Value::TimestampMillis(l) | Value::TimestampMicros(l) | Value::TimeMicros(l) => Some(*l as f64),
+        Value::Long(l)
+        | Value::TimestampMillis(l)
+        | Value::TimestampMicros(l)
+        | Value::TimeMicros(l) => Some(*l as f64),
         Value::Double(d) => Some(*d),
         Value::Float(f) => Some(f64::from(*f)),
         _ => None,
@@ -98,7 +104,11 @@ impl Filter {
         let [gt, ge, lt, le] = self.bounds;
         if gt.is_some() || ge.is_some() || lt.is_some() || le.is_some() {
             let Some(n) = number(v) else { return false };
-            if gt.is_some_and(|b| n <= b) || ge.is_some_and(|b| n < b) || lt.is_some_and(|b| n >= b) || le.is_some_and(|b| n > b) {
+            if gt.is_some_and(|b| n <= b)
+                || ge.is_some_and(|b| n < b)
+                || lt.is_some_and(|b| n >= b)
+                || le.is_some_and(|b| n > b)
+            {
                 return false;
             }
         }
@@ -110,9 +120,16 @@ impl Processor for Filter {
     fn name(&self) -> &str {
         &self.name
     }
-    fn process<'a>(&'a self, rec: &'a mut Record) -> LocalBoxFuture<'a, Result<Outcome, StepError>> {
+    fn process<'a>(
+        &'a self,
+        rec: &'a mut Record,
+    ) -> LocalBoxFuture<'a, Result<Outcome, StepError>> {
         let m = rec.values.get(self.slot).is_some_and(|v| self.matches(v));
-        let out = if m == self.keep { Outcome::Passed } else { Outcome::Dropped };
+        let out = if m == self.keep {
+            Outcome::Passed
+        } else {
+            Outcome::Dropped
+        };
         Box::pin(std::future::ready(Ok(out)))
     }
 }
@@ -176,7 +193,12 @@ fn from_cql(v: CqlValue) -> Value {
         CqlValue::List(l) | CqlValue::Set(l) => Value::Array(l.into_iter().map(from_cql).collect()),
         CqlValue::Map(m) => Value::Map(
             m.into_iter()
-                .map(|(k, v)| (crate::pipeline::steps::text(&from_cql(k)).unwrap_or_default(), from_cql(v)))
+                .map(|(k, v)| {
+                    (
+                        crate::pipeline::steps::text(&from_cql(k)).unwrap_or_default(),
+                        from_cql(v),
+                    )
+                })
                 .collect(),
         ),
         other => Value::Str(format!("{other:?}")),
@@ -189,7 +211,10 @@ impl Lookup {
         loop {
             let (session, stmt, key) = (self.session.clone(), self.stmt.clone(), key.clone());
             let r = InTokio::new(self.handle.clone(), async move {
-                let res = session.execute_unpaged(&stmt, key).await.map_err(SinkError::from_execution)?;
+                let res = session
+                    .execute_unpaged(&stmt, key)
+                    .await
+                    .map_err(SinkError::from_execution)?;
                 let rows = res
                     .into_rows_result()
                     .map_err(|e| SinkError::Schema(format!("lookup result: {e}")))?;
@@ -205,7 +230,12 @@ impl Lookup {
                     let vals = self
                         .outputs
                         .iter()
-                        .map(|(i, _)| cols.get_mut(*i).and_then(Option::take).map(from_cql).unwrap_or(Value::Null))
+                        .map(|(i, _)| {
+                            cols.get_mut(*i)
+                                .and_then(Option::take)
+                                .map(from_cql)
+                                .unwrap_or(Value::Null)
+                        })
                         .collect();
                     return Ok(Some(vals));
                 }
@@ -213,7 +243,13 @@ impl Lookup {
                 Err(e) if e.is_retryable() => {
                     attempt += 1;
                     let wait = crate::runtime::shard::backoff(attempt);
-                    events::write_retried(&self.metrics, e.class(), attempt, wait.as_millis() as u64, &e);
+                    events::write_retried(
+                        &self.metrics,
+                        e.class(),
+                        attempt,
+                        wait.as_millis() as u64,
+                        &e,
+                    );
                     glommio::timer::sleep(wait).await;
                 }
                 Err(e) => return Err(e),
@@ -229,7 +265,10 @@ impl Processor for Lookup {
     fn outputs(&self) -> Vec<String> {
         Vec::new()
     }
-    fn process<'a>(&'a self, rec: &'a mut Record) -> LocalBoxFuture<'a, Result<Outcome, StepError>> {
+    fn process<'a>(
+        &'a self,
+        rec: &'a mut Record,
+    ) -> LocalBoxFuture<'a, Result<Outcome, StepError>> {
         Box::pin(async move {
             let mut key = Vec::with_capacity(self.key_slots.len());
             for s in &self.key_slots {
@@ -238,7 +277,10 @@ impl Processor for Lookup {
                     None => {
                         return Err(StepError {
                             class: "lookup_key",
-                            message: format!("step {}: key field is null or not a scalar", self.name),
+                            message: format!(
+                                "step {}: key field is null or not a scalar",
+                                self.name
+                            ),
                         })
                     }
                 }
@@ -256,11 +298,17 @@ impl Processor for Lookup {
             };
             let found = match cached {
                 Some(row) => {
-                    self.metrics.lookup_cache.with_label_values(&[shard, &self.name, "hit"]).inc();
+                    self.metrics
+                        .lookup_cache
+                        .with_label_values(&[shard, &self.name, "hit"])
+                        .inc();
                     row
                 }
                 None => {
-                    self.metrics.lookup_cache.with_label_values(&[shard, &self.name, "miss"]).inc();
+                    self.metrics
+                        .lookup_cache
+                        .with_label_values(&[shard, &self.name, "miss"])
+                        .inc();
                     let row = self.query(key).await.map_err(|e| StepError {
                         class: e.class(),
                         message: format!("step {}: {e}", self.name),
@@ -277,7 +325,13 @@ impl Processor for Lookup {
                                 }
                             }
                         }
-                        c.insert(cache_key, Cached { at: Instant::now(), row: row.clone() });
+                        c.insert(
+                            cache_key,
+                            Cached {
+                                at: Instant::now(),
+                                row: row.clone(),
+                            },
+                        );
                     }
                     row
                 }
@@ -295,7 +349,15 @@ impl Processor for Lookup {
                     Miss::Drop => Ok(Outcome::Dropped),
                     Miss::DeadLetter => Err(StepError {
                         class: "lookup_miss",
-                        message: format!("step {}: no row for key {cache_key_short}", self.name, cache_key_short = rec.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default()),
+                        message: format!(
+                            "step {}: no row for key {cache_key_short}",
+                            self.name,
+                            cache_key_short = rec
+                                .key
+                                .as_deref()
+                                .map(String::from_utf8_lossy)
+                                .unwrap_or_default()
+                        ),
                     }),
                     Miss::Default => {
                         for (slot, v) in &self.defaults {
@@ -326,13 +388,20 @@ impl Processor for Insert {
     fn is_sink(&self) -> bool {
         true
     }
-    fn process<'a>(&'a self, rec: &'a mut Record) -> LocalBoxFuture<'a, Result<Outcome, StepError>> {
+    fn process<'a>(
+        &'a self,
+        rec: &'a mut Record,
+    ) -> LocalBoxFuture<'a, Result<Outcome, StepError>> {
         Box::pin(async move {
             let fail = |e: SinkError| StepError {
                 class: e.class(),
                 message: format!("step {}: {e}", self.name),
             };
-            let values = Rc::new(self.binder.bind_cloned(&rec.values, rec.kafka_ts_ms).map_err(fail)?);
+            let values = Rc::new(
+                self.binder
+                    .bind_cloned(&rec.values, rec.kafka_ts_ms)
+                    .map_err(fail)?,
+            );
             let mut attempt = 0u32;
             loop {
                 match self.writer.write(values.clone()).await {
@@ -340,7 +409,13 @@ impl Processor for Insert {
                     Err(e) if e.is_retryable() => {
                         attempt += 1;
                         let wait = crate::runtime::shard::backoff(attempt);
-                        events::write_retried(&self.metrics, e.class(), attempt, wait.as_millis() as u64, &e);
+                        events::write_retried(
+                            &self.metrics,
+                            e.class(),
+                            attempt,
+                            wait.as_millis() as u64,
+                            &e,
+                        );
                         glommio::timer::sleep(wait).await;
                     }
                     Err(e) => return Err(fail(e)),
@@ -370,7 +445,10 @@ impl Processor for Produce {
     fn is_sink(&self) -> bool {
         true
     }
-    fn process<'a>(&'a self, rec: &'a mut Record) -> LocalBoxFuture<'a, Result<Outcome, StepError>> {
+    fn process<'a>(
+        &'a self,
+        rec: &'a mut Record,
+    ) -> LocalBoxFuture<'a, Result<Outcome, StepError>> {
         Box::pin(async move {
             let null = Value::Null;
             let values: Vec<&Value> = self
@@ -379,10 +457,12 @@ impl Processor for Produce {
                 .map(|s| s.and_then(|i| rec.values.get(i)).unwrap_or(&null))
                 .collect();
             let mut datum = Vec::with_capacity(256);
-            self.plan.encode(&values, &mut datum).map_err(|e| StepError {
-                class: "produce_encode",
-                message: format!("step {}: {e}", self.name),
-            })?;
+            self.plan
+                .encode(&values, &mut datum)
+                .map_err(|e| StepError {
+                    class: "produce_encode",
+                    message: format!("step {}: {e}", self.name),
+                })?;
             let mut payload = Vec::with_capacity(datum.len() + frame::HEADER_LEN);
             frame::frame_into(self.schema_id, &datum, &mut payload);
             let key: Option<Vec<u8>> = match self.key_slot {
@@ -391,7 +471,8 @@ impl Processor for Produce {
             };
             let mut attempt = 0u32;
             loop {
-                let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).payload(payload.as_slice());
+                let mut r: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(&self.topic).payload(payload.as_slice());
                 if let Some(k) = &key {
                     r = r.key(k.as_slice());
                 }
@@ -400,7 +481,13 @@ impl Processor for Produce {
                     Err((e, _)) => {
                         attempt += 1;
                         let wait = crate::runtime::shard::backoff(attempt);
-                        events::write_retried(&self.metrics, "produce", attempt, wait.as_millis() as u64, &e);
+                        events::write_retried(
+                            &self.metrics,
+                            "produce",
+                            attempt,
+                            wait.as_millis() as u64,
+                            &e,
+                        );
                         glommio::timer::sleep(wait).await;
                     }
                 }
@@ -420,12 +507,27 @@ pub async fn build(
 ) -> Result<Vec<Box<dyn Processor>>, RunError> {
     let slot = |f: &str| fields.iter().position(|x| x == f);
     let need = |f: &str, step: &str| {
-        slot(f).ok_or_else(|| RunError::Runtime(format!("processors.{step}: field '{f}' is not known to the pipeline")))
+        slot(f).ok_or_else(|| {
+            RunError::Runtime(format!(
+                "processors.{step}: field '{f}' is not known to the pipeline"
+            ))
+        })
     };
     let mut steps: Vec<Box<dyn Processor>> = Vec::new();
     for p in &config.processors {
         match p {
-            ProcessorConfig::Filter { name, field, equals, one_of, present, gt, ge, lt, le, keep } => {
+            ProcessorConfig::Filter {
+                name,
+                field,
+                equals,
+                one_of,
+                present,
+                gt,
+                ge,
+                lt,
+                le,
+                keep,
+            } => {
                 steps.push(Box::new(Filter {
                     name: name.clone(),
                     slot: need(field, name)?,
@@ -450,19 +552,28 @@ pub async fn build(
             } => {
                 let session = primary.session().clone();
                 let q = query.clone();
-                let mut stmt = InTokio::new(primary.handle().clone(), async move { session.prepare(q.as_str()).await })
-                    .await
-                    .map_err(|e| RunError::Runtime(format!("processors.{name}: cannot prepare `{query}`: {e}")))?;
+                let mut stmt = InTokio::new(primary.handle().clone(), async move {
+                    session.prepare(q.as_str()).await
+                })
+                .await
+                .map_err(|e| {
+                    RunError::Runtime(format!("processors.{name}: cannot prepare `{query}`: {e}"))
+                })?;
                 stmt.set_request_timeout(Some(Duration::from_millis(*timeout_ms)));
                 stmt.set_is_idempotent(true);
                 if let Some(delay) = speculative_delay_ms {
                     let profile = ExecutionProfile::builder()
-                        .consistency(crate::sink::parse_consistency(&config.scylla.consistency).unwrap_or_default())
+                        .consistency(
+                            crate::sink::parse_consistency(&config.scylla.consistency)
+                                .unwrap_or_default(),
+                        )
                         .request_timeout(Some(Duration::from_millis(*timeout_ms)))
-                        .speculative_execution_policy(Some(Arc::new(SimpleSpeculativeExecutionPolicy {
-                            max_retry_count: 2,
-                            retry_interval: Duration::from_millis(*delay),
-                        })))
+                        .speculative_execution_policy(Some(Arc::new(
+                            SimpleSpeculativeExecutionPolicy {
+                                max_retry_count: 2,
+                                retry_interval: Duration::from_millis(*delay),
+                            },
+                        )))
                         .build();
                     stmt.set_execution_profile_handle(Some(profile.into_handle()));
                 }
@@ -471,7 +582,9 @@ pub async fn build(
                 let mut outputs = Vec::new();
                 for (column, field) in columns {
                     let (i, _) = specs.get_by_name(column).ok_or_else(|| {
-                        RunError::Runtime(format!("processors.{name}: the query selects no column '{column}'"))
+                        RunError::Runtime(format!(
+                            "processors.{name}: the query selects no column '{column}'"
+                        ))
                     })?;
                     outputs.push((i, need(field, name)?));
                 }
@@ -484,7 +597,10 @@ pub async fn build(
                     session: primary.session().clone(),
                     handle: primary.handle().clone(),
                     stmt,
-                    key_slots: key_fields.iter().map(|f| need(f, name)).collect::<Result<_, _>>()?,
+                    key_slots: key_fields
+                        .iter()
+                        .map(|f| need(f, name))
+                        .collect::<Result<_, _>>()?,
                     outputs,
                     cache: RefCell::new(HashMap::new()),
                     cache_entries: *cache_entries,
@@ -507,16 +623,26 @@ pub async fn build(
                     metrics: metrics.clone(),
                 }));
             }
-            ProcessorConfig::Produce { name, topic, schema, subject, key_field } => {
-                let parsed = apache_avro::Schema::parse_str(schema)
-                    .map_err(|e| RunError::Runtime(format!("processors.{name}.schema does not parse: {e}")))?;
+            ProcessorConfig::Produce {
+                name,
+                topic,
+                schema,
+                subject,
+                key_field,
+            } => {
+                let parsed = apache_avro::Schema::parse_str(schema).map_err(|e| {
+                    RunError::Runtime(format!("processors.{name}.schema does not parse: {e}"))
+                })?;
                 let (plan, names) = Plan::for_encoding(&parsed)?;
-                let url = config
-                    .schema
-                    .registry_url
-                    .as_ref()
-                    .ok_or_else(|| RunError::Runtime(format!("processors.{name}: produce needs schema.registry_url")))?;
-                let reg = RegistryClient::new(url, Duration::from_millis(config.schema.registry_timeout_ms));
+                let url = config.schema.registry_url.as_ref().ok_or_else(|| {
+                    RunError::Runtime(format!(
+                        "processors.{name}: produce needs schema.registry_url"
+                    ))
+                })?;
+                let reg = RegistryClient::new(
+                    url,
+                    Duration::from_millis(config.schema.registry_timeout_ms),
+                );
                 let subject = subject.clone().unwrap_or_else(|| format!("{topic}-value"));
                 let schema_id = reg.register(&subject, schema)?;
                 let mut pc = producer_config(&config.kafka, client_id);

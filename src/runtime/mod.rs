@@ -123,8 +123,17 @@ pub struct Running {
     pub specs: Vec<ShardSpec>,
 }
 
+/// What the shards of one process share for control: the start barrier (how many joined), the
+/// drained flags of `--drain`, and the factory of custom steps. Never touched per message.
+pub struct Siblings {
+    pub joined: Arc<std::sync::atomic::AtomicUsize>,
+    pub drained: Arc<Vec<std::sync::atomic::AtomicBool>>,
+    pub custom: Option<ProcessorFactory>,
+}
+
 /// Makes a shard's custom processor steps (called once per shard, on the shard's thread).
-pub type ProcessorFactory = Arc<dyn Fn(usize) -> Vec<Box<dyn crate::pipeline::Processor>> + Send + Sync>;
+pub type ProcessorFactory =
+    Arc<dyn Fn(usize) -> Vec<Box<dyn crate::pipeline::Processor>> + Send + Sync>;
 
 /// Starts one shard per placement entry. Call [`crate::check::check_live`] first.
 pub fn start(config: Arc<Config>, opts: RunOptions) -> Result<Running, RunError> {
@@ -161,7 +170,19 @@ pub fn start_with(
             .name(&format!("shard{}", spec.index))
             .io_memory(config.shards.io_memory_bytes)
             .spawn(move || async move {
-                let r = shard::run(cfg, spec, joined, drained, custom, metrics, rx, opts).await;
+                let r = shard::run(
+                    cfg,
+                    spec,
+                    Siblings {
+                        joined,
+                        drained,
+                        custom,
+                    },
+                    metrics,
+                    rx,
+                    opts,
+                )
+                .await;
                 if let Err(e) = &r {
                     tracing::error!(shard = spec.index, error = %e, "shard failed");
                 }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -29,13 +29,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::bridge::TokioBridge;
 use super::{Control, RunError, RunOptions, ShardSpec};
 use crate::codec::{Decoder, RegistryClient, Row};
-use crate::pipeline::{steps, Chain, Processor, Record};
 use crate::config::Config;
 use crate::kafka::context::ShardContext;
 use crate::kafka::dead_letter::{DeadLetter, DeadLetterProducer};
 use crate::kafka::tracker::PartitionTracker;
 use crate::kafka::{consumer_config, producer_config, GlommioRuntime, KafkaError};
 use crate::metrics::{events, ShardMetrics};
+use crate::pipeline::{steps, Chain, Processor, Record};
 use crate::sink::{NullWriter, RowWriter, ScyllaWriter};
 
 fn unix_seconds() -> f64 {
@@ -103,13 +103,16 @@ struct Shared {
 pub async fn run(
     config: Arc<Config>,
     spec: ShardSpec,
-    joined: Arc<AtomicUsize>,
-    drained: Arc<Vec<AtomicBool>>,
-    custom: Option<super::ProcessorFactory>,
+    siblings: super::Siblings,
     metrics: ShardMetrics,
     control: crossbeam_channel::Receiver<Control>,
     opts: RunOptions,
 ) -> Result<(), RunError> {
+    let super::Siblings {
+        joined,
+        drained,
+        custom,
+    } = siblings;
     let bridge = TokioBridge::start(format!("shard{}-tokio", spec.index), spec.bridge_core)
         .map_err(|e| RunError::Runtime(format!("shard {}: tokio bridge: {e}", spec.index)))?;
     let fields = config.needed_fields();
@@ -147,13 +150,27 @@ pub async fn run(
     let client_id = format!("shardline-{}-shard{}", std::process::id(), spec.index);
     let (writer, chain): (Rc<dyn RowWriter>, Option<Rc<Chain>>) =
         if config.processors.is_empty() && custom.is_empty() {
-            let w: Rc<dyn RowWriter> = if opts.null_sink { Rc::new(NullWriter) } else { Rc::new(scylla) };
+            let w: Rc<dyn RowWriter> = if opts.null_sink {
+                Rc::new(NullWriter)
+            } else {
+                Rc::new(scylla)
+            };
             (w, None)
         } else {
-            let mut built =
-                steps::build(&config, &fields_rc, scylla, binder.clone(), &metrics, &client_id).await?;
+            let mut built = steps::build(
+                &config,
+                &fields_rc,
+                scylla,
+                binder.clone(),
+                &metrics,
+                &client_id,
+            )
+            .await?;
             // Built-in filters and lookups, then the custom steps, then the sinks.
-            let first_sink = built.iter().position(|s| s.is_sink()).unwrap_or(built.len());
+            let first_sink = built
+                .iter()
+                .position(|s| s.is_sink())
+                .unwrap_or(built.len());
             let sinks = built.split_off(first_sink);
             built.extend(custom);
             built.extend(sinks);
@@ -401,7 +418,8 @@ pub async fn run(
                         match &chain {
                             // The processor chain takes the whole record.
                             Some(chain) => {
-                                row.values.resize(fields_rc.len(), crate::codec::Value::Null);
+                                row.values
+                                    .resize(fields_rc.len(), crate::codec::Value::Null);
                                 let rec = Record {
                                     fields: fields_rc.clone(),
                                     values: std::mem::take(&mut row.values),
@@ -709,7 +727,10 @@ async fn run_chain(
             if kept {
                 if let Some(ms) = ts_ms {
                     let e2e_ms = crate::sink::now_us() / 1000 - ms;
-                    shared.metrics.end_to_end_seconds.observe(e2e_ms.max(0) as f64 / 1000.0);
+                    shared
+                        .metrics
+                        .end_to_end_seconds
+                        .observe(e2e_ms.max(0) as f64 / 1000.0);
                 }
             }
             Completion {
@@ -717,13 +738,36 @@ async fn run_chain(
                 topic,
                 partition,
                 offset,
-                outcome: if kept { Outcome::Written } else { Outcome::Dropped },
+                outcome: if kept {
+                    Outcome::Written
+                } else {
+                    Outcome::Dropped
+                },
             }
         }
         Err(e) => {
             let t = shared.topics.get(topic).map(String::as_str).unwrap_or("");
-            events::record_failed(&shared.metrics, t, partition, offset, "process", e.class, &e.message);
-            dead_letter(shared.clone(), epoch, topic, partition, offset, key, value, e.class, e.message).await
+            events::record_failed(
+                &shared.metrics,
+                t,
+                partition,
+                offset,
+                "process",
+                e.class,
+                &e.message,
+            );
+            dead_letter(
+                shared.clone(),
+                epoch,
+                topic,
+                partition,
+                offset,
+                key,
+                value,
+                e.class,
+                e.message,
+            )
+            .await
         }
     }
 }

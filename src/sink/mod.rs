@@ -241,7 +241,11 @@ impl Binder {
     }
 
     /// Binds a row that other steps still read (its values are cloned, not taken).
-    pub fn bind_cloned(&self, values: &[Value], kafka_ts_ms: Option<i64>) -> Result<BoundRow, SinkError> {
+    pub fn bind_cloned(
+        &self,
+        values: &[Value],
+        kafka_ts_ms: Option<i64>,
+    ) -> Result<BoundRow, SinkError> {
         let mut row = Row {
             values: self
                 .columns
@@ -273,22 +277,8 @@ impl Binder {
     /// Binds one decoded row; `kafka_ts_ms` is the record timestamp (None if the record has none).
     /// The mapped values are moved out of the row.
     pub fn bind(&self, row: &mut Row, kafka_ts_ms: Option<i64>) -> Result<BoundRow, SinkError> {
-        let mut out = Vec::with_capacity(self.columns.len() + 2);
-        for c in &self.columns {
-            let v = row
-                .values
-                .get_mut(c.slot)
-                .map(|v| std::mem::replace(v, Value::Null))
-                .unwrap_or(Value::Null);
-            let v = mapping::convert(v, &c.ty).map_err(|reason| SinkError::Mapping {
-                column: c.column.clone(),
-                reason,
-            })?;
-            out.push(match v {
-                None if !self.write_nulls => MaybeUnset::Unset,
-                v => MaybeUnset::Set(v),
-            });
-        }
+        // TTL and timestamp first: a field may be both a column and the timestamp, and binding the
+        // columns moves their values out of the row.
         let ttl = match self.ttl {
             Ttl::Fixed(s) => s,
             Ttl::Slot(i) => match row.values.get(i) {
@@ -319,6 +309,22 @@ impl Binder {
                 }
             },
         };
+        let mut out = Vec::with_capacity(self.columns.len() + 2);
+        for c in &self.columns {
+            let v = row
+                .values
+                .get_mut(c.slot)
+                .map(|v| std::mem::replace(v, Value::Null))
+                .unwrap_or(Value::Null);
+            let v = mapping::convert(v, &c.ty).map_err(|reason| SinkError::Mapping {
+                column: c.column.clone(),
+                reason,
+            })?;
+            out.push(match v {
+                None if !self.write_nulls => MaybeUnset::Unset,
+                v => MaybeUnset::Set(v),
+            });
+        }
         out.push(MaybeUnset::Set(Some(CqlValue::Int(ttl))));
         out.push(MaybeUnset::Set(Some(CqlValue::BigInt(ts_us))));
         Ok(out)
@@ -355,17 +361,18 @@ impl ScyllaWriter {
         fields: &[String],
     ) -> Result<(ScyllaWriter, Binder), SinkError> {
         let session = self.session.clone();
-        let (binder, insert) = crate::runtime::bridge::InTokio::new(self.handle.clone(), async move {
-            let types = table_columns(&session, &table.keyspace, &table.table).await?;
-            let binder = Binder::for_table(table, fields, &types)?;
-            let cql = binder.insert_cql(&table.keyspace, &table.table);
-            let insert = session
-                .prepare(cql.as_str())
-                .await
-                .map_err(|e| SinkError::Schema(format!("cannot prepare `{cql}`: {e}")))?;
-            Ok::<_, SinkError>((binder, insert))
-        })
-        .await?;
+        let (binder, insert) =
+            crate::runtime::bridge::InTokio::new(self.handle.clone(), async move {
+                let types = table_columns(&session, &table.keyspace, &table.table).await?;
+                let binder = Binder::for_table(table, fields, &types)?;
+                let cql = binder.insert_cql(&table.keyspace, &table.table);
+                let insert = session
+                    .prepare(cql.as_str())
+                    .await
+                    .map_err(|e| SinkError::Schema(format!("cannot prepare `{cql}`: {e}")))?;
+                Ok::<_, SinkError>((binder, insert))
+            })
+            .await?;
         Ok((
             ScyllaWriter {
                 session: self.session.clone(),
@@ -635,6 +642,28 @@ columns = {{ a = "fa", b = "fb" }}
             err.to_string().contains("column 'b'") && err.to_string().contains("'fb'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_field_can_be_both_a_column_and_the_write_timestamp() {
+        // Regression: binding moved the column's value out before the timestamp was read from it.
+        let c = config("timestamp_source = \"field\"\ntimestamp_field = \"fb\"");
+        let fields = c.needed_fields();
+        let mut t = types();
+        t.insert("b".into(), CqlType::Timestamp);
+        let b = Binder::new(&c, &fields, &t).expect("binder");
+        let mut row = Row {
+            values: vec![Value::Str("x".into()), Value::TimestampMillis(7)],
+        };
+        let bound = b.bind(&mut row, None).expect("binds");
+        assert!(matches!(
+            bound.get(1),
+            Some(MaybeUnset::Set(Some(CqlValue::Timestamp(_))))
+        ));
+        assert!(matches!(
+            bound.last(),
+            Some(MaybeUnset::Set(Some(CqlValue::BigInt(7000))))
+        ));
     }
 
     #[test]

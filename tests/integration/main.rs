@@ -6,5 +6,6 @@
 #[cfg(feature = "fault-tests")]
 mod faults;
 mod harness;
+mod pipeline;
 mod processor;
 mod utils;

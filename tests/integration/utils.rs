@@ -1,3 +1,5 @@
+// Helpers used only by the fault tests are dead code without the `fault-tests` feature.
+#![cfg_attr(not(feature = "fault-tests"), allow(dead_code))]
 //! Shared helpers: unique names, topics, keyspaces, producing, running the binary, reading back.
 
 use std::collections::{BTreeMap, HashMap};
@@ -82,6 +84,18 @@ pub fn produce_at(
     poison_every: u64,
     rate: u64,
 ) -> Result<ProduceSummary> {
+    produce_full(topic, count, seed, poison_every, rate, 20_000)
+}
+
+/// As `produce`, with `uids` distinct users.
+pub fn produce_full(
+    topic: &str,
+    count: u64,
+    seed: u64,
+    poison_every: u64,
+    rate: u64,
+    uids: u64,
+) -> Result<ProduceSummary> {
     let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
     let schema_id = reg.register(&format!("{topic}-value"), navigation::SCHEMA)?;
     let alt_schema_id =
@@ -95,7 +109,7 @@ pub fn produce_at(
         rate,
         seed,
         base_ts_ms: BASE_TS_MS,
-        uids: 20_000,
+        uids,
         poison_every,
         alt_schema_id,
         progress: false,

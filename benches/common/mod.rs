@@ -22,7 +22,7 @@ pub fn message(i: u64) -> (Vec<u8>, Vec<u8>) {
 }
 
 pub fn config() -> Config {
-    Config::parse(include_str!("../tuning/navigation.toml")).expect("the demo config parses")
+    Config::parse(include_str!("../../tuning/navigation.toml")).expect("the demo config parses")
 }
 
 /// The live types of the demo table, as `system_schema.columns` reports them.
