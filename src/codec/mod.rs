@@ -189,6 +189,23 @@ mod tests {
     }
 
     #[test]
+    fn raw_avro_mode_decodes_bare_datums_with_the_configured_schema() {
+        let schema = r#"{"type":"record","name":"r","fields":[{"name":"a","type":"long"},{"name":"b","type":"string"}]}"#;
+        let mut d = Decoder::<OneSchema>::raw(schema, vec!["b".into(), "a".into()])
+            .expect("schema compiles");
+        let mut row = Row::default();
+        // a = 42 (zig-zag 0x54), b = "hi"
+        assert_eq!(d.decode(&[0x54, 0x04, b'h', b'i'], &mut row), Ok(0));
+        assert_eq!(row.values, vec![Value::Str("hi".into()), Value::Long(42)]);
+        // A framed payload is not raw Avro: its bytes do not decode as this schema.
+        assert!(d.decode(&[0, 0, 0, 0, 7, 0x54], &mut row).is_err());
+        let err = Decoder::<OneSchema>::raw(schema, vec!["zz".into()])
+            .err()
+            .expect("zz is missing");
+        assert_eq!(err.class(), "schema_resolution");
+    }
+
+    #[test]
     fn resolves_once_per_id_and_caches_permanent_failures_not_outages() {
         let r = OneSchema {
             calls: Cell::new(0),
