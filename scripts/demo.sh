@@ -61,6 +61,8 @@ $B run --config "$CONFIG" --summary "$OUT/summary.json" >"$OUT/run.log" 2>&1 &
 RUN_PID=$!
 trap 'kill -9 $RUN_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 60); do curl -fs http://127.0.0.1:9898/health >/dev/null 2>&1 && break; sleep 0.5; done
+# The shards of the process join the group together (start barrier, about 3 s): produce after that.
+sleep 5
 
 written() {
   curl -fs http://127.0.0.1:9898/metrics | awk '/^shardline_messages_total/ && /stage="(written|dead_lettered|dropped)"/ {s+=$2} END {printf "%d\n", s}'

@@ -11,6 +11,10 @@ use shardline::sink::{Binder, CqlType};
 
 pub const SCHEMA_ID: u32 = 7;
 
+// The allocator shardline's binary runs with: benches measure the same allocation costs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Event `i` of seed 1, as the load generator sends it: (datum, framed payload).
 pub fn message(i: u64) -> (Vec<u8>, Vec<u8>) {
     let e = navigation::event(1, i, 1_767_225_600_000, 100_000);
