@@ -27,7 +27,7 @@ use crate::kafka::{producer_config, GlommioRuntime};
 use crate::metrics::{events, ShardMetrics};
 use crate::runtime::bridge::InTokio;
 use crate::runtime::RunError;
-use crate::sink::{Binder, RowWriter, ScyllaWriter, SinkError};
+use crate::sink::{Binder, ScyllaWriter, SinkError};
 
 fn text(v: &Value) -> Option<String> {
     Some(match v {
@@ -402,25 +402,10 @@ impl Processor for Insert {
                     .bind_cloned(&rec.values, rec.kafka_ts_ms)
                     .map_err(fail)?,
             );
-            let mut attempt = 0u32;
-            loop {
-                match self.writer.write(values.clone()).await {
-                    Ok(()) => return Ok(Outcome::Passed),
-                    Err(e) if e.is_retryable() => {
-                        attempt += 1;
-                        let wait = crate::runtime::shard::backoff(attempt);
-                        events::write_retried(
-                            &self.metrics,
-                            e.class(),
-                            attempt,
-                            wait.as_millis() as u64,
-                            &e,
-                        );
-                        glommio::timer::sleep(wait).await;
-                    }
-                    Err(e) => return Err(fail(e)),
-                }
-            }
+            crate::runtime::shard::write_retrying(&self.writer, values, &self.metrics)
+                .await
+                .map(|_| Outcome::Passed)
+                .map_err(fail)
         })
     }
 }

@@ -643,68 +643,70 @@ async fn write(
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
 ) -> Completion {
-    let values = Rc::new(values);
-    let mut attempt = 0u32;
-    let done = |outcome| Completion {
-        epoch,
-        topic,
-        partition,
-        offset,
-        outcome,
-    };
-    loop {
-        let started = Instant::now();
-        match shared.writer.write(values.clone()).await {
-            Ok(()) => {
+    match write_retrying(shared.writer.as_ref(), Rc::new(values), &shared.metrics).await {
+        Ok(latency) => {
+            shared.metrics.write_seconds.observe(latency.as_secs_f64());
+            if let Some(ms) = ts_ms {
+                let e2e_ms = crate::sink::now_us() / 1000 - ms;
                 shared
                     .metrics
-                    .write_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                if let Some(ms) = ts_ms {
-                    let e2e_ms = crate::sink::now_us() / 1000 - ms;
-                    shared
-                        .metrics
-                        .end_to_end_seconds
-                        .observe(e2e_ms.max(0) as f64 / 1000.0);
-                }
-                return done(Outcome::Written);
+                    .end_to_end_seconds
+                    .observe(e2e_ms.max(0) as f64 / 1000.0);
             }
+            Completion {
+                epoch,
+                topic,
+                partition,
+                offset,
+                outcome: Outcome::Written,
+            }
+        }
+        Err(e) => {
+            let t = shared.topics.get(topic).map(String::as_str).unwrap_or("");
+            events::record_failed(
+                &shared.metrics,
+                t,
+                partition,
+                offset,
+                "write",
+                e.class(),
+                &e,
+            );
+            dead_letter(
+                shared.clone(),
+                epoch,
+                topic,
+                partition,
+                offset,
+                key,
+                value,
+                e.class(),
+                e.to_string(),
+            )
+            .await
+        }
+    }
+}
+
+/// Writes `values`, retrying retryable errors with backoff (never skipping them). Returns the latency
+/// of the successful attempt, or the first permanent error.
+pub(crate) async fn write_retrying(
+    writer: &dyn RowWriter,
+    values: Rc<crate::sink::BoundRow>,
+    metrics: &ShardMetrics,
+) -> Result<Duration, crate::sink::SinkError> {
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        match writer.write(values.clone()).await {
+            Ok(()) => return Ok(started.elapsed()),
             Err(e) if e.is_retryable() => {
                 attempt += 1;
                 let wait = backoff(attempt);
-                events::write_retried(
-                    &shared.metrics,
-                    e.class(),
-                    attempt,
-                    wait.as_millis() as u64,
-                    &e,
-                );
+                events::write_retried(metrics, e.class(), attempt, wait.as_millis() as u64, &e);
                 glommio::timer::sleep(wait).await;
             }
-            Err(e) => {
-                let t = shared.topics.get(topic).map(String::as_str).unwrap_or("");
-                events::record_failed(
-                    &shared.metrics,
-                    t,
-                    partition,
-                    offset,
-                    "write",
-                    e.class(),
-                    &e,
-                );
-                return dead_letter(
-                    shared.clone(),
-                    epoch,
-                    topic,
-                    partition,
-                    offset,
-                    key,
-                    value,
-                    e.class(),
-                    e.to_string(),
-                )
-                .await;
-            }
+            Err(e) => return Err(e),
         }
     }
 }
