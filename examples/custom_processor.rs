@@ -65,16 +65,7 @@ fn main() -> anyhow::Result<()> {
             vec![Box::new(UrlHost) as Box<dyn Processor>]
         })),
     )?;
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    std::thread::spawn(move || {
-        for _ in signals.forever() {
-            let _ = tx.send(());
-        }
-    });
+    let rx = runtime::stop_requests_on_signals()?;
     running.supervise(&rx)?;
     Ok(())
 }

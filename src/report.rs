@@ -44,6 +44,15 @@ pub struct RunSummary {
     pub step_latency: BTreeMap<String, Quantiles>,
 }
 
+/// The value of label `k` of a sample ("" without it).
+fn label_value(m: &prometheus::proto::Metric, k: &str) -> String {
+    m.get_label()
+        .iter()
+        .find(|l| l.name() == k)
+        .map(|l| l.value().to_string())
+        .unwrap_or_default()
+}
+
 /// Sums a counter family by two labels.
 fn by_labels(
     fams: &[prometheus::proto::MetricFamily],
@@ -54,13 +63,7 @@ fn by_labels(
     let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for f in fams.iter().filter(|f| f.name() == name) {
         for m in f.get_metric() {
-            let label = |k: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == k)
-                    .map(|l| l.value().to_string())
-                    .unwrap_or_default()
-            };
+            let label = |k: &str| label_value(m, k);
             *out.entry(label(a))
                 .or_default()
                 .entry(label(b))
@@ -74,12 +77,7 @@ fn step_latency(fams: &[prometheus::proto::MetricFamily]) -> BTreeMap<String, Qu
     let mut by_step: BTreeMap<String, Vec<prometheus::proto::Metric>> = BTreeMap::new();
     for f in fams.iter().filter(|f| f.name() == "shardline_step_seconds") {
         for m in f.get_metric() {
-            let step = m
-                .get_label()
-                .iter()
-                .find(|l| l.name() == "step")
-                .map(|l| l.value().to_string())
-                .unwrap_or_default();
+            let step = label_value(m, "step");
             by_step.entry(step).or_default().push(m.clone());
         }
     }
@@ -119,13 +117,7 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
         .filter(|f| f.name() == "shardline_partition_messages_total")
     {
         for m in f.get_metric() {
-            let label = |k: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == k)
-                    .map(|l| l.value().to_string())
-                    .unwrap_or_default()
-            };
+            let label = |k: &str| label_value(m, k);
             let v = m.get_counter().get_value() as u64;
             if v > 0 {
                 partitions

@@ -195,18 +195,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let bound = shardline::metrics::http::serve(registries_addr, registries.clone())
                 .with_context(|| format!("binding metrics endpoint {registries_addr}"))?;
             tracing::info!(shards = running.specs.len(), metrics = %format!("http://{bound}/metrics"), "running");
-            let (stop_tx, stop_rx) = crossbeam_channel::unbounded();
-            let mut signals = signal_hook::iterator::Signals::new([
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGTERM,
-            ])?;
-            std::thread::spawn(move || {
-                for _ in signals.forever() {
-                    if stop_tx.send(()).is_err() {
-                        break;
-                    }
-                }
-            });
+            let stop_rx = runtime::stop_requests_on_signals()?;
             let result = running.supervise(&stop_rx);
             let s = shardline::report::summarize(&registries, started.elapsed().as_secs_f64());
             let json = serde_json::to_string_pretty(&s)?;

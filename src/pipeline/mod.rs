@@ -14,6 +14,8 @@ use std::time::Instant;
 use futures::future::{join_all, LocalBoxFuture};
 
 use crate::codec::Value;
+use prometheus::{Histogram, IntCounter};
+
 use crate::metrics::ShardMetrics;
 
 /// One record moving through the chain: a value per field slot.
@@ -57,16 +59,6 @@ pub enum Outcome {
     Dropped,
 }
 
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Passed => "passed",
-            Outcome::Missed => "missed",
-            Outcome::Dropped => "dropped",
-        }
-    }
-}
-
 /// A permanent step failure: the record goes to the dead-letter topic with this class.
 #[derive(Debug, Clone)]
 pub struct StepError {
@@ -94,8 +86,15 @@ pub trait Processor {
 
 /// A shard's chain.
 pub struct Chain {
-    steps: Vec<Box<dyn Processor>>,
-    metrics: ShardMetrics,
+    steps: Vec<Step>,
+}
+
+/// A step with its metric handles, resolved once so the per-record path does no label lookups.
+struct Step {
+    processor: Box<dyn Processor>,
+    seconds: Histogram,
+    /// passed, missed, dropped, failed
+    outcomes: [IntCounter; 4],
 }
 
 impl Chain {
@@ -103,32 +102,53 @@ impl Chain {
     pub fn new(steps: Vec<Box<dyn Processor>>, metrics: ShardMetrics) -> Chain {
         let (mut first, sinks): (Vec<_>, Vec<_>) = steps.into_iter().partition(|s| !s.is_sink());
         first.extend(sinks);
-        Chain {
-            steps: first,
-            metrics,
-        }
+        let shard = metrics.shard.as_str();
+        let steps = first
+            .into_iter()
+            .map(|processor| {
+                let name = processor.name().to_string();
+                let outcome = |o: &str| {
+                    metrics
+                        .step_outcomes
+                        .with_label_values(&[shard, name.as_str(), o])
+                };
+                Step {
+                    seconds: metrics
+                        .step_seconds
+                        .with_label_values(&[shard, name.as_str()]),
+                    outcomes: [
+                        outcome("passed"),
+                        outcome("missed"),
+                        outcome("dropped"),
+                        outcome("failed"),
+                    ],
+                    processor,
+                }
+            })
+            .collect();
+        Chain { steps }
     }
 
     pub fn step_names(&self) -> Vec<String> {
-        self.steps.iter().map(|s| s.name().to_string()).collect()
+        self.steps
+            .iter()
+            .map(|s| s.processor.name().to_string())
+            .collect()
     }
 
-    async fn timed(&self, step: &dyn Processor, rec: &mut Record) -> Result<Outcome, StepError> {
+    async fn timed(&self, step: &Step, rec: &mut Record) -> Result<Outcome, StepError> {
         let t = Instant::now();
-        let r = step.process(rec).await;
-        let shard = self.metrics.shard.as_str();
-        self.metrics
-            .step_seconds
-            .with_label_values(&[shard, step.name()])
-            .observe(t.elapsed().as_secs_f64());
-        let outcome = match &r {
-            Ok(o) => o.label(),
-            Err(_) => "failed",
+        let r = step.processor.process(rec).await;
+        step.seconds.observe(t.elapsed().as_secs_f64());
+        let i = match &r {
+            Ok(Outcome::Passed) => 0,
+            Ok(Outcome::Missed) => 1,
+            Ok(Outcome::Dropped) => 2,
+            Err(_) => 3,
         };
-        self.metrics
-            .step_outcomes
-            .with_label_values(&[shard, step.name(), outcome])
-            .inc();
+        if let Some(c) = step.outcomes.get(i) {
+            c.inc();
+        }
         r
     }
 
@@ -137,11 +157,11 @@ impl Chain {
         let split = self
             .steps
             .iter()
-            .position(|s| s.is_sink())
+            .position(|s| s.processor.is_sink())
             .unwrap_or(self.steps.len());
         let (changing, sinks) = self.steps.split_at(split);
         for step in changing {
-            if self.timed(step.as_ref(), &mut rec).await? == Outcome::Dropped {
+            if self.timed(step, &mut rec).await? == Outcome::Dropped {
                 return Ok(false);
             }
         }
@@ -152,7 +172,7 @@ impl Chain {
             sinks
                 .iter()
                 .zip(copies.iter_mut())
-                .map(|(s, r)| self.timed(s.as_ref(), r)),
+                .map(|(s, r)| self.timed(s, r)),
         )
         .await;
         for r in results {

@@ -160,6 +160,8 @@ pub struct Lookup {
     cache_ttl: Duration,
     on_miss: Miss,
     defaults: Vec<(usize, Value)>,
+    cache_hits: prometheus::IntCounter,
+    cache_misses: prometheus::IntCounter,
     metrics: ShardMetrics,
 }
 
@@ -262,9 +264,6 @@ impl Processor for Lookup {
     fn name(&self) -> &str {
         &self.name
     }
-    fn outputs(&self) -> Vec<String> {
-        Vec::new()
-    }
     fn process<'a>(
         &'a self,
         rec: &'a mut Record,
@@ -286,7 +285,6 @@ impl Processor for Lookup {
                 }
             }
             let cache_key = format!("{key:?}");
-            let shard = self.metrics.shard.as_str();
             let cached = if self.cache_entries > 0 {
                 self.cache
                     .borrow()
@@ -298,17 +296,11 @@ impl Processor for Lookup {
             };
             let found = match cached {
                 Some(row) => {
-                    self.metrics
-                        .lookup_cache
-                        .with_label_values(&[shard, &self.name, "hit"])
-                        .inc();
+                    self.cache_hits.inc();
                     row
                 }
                 None => {
-                    self.metrics
-                        .lookup_cache
-                        .with_label_values(&[shard, &self.name, "miss"])
-                        .inc();
+                    self.cache_misses.inc();
                     let row = self.query(key).await.map_err(|e| StepError {
                         class: e.class(),
                         message: format!("step {}: {e}", self.name),
@@ -596,6 +588,16 @@ pub async fn build(
                         _ => Miss::Default,
                     },
                     defaults: defs,
+                    cache_hits: metrics.lookup_cache.with_label_values(&[
+                        metrics.shard.as_str(),
+                        name,
+                        "hit",
+                    ]),
+                    cache_misses: metrics.lookup_cache.with_label_values(&[
+                        metrics.shard.as_str(),
+                        name,
+                        "miss",
+                    ]),
                     metrics: metrics.clone(),
                 }));
             }

@@ -115,6 +115,25 @@ pub fn placement(config: &Config) -> Result<Vec<ShardSpec>, RunError> {
         .collect())
 }
 
+/// One message per SIGINT or SIGTERM, for [`Running::supervise`] (first: graceful stop; second: exit).
+pub fn stop_requests_on_signals() -> std::io::Result<Receiver<()>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::Builder::new()
+        .name("shardline-signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if tx.send(()).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
 /// A running set of shards.
 pub struct Running {
     handles: Vec<Option<glommio::ExecutorJoinHandle<Result<(), RunError>>>>,

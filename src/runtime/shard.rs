@@ -70,6 +70,28 @@ struct Completion {
     outcome: Outcome,
 }
 
+/// Where a record came from: what its completion reports and what a dead letter carries.
+struct Origin {
+    epoch: u64,
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+impl Origin {
+    fn done(&self, outcome: Outcome) -> Completion {
+        Completion {
+            epoch: self.epoch,
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            outcome,
+        }
+    }
+}
+
 struct PartitionState {
     tracker: PartitionTracker,
     consumed: IntCounter,
@@ -436,53 +458,23 @@ pub async fn run(
                     }
                     Err(e) => Err(("decode", e.class(), e.to_string())),
                 };
+                let origin = Origin {
+                    epoch: current_epoch,
+                    topic,
+                    partition,
+                    offset,
+                    key,
+                    value,
+                };
                 let fut: LocalBoxFuture<'static, Completion> = match bound {
-                    Ok(Bound::Chain(rec, chain)) => run_chain(
-                        shared.clone(),
-                        chain,
-                        rec,
-                        current_epoch,
-                        topic,
-                        partition,
-                        offset,
-                        key,
-                        value,
-                    )
-                    .boxed_local(),
-                    Ok(Bound::Row(values)) => write(
-                        shared.clone(),
-                        current_epoch,
-                        topic,
-                        partition,
-                        offset,
-                        ts_ms,
-                        values,
-                        key,
-                        value,
-                    )
-                    .boxed_local(),
+                    Ok(Bound::Chain(rec, chain)) => {
+                        run_chain(shared.clone(), chain, rec, origin).boxed_local()
+                    }
+                    Ok(Bound::Row(values)) => {
+                        write(shared.clone(), origin, ts_ms, values).boxed_local()
+                    }
                     Err((stage, class, message)) => {
-                        events::record_failed(
-                            &shared.metrics,
-                            msg.topic(),
-                            partition,
-                            offset,
-                            stage,
-                            class,
-                            &message,
-                        );
-                        dead_letter(
-                            shared.clone(),
-                            current_epoch,
-                            topic,
-                            partition,
-                            offset,
-                            key,
-                            value,
-                            class,
-                            message,
-                        )
-                        .boxed_local()
+                        fail(shared.clone(), origin, stage, class, message).boxed_local()
                     }
                 };
                 inflight.push(fut);
@@ -631,60 +623,29 @@ fn store_offsets(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn write(
     shared: Rc<Shared>,
-    epoch: u64,
-    topic: usize,
-    partition: i32,
-    offset: i64,
+    origin: Origin,
     ts_ms: Option<i64>,
     values: crate::sink::BoundRow,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
 ) -> Completion {
     match write_retrying(shared.writer.as_ref(), Rc::new(values), &shared.metrics).await {
         Ok(latency) => {
             shared.metrics.write_seconds.observe(latency.as_secs_f64());
-            if let Some(ms) = ts_ms {
-                let e2e_ms = crate::sink::now_us() / 1000 - ms;
-                shared
-                    .metrics
-                    .end_to_end_seconds
-                    .observe(e2e_ms.max(0) as f64 / 1000.0);
-            }
-            Completion {
-                epoch,
-                topic,
-                partition,
-                offset,
-                outcome: Outcome::Written,
-            }
+            observe_end_to_end(&shared.metrics, ts_ms);
+            origin.done(Outcome::Written)
         }
-        Err(e) => {
-            let t = shared.topics.get(topic).map(String::as_str).unwrap_or("");
-            events::record_failed(
-                &shared.metrics,
-                t,
-                partition,
-                offset,
-                "write",
-                e.class(),
-                &e,
-            );
-            dead_letter(
-                shared.clone(),
-                epoch,
-                topic,
-                partition,
-                offset,
-                key,
-                value,
-                e.class(),
-                e.to_string(),
-            )
-            .await
-        }
+        Err(e) => fail(shared, origin, "write", e.class(), e.to_string()).await,
+    }
+}
+
+/// Kafka record timestamp → now, for a record that was written.
+fn observe_end_to_end(metrics: &ShardMetrics, ts_ms: Option<i64>) {
+    if let Some(ms) = ts_ms {
+        let e2e_ms = crate::sink::now_us() / 1000 - ms;
+        metrics
+            .end_to_end_seconds
+            .observe(e2e_ms.max(0) as f64 / 1000.0);
     }
 }
 
@@ -711,97 +672,61 @@ pub(crate) async fn write_retrying(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_chain(
     shared: Rc<Shared>,
     chain: Rc<Chain>,
     rec: Record,
-    epoch: u64,
-    topic: usize,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+    origin: Origin,
 ) -> Completion {
     let ts_ms = rec.kafka_ts_ms;
     match chain.run(rec).await {
-        Ok(kept) => {
-            if kept {
-                if let Some(ms) = ts_ms {
-                    let e2e_ms = crate::sink::now_us() / 1000 - ms;
-                    shared
-                        .metrics
-                        .end_to_end_seconds
-                        .observe(e2e_ms.max(0) as f64 / 1000.0);
-                }
-            }
-            Completion {
-                epoch,
-                topic,
-                partition,
-                offset,
-                outcome: if kept {
-                    Outcome::Written
-                } else {
-                    Outcome::Dropped
-                },
-            }
+        Ok(true) => {
+            observe_end_to_end(&shared.metrics, ts_ms);
+            origin.done(Outcome::Written)
         }
-        Err(e) => {
-            let t = shared.topics.get(topic).map(String::as_str).unwrap_or("");
-            events::record_failed(
-                &shared.metrics,
-                t,
-                partition,
-                offset,
-                "process",
-                e.class,
-                &e.message,
-            );
-            dead_letter(
-                shared.clone(),
-                epoch,
-                topic,
-                partition,
-                offset,
-                key,
-                value,
-                e.class,
-                e.message,
-            )
-            .await
-        }
+        Ok(false) => origin.done(Outcome::Dropped),
+        Err(e) => fail(shared, origin, "process", e.class, e.message).await,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn dead_letter(
+/// A record that cannot be processed: counted, logged, then dead-lettered (or fatal without a topic).
+async fn fail(
     shared: Rc<Shared>,
-    epoch: u64,
-    topic: usize,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+    origin: Origin,
+    stage: &str,
     class: &'static str,
     message: String,
 ) -> Completion {
+    let t = shared
+        .topics
+        .get(origin.topic)
+        .map(String::as_str)
+        .unwrap_or("");
+    events::record_failed(
+        &shared.metrics,
+        t,
+        origin.partition,
+        origin.offset,
+        stage,
+        class,
+        &message,
+    );
     let outcome = match &shared.dead_letters {
         None => Outcome::Fatal(format!(
-            "record {}/{partition}@{offset} cannot be processed ({class}: {message}) and no kafka.dead_letter_topic is configured",
-            shared.topics.get(topic).map(String::as_str).unwrap_or("")
+            "record {t}/{}@{} cannot be processed ({class}: {message}) and no kafka.dead_letter_topic is configured",
+            origin.partition, origin.offset
         )),
         Some(p) => {
             let mut attempt = 0u32;
             loop {
                 let d = DeadLetter {
-                    key: key.clone(),
-                    value: value.clone(),
+                    key: origin.key.clone(),
+                    value: origin.value.clone(),
                     class,
                     message: message.clone(),
-                    topic: shared.topics.get(topic).cloned().unwrap_or_default(),
-                    partition,
-                    offset,
+                    topic: t.to_string(),
+                    partition: origin.partition,
+                    offset: origin.offset,
                     shard: shared.spec.index,
                 };
                 match p.send(d).await {
@@ -815,11 +740,5 @@ async fn dead_letter(
             }
         }
     };
-    Completion {
-        epoch,
-        topic,
-        partition,
-        offset,
-        outcome,
-    }
+    origin.done(outcome)
 }

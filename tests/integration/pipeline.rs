@@ -34,39 +34,6 @@ fn segment_of(uid: &str) -> Option<String> {
     n.is_multiple_of(2).then(|| format!("seg-{}", n % 4))
 }
 
-fn config_text(topic: &str, group: &str, ks: &str, table: &str, processors: &str) -> String {
-    format!(
-        r#"
-[kafka]
-brokers = "{BROKERS}"
-group_id = "{group}"
-topics = ["{topic}"]
-dead_letter_topic = "{topic}.dlq"
-commit_interval_ms = 500
-
-[schema]
-registry_url = "{REGISTRY}"
-
-[scylla]
-nodes = ["{CQL}"]
-consistency = "one"
-max_in_flight_per_shard = 256
-
-[table]
-keyspace = "{ks}"
-{table}
-
-[shards]
-cores = [0, 1]
-
-[metrics]
-listen = "127.0.0.1:0"
-
-{processors}
-"#
-    )
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, text)?;

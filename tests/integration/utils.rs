@@ -130,7 +130,16 @@ pub fn write_config(
     extra_table: &str,
     columns: &str,
 ) -> Result<PathBuf> {
-    let text = format!(
+    let table = format!("table = \"navigation_events\"\nttl_seconds = 2592000\n{extra_table}\n\n[table.columns]\n{columns}");
+    let p = dir.join(format!("{group}.toml"));
+    std::fs::write(&p, config_text(topic, group, ks, &table, ""))?;
+    Ok(p)
+}
+
+/// A test pipeline's config: `table` is the body of `[table]` after its keyspace, `processors` any
+/// `[[processors]]` entries. Metrics on a free port, two shards, a 20 s shutdown deadline.
+pub fn config_text(topic: &str, group: &str, ks: &str, table: &str, processors: &str) -> String {
+    format!(
         r#"
 [kafka]
 brokers = "{BROKERS}"
@@ -149,12 +158,7 @@ max_in_flight_per_shard = 512
 
 [table]
 keyspace = "{ks}"
-table = "navigation_events"
-ttl_seconds = 2592000
-{extra_table}
-
-[table.columns]
-{columns}
+{table}
 
 [shards]
 cores = [0, 1]
@@ -162,11 +166,10 @@ shutdown_deadline_ms = 20000
 
 [metrics]
 listen = "127.0.0.1:0"
+
+{processors}
 "#
-    );
-    let p = dir.join(format!("{group}.toml"));
-    std::fs::write(&p, text)?;
-    Ok(p)
+    )
 }
 
 pub const ALL_COLUMNS: &str = r#"uid = "uid"
