@@ -190,12 +190,16 @@ pub struct TableConfig {
     #[serde(default)]
     pub ttl_field: Option<String>,
     /// Write timestamp: `kafka` (the record timestamp in µs, the default: a replay rewrites identical
-    /// cells), `field` (from `timestamp_field`, a timestamp-millis/micros or long µs), or `now`.
+    /// cells), `field` (from `timestamp_field`, a timestamp-millis/micros or long µs), `fixed` (the
+    /// constant `timestamp_fixed_us`), or `now`.
     #[serde(default = "default_timestamp_source")]
     pub timestamp_source: String,
     /// The field for `timestamp_source = "field"`.
     #[serde(default)]
     pub timestamp_field: Option<String>,
+    /// The write timestamp in µs for `timestamp_source = "fixed"`.
+    #[serde(default)]
+    pub timestamp_fixed_us: Option<i64>,
     /// What a null field does: `unset` (the default: the column is not written, no tombstone) or
     /// `null` (writes a CQL null, which is a tombstone and overwrites an earlier value).
     #[serde(default = "default_null_values")]
@@ -205,18 +209,26 @@ pub struct TableConfig {
 impl TableConfig {
     /// The checked write-timestamp source.
     pub fn timestamp_source(&self) -> Result<TimestampSource, ConfigError> {
+        if self.timestamp_fixed_us.is_some() != (self.timestamp_source == "fixed") {
+            return Err(ConfigError::Invalid(
+                "table.timestamp_fixed_us goes with table.timestamp_source = \"fixed\", and only with it".into(),
+            ));
+        }
         match (self.timestamp_source.as_str(), &self.timestamp_field) {
+            ("fixed", None) => Ok(TimestampSource::Fixed(
+                self.timestamp_fixed_us.unwrap_or_default(),
+            )),
             ("kafka", None) => Ok(TimestampSource::Kafka),
             ("now", None) => Ok(TimestampSource::Now),
             ("field", Some(f)) => Ok(TimestampSource::Field(f.clone())),
             ("field", None) => Err(ConfigError::Invalid(
                 "table.timestamp_source = \"field\" needs table.timestamp_field".into(),
             )),
-            ("kafka" | "now", Some(_)) => Err(ConfigError::Invalid(
+            ("kafka" | "now" | "fixed", Some(_)) => Err(ConfigError::Invalid(
                 "table.timestamp_field is only used with table.timestamp_source = \"field\"".into(),
             )),
             (other, _) => Err(ConfigError::Invalid(format!(
-                "table.timestamp_source '{other}' is not one of kafka, field, now"
+                "table.timestamp_source '{other}' is not one of kafka, field, fixed, now"
             ))),
         }
     }
@@ -421,6 +433,8 @@ fn default_metrics_listen() -> String {
 pub enum TimestampSource {
     Kafka,
     Field(String),
+    /// A constant write timestamp in µs.
+    Fixed(i64),
     Now,
 }
 

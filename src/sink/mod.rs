@@ -152,6 +152,7 @@ enum Ttl {
 enum Ts {
     Kafka,
     Slot(usize),
+    Fixed(i64),
     Now,
 }
 
@@ -214,6 +215,7 @@ impl Binder {
         {
             TimestampSource::Kafka => Ts::Kafka,
             TimestampSource::Now => Ts::Now,
+            TimestampSource::Fixed(us) => Ts::Fixed(us),
             TimestampSource::Field(f) => Ts::Slot(slot_of(&f).ok_or_else(|| {
                 SinkError::Schema(format!("timestamp field '{f}' is not decoded"))
             })?),
@@ -298,6 +300,7 @@ impl Binder {
                 .map(|ms| ms.saturating_mul(1000))
                 .ok_or_else(|| mapping_err("timestamp", "record has no Kafka timestamp"))?,
             Ts::Now => now_us(),
+            Ts::Fixed(us) => us,
             Ts::Slot(i) => match row.values.get(i) {
                 Some(Value::TimestampMillis(ms)) => ms.saturating_mul(1000),
                 Some(Value::TimestampMicros(us)) | Some(Value::Long(us)) => *us,
@@ -642,6 +645,25 @@ columns = {{ a = "fa", b = "fb" }}
             err.to_string().contains("column 'b'") && err.to_string().contains("'fb'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn fixed_write_timestamp_from_config() {
+        let c = config("timestamp_source = \"fixed\"\ntimestamp_fixed_us = 1234567");
+        c.validate().expect("valid");
+        let b = Binder::new(&c, &c.needed_fields(), &types()).expect("binder");
+        let mut row = Row {
+            values: vec![Value::Str("x".into()), Value::Int(5)],
+        };
+        let bound = b.bind(&mut row, Some(99)).expect("binds");
+        assert!(matches!(
+            bound.last(),
+            Some(MaybeUnset::Set(Some(CqlValue::BigInt(1_234_567))))
+        ));
+        let err = config("timestamp_source = \"fixed\"")
+            .validate()
+            .expect_err("no constant given");
+        assert!(err.to_string().contains("timestamp_fixed_us"), "{err}");
     }
 
     #[test]

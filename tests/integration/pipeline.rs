@@ -145,7 +145,7 @@ keep = false
     let cfg = write(
         &s.dir,
         "filter",
-        &config_text(&s.topic, &unique("g"), &s.ks, &table, processors),
+        &config_text(&s.topic, &unique("g"), &s.ks, 256, &table, processors),
     )?;
     let out = run_drain(&cfg, Duration::from_secs(300), &[])?;
     ensure!(out.ok, "run failed:\n{}", out.stderr);
@@ -205,7 +205,7 @@ fn lookup_cache_and_every_miss_policy() -> Result<()> {
         let cfg = write(
             &s.dir,
             miss,
-            &config_text(&s.topic, &unique("g"), &s.ks, table, &processors),
+            &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
         )?;
         let out = run_drain(&cfg, Duration::from_secs(300), &[])?;
         ensure!(out.ok, "{miss}: run failed:\n{}", out.stderr);
@@ -280,7 +280,7 @@ table = {{ keyspace = "{ks}", table = "visits_by_uid", ttl_seconds = 2592000, co
     let cfg = write(
         &s.dir,
         "tables",
-        &config_text(&s.topic, &unique("g"), &s.ks, table, &processors),
+        &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
     )?;
     let out = run_drain(&cfg, Duration::from_secs(300), &[])?;
     ensure!(out.ok, "run failed:\n{}", out.stderr);
@@ -395,7 +395,7 @@ fn produce_reencodes_the_enriched_record() -> Result<()> {
     let cfg = write(
         &s.dir,
         "produce",
-        &config_text(&s.topic, &unique("g"), &s.ks, table, &processors),
+        &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
     )?;
     let out = run_drain(&cfg, Duration::from_secs(300), &[])?;
     ensure!(out.ok, "run failed:\n{}", out.stderr);

@@ -132,13 +132,20 @@ pub fn write_config(
 ) -> Result<PathBuf> {
     let table = format!("table = \"navigation_events\"\nttl_seconds = 2592000\n{extra_table}\n\n[table.columns]\n{columns}");
     let p = dir.join(format!("{group}.toml"));
-    std::fs::write(&p, config_text(topic, group, ks, &table, ""))?;
+    std::fs::write(&p, config_text(topic, group, ks, 512, &table, ""))?;
     Ok(p)
 }
 
 /// A test pipeline's config: `table` is the body of `[table]` after its keyspace, `processors` any
 /// `[[processors]]` entries. Metrics on a free port, two shards, a 20 s shutdown deadline.
-pub fn config_text(topic: &str, group: &str, ks: &str, table: &str, processors: &str) -> String {
+pub fn config_text(
+    topic: &str,
+    group: &str,
+    ks: &str,
+    in_flight: usize,
+    table: &str,
+    processors: &str,
+) -> String {
     format!(
         r#"
 [kafka]
@@ -154,7 +161,7 @@ registry_url = "{REGISTRY}"
 [scylla]
 nodes = ["{CQL}"]
 consistency = "one"
-max_in_flight_per_shard = 512
+max_in_flight_per_shard = {in_flight}
 
 [table]
 keyspace = "{ks}"
