@@ -128,7 +128,7 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
         let fields = cfg.needed_fields();
         let session = Arc::new(shardline::sink::connect(&cfg).await?);
         let types = shardline::sink::table_columns(&session, &cfg.table.keyspace, &cfg.table.table).await?;
-        let binder = shardline::sink::Binder::new(&cfg, &fields, &types)?;
+        let binder = shardline::sink::Binder::for_table(&cfg.table, &fields, &types)?;
         let insert = session.prepare(binder.insert_cql(&cfg.table.keyspace, &cfg.table.table)).await?;
         let registry = cfg.schema.registry_url.clone().context("registry_url")?;
         let mut decoder = Decoder::framed(RegistryClient::new(&registry, Duration::from_secs(5)), fields);
@@ -166,10 +166,10 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
                     }
                     received += 1;
                     let (p, o) = (m.partition(), m.offset());
-                    trackers.entry(p).or_default().begin(o);
+                    trackers.entry(p).or_default().begin(o, std::time::Instant::now());
                     let ts = m.timestamp().to_millis();
                     decoder.decode(m.payload().unwrap_or_default(), &mut row)?;
-                    let values = binder.bind(&mut row, ts)?;
+                    let values = binder.bind(&mut row.values, ts, m.offset())?;
                     let (s, ins, tx, m2) = (session.clone(), insert.clone(), done_tx.clone(), metrics.clone());
                     // The conventional design: a task per write on the multi-threaded runtime.
                     tokio::spawn(async move {

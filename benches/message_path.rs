@@ -30,7 +30,7 @@ fn bench(c: &mut Criterion) {
             for m in &msgs {
                 decoder.decode(m, &mut row).expect("decodes");
                 let v = binder
-                    .bind(&mut row, Some(1_767_225_600_000))
+                    .bind(&mut row.values, Some(1_767_225_600_000), 42)
                     .expect("binds");
                 criterion::black_box(v);
             }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures::future::LocalBoxFuture;
 use shardline::codec::Value;
 use shardline::config::Config;
-use shardline::pipeline::{Outcome, Processor, Record, StepError};
+use shardline::pipeline::{Processor, Record, StepError, StepOutcome};
 use shardline::runtime::{self, RunOptions};
 
 /// Adds `host` from `url`; a record without a URL keeps `host` null.
@@ -37,7 +37,7 @@ impl Processor for UrlHost {
     fn process<'a>(
         &'a self,
         record: &'a mut Record,
-    ) -> LocalBoxFuture<'a, Result<Outcome, StepError>> {
+    ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>> {
         let host = match record.get("url") {
             Some(Value::Str(u)) => host_of(u).map(|h| Value::Str(h.to_string())),
             _ => None,
@@ -45,7 +45,7 @@ impl Processor for UrlHost {
         if let Some(h) = host {
             record.set("host", h);
         }
-        Box::pin(std::future::ready(Ok(Outcome::Passed)))
+        Box::pin(std::future::ready(Ok(StepOutcome::Passed)))
     }
 }
 
@@ -93,10 +93,11 @@ mod tests {
             fields,
             values: vec![Value::Str("https://a.example/x".into()), Value::Null],
             kafka_ts_ms: None,
+            offset: 0,
             key: None,
         };
         let out = futures::executor::block_on(UrlHost.process(&mut rec)).expect("never fails");
-        assert_eq!(out, Outcome::Passed);
+        assert_eq!(out, StepOutcome::Passed);
         assert_eq!(rec.get("host"), Some(&Value::Str("a.example".into())));
         rec.values[0] = Value::Null;
         rec.values[1] = Value::Null;

@@ -13,9 +13,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::codec::{CodecError, Plan, RegistryClient, SchemaResolver};
 use crate::config::Config;
 use crate::kafka::{consumer_config, KafkaError};
-use crate::runtime::bridge::TokioBridge;
 use crate::runtime::RunError;
-use crate::sink::{self, mapping, Binder, SinkError};
+use crate::sink::bridge::TokioBridge;
+use crate::sink::{self, mapping, Binder, StartError};
 
 /// What the check found, for the operator.
 #[derive(Debug)]
@@ -29,23 +29,18 @@ pub struct CheckReport {
 pub fn reference_schema(config: &Config) -> Result<(Option<u32>, String), RunError> {
     match (&config.schema.registry_url, &config.schema.schema_file) {
         (Some(url), _) => {
-            let r = RegistryClient::new(
-                url,
-                Duration::from_millis(config.schema.registry_timeout_ms),
-            );
+            let r = RegistryClient::new(url, config.schema.registry_timeout);
             let subject = config.subject();
             let (id, json) = r.latest(&subject).map_err(|e| match e {
-                CodecError::UnknownSchema(_) => RunError::Runtime(format!(
-                    "subject '{subject}' has no schema in the registry at {url}: register one (shardline produce does) or set schema.subject"
-                )),
+                CodecError::UnknownSchema(_) => RunError::NoSubject { subject },
                 other => RunError::Codec(other),
             })?;
             Ok((Some(id), json))
         }
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .map(|j| (None, j))
-            .map_err(|e| RunError::Runtime(format!("schema.schema_file {file}: {e}"))),
-        (None, None) => Err(RunError::Runtime("no schema source".into())),
+        (None, Some(file)) => Ok((None, crate::codec::schema_file(file)?)),
+        (None, None) => Err(RunError::Codec(CodecError::Resolution(
+            "no schema source: set schema.registry_url or schema.schema_file".into(),
+        ))),
     }
 }
 
@@ -67,10 +62,10 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
             .map(|m| m.partitions().len())
             .unwrap_or(0);
         if n == 0 {
-            return Err(RunError::Runtime(format!(
-                "kafka topic '{t}' does not exist at {}",
-                config.kafka.brokers
-            )));
+            return Err(RunError::NoTopic {
+                topic: t.clone(),
+                brokers: config.kafka.brokers.clone(),
+            });
         }
         partitions.push((t.clone(), n));
     }
@@ -85,13 +80,16 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
     let plan = Plan::compile(&schema, &fields)?;
     // Table and types.
     let bridge = TokioBridge::start("shardline-check".into(), None)
-        .map_err(|e| RunError::Runtime(format!("tokio bridge: {e}")))?;
-    let types = bridge.handle().block_on(async {
-        let session = sink::connect(config).await?;
-        sink::table_columns(&session, &config.table.keyspace, &config.table.table).await
-    })?;
+        .map_err(|source| RunError::Bridge { shard: 0, source })?;
+    let session = bridge.handle().block_on(sink::connect(config))?;
+    let columns_of = |table: &crate::config::TableConfig| {
+        bridge
+            .handle()
+            .block_on(sink::table_columns(&session, &table.keyspace, &table.table))
+    };
+    let types = columns_of(&config.table)?;
     let all = config.all_fields();
-    let binder = Binder::new(config, &all, &types)?;
+    let binder = Binder::for_table(&config.table, &all, &types)?;
     mapping::check(&decoded_only(&binder.columns, fields.len()), plan.kinds())?;
     check_special(config, &fields, plan.kinds())?;
     let mut columns: Vec<String> = binder
@@ -102,11 +100,7 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
     // The insert processors' tables: the same checks, table by table.
     for p in &config.processors {
         if let crate::config::ProcessorConfig::Insert { name, table } = p {
-            let types = bridge.handle().block_on(async {
-                let session = sink::connect(config).await?;
-                sink::table_columns(&session, &table.keyspace, &table.table).await
-            })?;
-            let b = Binder::for_table(table, &all, &types)?;
+            let b = Binder::for_table(table, &all, &columns_of(table)?)?;
             mapping::check(&decoded_only(&b.columns, fields.len()), plan.kinds())?;
             columns.extend(
                 b.columns
@@ -136,7 +130,7 @@ fn check_special(
     config: &Config,
     fields: &[String],
     kinds: &[crate::codec::Kind],
-) -> Result<(), SinkError> {
+) -> Result<(), StartError> {
     use crate::codec::Kind;
     let kind_of = |f: &str| {
         fields
@@ -146,20 +140,78 @@ fn check_special(
     };
     if let Some(f) = &config.table.ttl_field {
         if !matches!(kind_of(f), Some(Kind::Int | Kind::Long)) {
-            return Err(SinkError::Schema(format!(
+            return Err(StartError::Schema(format!(
                 "table.ttl_field '{f}' must be an Avro int or long"
             )));
         }
     }
     if let Some(f) = &config.table.timestamp_field {
-        if !matches!(
-            kind_of(f),
-            Some(Kind::Long | Kind::TimestampMillis | Kind::TimestampMicros)
-        ) {
-            return Err(SinkError::Schema(format!(
-                "table.timestamp_field '{f}' must be a long (µs) or a timestamp-millis/micros"
-            )));
+        match kind_of(f) {
+            Some(Kind::Long | Kind::TimestampMillis | Kind::TimestampMicros) => {}
+            // The binder reads millis, micros or a plain long as µs; nanoseconds it would refuse on
+            // every record (and, read as a long, they would be 1000 times too late): refuse them once.
+            Some(Kind::TimestampNanos) => {
+                return Err(StartError::Schema(format!(
+                    "table.timestamp_field '{f}' is a timestamp-nanos: write timestamps are microseconds, \
+                     use a timestamp-millis/micros or a long (µs)"
+                )))
+            }
+            _ => {
+                return Err(StartError::Schema(format!(
+                    "table.timestamp_field '{f}' must be a long (µs) or a timestamp-millis/micros"
+                )))
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Kind;
+
+    const CONFIG: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+group_id = "g"
+topics = ["navigation"]
+dead_letter_topic = "navigation.dlq"
+
+[schema]
+registry_url = "http://127.0.0.1:8081/apis/ccompat/v7"
+
+[scylla]
+nodes = ["127.0.0.1:9042"]
+
+[table]
+keyspace = "ks"
+table = "events"
+columns = { uid = "uid" }
+"#;
+
+    // Fails on the old code: timestamp-nanos compiled to kind `long`, which this check accepted and
+    // the binder then read as microseconds (1000 times too late).
+    #[test]
+    fn timestamp_field_refuses_nanoseconds_and_accepts_millis_micros_and_long() {
+        let mut config = Config::parse(CONFIG).expect("test config parses");
+        config.table.timestamp_field = Some("t".into());
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"T","fields":[
+                {"name":"t","type":{"type":"long","logicalType":"timestamp-nanos"}}]}"#,
+        )
+        .expect("nanos schema parses");
+        let fields = ["t".to_string()];
+        let plan = Plan::compile(&schema, &fields).expect("compiles");
+        let msg = check_special(&config, &fields, plan.kinds())
+            .expect_err("a nanosecond write timestamp is refused")
+            .to_string();
+        for part in ["'t'", "timestamp-nanos"] {
+            assert!(msg.contains(part), "{msg} lacks {part}");
+        }
+        for ok in [Kind::Long, Kind::TimestampMillis, Kind::TimestampMicros] {
+            check_special(&config, &fields, &[ok]).expect("a µs-convertible kind is accepted");
+        }
+        assert!(check_special(&config, &fields, &[Kind::Str]).is_err());
+    }
 }

@@ -33,5 +33,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod report;
+pub mod retry;
 pub mod runtime;
 pub mod sink;

@@ -50,5 +50,5 @@ pub fn table_types() -> HashMap<String, CqlType> {
 }
 
 pub fn binder(fields: &[String]) -> Binder {
-    Binder::new(&config(), fields, &table_types()).expect("the demo mapping binds")
+    Binder::for_table(&config().table, fields, &table_types()).expect("the demo mapping binds")
 }

@@ -7,7 +7,11 @@
 //!
 //! Guarantee: no input bytes make [`Plan::decode`] panic, loop without consuming input, recurse without
 //! bound, or allocate more than a small multiple of the input length; every malformed datum is a
-//! [`CodecError`]. Precondition: the writer schema parsed (apache-avro checks names and references).
+//! [`CodecError`]. Array and map items are what could break the last promise, because a null (or a
+//! record of nulls) takes no bytes: so every item, whatever its size, is charged one unit of a
+//! per-datum budget of the datum's length plus `ITEM_ALLOWANCE`, across all blocks of all arrays and
+//! maps of the datum, read or skipped. Precondition: the writer schema parsed (apache-avro checks
+//! names and references).
 
 use std::collections::HashMap;
 
@@ -18,9 +22,12 @@ use super::CodecError;
 /// Deepest nesting of records/arrays/maps/unions a datum may have: recursive schemas cannot make the
 /// decoder overflow its stack.
 pub const MAX_DEPTH: usize = 64;
-/// Items of zero-byte elements (nulls) one block may claim: such items consume no input, so the input
-/// length cannot bound them.
-const MAX_ZERO_SIZE_ITEMS: u64 = 1 << 16;
+/// Array and map items a datum may hold beyond one per input byte. An item that takes no bytes (a
+/// null, a record of nulls, a zero-size fixed) is not bounded by the input length, and a cap per block
+/// is not a cap per datum (blocks repeat): so each datum gets one budget of `len + ITEM_ALLOWANCE`
+/// items in all, which keeps decode time and allocation linear in the input while a small datum can
+/// still carry a few zero-byte items.
+const ITEM_ALLOWANCE: u64 = 1024;
 
 /// A decoded value. Logical types keep their meaning so the CQL mapping can be exact.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +48,9 @@ pub enum Value {
     TimeMicros(i64),
     TimestampMillis(i64),
     TimestampMicros(i64),
+    /// Nanoseconds since the epoch (`timestamp-nanos`, `local-timestamp-nanos`): its own variant, so
+    /// the CQL mapping scales it instead of taking it for milliseconds.
+    TimestampNanos(i64),
     Uuid(String),
     Array(Vec<Value>),
     Map(Vec<(String, Value)>),
@@ -66,6 +76,7 @@ pub enum Kind {
     TimeMicros,
     TimestampMillis,
     TimestampMicros,
+    TimestampNanos,
     Uuid,
     Array(Box<Kind>),
     Map(Box<Kind>),
@@ -97,6 +108,7 @@ impl std::fmt::Display for Kind {
             Kind::TimeMicros => f.write_str("time-micros"),
             Kind::TimestampMillis => f.write_str("timestamp-millis"),
             Kind::TimestampMicros => f.write_str("timestamp-micros"),
+            Kind::TimestampNanos => f.write_str("timestamp-nanos"),
             Kind::Uuid => f.write_str("uuid"),
             Kind::Record => f.write_str("record"),
             Kind::Union => f.write_str("union"),
@@ -123,6 +135,7 @@ enum Node {
     TimeMicros,
     TimestampMillis,
     TimestampMicros,
+    TimestampNanos,
     UuidStr,
     Array(usize),
     Map(usize),
@@ -197,6 +210,7 @@ impl Plan {
                 | (Some(Node::TimeMicros), Value::TimeMicros(_))
                 | (Some(Node::TimestampMillis), Value::TimestampMillis(_))
                 | (Some(Node::TimestampMicros), Value::TimestampMicros(_))
+                | (Some(Node::TimestampNanos), Value::TimestampNanos(_))
                 | (Some(Node::Array(_)), Value::Array(_))
                 | (Some(Node::Map(_)), Value::Map(_))
                 | (Some(Node::Record(_)), Value::Record(_))
@@ -224,7 +238,8 @@ impl Plan {
             (Node::Long, Value::Long(l))
             | (Node::TimeMicros, Value::TimeMicros(l))
             | (Node::TimestampMillis, Value::TimestampMillis(l))
-            | (Node::TimestampMicros, Value::TimestampMicros(l)) => write_long(out, *l),
+            | (Node::TimestampMicros, Value::TimestampMicros(l))
+            | (Node::TimestampNanos, Value::TimestampNanos(l)) => write_long(out, *l),
             (Node::Long, Value::Int(i)) => write_long(out, i64::from(*i)),
             (Node::Float, Value::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
             (Node::Double, Value::Double(d)) => out.extend_from_slice(&d.to_le_bytes()),
@@ -351,7 +366,11 @@ impl Plan {
     pub fn decode(&self, datum: &[u8], row: &mut Row) -> Result<(), CodecError> {
         row.values.clear();
         row.values.resize(self.slots, Value::Null);
-        let mut r = Reader { buf: datum, pos: 0 };
+        let mut r = Reader {
+            buf: datum,
+            pos: 0,
+            items_left: (datum.len() as u64).saturating_add(ITEM_ALLOWANCE),
+        };
         for step in &self.steps {
             match step.slot {
                 Some(slot) => {
@@ -403,11 +422,11 @@ impl Plan {
             Node::TimeMicros => Value::TimeMicros(r.long()?),
             Node::TimestampMillis => Value::TimestampMillis(r.long()?),
             Node::TimestampMicros => Value::TimestampMicros(r.long()?),
+            Node::TimestampNanos => Value::TimestampNanos(r.long()?),
             Node::Array(item) => {
                 let item = *item;
-                let zero = self.zero_sized(item);
                 let mut out = Vec::new();
-                while let Some(n) = r.block(zero)? {
+                while let Some(n) = r.block()? {
                     out.reserve(n.min(r.remaining()));
                     for _ in 0..n {
                         out.push(self.read(item, r, depth + 1)?);
@@ -418,7 +437,7 @@ impl Plan {
             Node::Map(val) => {
                 let val = *val;
                 let mut out = Vec::new();
-                while let Some(n) = r.block(false)? {
+                while let Some(n) = r.block()? {
                     out.reserve(n.min(r.remaining()));
                     for _ in 0..n {
                         let k = r.str()?.to_owned();
@@ -462,7 +481,8 @@ impl Plan {
             | Node::TimeMillis
             | Node::TimeMicros
             | Node::TimestampMillis
-            | Node::TimestampMicros => {
+            | Node::TimestampMicros
+            | Node::TimestampNanos => {
                 r.long()?;
             }
             Node::Float => {
@@ -479,8 +499,7 @@ impl Plan {
             }
             Node::Array(item) => {
                 let item = *item;
-                let zero = self.zero_sized(item);
-                while let Some(n) = r.block(zero)? {
+                while let Some(n) = r.block()? {
                     for _ in 0..n {
                         self.skip(item, r, depth + 1)?;
                     }
@@ -488,7 +507,7 @@ impl Plan {
             }
             Node::Map(val) => {
                 let val = *val;
-                while let Some(n) = r.block(false)? {
+                while let Some(n) = r.block()? {
                     for _ in 0..n {
                         r.bytes()?;
                         self.skip(val, r, depth + 1)?;
@@ -511,15 +530,6 @@ impl Plan {
             Node::Pending => return Err(CodecError::Resolution("unresolved named type".into())),
         }
         Ok(())
-    }
-
-    /// Whether values of this node can take zero bytes (then array counts are capped explicitly).
-    fn zero_sized(&self, node: usize) -> bool {
-        match self.nodes.get(node) {
-            Some(Node::Null) | Some(Node::Fixed(0)) => true,
-            Some(Node::Record(f)) => f.is_empty(),
-            _ => false,
-        }
     }
 }
 
@@ -552,8 +562,8 @@ impl Compiler {
             Schema::TimeMicros => Node::TimeMicros,
             Schema::TimestampMillis | Schema::LocalTimestampMillis => Node::TimestampMillis,
             Schema::TimestampMicros | Schema::LocalTimestampMicros => Node::TimestampMicros,
-            // Nanosecond timestamps are longs on the wire; keep them as longs rather than lose precision.
-            Schema::TimestampNanos | Schema::LocalTimestampNanos => Node::Long,
+            // Longs on the wire, but not milliseconds: a node of their own keeps the unit to the mapping.
+            Schema::TimestampNanos | Schema::LocalTimestampNanos => Node::TimestampNanos,
             Schema::Uuid(UuidSchema::String) => Node::UuidStr,
             Schema::Uuid(UuidSchema::Bytes) => Node::Bytes,
             Schema::Uuid(UuidSchema::Fixed(f)) | Schema::Duration(f) => {
@@ -640,6 +650,7 @@ impl Compiler {
             Some(Node::TimeMicros) => Kind::TimeMicros,
             Some(Node::TimestampMillis) => Kind::TimestampMillis,
             Some(Node::TimestampMicros) => Kind::TimestampMicros,
+            Some(Node::TimestampNanos) => Kind::TimestampNanos,
             Some(Node::UuidStr) => Kind::Uuid,
             Some(Node::Array(i)) => Kind::Array(Box::new(self.kind(*i, depth + 1))),
             Some(Node::Map(i)) => Kind::Map(Box::new(self.kind(*i, depth + 1))),
@@ -662,6 +673,8 @@ impl Compiler {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array and map items the datum may still claim, whatever their size: see `ITEM_ALLOWANCE`.
+    items_left: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -733,7 +746,11 @@ impl<'a> Reader<'a> {
 
     /// The item count of the next array/map block, `None` at the end marker. A negative count is
     /// followed by the block's byte size, which is read and ignored.
-    fn block(&mut self, zero_sized_items: bool) -> Result<Option<usize>, CodecError> {
+    ///
+    /// The whole count is charged to the datum's item budget before any item is read, zero-byte items
+    /// included: a count beyond what is left of the budget is a [`CodecError::BadLength`], so all
+    /// blocks of all arrays and maps of one datum together hold at most `len + ITEM_ALLOWANCE` items.
+    fn block(&mut self) -> Result<Option<usize>, CodecError> {
         let n = self.long()?;
         if n == 0 {
             return Ok(None);
@@ -744,15 +761,10 @@ impl<'a> Reader<'a> {
         } else {
             n as u64
         };
-        // Each non-zero-sized item takes at least one byte: a count beyond the remaining input is corrupt.
-        let limit = if zero_sized_items {
-            MAX_ZERO_SIZE_ITEMS
-        } else {
-            self.remaining() as u64
-        };
-        if count > limit {
+        let Some(left) = self.items_left.checked_sub(count) else {
             return Err(CodecError::BadLength(n));
-        }
+        };
+        self.items_left = left;
         usize::try_from(count)
             .map(Some)
             .map_err(|_| CodecError::BadLength(n))
@@ -899,6 +911,208 @@ mod tests {
             plan.decode(&longer, &mut row),
             Err(CodecError::TrailingBytes(1))
         );
+    }
+
+    const NULL_ARRAY: &str = r#"{"type":"record","name":"N","fields":[{"name":"a","type":{"type":"array","items":"null"}}]}"#;
+    const NULL_RECORD_ARRAY: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":{"type":"array","items":
+        {"type":"record","name":"E","fields":[{"name":"x","type":"null"},{"name":"y","type":"null"}]}}}]}"#;
+    const NESTED_NULL_ARRAY: &str = r#"{"type":"record","name":"M","fields":[{"name":"a","type":{"type":"array","items":
+        {"type":"array","items":"null"}}}]}"#;
+    const NULL_MAP: &str = r#"{"type":"record","name":"P","fields":[{"name":"m","type":{"type":"map","values":"null"}}]}"#;
+
+    /// A plan reading `fields` of `schema` (none: every field is skipped).
+    fn plan_for(schema: &str, fields: &[&str]) -> Plan {
+        let schema = Schema::parse_str(schema).expect("test schema parses");
+        let fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+        Plan::compile(&schema, &fields).expect("test plan compiles")
+    }
+
+    /// Array blocks of zero-byte items with these counts, then the end marker. A negative count gets
+    /// the byte size that must follow it (0: it is ignored).
+    fn blocks(counts: &[i64]) -> Vec<u8> {
+        let mut d = Vec::new();
+        for c in counts {
+            write_long(&mut d, *c);
+            if *c < 0 {
+                write_long(&mut d, 0);
+            }
+        }
+        write_long(&mut d, 0);
+        d
+    }
+
+    // Fails on the old decoder: each block of 2^16 nulls was under its per-block cap, so the datum
+    // decoded to a million values (and 64 blocks in 193 bytes to 128 MiB of them).
+    #[test]
+    fn array_of_nulls_is_capped_per_datum_not_per_block() {
+        let mut row = Row::default();
+        let bomb = blocks(&[1 << 16; 16]);
+        assert_eq!(bomb.len(), 49);
+        for plan in [plan_for(NULL_ARRAY, &["a"]), plan_for(NULL_ARRAY, &[])] {
+            assert!(matches!(
+                plan.decode(&bomb, &mut row),
+                Err(CodecError::BadLength(_))
+            ));
+            // One block of 2^40, several of 2^31 - 1, a negative (sized) 2^40: refused before any item.
+            for counts in [
+                &[1i64 << 40][..],
+                &[(1i64 << 31) - 1; 4][..],
+                &[-(1i64 << 40)][..],
+            ] {
+                assert!(matches!(
+                    plan.decode(&blocks(counts), &mut row),
+                    Err(CodecError::BadLength(_))
+                ));
+            }
+        }
+    }
+
+    // Fails on the old decoder: a record of nulls was not seen as zero-sized, so each block could
+    // claim as many records as bytes remained; 2,000 one-byte headers gave 124,047 records.
+    #[test]
+    fn records_of_nulls_are_charged_though_they_take_no_bytes() {
+        let mut row = Row::default();
+        let n = 2000i64;
+        let counts: Vec<i64> = (0..n).map(|i| (n - i).min(63)).collect();
+        let bomb = blocks(&counts);
+        assert_eq!(bomb.len(), 2001);
+        for plan in [
+            plan_for(NULL_RECORD_ARRAY, &["a"]),
+            plan_for(NULL_RECORD_ARRAY, &[]),
+        ] {
+            assert!(matches!(
+                plan.decode(&bomb, &mut row),
+                Err(CodecError::BadLength(_))
+            ));
+        }
+        let plan = plan_for(NULL_RECORD_ARRAY, &["a"]);
+        plan.decode(&blocks(&[2]), &mut row)
+            .expect("a few records of nulls decode");
+        let rec = Value::Record(vec![("x".into(), Value::Null), ("y".into(), Value::Null)]);
+        assert_eq!(row.values, vec![Value::Array(vec![rec.clone(), rec])]);
+    }
+
+    // Fails on the old decoder: each inner array was capped on its own, so ten inner arrays of 2^16
+    // nulls (42 bytes) decoded, and ten of 1,000 did too.
+    #[test]
+    fn nested_arrays_share_the_datum_budget() {
+        let mut row = Row::default();
+        for inner in [1i64 << 16, 1000] {
+            let mut d = Vec::new();
+            write_long(&mut d, 10);
+            for _ in 0..10 {
+                d.extend_from_slice(&blocks(&[inner]));
+            }
+            write_long(&mut d, 0);
+            for plan in [
+                plan_for(NESTED_NULL_ARRAY, &["a"]),
+                plan_for(NESTED_NULL_ARRAY, &[]),
+            ] {
+                assert!(
+                    matches!(plan.decode(&d, &mut row), Err(CodecError::BadLength(_))),
+                    "ten inner arrays of {inner} nulls in {} bytes",
+                    d.len()
+                );
+            }
+        }
+    }
+
+    // Regression guard (passes on the old decoder too): map entries take at least their key length.
+    #[test]
+    fn map_of_nulls_is_bounded_by_the_input() {
+        let mut row = Row::default();
+        for plan in [plan_for(NULL_MAP, &["m"]), plan_for(NULL_MAP, &[])] {
+            for counts in [
+                &[(1i64 << 31) - 1][..],
+                &[1i64 << 40][..],
+                &[-(1i64 << 40)][..],
+            ] {
+                assert!(matches!(
+                    plan.decode(&blocks(counts), &mut row),
+                    Err(CodecError::BadLength(_))
+                ));
+            }
+        }
+        let plan = plan_for(NULL_MAP, &["m"]);
+        plan.decode(&[4, 2, b'a', 2, b'b', 0], &mut row)
+            .expect("a small map of nulls decodes");
+        assert_eq!(
+            row.values,
+            vec![Value::Map(vec![
+                ("a".into(), Value::Null),
+                ("b".into(), Value::Null)
+            ])]
+        );
+    }
+
+    // Fails on the old decoder in its second half: 1,028 nulls in 3 bytes were under the 2^16 cap.
+    #[test]
+    fn zero_byte_items_up_to_the_budget_decode_and_one_more_does_not() {
+        let plan = plan_for(NULL_ARRAY, &["a"]);
+        let mut row = Row::default();
+        // Three bytes (two-byte count, end marker): a budget of 3 + ITEM_ALLOWANCE items.
+        let fits = ITEM_ALLOWANCE + 3;
+        let d = blocks(&[i64::try_from(fits).expect("small count")]);
+        assert_eq!(d.len(), 3);
+        plan.decode(&d, &mut row)
+            .expect("a datum at its budget decodes");
+        assert!(
+            matches!(&row.values[..], [Value::Array(items)] if items.len() as u64 == fits),
+            "{} values",
+            row.values.len()
+        );
+        let d = blocks(&[i64::try_from(fits + 1).expect("small count")]);
+        assert_eq!(d.len(), 3);
+        assert!(matches!(
+            plan.decode(&d, &mut row),
+            Err(CodecError::BadLength(_))
+        ));
+    }
+
+    // Fails on the old decoder: timestamp-nanos compiled to a plain long (kind `long`), which the
+    // CQL mapping then wrote as milliseconds.
+    #[test]
+    fn nanosecond_timestamps_keep_their_unit() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"T","fields":[
+                {"name":"n","type":{"type":"long","logicalType":"timestamp-nanos"}},
+                {"name":"l","type":{"type":"long","logicalType":"local-timestamp-nanos"}},
+                {"name":"s","type":{"type":"long","logicalType":"timestamp-nanos"}}]}"#,
+        )
+        .expect("nanos schema parses");
+        let datum = encode(
+            &schema,
+            AvroValue::Record(vec![
+                (
+                    "n".into(),
+                    AvroValue::TimestampNanos(1_700_000_000_123_456_789),
+                ),
+                ("l".into(), AvroValue::LocalTimestampNanos(-1)),
+                ("s".into(), AvroValue::TimestampNanos(5)),
+            ]),
+        );
+        let plan = Plan::compile(&schema, &["n".to_string(), "l".to_string()]).expect("compiles");
+        assert_eq!(plan.kinds(), &[Kind::TimestampNanos, Kind::TimestampNanos]);
+        assert_eq!(plan.kinds()[0].to_string(), "timestamp-nanos");
+        let mut row = Row::default();
+        plan.decode(&datum, &mut row).expect("decodes");
+        assert_eq!(
+            row.values,
+            vec![
+                Value::TimestampNanos(1_700_000_000_123_456_789),
+                Value::TimestampNanos(-1)
+            ]
+        );
+        let (writer, _) = Plan::for_encoding(&schema).expect("compiles for encoding");
+        let values = [
+            Value::TimestampNanos(1_700_000_000_123_456_789),
+            Value::TimestampNanos(-1),
+            Value::TimestampNanos(5),
+        ];
+        let refs: Vec<&Value> = values.iter().collect();
+        let mut out = Vec::new();
+        writer.encode(&refs, &mut out).expect("encodes");
+        assert_eq!(out, datum);
     }
 
     #[test]

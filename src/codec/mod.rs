@@ -16,6 +16,9 @@ use std::rc::Rc;
 use apache_avro::Schema;
 use thiserror::Error;
 
+use crate::config::Config;
+pub use crate::retry::Retryable;
+
 pub use avro::{Kind, Plan, Row, Value};
 pub use registry::{RegistryClient, SchemaResolver};
 
@@ -48,14 +51,14 @@ pub enum CodecError {
     RegistryUnavailable(String),
 }
 
-impl CodecError {
+impl Retryable for CodecError {
     /// Only a registry outage can heal; every other error is a property of the bytes or the schema.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         matches!(self, CodecError::RegistryUnavailable(_))
     }
 
     /// The error class used in dead-letter headers and metric labels.
-    pub fn class(&self) -> &'static str {
+    fn class(&self) -> &'static str {
         match self {
             CodecError::BadMagic(_) => "bad_magic",
             CodecError::Truncated
@@ -71,6 +74,30 @@ impl CodecError {
             CodecError::RegistryUnavailable(_) => "registry_unavailable",
         }
     }
+}
+
+/// The decoder a config asks for: framed with the registry (`schema.registry_url`) or raw Avro with
+/// the file's schema (`schema.schema_file`). The one place that chooses, for the shards and the check.
+pub fn decoder_for(
+    config: &Config,
+    fields: Vec<String>,
+) -> Result<Decoder<RegistryClient>, CodecError> {
+    match (&config.schema.registry_url, &config.schema.schema_file) {
+        (Some(url), _) => Ok(Decoder::framed(
+            RegistryClient::new(url, config.schema.registry_timeout),
+            fields,
+        )),
+        (None, Some(file)) => Decoder::raw(&schema_file(file)?, fields),
+        (None, None) => Err(CodecError::Resolution(
+            "no schema source: set schema.registry_url or schema.schema_file".into(),
+        )),
+    }
+}
+
+/// Reads `schema.schema_file`.
+pub fn schema_file(path: &str) -> Result<String, CodecError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| CodecError::Resolution(format!("schema.schema_file {path}: {e}")))
 }
 
 /// Where datums come from: framed with a registry id, or raw with one configured schema.

@@ -2,14 +2,17 @@
 //!
 //! Guarantee: a [`Config`] returned by [`Config::load`] has passed [`Config::validate`], so every shard
 //! starts from the same checked values; unknown keys are rejected (`deny_unknown_fields`), so a typo
-//! fails loudly instead of silently falling back to a default.
+//! fails loudly instead of silently falling back to a default. Closed sets of values are enums and
+//! durations are [`Duration`]s, checked while parsing; the file still spells durations in milliseconds
+//! (the `*_ms` keys).
 //! Precondition: none; this module does no I/O beyond reading the file and the environment. Checks
 //! against live services (topic exists, table columns) live in `shardline check` (`crate::check`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 /// Errors of the config boundary. None is retryable: the operator has to change the file.
@@ -70,20 +73,39 @@ pub struct KafkaConfig {
     /// Default: none, which makes an unprocessable record stop its shard (nothing is skipped silently).
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
-    /// How often stored offsets are committed (`auto.commit.interval.ms`). Default 1000.
-    #[serde(default = "default_commit_interval_ms")]
-    pub commit_interval_ms: u64,
-    /// `auto.offset.reset` for a group without committed offsets. Default `earliest`.
-    #[serde(default = "default_offset_reset")]
-    pub offset_reset: String,
-    /// `session.timeout.ms`. Default 10000.
-    #[serde(default = "default_session_timeout_ms")]
-    pub session_timeout_ms: u64,
+    /// How often stored offsets are committed (`auto.commit.interval.ms`). Key `commit_interval_ms`,
+    /// in milliseconds. Default 1000 ms.
+    #[serde(
+        rename = "commit_interval_ms",
+        default = "default_commit_interval",
+        deserialize_with = "millis"
+    )]
+    pub commit_interval: Duration,
+    /// `auto.offset.reset` for a group without committed offsets: `earliest` or `latest`.
+    /// Default `earliest`.
+    #[serde(default, deserialize_with = "de_offset_reset")]
+    pub offset_reset: OffsetReset,
+    /// `session.timeout.ms`. Key `session_timeout_ms`, in milliseconds. Default 10000 ms.
+    #[serde(
+        rename = "session_timeout_ms",
+        default = "default_session_timeout",
+        deserialize_with = "millis"
+    )]
+    pub session_timeout: Duration,
+    /// The most records one partition's offset tracker may hold (done ones waiting behind an unfinished
+    /// record included) before that partition is paused; it resumes at half. Bounds memory when one
+    /// record retries for a long time. Default 100000.
+    #[serde(default = "default_max_pending_per_partition")]
+    pub max_pending_per_partition: usize,
     /// Extra librdkafka properties, passed through verbatim to consumer and producer
     /// (for example `security.protocol`, `sasl.mechanism`, `fetch.min.bytes`).
-    /// `sasl.password` may be given as `SHARDLINE_KAFKA_SASL_PASSWORD` instead.
+    /// `sasl.password` may be given as `SHARDLINE_KAFKA_SASL_PASSWORD` instead. Default: empty.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+}
+
+fn default_max_pending_per_partition() -> usize {
+    100_000
 }
 
 /// Passthrough keys whose values are never printed.
@@ -116,49 +138,79 @@ impl std::fmt::Debug for KafkaConfig {
             .field("group_id", &self.group_id)
             .field("topics", &self.topics)
             .field("dead_letter_topic", &self.dead_letter_topic)
-            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("commit_interval", &self.commit_interval)
             .field("offset_reset", &self.offset_reset)
-            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("session_timeout", &self.session_timeout)
+            .field("max_pending_per_partition", &self.max_pending_per_partition)
             .field("librdkafka", &redacted)
             .finish()
     }
 }
 
 /// Where writer schemas come from.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
     /// Confluent-compatible registry base URL (Apicurio: `http://host:8081/apis/ccompat/v7`).
     /// Records must then be in the Confluent wire format. Env override: `SHARDLINE_REGISTRY_URL`.
+    /// Default: none. Exactly one of `registry_url` and `schema_file` must be set.
     #[serde(default)]
     pub registry_url: Option<String>,
     /// Raw Avro instead: every record is a bare datum written with this schema (a `.avsc` file).
+    /// Default: none.
     #[serde(default)]
     pub schema_file: Option<String>,
     /// Subject whose latest version is checked against the table at start-up.
     /// Default `<first topic>-value` (TopicNameStrategy).
     #[serde(default)]
     pub subject: Option<String>,
-    /// Registry request timeout. Default 5000.
-    #[serde(default = "default_registry_timeout_ms")]
-    pub registry_timeout_ms: u64,
+    /// Registry request timeout. Key `registry_timeout_ms`, in milliseconds. Default 5000 ms.
+    #[serde(
+        rename = "registry_timeout_ms",
+        default = "default_registry_timeout",
+        deserialize_with = "millis"
+    )]
+    pub registry_timeout: Duration,
 }
 
-/// The CQL cluster.
-#[derive(Debug, Clone, Deserialize)]
+/// Without a `[schema]` section (the registry URL may come from the environment): the documented
+/// defaults, the registry timeout included.
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig {
+            registry_url: None,
+            schema_file: None,
+            subject: None,
+            registry_timeout: default_registry_timeout(),
+        }
+    }
+}
+
+/// The CQL cluster. Its `Debug` redacts the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScyllaConfig {
     /// Contact points `host:port`. Env override: `SHARDLINE_SCYLLA_NODES` (comma-separated).
     pub nodes: Vec<String>,
     /// Username; the password comes from `SHARDLINE_SCYLLA_PASSWORD` only, never from the file.
+    /// Default: none (no authentication).
     #[serde(default)]
     pub username: Option<String>,
-    /// Consistency of writes: `one`, `local_one`, `quorum`, `local_quorum`, `all`... Default `local_quorum`.
-    #[serde(default = "default_consistency")]
-    pub consistency: String,
-    /// Per-request timeout. Default 5000.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
+    /// Password for `username`. Not a file key (a `password` key is refused as unknown): filled by
+    /// [`Config::apply_env`] from `SHARDLINE_SCYLLA_PASSWORD`. Default: none. Never printed by `Debug`.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// Consistency of writes (and lookups): `one`, `local_one`, `quorum`, `local_quorum`, `all`...,
+    /// in lower or upper case. Default `local_quorum`.
+    #[serde(default, deserialize_with = "de_consistency")]
+    pub consistency: Consistency,
+    /// Per-request timeout. Key `request_timeout_ms`, in milliseconds. Default 5000 ms.
+    #[serde(
+        rename = "request_timeout_ms",
+        default = "default_request_timeout",
+        deserialize_with = "millis"
+    )]
+    pub request_timeout: Duration,
     /// Prefer replicas of this datacenter (token-aware either way). Default: none.
     #[serde(default)]
     pub local_datacenter: Option<String>,
@@ -168,69 +220,240 @@ pub struct ScyllaConfig {
     /// TLS to the database: a PEM CA bundle to verify the nodes with. Default: none (plain TCP).
     #[serde(default)]
     pub tls_ca_file: Option<String>,
-    /// Client certificate and key (PEM) for mutual TLS. Default: none.
+    /// Client certificate (PEM) for mutual TLS; goes with `tls_key_file`. Default: none.
     #[serde(default)]
     pub tls_cert_file: Option<String>,
+    /// The client certificate's private key (PEM); goes with `tls_cert_file`. Default: none.
     #[serde(default)]
     pub tls_key_file: Option<String>,
 }
 
-/// Where and how rows are written.
+impl std::fmt::Debug for ScyllaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaConfig")
+            .field("nodes", &self.nodes)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("consistency", &self.consistency)
+            .field("request_timeout", &self.request_timeout)
+            .field("local_datacenter", &self.local_datacenter)
+            .field("max_in_flight_per_shard", &self.max_in_flight_per_shard)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
+}
+
+/// Consistency level of the writes and lookups (`scylla.consistency`). The file spells it in snake
+/// case (`local_quorum`) or upper case (`LOCAL_QUORUM`), as the driver's documentation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// `any`: write-only; any node, a hint included, acknowledges.
+    #[serde(alias = "ANY")]
+    Any,
+    /// `one`: one replica.
+    #[serde(alias = "ONE")]
+    One,
+    /// `two`: two replicas.
+    #[serde(alias = "TWO")]
+    Two,
+    /// `three`: three replicas.
+    #[serde(alias = "THREE")]
+    Three,
+    /// `quorum`: a majority of all replicas, across datacenters.
+    #[serde(alias = "QUORUM")]
+    Quorum,
+    /// `all`: every replica.
+    #[serde(alias = "ALL")]
+    All,
+    /// `local_quorum`: a majority of the replicas in the coordinator's datacenter. The default.
+    #[default]
+    #[serde(alias = "LOCAL_QUORUM")]
+    LocalQuorum,
+    /// `each_quorum`: write-only; a majority in every datacenter.
+    #[serde(alias = "EACH_QUORUM")]
+    EachQuorum,
+    /// `local_one`: one replica in the coordinator's datacenter.
+    #[serde(alias = "LOCAL_ONE")]
+    LocalOne,
+}
+
+impl Consistency {
+    /// The driver's value for this level.
+    pub fn to_driver(self) -> scylla::statement::Consistency {
+        use scylla::statement::Consistency as Driver;
+        match self {
+            Consistency::Any => Driver::Any,
+            Consistency::One => Driver::One,
+            Consistency::Two => Driver::Two,
+            Consistency::Three => Driver::Three,
+            Consistency::Quorum => Driver::Quorum,
+            Consistency::All => Driver::All,
+            Consistency::LocalQuorum => Driver::LocalQuorum,
+            Consistency::EachQuorum => Driver::EachQuorum,
+            Consistency::LocalOne => Driver::LocalOne,
+        }
+    }
+}
+
+/// Where a consumer group without committed offsets starts (`kafka.offset_reset`, librdkafka's
+/// `auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    /// `earliest`: the oldest retained record of each partition. The default.
+    #[default]
+    Earliest,
+    /// `latest`: only records produced after the group joined.
+    Latest,
+}
+
+impl OffsetReset {
+    /// The librdkafka value of `auto.offset.reset`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+/// Where and how rows are written: the primary `[table]`, or an insert step's `table`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
+    /// Keyspace of the table. Required, non-empty.
     pub keyspace: String,
+    /// Table name. Required, non-empty.
     pub table: String,
-    /// Column name → record field name. Checked against the live table at start-up.
+    /// Column name → record field name. Required, at least one. Checked against the live table at
+    /// start-up.
     pub columns: BTreeMap<String, String>,
-    /// Fixed TTL in seconds; 0 means no TTL. Default 0. Exclusive with `ttl_field`.
+    /// Fixed TTL in seconds; 0 means no TTL. At most `i32::MAX` (CQL's TTL is an int). Default 0.
+    /// Exclusive with `ttl_field`.
     #[serde(default)]
     pub ttl_seconds: u32,
-    /// Take the TTL (seconds, int or long) from this record field instead.
+    /// Take the TTL (seconds, int or long) from this record field instead. Default: none.
     #[serde(default)]
     pub ttl_field: Option<String>,
     /// Write timestamp: `kafka` (the record timestamp in µs, the default: a replay rewrites identical
     /// cells), `field` (from `timestamp_field`, a timestamp-millis/micros or long µs), `fixed` (the
-    /// constant `timestamp_fixed_us`), or `now`.
-    #[serde(default = "default_timestamp_source")]
-    pub timestamp_source: String,
-    /// The field for `timestamp_source = "field"`.
+    /// constant `timestamp_fixed_us`), or `now`. Resolved by [`TableConfig::write_timestamp`].
+    #[serde(default, deserialize_with = "de_timestamp_source")]
+    pub timestamp_source: TimestampSource,
+    /// The field for `timestamp_source = "field"`. Default: none.
     #[serde(default)]
     pub timestamp_field: Option<String>,
-    /// The write timestamp in µs for `timestamp_source = "fixed"`.
+    /// The write timestamp in µs for `timestamp_source = "fixed"`. Default: none.
     #[serde(default)]
     pub timestamp_fixed_us: Option<i64>,
     /// What a null field does: `unset` (the default: the column is not written, no tombstone) or
     /// `null` (writes a CQL null, which is a tombstone and overwrites an earlier value).
-    #[serde(default = "default_null_values")]
-    pub null_values: String,
+    #[serde(default, deserialize_with = "de_null_values")]
+    pub null_values: NullValues,
+}
+
+/// The `timestamp_source` key of a table: where its write timestamp comes from. Its sibling keys
+/// (`timestamp_field`, `timestamp_fixed_us`) complete it; [`TableConfig::write_timestamp`] checks
+/// the combination and gives the resolved [`WriteTimestamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampSource {
+    /// `kafka`: the Kafka record's timestamp, in µs. The default: a replay rewrites identical cells.
+    #[default]
+    Kafka,
+    /// `field`: the record field named by `timestamp_field` (timestamp-millis/micros or long µs).
+    Field,
+    /// `fixed`: the constant `timestamp_fixed_us`.
+    Fixed,
+    /// `now`: the writer's clock at bind time.
+    Now,
+}
+
+/// What a null record field writes (`null_values`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NullValues {
+    /// `unset`: the column is not written (no tombstone; an earlier value stays). The default.
+    #[default]
+    Unset,
+    /// `null`: a CQL null is written, which is a tombstone and overwrites an earlier value.
+    Null,
+}
+
+/// Where the write timestamp comes from, resolved and checked by [`TableConfig::write_timestamp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteTimestamp {
+    /// The Kafka record's timestamp, in µs.
+    Kafka,
+    /// This record field's value.
+    Field(String),
+    /// A constant write timestamp in µs.
+    Fixed(i64),
+    /// The writer's clock.
+    Now,
 }
 
 impl TableConfig {
-    /// The checked write-timestamp source.
-    pub fn timestamp_source(&self) -> Result<TimestampSource, ConfigError> {
-        if self.timestamp_fixed_us.is_some() != (self.timestamp_source == "fixed") {
-            return Err(ConfigError::Invalid(
-                "table.timestamp_fixed_us goes with table.timestamp_source = \"fixed\", and only with it".into(),
+    /// The checked write-timestamp source. Messages name the keys of the primary `[table]`;
+    /// [`TableConfig::validate`] names the table's own keys.
+    pub fn write_timestamp(&self) -> Result<WriteTimestamp, ConfigError> {
+        self.write_timestamp_at("table")
+    }
+
+    /// [`TableConfig::write_timestamp`] with messages naming `key` (`table`, `processors.<name>.table`).
+    fn write_timestamp_at(&self, key: &str) -> Result<WriteTimestamp, ConfigError> {
+        use TimestampSource as S;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        match (
+            self.timestamp_source,
+            &self.timestamp_field,
+            self.timestamp_fixed_us,
+        ) {
+            (S::Kafka, None, None) => Ok(WriteTimestamp::Kafka),
+            (S::Now, None, None) => Ok(WriteTimestamp::Now),
+            (S::Fixed, None, Some(us)) => Ok(WriteTimestamp::Fixed(us)),
+            (S::Field, Some(f), None) => Ok(WriteTimestamp::Field(f.clone())),
+            (S::Fixed, _, None) | (S::Kafka | S::Field | S::Now, _, Some(_)) => bad(format!(
+                "{key}.timestamp_fixed_us goes with {key}.timestamp_source = \"fixed\", and only with it"
+            )),
+            (S::Field, None, None) => bad(format!(
+                "{key}.timestamp_source = \"field\" needs {key}.timestamp_field"
+            )),
+            (S::Kafka | S::Now | S::Fixed, Some(_), _) => bad(format!(
+                "{key}.timestamp_field is only used with {key}.timestamp_source = \"field\""
+            )),
+        }
+    }
+
+    /// Every check of one table that needs no service; `key` names it in messages (`table` for the
+    /// primary `[table]`, `processors.<name>.table` for an insert step's).
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.keyspace.is_empty() || self.table.is_empty() {
+            return bad(format!("{key}.keyspace and {key}.table must be set"));
+        }
+        if self.columns.is_empty() {
+            return bad(format!(
+                "{key}.columns must map at least one column to a field"
             ));
         }
-        match (self.timestamp_source.as_str(), &self.timestamp_field) {
-            ("fixed", None) => Ok(TimestampSource::Fixed(
-                self.timestamp_fixed_us.unwrap_or_default(),
-            )),
-            ("kafka", None) => Ok(TimestampSource::Kafka),
-            ("now", None) => Ok(TimestampSource::Now),
-            ("field", Some(f)) => Ok(TimestampSource::Field(f.clone())),
-            ("field", None) => Err(ConfigError::Invalid(
-                "table.timestamp_source = \"field\" needs table.timestamp_field".into(),
-            )),
-            ("kafka" | "now" | "fixed", Some(_)) => Err(ConfigError::Invalid(
-                "table.timestamp_field is only used with table.timestamp_source = \"field\"".into(),
-            )),
-            (other, _) => Err(ConfigError::Invalid(format!(
-                "table.timestamp_source '{other}' is not one of kafka, field, fixed, now"
-            ))),
+        if self.ttl_seconds > 0 && self.ttl_field.is_some() {
+            return bad(format!(
+                "{key}.ttl_seconds and {key}.ttl_field are exclusive; keep one"
+            ));
         }
+        if i32::try_from(self.ttl_seconds).is_err() {
+            return bad(format!(
+                "{key}.ttl_seconds {} is larger than CQL allows (at most {})",
+                self.ttl_seconds,
+                i32::MAX
+            ));
+        }
+        self.write_timestamp_at(key)?;
+        Ok(())
     }
 }
 
@@ -243,22 +466,25 @@ pub enum ProcessorConfig {
     Filter {
         name: String,
         field: String,
-        /// Equal to this value (compared as text: enums by symbol, numbers in decimal).
+        /// Equal to this value (compared as text: enums by symbol, numbers in decimal). Default: none.
         #[serde(default)]
         equals: Option<toml::Value>,
-        /// One of these values (as text).
+        /// One of these values (as text); key `in`. Default: none.
         #[serde(default, rename = "in")]
         one_of: Option<Vec<toml::Value>>,
-        /// Present (not null) when true; absent when false.
+        /// Present (not null) when true; absent when false. Default: none.
         #[serde(default)]
         present: Option<bool>,
-        /// Numeric comparisons.
+        /// Greater than this number. Default: none.
         #[serde(default)]
         gt: Option<f64>,
+        /// Greater than or equal to this number. Default: none.
         #[serde(default)]
         ge: Option<f64>,
+        /// Less than this number. Default: none.
         #[serde(default)]
         lt: Option<f64>,
+        /// Less than or equal to this number. Default: none.
         #[serde(default)]
         le: Option<f64>,
         /// Keep matching records (default true); false drops them instead.
@@ -276,21 +502,36 @@ pub enum ProcessorConfig {
         /// Per-shard cache of lookups (entries); 0 disables it. Default 10000.
         #[serde(default = "default_cache_entries")]
         cache_entries: usize,
-        /// How long a cached answer (or a cached miss) is trusted. Default 60000.
-        #[serde(default = "default_cache_ttl_ms")]
-        cache_ttl_ms: u64,
+        /// How long a cached answer (or a cached miss) is trusted. Key `cache_ttl_ms`, in
+        /// milliseconds. Default 60000 ms.
+        #[serde(
+            rename = "cache_ttl_ms",
+            default = "default_cache_ttl",
+            deserialize_with = "millis"
+        )]
+        cache_ttl: Duration,
         /// `drop` the record, fill `defaults`, or `dead_letter` it. Default `default`.
-        #[serde(default = "default_on_miss")]
-        on_miss: String,
+        #[serde(default, deserialize_with = "de_on_miss")]
+        on_miss: MissPolicy,
         /// Field → value used on a miss with `on_miss = "default"` (missing ones stay null).
+        /// Default: none.
         #[serde(default)]
         defaults: BTreeMap<String, toml::Value>,
-        /// Per-request timeout. Default 1000.
-        #[serde(default = "default_step_timeout_ms")]
-        timeout_ms: u64,
-        /// Speculative execution: send the SELECT to another replica after this delay. Default: off.
-        #[serde(default)]
-        speculative_delay_ms: Option<u64>,
+        /// Per-request timeout. Key `timeout_ms`, in milliseconds. Default 1000 ms.
+        #[serde(
+            rename = "timeout_ms",
+            default = "default_step_timeout",
+            deserialize_with = "millis"
+        )]
+        timeout: Duration,
+        /// Speculative execution: send the SELECT to another replica after this delay. Key
+        /// `speculative_delay_ms`, in milliseconds. Default: none (off).
+        #[serde(
+            rename = "speculative_delay_ms",
+            default,
+            deserialize_with = "opt_millis"
+        )]
+        speculative_delay: Option<Duration>,
     },
     /// One more table written from the record, with its own mapping, TTL and write timestamp.
     Insert { name: String, table: TableConfig },
@@ -329,20 +570,31 @@ impl ProcessorConfig {
     }
 }
 
+/// What a lookup does when the key has no row (`on_miss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissPolicy {
+    /// `drop`: the record goes no further down the chain, as if a filter had dropped it.
+    Drop,
+    /// `default`: the lookup's fields take the step's `defaults` (missing ones stay null). The default.
+    #[default]
+    Default,
+    /// `dead_letter`: the record fails the step and takes the dead-letter path
+    /// (`kafka.dead_letter_topic`).
+    DeadLetter,
+}
+
 fn default_true() -> bool {
     true
 }
 fn default_cache_entries() -> usize {
     10_000
 }
-fn default_cache_ttl_ms() -> u64 {
-    60_000
+fn default_cache_ttl() -> Duration {
+    Duration::from_millis(60_000)
 }
-fn default_on_miss() -> String {
-    "default".into()
-}
-fn default_step_timeout_ms() -> u64 {
-    1000
+fn default_step_timeout() -> Duration {
+    Duration::from_millis(1000)
 }
 
 /// Placement: which cores run shards.
@@ -358,9 +610,14 @@ pub struct ShardsConfig {
     /// glommio io_uring buffer memory per shard. Default 2 MiB (shards do no file I/O).
     #[serde(default = "default_io_memory_bytes")]
     pub io_memory_bytes: usize,
-    /// How long a graceful stop waits for in-flight writes before committing what is done. Default 10000.
-    #[serde(default = "default_shutdown_deadline_ms")]
-    pub shutdown_deadline_ms: u64,
+    /// How long a graceful stop waits for in-flight writes before committing what is done. Key
+    /// `shutdown_deadline_ms`, in milliseconds. Default 10000 ms.
+    #[serde(
+        rename = "shutdown_deadline_ms",
+        default = "default_shutdown_deadline",
+        deserialize_with = "millis"
+    )]
+    pub shutdown_deadline: Duration,
 }
 
 impl Default for ShardsConfig {
@@ -369,7 +626,7 @@ impl Default for ShardsConfig {
             cores: None,
             bridge_cores: None,
             io_memory_bytes: default_io_memory_bytes(),
-            shutdown_deadline_ms: default_shutdown_deadline_ms(),
+            shutdown_deadline: default_shutdown_deadline(),
         }
     }
 }
@@ -391,51 +648,61 @@ impl Default for MetricsConfig {
     }
 }
 
-fn default_commit_interval_ms() -> u64 {
-    1000
+fn default_commit_interval() -> Duration {
+    Duration::from_millis(1000)
 }
-fn default_offset_reset() -> String {
-    "earliest".into()
+fn default_session_timeout() -> Duration {
+    Duration::from_millis(10_000)
 }
-fn default_session_timeout_ms() -> u64 {
-    10_000
+fn default_registry_timeout() -> Duration {
+    Duration::from_millis(5000)
 }
-fn default_registry_timeout_ms() -> u64 {
-    5000
-}
-fn default_consistency() -> String {
-    "local_quorum".into()
-}
-fn default_request_timeout_ms() -> u64 {
-    5000
+fn default_request_timeout() -> Duration {
+    Duration::from_millis(5000)
 }
 fn default_max_in_flight() -> usize {
     256
 }
-fn default_timestamp_source() -> String {
-    "kafka".into()
-}
-fn default_null_values() -> String {
-    "unset".into()
-}
 fn default_io_memory_bytes() -> usize {
     2 << 20
 }
-fn default_shutdown_deadline_ms() -> u64 {
-    10_000
+fn default_shutdown_deadline() -> Duration {
+    Duration::from_millis(10_000)
 }
 fn default_metrics_listen() -> String {
     "127.0.0.1:9898".into()
 }
 
-/// Where the write timestamp comes from, as checked by `validate`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TimestampSource {
-    Kafka,
-    Field(String),
-    /// A constant write timestamp in µs.
-    Fixed(i64),
-    Now,
+/// Reads a `*_ms` key: a whole number of milliseconds.
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+/// [`millis`] for an optional key (absent: `None`).
+fn opt_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<u64>::deserialize(d).map(|ms| ms.map(Duration::from_millis))
+}
+
+/// Reads a config enum and names `key` in the error. Inside `[[processors]]` serde reads the step
+/// as a whole before its fields, so toml's own message would point at the step, not at the key.
+fn keyed<'de, D: Deserializer<'de>, T: Deserialize<'de>>(key: &str, d: D) -> Result<T, D::Error> {
+    T::deserialize(d)
+        .map_err(|e| serde::de::Error::custom(format!("{key}: {}", e.to_string().trim_end())))
+}
+fn de_consistency<'de, D: Deserializer<'de>>(d: D) -> Result<Consistency, D::Error> {
+    keyed("scylla.consistency", d)
+}
+fn de_offset_reset<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetReset, D::Error> {
+    keyed("kafka.offset_reset", d)
+}
+fn de_timestamp_source<'de, D: Deserializer<'de>>(d: D) -> Result<TimestampSource, D::Error> {
+    keyed("timestamp_source", d)
+}
+fn de_null_values<'de, D: Deserializer<'de>>(d: D) -> Result<NullValues, D::Error> {
+    keyed("null_values", d)
+}
+fn de_on_miss<'de, D: Deserializer<'de>>(d: D) -> Result<MissPolicy, D::Error> {
+    keyed("on_miss", d)
 }
 
 /// Librdkafka keys that shardline owns: setting them through the passthrough map would break
@@ -476,6 +743,7 @@ impl Config {
     }
 
     /// Environment overrides for addresses and secrets; `get` is injected so tests need no env.
+    /// `SHARDLINE_SCYLLA_PASSWORD` is the only source of `scylla.password`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
         if let Some(b) = get("SHARDLINE_KAFKA_BROKERS") {
             self.kafka.brokers = b;
@@ -488,6 +756,9 @@ impl Config {
         }
         if let Some(n) = get("SHARDLINE_SCYLLA_NODES") {
             self.scylla.nodes = n.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        if let Some(p) = get("SHARDLINE_SCYLLA_PASSWORD") {
+            self.scylla.password = Some(p);
         }
     }
 
@@ -510,14 +781,8 @@ impl Config {
                 ));
             }
         }
-        if self.kafka.commit_interval_ms == 0 {
+        if self.kafka.commit_interval.is_zero() {
             return bad("kafka.commit_interval_ms must be > 0".into());
-        }
-        if !["earliest", "latest"].contains(&self.kafka.offset_reset.as_str()) {
-            return bad(format!(
-                "kafka.offset_reset must be 'earliest' or 'latest', not '{}'",
-                self.kafka.offset_reset
-            ));
         }
         for key in self.kafka.librdkafka.keys() {
             if OWNED_RDKAFKA_KEYS.contains(&key.as_str()) {
@@ -542,13 +807,7 @@ impl Config {
         if self.scylla.nodes.is_empty() {
             return bad("scylla.nodes must list at least one host:port".into());
         }
-        if crate::sink::parse_consistency(&self.scylla.consistency).is_none() {
-            return bad(format!(
-                "scylla.consistency '{}' is not one of any, one, two, three, quorum, all, local_quorum, each_quorum, local_one",
-                self.scylla.consistency
-            ));
-        }
-        if self.scylla.request_timeout_ms == 0 {
+        if self.scylla.request_timeout.is_zero() {
             return bad("scylla.request_timeout_ms must be > 0".into());
         }
         if self.scylla.tls_cert_file.is_some() != self.scylla.tls_key_file.is_some() {
@@ -565,22 +824,7 @@ impl Config {
         if self.scylla.max_in_flight_per_shard == 0 {
             return bad("scylla.max_in_flight_per_shard must be at least 1".into());
         }
-        if self.table.keyspace.is_empty() || self.table.table.is_empty() {
-            return bad("table.keyspace and table.table must be set".into());
-        }
-        if self.table.columns.is_empty() {
-            return bad("table.columns must map at least one column to a field".into());
-        }
-        if self.table.ttl_seconds > 0 && self.table.ttl_field.is_some() {
-            return bad("table.ttl_seconds and table.ttl_field are exclusive; keep one".into());
-        }
-        self.timestamp_source()?;
-        if !["unset", "null"].contains(&self.table.null_values.as_str()) {
-            return bad(format!(
-                "table.null_values must be 'unset' or 'null', not '{}'",
-                self.table.null_values
-            ));
-        }
+        self.table.validate("table")?;
         if let Some(cores) = &self.shards.cores {
             if cores.is_empty() {
                 return bad(
@@ -622,15 +866,11 @@ impl Config {
             }
             match p {
                 ProcessorConfig::Lookup {
-                    on_miss,
                     key_fields,
                     query,
                     columns,
                     ..
                 } => {
-                    if !["drop", "default", "dead_letter"].contains(&on_miss.as_str()) {
-                        return bad(format!("processors.{n}.on_miss must be drop, default or dead_letter, not '{on_miss}'"));
-                    }
                     if key_fields.is_empty() || query.matches('?').count() != key_fields.len() {
                         return bad(format!(
                             "processors.{n}: the query needs one '?' per key field ({})",
@@ -644,12 +884,7 @@ impl Config {
                     }
                 }
                 ProcessorConfig::Insert { table, .. } => {
-                    table.timestamp_source()?;
-                    if table.columns.is_empty() {
-                        return bad(format!(
-                            "processors.{n}.table.columns must map at least one column"
-                        ));
-                    }
+                    table.validate(&format!("processors.{n}.table"))?;
                 }
                 ProcessorConfig::Produce { topic, .. } => {
                     if self.kafka.topics.contains(topic) {
@@ -671,11 +906,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// The checked write-timestamp source of the primary table.
-    pub fn timestamp_source(&self) -> Result<TimestampSource, ConfigError> {
-        self.table.timestamp_source()
     }
 
     /// The subject checked at start-up.
@@ -797,13 +1027,116 @@ columns = { uid = "uid", url = "url" }
     fn minimal_config_gets_documented_defaults() {
         let c = Config::parse(MINIMAL).expect("minimal config parses");
         c.validate().expect("minimal config is valid");
-        assert_eq!(c.kafka.commit_interval_ms, 1000);
-        assert_eq!(c.scylla.consistency, "local_quorum");
+        assert_eq!(c.kafka.commit_interval, Duration::from_millis(1000));
+        assert_eq!(c.kafka.offset_reset, OffsetReset::Earliest);
+        assert_eq!(c.kafka.session_timeout, Duration::from_millis(10_000));
+        assert_eq!(c.schema.registry_timeout, Duration::from_millis(5000));
+        assert_eq!(c.scylla.consistency, Consistency::LocalQuorum);
+        assert_eq!(c.scylla.request_timeout, Duration::from_millis(5000));
+        assert_eq!(c.scylla.password, None);
         assert_eq!(c.scylla.max_in_flight_per_shard, 256);
+        assert_eq!(c.table.null_values, NullValues::Unset);
+        assert_eq!(c.table.timestamp_source, TimestampSource::Kafka);
+        assert_eq!(
+            c.table.write_timestamp().expect("valid"),
+            WriteTimestamp::Kafka
+        );
+        assert_eq!(c.shards.shutdown_deadline, Duration::from_millis(10_000));
         assert_eq!(c.metrics.listen, "127.0.0.1:9898");
         assert_eq!(c.shards.io_memory_bytes, 2 << 20);
-        assert_eq!(c.timestamp_source().expect("valid"), TimestampSource::Kafka);
         assert_eq!(c.subject(), "navigation-value");
+    }
+
+    #[test]
+    fn a_missing_schema_section_keeps_the_documented_registry_timeout() {
+        let text = MINIMAL.replace(
+            "[schema]\nregistry_url = \"http://127.0.0.1:8081/apis/ccompat/v7\"\n",
+            "",
+        );
+        assert!(!text.contains("[schema]"), "the test edit applied");
+        let mut c = Config::parse(&text).expect("parses");
+        assert_eq!(c.schema.registry_timeout, Duration::from_millis(5000));
+        c.apply_env(|k| (k == "SHARDLINE_REGISTRY_URL").then(|| "http://r:8081".to_string()));
+        c.validate()
+            .expect("the registry URL came from the environment");
+    }
+
+    #[test]
+    fn lookup_steps_get_documented_defaults() {
+        let text = format!(
+            "{MINIMAL}\n[[processors]]\nkind = \"lookup\"\nname = \"seg\"\n\
+             query = \"SELECT s FROM ks.u WHERE uid = ?\"\nkey_fields = [\"uid\"]\n\
+             columns = {{ s = \"segment\" }}\n"
+        );
+        let c = Config::parse(&text).expect("parses");
+        c.validate().expect("valid");
+        match &c.processors[..] {
+            [ProcessorConfig::Lookup {
+                cache_entries,
+                cache_ttl,
+                on_miss,
+                timeout,
+                speculative_delay,
+                ..
+            }] => {
+                assert_eq!(*cache_entries, 10_000);
+                assert_eq!(*cache_ttl, Duration::from_millis(60_000));
+                assert_eq!(*on_miss, MissPolicy::Default);
+                assert_eq!(*timeout, Duration::from_millis(1000));
+                assert_eq!(*speculative_delay, None);
+            }
+            other => panic!("expected one lookup step, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_are_read_in_milliseconds() {
+        let latency = Config::parse(include_str!("../../tuning/latency.toml")).expect("parses");
+        assert_eq!(latency.kafka.commit_interval, Duration::from_millis(500));
+        assert_eq!(latency.scylla.request_timeout, Duration::from_secs(2));
+        assert_eq!(latency.shards.shutdown_deadline, Duration::from_secs(5));
+        let text = MINIMAL
+            .replace(
+                "group_id = \"g\"",
+                "group_id = \"g\"\nsession_timeout_ms = 45000",
+            )
+            .replace("[schema]\n", "[schema]\nregistry_timeout_ms = 250\n");
+        let c = Config::parse(&text).expect("parses");
+        assert_eq!(c.kafka.session_timeout, Duration::from_secs(45));
+        assert_eq!(c.schema.registry_timeout, Duration::from_millis(250));
+
+        let enrichment =
+            Config::parse(include_str!("../../tuning/enrichment.toml")).expect("parses");
+        match enrichment.processors.first() {
+            Some(ProcessorConfig::Lookup {
+                cache_ttl,
+                timeout,
+                speculative_delay,
+                on_miss,
+                ..
+            }) => {
+                assert_eq!(*cache_ttl, Duration::from_secs(60));
+                assert_eq!(*timeout, Duration::from_secs(1));
+                assert_eq!(*speculative_delay, Some(Duration::from_millis(20)));
+                assert_eq!(*on_miss, MissPolicy::Default);
+            }
+            other => panic!("expected the lookup step first, got {other:?}"),
+        }
+
+        // Still milliseconds, still checked: zero and negative values are refused.
+        let zero = MINIMAL.replace(
+            "nodes = [\"127.0.0.1:9042\"]",
+            "nodes = [\"127.0.0.1:9042\"]\nrequest_timeout_ms = 0",
+        );
+        assert!(invalid(&zero).contains("scylla.request_timeout_ms"));
+        let negative = MINIMAL.replace(
+            "group_id = \"g\"",
+            "group_id = \"g\"\ncommit_interval_ms = -1",
+        );
+        assert!(parse_error(&negative).contains("commit_interval_ms"));
+        // The Rust field name is not a file key.
+        let renamed = MINIMAL.replace("group_id = \"g\"", "group_id = \"g\"\ncommit_interval = 5");
+        assert!(parse_error(&renamed).contains("commit_interval"));
     }
 
     #[test]
@@ -825,6 +1158,138 @@ columns = { uid = "uid", url = "url" }
         }
     }
 
+    fn parse_error(text: &str) -> String {
+        match Config::parse(text) {
+            Err(ConfigError::Parse { message, .. }) => message,
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_enum_refuses_a_bad_value_naming_the_key() {
+        let offset = MINIMAL.replace(
+            "group_id = \"g\"",
+            "group_id = \"g\"\noffset_reset = \"newest\"",
+        );
+        let consistency = MINIMAL.replace(
+            "nodes = [\"127.0.0.1:9042\"]",
+            "nodes = [\"127.0.0.1:9042\"]\nconsistency = \"lots\"",
+        );
+        let nulls = format!("{MINIMAL}null_values = \"zero\"\n");
+        let source = format!("{MINIMAL}timestamp_source = \"clock\"\n");
+        let enrichment = include_str!("../../tuning/enrichment.toml");
+        let miss = enrichment.replace("on_miss = \"default\"", "on_miss = \"ignore\"");
+        // Inside [[processors]] toml's own message points at the step; ours names the key.
+        let step_nulls = enrichment.replace(
+            "table = { keyspace = \"shardline\", table = \"visits_by_uid\",",
+            "table = { keyspace = \"shardline\", table = \"visits_by_uid\", null_values = \"zero\",",
+        );
+        let step_source = enrichment.replace(
+            "table = { keyspace = \"shardline\", table = \"visits_by_uid\",",
+            "table = { keyspace = \"shardline\", table = \"visits_by_uid\", timestamp_source = \"clock\",",
+        );
+        for (text, key, value) in [
+            (offset.as_str(), "offset_reset", "newest"),
+            (consistency.as_str(), "consistency", "lots"),
+            (nulls.as_str(), "null_values", "zero"),
+            (source.as_str(), "timestamp_source", "clock"),
+            (miss.as_str(), "on_miss", "ignore"),
+            (step_nulls.as_str(), "null_values", "zero"),
+            (step_source.as_str(), "timestamp_source", "clock"),
+        ] {
+            assert!(
+                text.contains(&format!("\"{value}\"")),
+                "the test edit of {key} applied"
+            );
+            let m = parse_error(text);
+            assert!(m.contains(key) && m.contains(value), "{key}: {m}");
+        }
+    }
+
+    #[test]
+    fn consistency_is_accepted_in_snake_and_upper_case() {
+        for (spelling, level, driver) in [
+            (
+                "local_quorum",
+                Consistency::LocalQuorum,
+                scylla::statement::Consistency::LocalQuorum,
+            ),
+            (
+                "LOCAL_QUORUM",
+                Consistency::LocalQuorum,
+                scylla::statement::Consistency::LocalQuorum,
+            ),
+            (
+                "LOCAL_ONE",
+                Consistency::LocalOne,
+                scylla::statement::Consistency::LocalOne,
+            ),
+            ("one", Consistency::One, scylla::statement::Consistency::One),
+            (
+                "EACH_QUORUM",
+                Consistency::EachQuorum,
+                scylla::statement::Consistency::EachQuorum,
+            ),
+            ("any", Consistency::Any, scylla::statement::Consistency::Any),
+        ] {
+            let text = MINIMAL.replace(
+                "nodes = [\"127.0.0.1:9042\"]",
+                &format!("nodes = [\"127.0.0.1:9042\"]\nconsistency = \"{spelling}\""),
+            );
+            let c = Config::parse(&text).unwrap_or_else(|e| panic!("{spelling}: {e}"));
+            assert_eq!(c.scylla.consistency, level, "{spelling}");
+            assert_eq!(c.scylla.consistency.to_driver(), driver, "{spelling}");
+        }
+    }
+
+    #[test]
+    fn the_other_enums_parse_their_values() {
+        let text = format!(
+            "{MINIMAL}null_values = \"null\"\ntimestamp_source = \"fixed\"\ntimestamp_fixed_us = 7\n"
+        )
+        .replace(
+            "group_id = \"g\"",
+            "group_id = \"g\"\noffset_reset = \"latest\"",
+        );
+        let c = Config::parse(&text).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.kafka.offset_reset, OffsetReset::Latest);
+        assert_eq!(c.kafka.offset_reset.as_str(), "latest");
+        assert_eq!(OffsetReset::Earliest.as_str(), "earliest");
+        assert_eq!(c.table.null_values, NullValues::Null);
+        assert_eq!(c.table.timestamp_source, TimestampSource::Fixed);
+        assert_eq!(
+            c.table.write_timestamp().expect("valid"),
+            WriteTimestamp::Fixed(7)
+        );
+        let now = Config::parse(&format!("{MINIMAL}timestamp_source = \"now\"\n")).expect("parses");
+        assert_eq!(
+            now.table.write_timestamp().expect("valid"),
+            WriteTimestamp::Now
+        );
+        let field = Config::parse(&format!(
+            "{MINIMAL}timestamp_source = \"field\"\ntimestamp_field = \"ts\"\n"
+        ))
+        .expect("parses");
+        assert_eq!(
+            field.table.write_timestamp().expect("valid"),
+            WriteTimestamp::Field("ts".into())
+        );
+        for (policy, want) in [
+            ("drop", MissPolicy::Drop),
+            ("default", MissPolicy::Default),
+            ("dead_letter", MissPolicy::DeadLetter),
+        ] {
+            let text = include_str!("../../tuning/enrichment.toml")
+                .replace("on_miss = \"default\"", &format!("on_miss = \"{policy}\""));
+            let c = Config::parse(&text).unwrap_or_else(|e| panic!("{policy}: {e}"));
+            assert!(
+                matches!(c.processors.first(), Some(ProcessorConfig::Lookup { on_miss, .. }) if *on_miss == want),
+                "{policy}"
+            );
+        }
+    }
+
     #[test]
     fn validate_messages_name_the_key() {
         assert!(invalid(&MINIMAL.replace(
@@ -834,7 +1299,7 @@ columns = { uid = "uid", url = "url" }
         .contains("kafka.dead_letter_topic"));
         assert!(invalid(&MINIMAL.replace(
             "nodes = [\"127.0.0.1:9042\"]",
-            "nodes = []\nconsistency = \"lots\""
+            "nodes = []\nconsistency = \"QUORUM\""
         ))
         .contains("scylla.nodes"));
         assert!(
@@ -842,7 +1307,20 @@ columns = { uid = "uid", url = "url" }
                 .contains("exclusive")
         );
         assert!(invalid(&format!("{MINIMAL}timestamp_source = \"field\"\n"))
-            .contains("timestamp_field"));
+            .contains("table.timestamp_field"));
+        assert!(invalid(&format!("{MINIMAL}timestamp_source = \"fixed\"\n"))
+            .contains("table.timestamp_fixed_us"));
+        assert!(invalid(&format!(
+            "{MINIMAL}timestamp_source = \"fixed\"\ntimestamp_fixed_us = 1\ntimestamp_field = \"ts\"\n"
+        ))
+        .contains("table.timestamp_field is only used"));
+        assert!(
+            invalid(&format!("{MINIMAL}ttl_seconds = 3000000000\n")).contains("table.ttl_seconds")
+        );
+        assert!(
+            invalid(&MINIMAL.replace("keyspace = \"ks\"", "keyspace = \"\""))
+                .contains("table.keyspace")
+        );
         assert!(invalid(&format!("{MINIMAL}[shards]\ncores = [0, 0]\n")).contains("twice"));
         assert!(
             invalid(&format!("{MINIMAL}[metrics]\nlisten = \"nowhere\"\n"))
@@ -866,6 +1344,7 @@ columns = { uid = "uid", url = "url" }
             "SHARDLINE_KAFKA_BROKERS" => Some("k1:9092,k2:9092".into()),
             "SHARDLINE_SCYLLA_NODES" => Some("s1:9042, s2:9042".into()),
             "SHARDLINE_KAFKA_SASL_PASSWORD" => Some("hunter2".into()),
+            "SHARDLINE_SCYLLA_PASSWORD" => Some("correct-horse".into()),
             _ => None,
         });
         assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
@@ -874,6 +1353,45 @@ columns = { uid = "uid", url = "url" }
             c.kafka.librdkafka.get("sasl.password").map(String::as_str),
             Some("hunter2")
         );
+        assert_eq!(c.scylla.password.as_deref(), Some("correct-horse"));
+    }
+
+    #[test]
+    fn the_scylla_password_is_not_a_file_key() {
+        let text = MINIMAL.replace(
+            "nodes = [\"127.0.0.1:9042\"]",
+            "nodes = [\"127.0.0.1:9042\"]\nusername = \"u\"\npassword = \"in-the-file\"",
+        );
+        assert!(parse_error(&text).contains("password"));
+    }
+
+    #[test]
+    fn debug_output_redacts_the_secrets() {
+        let mut c = Config::parse(&MINIMAL.replace(
+            "nodes = [\"127.0.0.1:9042\"]",
+            "nodes = [\"127.0.0.1:9042\"]\nusername = \"writer\"",
+        ))
+        .expect("parses");
+        c.apply_env(|k| match k {
+            "SHARDLINE_SCYLLA_PASSWORD" => Some("correct-horse".into()),
+            "SHARDLINE_KAFKA_SASL_PASSWORD" => Some("hunter2".into()),
+            _ => None,
+        });
+        for shown in [
+            format!("{c:?}"),
+            format!("{:?}", c.scylla),
+            format!("{c:#?}"),
+        ] {
+            assert!(!shown.contains("correct-horse"), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+            assert!(
+                shown.contains("writer"),
+                "the username is not a secret: {shown}"
+            );
+        }
+        let anonymous = Config::parse(MINIMAL).expect("parses");
+        assert!(format!("{:?}", anonymous.scylla).contains("password: None"));
     }
 
     #[test]
@@ -920,9 +1438,44 @@ columns = { uid = "uid", url = "url" }
         );
         assert!(invalid(&swapped).contains("'late' changes the record but comes after"));
         let bad_miss = base.replace("on_miss = \"default\"", "on_miss = \"ignore\"");
-        assert!(invalid(&bad_miss).contains("on_miss"));
+        assert!(parse_error(&bad_miss).contains("on_miss"));
         let bad_q = base.replace("WHERE uid = ?", "WHERE uid = ? AND x = ?");
         assert!(invalid(&bad_q).contains("one '?' per key field"));
+    }
+
+    #[test]
+    fn insert_step_tables_get_every_table_check() {
+        let base = include_str!("../../tuning/enrichment.toml");
+        let visits =
+            "table = { keyspace = \"shardline\", table = \"visits_by_uid\", ttl_seconds = 2592000,";
+        assert!(
+            base.contains(visits),
+            "the enrichment profile still has the visits step"
+        );
+        let both_ttls = base.replace(
+            visits,
+            "table = { keyspace = \"shardline\", table = \"visits_by_uid\", ttl_seconds = 2592000, ttl_field = \"ttl\",",
+        );
+        let m = invalid(&both_ttls);
+        assert!(
+            m.contains("processors.visits.table.ttl_seconds") && m.contains("exclusive"),
+            "{m}"
+        );
+        let no_keyspace = base.replace(
+            visits,
+            "table = { keyspace = \"\", table = \"visits_by_uid\",",
+        );
+        assert!(invalid(&no_keyspace).contains("processors.visits.table.keyspace"));
+        let huge_ttl = base.replace(
+            visits,
+            "table = { keyspace = \"shardline\", table = \"visits_by_uid\", ttl_seconds = 3000000000,",
+        );
+        assert!(invalid(&huge_ttl).contains("processors.visits.table.ttl_seconds"));
+        let lone_field = base.replace(
+            visits,
+            "table = { keyspace = \"shardline\", table = \"visits_by_uid\", ttl_seconds = 2592000, timestamp_source = \"field\",",
+        );
+        assert!(invalid(&lone_field).contains("processors.visits.table.timestamp_field"));
     }
 
     #[test]

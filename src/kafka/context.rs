@@ -31,6 +31,9 @@ pub struct ShardContext {
     pub first_assign: AtomicBool,
     /// True while this shard's partitions are held paused by the start barrier.
     pub held: Arc<AtomicBool>,
+    /// True while back-pressure (the spent in-flight budget) pauses this shard: newly assigned
+    /// partitions stay paused, or a rebalance would pull the backlog into memory.
+    pub budget_paused: Arc<AtomicBool>,
 }
 
 fn parts(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -88,7 +91,8 @@ impl ConsumerContext for ShardContext {
                     self.joined.fetch_add(1, Ordering::SeqCst);
                 }
                 let hold = self.joined.load(Ordering::SeqCst) < self.shards;
-                let r = if hold { c.pause(tpl) } else { c.resume(tpl) };
+                let pause = hold || self.budget_paused.load(Ordering::SeqCst);
+                let r = if pause { c.pause(tpl) } else { c.resume(tpl) };
                 if let Err(e) = r {
                     tracing::warn!(shard = self.shard, error = %e, "start barrier pause/resume failed");
                 }

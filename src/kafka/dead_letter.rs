@@ -1,8 +1,13 @@
 //! The dead-letter producer: a record that cannot be processed is produced, with its original key and
 //! value, to the dead-letter topic, with headers that say why and where it came from.
 //!
-//! Guarantee: the returned future resolves only when the broker acknowledged the dead letter (acks=all,
-//! idempotent producer); the shard marks the source offset done only then.
+//! Guarantee: [`DeadLetterProducer::deliver`] resolves Ok only when the broker acknowledged the dead
+//! letter (acks=all, idempotent producer); the shard marks the source offset done only then. Transient
+//! errors are retried (a stop ends the wait); a dead letter the broker can never take (too large) is
+//! sent once more with its key and value cut to [`TRUNCATED_KEEP`] bytes and a
+//! [`headers::TRUNCATED`] header giving the original sizes; if even that fails, or the topic refuses
+//! the producer (authorization), the error comes back and the shard stops without committing.
+//! Headers carry classes, positions and messages that name fields and types, never record values.
 //! Precondition: created inside the shard's glommio executor (its runtime hooks are glommio's).
 
 use std::time::Duration;
@@ -11,6 +16,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::{GlommioRuntime, KafkaError};
+use crate::metrics::{events, ShardMetrics};
+use crate::retry::{retry, RetryError, RetryPolicy, Scope, Shutdown};
 
 /// Header names of a dead letter.
 pub mod headers {
@@ -21,7 +28,12 @@ pub mod headers {
     pub const SOURCE_OFFSET: &str = "shardline.source.offset";
     pub const SHARD: &str = "shardline.shard";
     pub const TIME_MS: &str = "shardline.time_ms";
+    /// Present when key and value were cut: `key=<bytes>,value=<bytes>` of the original.
+    pub const TRUNCATED: &str = "shardline.truncated";
 }
+
+/// How many bytes of key and value a truncated dead letter keeps.
+pub const TRUNCATED_KEEP: usize = 1024;
 
 /// What a dead letter carries besides the original bytes.
 pub struct DeadLetter {
@@ -33,6 +45,20 @@ pub struct DeadLetter {
     pub partition: i32,
     pub offset: i64,
     pub shard: usize,
+    /// Set by [`DeadLetter::truncated`].
+    pub truncated: Option<String>,
+}
+
+impl DeadLetter {
+    /// The same dead letter with key and value cut to [`TRUNCATED_KEEP`] bytes, saying so in a header.
+    pub fn truncated(mut self) -> DeadLetter {
+        let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+        self.truncated = Some(format!("key={},value={}", len(&self.key), len(&self.value)));
+        for part in [&mut self.key, &mut self.value].into_iter().flatten() {
+            part.truncate(TRUNCATED_KEEP);
+        }
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -51,8 +77,31 @@ impl DeadLetterProducer {
         })
     }
 
+    /// Delivers a dead letter: transient errors retried, a too-large one truncated once (see the
+    /// module's guarantee). Err: it could not be delivered and the source record must stay uncommitted.
+    pub async fn deliver(
+        &self,
+        d: DeadLetter,
+        shutdown: &Shutdown,
+        metrics: &ShardMetrics,
+    ) -> Result<(), RetryError<KafkaError>> {
+        let on_retry = |e: &KafkaError, attempt, wait| {
+            events::write_retried(metrics, "dead_letter", attempt, wait, e)
+        };
+        let policy = RetryPolicy::UNTIL_STOPPED;
+        match retry(&policy, shutdown, || self.send(&d), on_retry).await {
+            Err(RetryError::Permanent(e)) if e.scope() == Scope::Record => {
+                tracing::warn!(shard = d.shard, topic = %d.topic, partition = d.partition, offset = d.offset,
+                    error = %e, "dead letter refused by the broker: sending it truncated");
+                let cut = d.truncated();
+                retry(&policy, shutdown, || self.send(&cut), on_retry).await
+            }
+            other => other,
+        }
+    }
+
     /// Produces one dead letter and waits for its acknowledgement.
-    pub async fn send(&self, d: DeadLetter) -> Result<(), KafkaError> {
+    async fn send(&self, d: &DeadLetter) -> Result<(), KafkaError> {
         let partition = d.partition.to_string();
         let offset = d.offset.to_string();
         let shard = d.shard.to_string();
@@ -61,7 +110,7 @@ impl DeadLetterProducer {
             .map(|t| t.as_millis())
             .unwrap_or(0)
             .to_string();
-        let h = OwnedHeaders::new()
+        let mut h = OwnedHeaders::new()
             .insert(Header {
                 key: headers::ERROR_CLASS,
                 value: Some(d.class),
@@ -90,6 +139,12 @@ impl DeadLetterProducer {
                 key: headers::TIME_MS,
                 value: Some(now.as_str()),
             });
+        if let Some(t) = &d.truncated {
+            h = h.insert(Header {
+                key: headers::TRUNCATED,
+                value: Some(t.as_str()),
+            });
+        }
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(h);
         if let Some(k) = &d.key {
             rec = rec.key(k.as_slice());
@@ -101,12 +156,37 @@ impl DeadLetterProducer {
             .send(rec, Duration::from_secs(30))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| KafkaError::DeadLetter(e.to_string()))
+            .map_err(|(e, _)| KafkaError::Produce(e))
     }
 
     /// Waits for queued dead letters (shutdown).
     pub fn flush(&self, timeout: Duration) {
         use rdkafka::producer::Producer;
         let _ = self.producer.flush(timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_dead_letter_keeps_its_headers_and_says_what_was_cut() {
+        let d = DeadLetter {
+            key: Some(vec![b'k'; 10]),
+            value: Some(vec![b'v'; 1_048_000]),
+            class: "corrupt_datum",
+            message: "m".into(),
+            topic: "t".into(),
+            partition: 3,
+            offset: 42,
+            shard: 0,
+            truncated: None,
+        }
+        .truncated();
+        assert_eq!(d.value.as_ref().map(Vec::len), Some(TRUNCATED_KEEP));
+        assert_eq!(d.key.as_ref().map(Vec::len), Some(10));
+        assert_eq!(d.truncated.as_deref(), Some("key=10,value=1048000"));
+        assert_eq!((d.partition, d.offset, d.class), (3, 42, "corrupt_datum"));
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod context;
 pub mod dead_letter;
+pub mod partitions;
 pub mod tracker;
 
 use std::time::Duration;
@@ -18,27 +19,60 @@ use rdkafka::util::AsyncRuntime;
 use thiserror::Error;
 
 use crate::config::KafkaConfig;
+use crate::retry::{Retryable, Scope};
 
 /// Errors of the Kafka boundary.
 #[derive(Debug, Error)]
 pub enum KafkaError {
+    /// Creating, configuring or subscribing a client failed (start-up).
     #[error("kafka client: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
-    #[error("dead-letter produce failed: {0}")]
-    DeadLetter(String),
-    #[error("record cannot be processed and no dead_letter_topic is configured: {0}")]
-    NoDeadLetterTopic(String),
+    /// Producing one record (a dead letter, the produce step) failed; see [`KafkaError::scope`].
+    #[error("produce failed: {0}")]
+    Produce(rdkafka::error::KafkaError),
 }
 
 impl KafkaError {
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            KafkaError::Client(e) => !matches!(
-                e.rdkafka_error_code(),
-                Some(rdkafka::types::RDKafkaErrorCode::InvalidConfig) | None
-            ),
-            KafkaError::DeadLetter(_) => true,
-            KafkaError::NoDeadLetterTopic(_) => false,
+    /// What the error is about: the record (too large, invalid), the client or topic (authorization,
+    /// configuration, a fatal producer state), or neither (timeouts, a full queue, leader changes).
+    pub fn scope(&self) -> Scope {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let code = match self {
+            KafkaError::Client(e) | KafkaError::Produce(e) => e.rdkafka_error_code(),
+        };
+        match code {
+            Some(
+                C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord,
+            ) => Scope::Record,
+            Some(
+                C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::SaslAuthenticationFailed
+                | C::Authentication
+                | C::InvalidConfig
+                | C::Fatal
+                | C::UnknownTopic,
+            ) => Scope::Systemic,
+            // A client error without a librdkafka code (a bad config value at creation) never heals.
+            None => Scope::Systemic,
+            Some(_) => Scope::Transient,
+        }
+    }
+}
+
+impl Retryable for KafkaError {
+    fn is_retryable(&self) -> bool {
+        self.scope() == Scope::Transient
+    }
+
+    fn class(&self) -> &'static str {
+        match self.scope() {
+            Scope::Record => "kafka_record",
+            Scope::Systemic => "kafka_client",
+            Scope::Transient => "kafka_transient",
         }
     }
 }
@@ -85,9 +119,15 @@ pub fn consumer_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", k.commit_interval_ms.to_string())
-        .set("auto.offset.reset", &k.offset_reset)
-        .set("session.timeout.ms", k.session_timeout_ms.to_string())
+        .set(
+            "auto.commit.interval.ms",
+            k.commit_interval.as_millis().to_string(),
+        )
+        .set("auto.offset.reset", k.offset_reset.as_str())
+        .set(
+            "session.timeout.ms",
+            k.session_timeout.as_millis().to_string(),
+        )
         .set("partition.assignment.strategy", "range,roundrobin")
         .set("statistics.interval.ms", "1000");
     // librdkafka prefetches up to 100k records per partition by default, so one partition's backlog
@@ -155,5 +195,22 @@ pub mod admin {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError as Rd;
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    #[test]
+    fn produce_errors_are_scoped_record_client_or_transient() {
+        let scope = |c| KafkaError::Produce(Rd::MessageProduction(c)).scope();
+        assert_eq!(scope(C::MessageSizeTooLarge), Scope::Record);
+        assert_eq!(scope(C::TopicAuthorizationFailed), Scope::Systemic);
+        assert_eq!(scope(C::MessageTimedOut), Scope::Transient);
+        assert_eq!(scope(C::QueueFull), Scope::Transient);
+        assert!(!KafkaError::Produce(Rd::MessageProduction(C::MessageSizeTooLarge)).is_retryable());
     }
 }

@@ -20,14 +20,16 @@ pub fn record_failed(
         .inc();
 }
 
-/// A retryable write error; the write will be tried again after `backoff_ms`.
+/// A retryable error of a write, lookup, produce, dead letter or schema fetch; it will be tried again
+/// after `backoff`.
 pub fn write_retried(
     m: &ShardMetrics,
     kind: &str,
     attempt: u32,
-    backoff_ms: u64,
+    backoff: std::time::Duration,
     error: &dyn std::fmt::Display,
 ) {
+    let backoff_ms = backoff.as_millis() as u64;
     if attempt == 1 || attempt.is_power_of_two() {
         tracing::warn!(shard = %m.shard, kind, attempt, backoff_ms, %error, "write failed, retrying");
     }

@@ -44,6 +44,8 @@ pub struct ShardMetrics {
     pub assigned: IntGaugeVec,
     /// Unix time of the first record this shard consumed, and of its latest completed record.
     pub first_record_time: Gauge,
+    /// Seconds the oldest not-yet-committable record of any partition has waited.
+    pub oldest_pending_seconds: Gauge,
     pub last_done_time: Gauge,
     /// Per processor step: latency and outcomes (passed, dropped, missed, failed), labelled by step name.
     pub step_seconds: HistogramVec,
@@ -160,6 +162,10 @@ impl ShardMetrics {
             "shardline_last_done_time_seconds",
             "Unix time of the shard's latest written or dead-lettered record.",
         );
+        let oldest_pending_seconds = time_gauge(
+            "shardline_oldest_pending_seconds",
+            "Seconds the oldest not-yet-committable record of any partition has waited (a stuck record shows here).",
+        );
         let step_seconds = reg(
             &registry,
             HistogramVec::new(
@@ -185,6 +191,7 @@ impl ShardMetrics {
             step_outcomes,
             lookup_cache,
             first_record_time,
+            oldest_pending_seconds,
             last_done_time,
             shard: s,
             decode_seconds,

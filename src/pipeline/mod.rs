@@ -1,12 +1,24 @@
-//! The processor chain: filters and lookups that change or drop a record, in order, then the sinks
-//! (inserts into several tables, a re-encoded produce to Kafka) concurrently.
+//! The processor chain: every decoded record goes through it. Filters and lookups change or drop a
+//! record, in order; then the sinks (inserts into tables, a re-encoded produce to Kafka) run
+//! concurrently. The insert-only configuration is a chain of one insert sink: there is no second path.
 //!
 //! Guarantee: a record counts as done only when every sink of its chain succeeded (inserts written,
-//! produces acknowledged) or the chain dropped it on purpose; a permanent failure of any step sends the
-//! record to the dead-letter topic. Retryable failures are retried inside the step, never skipped.
+//! produces acknowledged) or the chain dropped it on purpose. A [`StepError::Record`] sends the record
+//! to the dead-letter topic; a [`StepError::Systemic`] stops the shard without committing it; a
+//! [`StepError::Stopped`] leaves it uncommitted for the next owner. Retryable failures are retried
+//! inside the step through [`crate::retry`], never skipped.
 //! Precondition: runs on its shard; per-shard state (lookup caches) needs no lock.
+//!
+//! Layout: one file per built-in step ([`filter`], [`lookup`], [`insert`], [`produce`]) and [`build`],
+//! which turns `[[processors]]` and `[table]` into a [`Chain`].
 
-pub mod steps;
+pub mod build;
+pub mod filter;
+pub mod insert;
+pub mod lookup;
+pub mod produce;
+
+pub use build::{build, BuildError};
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -24,6 +36,8 @@ pub struct Record {
     pub fields: Rc<[String]>,
     pub values: Vec<Value>,
     pub kafka_ts_ms: Option<i64>,
+    /// The record's Kafka offset (the default write timestamp orders ties by it).
+    pub offset: i64,
     pub key: Option<Vec<u8>>,
 }
 
@@ -50,7 +64,7 @@ impl Record {
 
 /// What a step did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum StepOutcome {
     /// Go on to the next step.
     Passed,
     /// A lookup found nothing and filled defaults: go on.
@@ -59,11 +73,40 @@ pub enum Outcome {
     Dropped,
 }
 
-/// A permanent step failure: the record goes to the dead-letter topic with this class.
-#[derive(Debug, Clone)]
-pub struct StepError {
-    pub class: &'static str,
-    pub message: String,
+/// Why a step did not finish a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    /// Permanent for this record: it goes to the dead-letter topic with this class. The message names
+    /// the step, fields and types, never a value of the record.
+    Record {
+        class: &'static str,
+        message: String,
+    },
+    /// About the table, the session or the credentials, not the record: the shard stops without
+    /// committing the record (dead-lettering would throw away every record that follows).
+    Systemic {
+        class: &'static str,
+        message: String,
+    },
+    /// The shard is stopping while the step waited to retry: the record stays uncommitted.
+    Stopped,
+}
+
+impl StepError {
+    /// A permanent, record-level failure.
+    pub fn record(class: &'static str, message: impl Into<String>) -> StepError {
+        StepError::Record {
+            class,
+            message: message.into(),
+        }
+    }
+
+    pub fn class(&self) -> &'static str {
+        match self {
+            StepError::Record { class, .. } | StepError::Systemic { class, .. } => class,
+            StepError::Stopped => "stopped",
+        }
+    }
 }
 
 /// A step of the chain. The built-ins implement it; a Rust user adds their own (see
@@ -81,12 +124,14 @@ pub trait Processor {
     fn process<'a>(
         &'a self,
         record: &'a mut Record,
-    ) -> LocalBoxFuture<'a, Result<Outcome, StepError>>;
+    ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>>;
 }
 
 /// A shard's chain.
 pub struct Chain {
     steps: Vec<Step>,
+    /// Index of the first sink: steps before it change the record, steps from it on only read it.
+    first_sink: usize,
 }
 
 /// A step with its metric handles, resolved once so the per-record path does no label lookups.
@@ -125,8 +170,12 @@ impl Chain {
                     processor,
                 }
             })
-            .collect();
-        Chain { steps }
+            .collect::<Vec<Step>>();
+        let first_sink = steps
+            .iter()
+            .position(|s| s.processor.is_sink())
+            .unwrap_or(steps.len());
+        Chain { steps, first_sink }
     }
 
     pub fn step_names(&self) -> Vec<String> {
@@ -136,14 +185,14 @@ impl Chain {
             .collect()
     }
 
-    async fn timed(&self, step: &Step, rec: &mut Record) -> Result<Outcome, StepError> {
+    async fn timed(&self, step: &Step, rec: &mut Record) -> Result<StepOutcome, StepError> {
         let t = Instant::now();
         let r = step.processor.process(rec).await;
         step.seconds.observe(t.elapsed().as_secs_f64());
         let i = match &r {
-            Ok(Outcome::Passed) => 0,
-            Ok(Outcome::Missed) => 1,
-            Ok(Outcome::Dropped) => 2,
+            Ok(StepOutcome::Passed) => 0,
+            Ok(StepOutcome::Missed) => 1,
+            Ok(StepOutcome::Dropped) => 2,
             Err(_) => 3,
         };
         if let Some(c) = step.outcomes.get(i) {
@@ -154,18 +203,18 @@ impl Chain {
 
     /// Runs a record through the chain. `Ok(false)`: dropped on purpose.
     pub async fn run(&self, mut rec: Record) -> Result<bool, StepError> {
-        let split = self
-            .steps
-            .iter()
-            .position(|s| s.processor.is_sink())
-            .unwrap_or(self.steps.len());
-        let (changing, sinks) = self.steps.split_at(split);
+        let (changing, sinks) = self.steps.split_at(self.first_sink);
         for step in changing {
-            if self.timed(step, &mut rec).await? == Outcome::Dropped {
+            if self.timed(step, &mut rec).await? == StepOutcome::Dropped {
                 return Ok(false);
             }
         }
-        // Sinks read only: each gets its own copy and they run concurrently.
+        if let [only] = sinks {
+            // The common case (insert-only): the one sink takes the record, nothing is copied.
+            self.timed(only, &mut rec).await?;
+            return Ok(true);
+        }
+        // Each sink gets its own copy (an insert moves the values it binds) and they run concurrently.
         let mut copies: Vec<Record> = (1..sinks.len()).map(|_| rec.clone()).collect();
         copies.push(rec);
         let results = join_all(

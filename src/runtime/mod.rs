@@ -5,7 +5,6 @@
 //! the subject's latest writer schema) passed; a second stop request is a kill.
 //! Precondition: memlock for glommio's io_memory (root, or about 3 × io_memory_bytes per shard).
 
-pub mod bridge;
 pub mod shard;
 
 use std::sync::Arc;
@@ -20,9 +19,11 @@ use crate::codec::CodecError;
 use crate::config::{Config, ConfigError};
 use crate::kafka::KafkaError;
 use crate::metrics::ShardMetrics;
-use crate::sink::SinkError;
+use crate::pipeline::BuildError;
+use crate::retry::Retryable;
+use crate::sink::StartError;
 
-/// Errors of a run, by boundary.
+/// Errors of a run: start-up (config, services, placement) and the reasons a running shard stops.
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -31,19 +32,80 @@ pub enum RunError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The database session or a table is not usable.
     #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error("{0}")]
-    Runtime(String),
+    Start(#[from] StartError),
+    /// The processor chain could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// `shards.cores` is unset and no online core was found.
+    #[error("no online cores found; set shards.cores")]
+    NoCores,
+    /// A shard's tokio bridge thread did not start.
+    #[error("shard {shard}: cannot start its tokio bridge: {source}")]
+    Bridge {
+        shard: usize,
+        source: std::io::Error,
+    },
+    /// A shard's executor did not start (memlock, placement).
+    #[error("shard {shard} on core {core}: cannot start its executor: {message}")]
+    Executor {
+        shard: usize,
+        core: usize,
+        message: String,
+    },
+    /// A shard thread ended without a result (it panicked).
+    #[error("a shard thread ended abnormally: {0}")]
+    ShardThread(String),
+    /// A second stop request: the shards exit at once, uncommitted records are replayed.
+    #[error("killed by a second stop request; uncommitted records will be replayed")]
+    Killed,
+    /// A record cannot be processed and there is no dead-letter topic: the shard stops uncommitted.
+    #[error(
+        "shard {shard}: record {topic}/{partition}@{offset} cannot be processed ({class}: {message}) \
+         and no kafka.dead_letter_topic is configured"
+    )]
+    Record {
+        shard: usize,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        class: &'static str,
+        message: String,
+    },
+    /// An error about the table, the session or the credentials, not a record: every record would
+    /// fail the same way, so the shard stops uncommitted instead of dead-lettering them all.
+    #[error("shard {shard}: {class} error about the table or the session, not the record: {message}; stopped without committing")]
+    Systemic {
+        shard: usize,
+        class: &'static str,
+        message: String,
+    },
+    /// A dead letter could not be delivered (refused even truncated, or the topic refuses us).
+    #[error("shard {shard}: the dead letter of {topic}/{partition}@{offset} cannot be delivered: {source}")]
+    DeadLetter {
+        shard: usize,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        source: Box<KafkaError>,
+    },
+    /// The live check: a configured topic does not exist.
+    #[error("kafka topic '{topic}' does not exist at {brokers}")]
+    NoTopic { topic: String, brokers: String },
+    /// The live check: the subject has no registered schema.
+    #[error("subject '{subject}' has no schema in the registry: register one (shardline produce does) or set schema.subject")]
+    NoSubject { subject: String },
 }
 
 impl RunError {
+    /// Whether starting again later can succeed without an operator changing anything.
     pub fn is_retryable(&self) -> bool {
         match self {
-            RunError::Config(_) | RunError::Runtime(_) => false,
             RunError::Kafka(e) => e.is_retryable(),
             RunError::Codec(e) => e.is_retryable(),
-            RunError::Sink(e) => e.is_retryable(),
+            RunError::Start(e) => e.is_retryable(),
+            _ => false,
         }
     }
 }
@@ -88,9 +150,7 @@ pub fn placement(config: &Config) -> Result<Vec<ShardSpec>, RunError> {
         None => online.clone(),
     };
     if cores.is_empty() {
-        return Err(RunError::Runtime(
-            "no online cores found; set shards.cores".into(),
-        ));
+        return Err(RunError::NoCores);
     }
     if let Some(bad) = cores.iter().find(|c| !online.contains(c)) {
         return Err(RunError::Config(ConfigError::Invalid(format!(
@@ -207,8 +267,10 @@ pub fn start_with(
                 }
                 r
             })
-            .map_err(|e| {
-                RunError::Runtime(format!("shard {} on core {}: {e}", spec.index, spec.core))
+            .map_err(|e| RunError::Executor {
+                shard: spec.index,
+                core: spec.core,
+                message: e.to_string(),
             })?;
         handles.push(Some(h));
         controls.push(tx);
@@ -236,7 +298,7 @@ impl Running {
             if let Some(h) = h.take() {
                 let r = h
                     .join()
-                    .map_err(|e| RunError::Runtime(format!("shard thread: {e}")))
+                    .map_err(|e| RunError::ShardThread(e.to_string()))
                     .and_then(|r| r);
                 if first.is_ok() {
                     first = r;
@@ -255,11 +317,11 @@ impl Running {
             .spawn(move || {
                 let _ = done_tx.send(self.wait());
             })
-            .map_err(|e| RunError::Runtime(format!("join thread: {e}")))?;
+            .map_err(|e| RunError::ShardThread(format!("cannot start the join thread: {e}")))?;
         let mut requests = 0;
         loop {
             crossbeam_channel::select! {
-                recv(done_rx) -> r => return r.unwrap_or_else(|_| Err(RunError::Runtime("join thread vanished".into()))),
+                recv(done_rx) -> r => return r.unwrap_or_else(|_| Err(RunError::ShardThread("the join thread vanished".into()))),
                 recv(stop_requests) -> _ => {
                     requests += 1;
                     if requests == 1 {
@@ -267,7 +329,9 @@ impl Running {
                         for c in &controls { let _ = c.send(Control::Stop); }
                     } else {
                         tracing::warn!("second stop request: exiting now; uncommitted records will be replayed");
-                        return Err(RunError::Runtime("killed by a second stop request".into()));
+                        // Library users get their shards ended too (the binary exits anyway).
+                        for c in &controls { let _ = c.send(Control::Kill); }
+                        return Err(RunError::Killed);
                     }
                 }
                 default(Duration::from_secs(3600)) => {}

@@ -1,126 +1,33 @@
-//! The row sink: one Scylla session per shard, the INSERT prepared once, the field → column mapping
-//! checked against the live table, and the binding of a decoded row into statement values.
+//! The row sink: the field → column mapping checked against the live table, the binding of a decoded
+//! record into statement values, and the writers (Scylla, or nothing for the null-sink benchmark).
 //!
-//! Guarantee: [`Binder::bind`] turns a decoded row into exactly the values of
-//! `INSERT ... USING TTL ? AND TIMESTAMP ?`, with the write timestamp taken from the Kafka record by
-//! default, so a replay writes identical cells. Write errors are classified: retryable (timeouts,
-//! unavailable, overloaded, lost connections) or permanent (invalid values), see [`SinkError`].
-//! Precondition: [`ScyllaWriter::connect`] runs inside the shard's tokio bridge.
+//! Guarantee: [`Binder::bind`] turns a decoded record into exactly the values of
+//! `INSERT ... USING TTL ? AND TIMESTAMP ?`. The default write timestamp is the Kafka record timestamp
+//! in µs plus `offset mod 1000`, so it strictly increases within a partition (for up to 1000 records
+//! per millisecond) and a replay writes identical cells: two updates of one key in the same millisecond
+//! keep their Kafka order under last-write-wins. Write errors are scoped (see [`WriteError`]).
+//! Precondition: everything tokio (the session, the driver's futures) runs through the shard's
+//! [`bridge`].
+//!
+//! Layout: [`error`] (start-up and per-write errors), [`session`] (connect, TLS, table columns, prepared
+//! statements, [`ScyllaWriter`]), [`bridge`] (the driver's tokio runtime beside a glommio shard),
+//! [`mapping`] (CQL types and conversions).
 
+pub mod bridge;
+pub mod error;
 pub mod mapping;
+pub mod session;
 
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
-use scylla::client::execution_profile::ExecutionProfile;
-use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
-use scylla::policies::load_balancing::DefaultPolicy;
-use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
 use scylla::value::{CqlValue, MaybeUnset};
-use thiserror::Error;
 
-use crate::codec::{Row, Value};
-use crate::config::{Config, TimestampSource};
-use crate::runtime::bridge::TokioBridge;
+use crate::codec::Value;
+use crate::config::{NullValues, TableConfig, WriteTimestamp};
+pub use error::{Scope, StartError, WriteError};
 pub use mapping::{ColumnMap, CqlType};
-
-/// Errors of the sink boundary.
-#[derive(Debug, Error)]
-pub enum SinkError {
-    /// A record's value does not fit its column: permanent for that record.
-    #[error("column '{column}': {reason}")]
-    Mapping {
-        column: String,
-        reason: &'static str,
-    },
-    /// A write the database refused or did not answer.
-    #[error("write failed ({class}): {message}")]
-    Write {
-        retryable: bool,
-        class: &'static str,
-        message: String,
-    },
-    /// Start-up: the table or mapping does not match the config.
-    #[error("{0}")]
-    Schema(String),
-    /// Start-up: no session could be built.
-    #[error("cannot connect to {nodes}: {message}")]
-    Connect { nodes: String, message: String },
-}
-
-impl SinkError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            SinkError::Write {
-                retryable: true,
-                ..
-            } | SinkError::Connect { .. }
-        )
-    }
-
-    /// The error class for dead-letter headers and metric labels.
-    pub fn class(&self) -> &'static str {
-        match self {
-            SinkError::Mapping { .. } => "mapping",
-            SinkError::Write { class, .. } => class,
-            SinkError::Schema(_) => "schema",
-            SinkError::Connect { .. } => "connect",
-        }
-    }
-
-    pub(crate) fn from_execution(e: ExecutionError) -> SinkError {
-        let (retryable, class) = match &e {
-            ExecutionError::RequestTimeout(_) => (true, "timeout"),
-            ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => {
-                (true, "unavailable")
-            }
-            ExecutionError::LastAttemptError(a) => match a {
-                RequestAttemptError::DbError(db, _) => match db {
-                    DbError::WriteTimeout { .. } | DbError::ReadTimeout { .. } => (true, "timeout"),
-                    DbError::Unavailable { .. } | DbError::IsBootstrapping => (true, "unavailable"),
-                    DbError::Overloaded | DbError::RateLimitReached { .. } => (true, "overloaded"),
-                    DbError::WriteFailure { .. }
-                    | DbError::ServerError
-                    | DbError::TruncateError => (true, "server"),
-                    _ => (false, "invalid"),
-                },
-                RequestAttemptError::BrokenConnectionError(_)
-                | RequestAttemptError::UnableToAllocStreamId => (true, "connection"),
-                RequestAttemptError::SerializationError(_)
-                | RequestAttemptError::CqlRequestSerialization(_) => (false, "invalid"),
-                _ => (true, "connection"),
-            },
-            _ => (false, "invalid"),
-        };
-        SinkError::Write {
-            retryable,
-            class,
-            message: e.to_string(),
-        }
-    }
-}
-
-/// Parses a consistency name from config.
-pub fn parse_consistency(s: &str) -> Option<Consistency> {
-    Some(match s.to_ascii_lowercase().as_str() {
-        "any" => Consistency::Any,
-        "one" => Consistency::One,
-        "two" => Consistency::Two,
-        "three" => Consistency::Three,
-        "quorum" => Consistency::Quorum,
-        "all" => Consistency::All,
-        "local_quorum" => Consistency::LocalQuorum,
-        "each_quorum" => Consistency::EachQuorum,
-        "local_one" => Consistency::LocalOne,
-        _ => return None,
-    })
-}
+pub use session::{connect, table_columns, ScyllaWriter};
 
 /// Statement values for one row: the mapped columns, then TTL, then write timestamp (µs).
 /// `Unset` leaves a column untouched (no tombstone); `Set(None)` writes a CQL null (a tombstone).
@@ -128,16 +35,32 @@ pub type BoundRow = Vec<MaybeUnset<Option<CqlValue>>>;
 
 /// The I/O seam for writes, so unit tests and the null-sink benchmark can stand in for Scylla.
 pub trait RowWriter {
-    fn write(&self, values: Rc<BoundRow>) -> LocalBoxFuture<'static, Result<(), SinkError>>;
+    fn write(&self, values: Rc<BoundRow>) -> LocalBoxFuture<'static, Result<(), WriteError>>;
 }
 
 /// Writes nothing: the benchmark's null sink (decode and map only).
 pub struct NullWriter;
 
 impl RowWriter for NullWriter {
-    fn write(&self, _values: Rc<BoundRow>) -> LocalBoxFuture<'static, Result<(), SinkError>> {
+    fn write(&self, _values: Rc<BoundRow>) -> LocalBoxFuture<'static, Result<(), WriteError>> {
         Box::pin(std::future::ready(Ok(())))
     }
+}
+
+/// Microseconds since the epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// The write timestamp of a record of the default (`kafka`) source: Kafka ms × 1000 plus the offset
+/// modulo 1000, so later records of a partition win ties within a millisecond and replays are identical.
+pub fn kafka_write_timestamp_us(kafka_ts_ms: i64, offset: i64) -> i64 {
+    kafka_ts_ms
+        .saturating_mul(1000)
+        .saturating_add(offset.rem_euclid(1000))
 }
 
 /// Where the TTL comes from.
@@ -167,32 +90,28 @@ pub struct Binder {
 }
 
 impl Binder {
-    /// `fields` is the decoder's slot order (`Config::needed_fields`); `types` the live column types.
-    pub fn new(
-        config: &Config,
-        fields: &[String],
-        types: &std::collections::HashMap<String, CqlType>,
-    ) -> Result<Binder, SinkError> {
-        Binder::for_table(&config.table, fields, types)
-    }
-
-    /// The binder of any table config (the primary `[table]` or an insert processor's).
+    /// The binder of a table config (the primary `[table]` or an insert processor's). `fields` is the
+    /// record's slot order; `types` the live column types.
     pub fn for_table(
-        table: &crate::config::TableConfig,
+        table: &TableConfig,
         fields: &[String],
         types: &std::collections::HashMap<String, CqlType>,
-    ) -> Result<Binder, SinkError> {
+    ) -> Result<Binder, StartError> {
         let slot_of = |f: &str| fields.iter().position(|x| x == f);
         let mut columns = Vec::with_capacity(table.columns.len());
         for (column, field) in &table.columns {
-            let ty = types.get(column).cloned().ok_or_else(|| {
-                SinkError::Schema(format!(
-                    "column '{column}' (mapped from field '{field}') does not exist in table {}.{}",
-                    table.keyspace, table.table
-                ))
+            let ty = types
+                .get(column)
+                .cloned()
+                .ok_or_else(|| StartError::MissingColumn {
+                    column: column.clone(),
+                    field: field.clone(),
+                    table: format!("{}.{}", table.keyspace, table.table),
+                })?;
+            let slot = slot_of(field).ok_or_else(|| StartError::FieldNotDecoded {
+                role: "mapped",
+                field: field.clone(),
             })?;
-            let slot = slot_of(field)
-                .ok_or_else(|| SinkError::Schema(format!("field '{field}' is not decoded")))?;
             columns.push(ColumnMap {
                 column: column.clone(),
                 field: field.clone(),
@@ -200,31 +119,35 @@ impl Binder {
                 ty,
             });
         }
-        let ttl = match &table.ttl_field {
-            Some(f) => Ttl::Slot(
-                slot_of(f)
-                    .ok_or_else(|| SinkError::Schema(format!("ttl field '{f}' is not decoded")))?,
-            ),
-            None => Ttl::Fixed(i32::try_from(table.ttl_seconds).map_err(|_| {
-                SinkError::Schema("table.ttl_seconds is larger than CQL allows".into())
-            })?),
-        };
+        let ttl =
+            match &table.ttl_field {
+                Some(f) => Ttl::Slot(slot_of(f).ok_or_else(|| StartError::FieldNotDecoded {
+                    role: "ttl",
+                    field: f.clone(),
+                })?),
+                None => Ttl::Fixed(i32::try_from(table.ttl_seconds).map_err(|_| {
+                    StartError::Schema("ttl_seconds is larger than CQL allows".into())
+                })?),
+            };
         let ts = match table
-            .timestamp_source()
-            .map_err(|e| SinkError::Schema(e.to_string()))?
+            .write_timestamp()
+            .map_err(|e| StartError::Schema(e.to_string()))?
         {
-            TimestampSource::Kafka => Ts::Kafka,
-            TimestampSource::Now => Ts::Now,
-            TimestampSource::Fixed(us) => Ts::Fixed(us),
-            TimestampSource::Field(f) => Ts::Slot(slot_of(&f).ok_or_else(|| {
-                SinkError::Schema(format!("timestamp field '{f}' is not decoded"))
-            })?),
+            WriteTimestamp::Kafka => Ts::Kafka,
+            WriteTimestamp::Now => Ts::Now,
+            WriteTimestamp::Fixed(us) => Ts::Fixed(us),
+            WriteTimestamp::Field(f) => {
+                Ts::Slot(slot_of(&f).ok_or_else(|| StartError::FieldNotDecoded {
+                    role: "timestamp",
+                    field: f.clone(),
+                })?)
+            }
         };
         Ok(Binder {
             columns,
             ttl,
             ts,
-            write_nulls: table.null_values == "null",
+            write_nulls: table.null_values == NullValues::Null,
         })
     }
 
@@ -242,48 +165,19 @@ impl Binder {
         )
     }
 
-    /// Binds a row that other steps still read (its values are cloned, not taken).
-    pub fn bind_cloned(
+    /// Binds one decoded record's `values` (by slot); `kafka_ts_ms` is the record timestamp (None if
+    /// the record has none) and `offset` its Kafka offset. The mapped values are moved out.
+    pub fn bind(
         &self,
-        values: &[Value],
+        values: &mut [Value],
         kafka_ts_ms: Option<i64>,
-    ) -> Result<BoundRow, SinkError> {
-        let mut row = Row {
-            values: self
-                .columns
-                .iter()
-                .map(|c| c.slot)
-                .chain(self.special_slots())
-                .fold(vec![Value::Null; values.len()], |mut acc, slot| {
-                    if let (Some(dst), Some(src)) = (acc.get_mut(slot), values.get(slot)) {
-                        *dst = src.clone();
-                    }
-                    acc
-                }),
-        };
-        self.bind(&mut row, kafka_ts_ms)
-    }
-
-    fn special_slots(&self) -> impl Iterator<Item = usize> {
-        let ttl = match self.ttl {
-            Ttl::Slot(i) => Some(i),
-            Ttl::Fixed(_) => None,
-        };
-        let ts = match self.ts {
-            Ts::Slot(i) => Some(i),
-            _ => None,
-        };
-        ttl.into_iter().chain(ts)
-    }
-
-    /// Binds one decoded row; `kafka_ts_ms` is the record timestamp (None if the record has none).
-    /// The mapped values are moved out of the row.
-    pub fn bind(&self, row: &mut Row, kafka_ts_ms: Option<i64>) -> Result<BoundRow, SinkError> {
+        offset: i64,
+    ) -> Result<BoundRow, WriteError> {
         // TTL and timestamp first: a field may be both a column and the timestamp, and binding the
         // columns moves their values out of the row.
         let ttl = match self.ttl {
             Ttl::Fixed(s) => s,
-            Ttl::Slot(i) => match row.values.get(i) {
+            Ttl::Slot(i) => match values.get(i) {
                 Some(Value::Int(s)) => *s,
                 Some(Value::Long(s)) => {
                     i32::try_from(*s).map_err(|_| mapping_err("ttl", "ttl out of range"))?
@@ -297,11 +191,11 @@ impl Binder {
         }
         let ts_us = match self.ts {
             Ts::Kafka => kafka_ts_ms
-                .map(|ms| ms.saturating_mul(1000))
+                .map(|ms| kafka_write_timestamp_us(ms, offset))
                 .ok_or_else(|| mapping_err("timestamp", "record has no Kafka timestamp"))?,
             Ts::Now => now_us(),
             Ts::Fixed(us) => us,
-            Ts::Slot(i) => match row.values.get(i) {
+            Ts::Slot(i) => match values.get(i) {
                 Some(Value::TimestampMillis(ms)) => ms.saturating_mul(1000),
                 Some(Value::TimestampMicros(us)) | Some(Value::Long(us)) => *us,
                 _ => {
@@ -314,12 +208,11 @@ impl Binder {
         };
         let mut out = Vec::with_capacity(self.columns.len() + 2);
         for c in &self.columns {
-            let v = row
-                .values
+            let v = values
                 .get_mut(c.slot)
                 .map(|v| std::mem::replace(v, Value::Null))
                 .unwrap_or(Value::Null);
-            let v = mapping::convert(v, &c.ty).map_err(|reason| SinkError::Mapping {
+            let v = mapping::convert(v, &c.ty).map_err(|reason| WriteError::Mapping {
                 column: c.column.clone(),
                 reason,
             })?;
@@ -334,222 +227,24 @@ impl Binder {
     }
 }
 
-fn mapping_err(column: &str, reason: &'static str) -> SinkError {
-    SinkError::Mapping {
+fn mapping_err(column: &str, reason: &'static str) -> WriteError {
+    WriteError::Mapping {
         column: column.to_string(),
         reason,
-    }
-}
-
-/// Microseconds since the epoch.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-/// A shard's Scylla connection and its prepared INSERT.
-pub struct ScyllaWriter {
-    session: Arc<Session>,
-    insert: PreparedStatement,
-    handle: tokio::runtime::Handle,
-}
-
-impl ScyllaWriter {
-    /// Another writer on the same session (the insert processors' tables).
-    pub async fn for_table(
-        &self,
-        table: &crate::config::TableConfig,
-        fields: &[String],
-    ) -> Result<(ScyllaWriter, Binder), SinkError> {
-        let session = self.session.clone();
-        let (binder, insert) =
-            crate::runtime::bridge::InTokio::new(self.handle.clone(), async move {
-                let types = table_columns(&session, &table.keyspace, &table.table).await?;
-                let binder = Binder::for_table(table, fields, &types)?;
-                let cql = binder.insert_cql(&table.keyspace, &table.table);
-                let insert = session
-                    .prepare(cql.as_str())
-                    .await
-                    .map_err(|e| SinkError::Schema(format!("cannot prepare `{cql}`: {e}")))?;
-                Ok::<_, SinkError>((binder, insert))
-            })
-            .await?;
-        Ok((
-            ScyllaWriter {
-                session: self.session.clone(),
-                insert,
-                handle: self.handle.clone(),
-            },
-            binder,
-        ))
-    }
-
-    pub fn session(&self) -> &Arc<Session> {
-        &self.session
-    }
-
-    pub fn handle(&self) -> &tokio::runtime::Handle {
-        &self.handle
-    }
-}
-
-/// Builds a session from config. Runs inside the bridge.
-pub async fn connect(config: &Config) -> Result<Session, SinkError> {
-    let s = &config.scylla;
-    let mut policy = DefaultPolicy::builder().token_aware(true);
-    if let Some(dc) = &s.local_datacenter {
-        policy = policy.prefer_datacenter(dc.clone());
-    }
-    let consistency = parse_consistency(&s.consistency)
-        .ok_or_else(|| SinkError::Schema(format!("bad consistency {}", s.consistency)))?;
-    let profile = ExecutionProfile::builder()
-        .consistency(consistency)
-        .request_timeout(Some(Duration::from_millis(s.request_timeout_ms)))
-        .load_balancing_policy(policy.build())
-        .build();
-    let mut builder = SessionBuilder::new()
-        .known_nodes(&s.nodes)
-        .default_execution_profile_handle(profile.into_handle());
-    if let Some(ca) = &s.tls_ca_file {
-        builder = builder.tls_context(Some(tls_context(
-            ca,
-            s.tls_cert_file.as_deref(),
-            s.tls_key_file.as_deref(),
-        )?));
-    }
-    if let Some(user) = &s.username {
-        let password = std::env::var("SHARDLINE_SCYLLA_PASSWORD").unwrap_or_default();
-        builder = builder.user(user.clone(), password);
-    }
-    builder.build().await.map_err(|e| SinkError::Connect {
-        nodes: s.nodes.join(","),
-        message: e.to_string(),
-    })
-}
-
-/// An OpenSSL context that verifies the nodes against `ca` and, with both given, presents a client cert.
-fn tls_context(
-    ca: &str,
-    cert: Option<&str>,
-    key: Option<&str>,
-) -> Result<openssl::ssl::SslContext, SinkError> {
-    use openssl::ssl::{SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode};
-    let err = |what: &str, e: openssl::error::ErrorStack| SinkError::Connect {
-        nodes: String::new(),
-        message: format!("TLS {what}: {e}"),
-    };
-    let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(|e| err("context", e))?;
-    b.set_ca_file(ca)
-        .map_err(|e| err(&format!("CA file {ca}"), e))?;
-    b.set_verify(SslVerifyMode::PEER);
-    if let (Some(c), Some(k)) = (cert, key) {
-        b.set_certificate_file(c, SslFiletype::PEM)
-            .map_err(|e| err(&format!("certificate {c}"), e))?;
-        b.set_private_key_file(k, SslFiletype::PEM)
-            .map_err(|e| err(&format!("key {k}"), e))?;
-    }
-    Ok(b.build())
-}
-
-/// The live column types of a table. Empty if the table does not exist.
-pub async fn table_columns(
-    session: &Session,
-    keyspace: &str,
-    table: &str,
-) -> Result<std::collections::HashMap<String, CqlType>, SinkError> {
-    let res = session
-        .query_unpaged(
-            "SELECT column_name, type FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
-            (keyspace, table),
-        )
-        .await
-        .map_err(SinkError::from_execution)?;
-    let rows = res
-        .into_rows_result()
-        .map_err(|e| SinkError::Schema(format!("system_schema.columns: {e}")))?;
-    let mut out = std::collections::HashMap::new();
-    for r in rows
-        .rows::<(String, String)>()
-        .map_err(|e| SinkError::Schema(format!("system_schema.columns: {e}")))?
-    {
-        let (name, ty) = r.map_err(|e| SinkError::Schema(format!("system_schema.columns: {e}")))?;
-        // A non-frozen list appends cells keyed by a fresh timeuuid on every write, so a replay with the
-        // same write timestamp duplicates its elements (measured in the replay test). Frozen lists and
-        // sets are single cells or idempotent.
-        if ty.starts_with("list<") {
-            tracing::warn!(
-                column = %name, r#type = %ty,
-                "non-frozen list column: replays duplicate its elements; use frozen<list<..>> or set<..> for idempotent writes"
-            );
-        }
-        out.insert(name, CqlType::parse(&ty));
-    }
-    if out.is_empty() {
-        return Err(SinkError::Schema(format!(
-            "table {keyspace}.{table} does not exist"
-        )));
-    }
-    Ok(out)
-}
-
-impl ScyllaWriter {
-    /// Connects, reads the table's columns, builds the binder, prepares the INSERT. Runs on the shard;
-    /// everything tokio happens inside the bridge.
-    pub async fn connect(
-        config: &Config,
-        fields: &[String],
-        bridge: &TokioBridge,
-    ) -> Result<(ScyllaWriter, Binder), SinkError> {
-        let handle = bridge.handle().clone();
-        let (session, binder, insert) = bridge
-            .wrap(async {
-                let session = connect(config).await?;
-                let types =
-                    table_columns(&session, &config.table.keyspace, &config.table.table).await?;
-                let binder = Binder::new(config, fields, &types)?;
-                let cql = binder.insert_cql(&config.table.keyspace, &config.table.table);
-                let insert = session
-                    .prepare(cql.as_str())
-                    .await
-                    .map_err(|e| SinkError::Schema(format!("cannot prepare `{cql}`: {e}")))?;
-                Ok::<_, SinkError>((session, binder, insert))
-            })
-            .await?;
-        Ok((
-            ScyllaWriter {
-                session: Arc::new(session),
-                insert,
-                handle,
-            },
-            binder,
-        ))
-    }
-}
-
-impl RowWriter for ScyllaWriter {
-    fn write(&self, values: Rc<BoundRow>) -> LocalBoxFuture<'static, Result<(), SinkError>> {
-        let session = self.session.clone();
-        let insert = self.insert.clone();
-        let fut = async move {
-            session
-                .execute_unpaged(&insert, &*values)
-                .await
-                .map(|_| ())
-                .map_err(SinkError::from_execution)
-        };
-        Box::pin(crate::runtime::bridge::InTokio::new(
-            self.handle.clone(),
-            fut,
-        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::retry::Retryable;
     use std::collections::HashMap;
+
+    /// A decoded record's values by slot.
+    struct Vals {
+        values: Vec<Value>,
+    }
 
     fn config(extra: &str) -> Config {
         let text = format!(
@@ -585,15 +280,17 @@ columns = {{ a = "fa", b = "fb" }}
     fn binds_columns_ttl_and_kafka_timestamp_in_micros() {
         let c = config("ttl_seconds = 60");
         let fields = c.needed_fields();
-        let b = Binder::new(&c, &fields, &types()).expect("binder");
+        let b = Binder::for_table(&c.table, &fields, &types()).expect("binder");
         assert_eq!(
             b.insert_cql("ks", "tb"),
             "INSERT INTO \"ks\".\"tb\" (\"a\", \"b\") VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"
         );
-        let mut row = Row {
+        let mut row = Vals {
             values: vec![Value::Str("x".into()), Value::Int(5)],
         };
-        let bound = b.bind(&mut row, Some(1_700_000_000_123)).expect("binds");
+        let bound = b
+            .bind(&mut row.values, Some(1_700_000_000_123), 0)
+            .expect("binds");
         let expect = [
             CqlValue::Text("x".into()),
             CqlValue::BigInt(5),
@@ -613,11 +310,11 @@ columns = {{ a = "fa", b = "fb" }}
     fn timestamp_from_field_and_missing_column() {
         let c = config("timestamp_source = \"field\"\ntimestamp_field = \"ts\"");
         let fields = c.needed_fields();
-        let b = Binder::new(&c, &fields, &types()).expect("binder");
-        let mut row = Row {
+        let b = Binder::for_table(&c.table, &fields, &types()).expect("binder");
+        let mut row = Vals {
             values: vec![Value::Null, Value::Long(1), Value::TimestampMillis(2)],
         };
-        let bound = b.bind(&mut row, None).expect("binds");
+        let bound = b.bind(&mut row.values, None, 0).expect("binds");
         assert!(matches!(
             bound.last(),
             Some(MaybeUnset::Set(Some(CqlValue::BigInt(2000))))
@@ -629,18 +326,18 @@ columns = {{ a = "fa", b = "fb" }}
         let c2 = config(
             "timestamp_source = \"field\"\ntimestamp_field = \"ts\"\nnull_values = \"null\"",
         );
-        let b2 = Binder::new(&c2, &fields, &types()).expect("binder");
-        let mut row = Row {
+        let b2 = Binder::for_table(&c2.table, &fields, &types()).expect("binder");
+        let mut row = Vals {
             values: vec![Value::Null, Value::Long(1), Value::TimestampMillis(2)],
         };
         assert!(matches!(
-            b2.bind(&mut row, None).expect("binds").first(),
+            b2.bind(&mut row.values, None, 0).expect("binds").first(),
             Some(MaybeUnset::Set(None))
         ));
 
         let mut t = types();
         t.remove("b");
-        let err = Binder::new(&c, &fields, &t).expect_err("column b is missing");
+        let err = Binder::for_table(&c.table, &fields, &t).expect_err("column b is missing");
         assert!(
             err.to_string().contains("column 'b'") && err.to_string().contains("'fb'"),
             "{err}"
@@ -651,11 +348,11 @@ columns = {{ a = "fa", b = "fb" }}
     fn fixed_write_timestamp_from_config() {
         let c = config("timestamp_source = \"fixed\"\ntimestamp_fixed_us = 1234567");
         c.validate().expect("valid");
-        let b = Binder::new(&c, &c.needed_fields(), &types()).expect("binder");
-        let mut row = Row {
+        let b = Binder::for_table(&c.table, &c.needed_fields(), &types()).expect("binder");
+        let mut row = Vals {
             values: vec![Value::Str("x".into()), Value::Int(5)],
         };
-        let bound = b.bind(&mut row, Some(99)).expect("binds");
+        let bound = b.bind(&mut row.values, Some(99), 0).expect("binds");
         assert!(matches!(
             bound.last(),
             Some(MaybeUnset::Set(Some(CqlValue::BigInt(1_234_567))))
@@ -673,11 +370,11 @@ columns = {{ a = "fa", b = "fb" }}
         let fields = c.needed_fields();
         let mut t = types();
         t.insert("b".into(), CqlType::Timestamp);
-        let b = Binder::new(&c, &fields, &t).expect("binder");
-        let mut row = Row {
+        let b = Binder::for_table(&c.table, &fields, &t).expect("binder");
+        let mut row = Vals {
             values: vec![Value::Str("x".into()), Value::TimestampMillis(7)],
         };
-        let bound = b.bind(&mut row, None).expect("binds");
+        let bound = b.bind(&mut row.values, None, 0).expect("binds");
         assert!(matches!(
             bound.get(1),
             Some(MaybeUnset::Set(Some(CqlValue::Timestamp(_))))
@@ -689,20 +386,39 @@ columns = {{ a = "fa", b = "fb" }}
     }
 
     #[test]
-    fn tls_context_reports_a_missing_ca_file() {
-        let e = tls_context("/nonexistent/ca.pem", None, None).expect_err("no such CA file");
-        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
-    }
-
-    #[test]
     fn value_that_does_not_fit_is_a_permanent_mapping_error() {
         let c = config("");
         let fields = c.needed_fields();
-        let b = Binder::new(&c, &fields, &types()).expect("binder");
-        let mut row = Row {
+        let b = Binder::for_table(&c.table, &fields, &types()).expect("binder");
+        let mut row = Vals {
             values: vec![Value::Int(1), Value::Int(5)],
         };
-        let err = b.bind(&mut row, Some(0)).expect_err("int into text");
+        let err = b
+            .bind(&mut row.values, Some(0), 0)
+            .expect_err("int into text");
         assert_eq!((err.class(), err.is_retryable()), ("mapping", false));
+    }
+
+    #[test]
+    fn kafka_write_timestamps_order_records_of_one_millisecond_by_offset() {
+        // Regression: ms × 1000 gave two updates of one key in one millisecond the same timestamp, and
+        // Cassandra then kept the larger value instead of the later record.
+        let c = config("");
+        let b = Binder::for_table(&c.table, &c.needed_fields(), &types()).expect("binder");
+        let ts = |offset: i64| {
+            let mut row = Vals {
+                values: vec![Value::Str("x".into()), Value::Int(5)],
+            };
+            match b.bind(&mut row.values, Some(1_700_000_000_123), offset) {
+                Ok(bound) => match bound.last() {
+                    Some(MaybeUnset::Set(Some(CqlValue::BigInt(us)))) => *us,
+                    other => panic!("no timestamp bound: {other:?}"),
+                },
+                Err(e) => panic!("binds: {e}"),
+            }
+        };
+        assert!(ts(41) < ts(42), "a later offset writes a later timestamp");
+        assert_eq!(ts(42), ts(42), "a replay writes the same timestamp");
+        assert_eq!(ts(1042), 1_700_000_000_123_042);
     }
 }

@@ -1,0 +1,480 @@
+//! The partition book of one shard: everything it knows per assigned partition (offset tracker,
+//! end-of-partition, pause reasons) and what it must tell librdkafka about them (pause, resume,
+//! stored offsets, the final commit).
+//!
+//! Guarantee: a partition is fetched only while none of its pause reasons holds: the start barrier
+//! (`held`), the shard's spent in-flight budget (`budget`, shared with the consumer context so that a
+//! rebalance never resumes what back-pressure paused), or its own tracker holding `max_pending` records
+//! behind an unfinished one (`capped`). Stored offsets only ever name a contiguous done prefix.
+//! Completions of an older assignment epoch change nothing (their partitions were revoked and the new
+//! owner replays them). End-of-partition is tracked per (topic, partition).
+//! Precondition: all calls come from the shard's own thread, in the order the shard sees events.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+
+use super::tracker::PartitionTracker;
+
+/// (index into the shard's topic list, partition).
+pub type PartitionKey = (usize, i32);
+
+/// Makes a partition's consumed-records counter from its topic and partition.
+pub type CounterFor = Box<dyn Fn(&str, i32) -> IntCounter>;
+
+/// What the book asks of the consumer; implemented by the shard's consumer and by test stand-ins.
+pub trait PartitionControl {
+    fn pause(&self, parts: &[(String, i32)]);
+    fn resume(&self, parts: &[(String, i32)]);
+    /// Stores next-offsets to commit (librdkafka commits them on its timer and before a revoke).
+    fn store(&self, offsets: &[(String, i32, i64)]);
+}
+
+struct Part {
+    tracker: PartitionTracker,
+    consumed: IntCounter,
+    /// Done offsets moved since the last store.
+    dirty: bool,
+    eof: bool,
+    /// Paused because its tracker holds `max_pending` records.
+    capped: bool,
+}
+
+/// Per-partition state and pause decisions of one shard.
+pub struct PartitionBook {
+    topics: Vec<String>,
+    epoch: u64,
+    assigned: Vec<PartitionKey>,
+    parts: HashMap<PartitionKey, Part>,
+    /// What librdkafka has paused, as far as the book has asked.
+    paused: HashSet<PartitionKey>,
+    held: bool,
+    budget: Arc<AtomicBool>,
+    max_pending: usize,
+    counter_for: CounterFor,
+}
+
+impl PartitionBook {
+    /// `max_pending`: the most records one partition's tracker may hold before the partition is paused
+    /// (it resumes at half). `counter_for` makes a partition's consumed-records counter.
+    pub fn new(
+        topics: Vec<String>,
+        max_pending: usize,
+        counter_for: CounterFor,
+    ) -> PartitionBook {
+        PartitionBook {
+            topics,
+            epoch: 0,
+            assigned: Vec::new(),
+            parts: HashMap::new(),
+            paused: HashSet::new(),
+            held: false,
+            budget: Arc::new(AtomicBool::new(false)),
+            max_pending: max_pending.max(2),
+            counter_for,
+        }
+    }
+
+    /// The flag the consumer context reads on assign: true while back-pressure pauses the shard.
+    pub fn budget_flag(&self) -> Arc<AtomicBool> {
+        self.budget.clone()
+    }
+
+    pub fn topic_index(&self, name: &str) -> Option<usize> {
+        self.topics.iter().position(|t| t == name)
+    }
+
+    pub fn topic(&self, index: usize) -> &str {
+        self.topics.get(index).map(String::as_str).unwrap_or("")
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn is_budget_paused(&self) -> bool {
+        self.budget.load(Ordering::SeqCst)
+    }
+
+    /// A rebalance: forget every partition, take the new assignment. The context has already paused
+    /// the new partitions if `held` or the budget flag was set; the book pauses them again (idempotent)
+    /// so that its view and librdkafka's agree.
+    pub fn on_assignment(
+        &mut self,
+        epoch: u64,
+        assignment: &[(String, i32)],
+        held: bool,
+        ctrl: &dyn PartitionControl,
+    ) {
+        self.epoch = epoch;
+        self.parts.clear();
+        self.held = held;
+        self.assigned = assignment
+            .iter()
+            .filter_map(|(t, p)| self.topic_index(t).map(|i| (i, *p)))
+            .collect();
+        self.paused.clear();
+        if held || self.is_budget_paused() {
+            ctrl.pause(&self.names(&self.assigned));
+            self.paused = self.assigned.iter().copied().collect();
+        }
+    }
+
+    /// A record arrived. False: a replay of an offset already tracked (ignore the record).
+    pub fn begin(
+        &mut self,
+        key: PartitionKey,
+        offset: i64,
+        now: Instant,
+        ctrl: &dyn PartitionControl,
+    ) -> bool {
+        let max_pending = self.max_pending;
+        let part = self.part(key);
+        part.eof = false;
+        if !part.tracker.begin(offset, now) {
+            return false;
+        }
+        part.consumed.inc();
+        if !part.capped && part.tracker.pending() >= max_pending {
+            part.capped = true;
+            self.apply(ctrl);
+        }
+        true
+    }
+
+    /// A record of `epoch` is done. Completions of an earlier epoch are ignored.
+    pub fn done(
+        &mut self,
+        epoch: u64,
+        key: PartitionKey,
+        offset: i64,
+        ctrl: &dyn PartitionControl,
+    ) {
+        if epoch != self.epoch {
+            return;
+        }
+        let max_pending = self.max_pending;
+        let Some(part) = self.parts.get_mut(&key) else {
+            return;
+        };
+        if part.tracker.done(offset).is_some() {
+            part.dirty = true;
+        }
+        if part.capped && part.tracker.pending() <= max_pending / 2 {
+            part.capped = false;
+            self.apply(ctrl);
+        }
+    }
+
+    /// The consumer reported the end of a partition (drain mode).
+    pub fn mark_eof(&mut self, key: PartitionKey) {
+        if self.assigned.contains(&key) {
+            self.part(key).eof = true;
+        }
+    }
+
+    /// librdkafka's end-of-partition event names the partition number only: every assigned topic with
+    /// that partition is marked, and a later record of one of them clears its mark again (`begin`), so
+    /// drain waits for it; drain's idle window covers the gap between the two.
+    pub fn mark_eof_partition(&mut self, partition: i32) {
+        let keys: Vec<PartitionKey> = self
+            .assigned
+            .iter()
+            .filter(|(_, p)| *p == partition)
+            .copied()
+            .collect();
+        for k in keys {
+            self.mark_eof(k);
+        }
+    }
+
+    /// True when the shard has had an assignment and every assigned partition is at its end.
+    pub fn all_at_eof(&self) -> bool {
+        self.epoch > 0
+            && self
+                .assigned
+                .iter()
+                .all(|k| self.parts.get(k).is_some_and(|p| p.eof))
+    }
+
+    /// Back-pressure: pause (or resume) every assigned partition for the shard's in-flight budget.
+    pub fn set_budget_paused(&mut self, paused: bool, ctrl: &dyn PartitionControl) {
+        self.budget.store(paused, Ordering::SeqCst);
+        self.apply(ctrl);
+    }
+
+    /// The start barrier is released: fetch what no other reason holds paused.
+    pub fn release_hold(&mut self, ctrl: &dyn PartitionControl) {
+        self.held = false;
+        self.apply(ctrl);
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// Stores the done prefix of every partition that moved since the last store.
+    pub fn store(&mut self, ctrl: &dyn PartitionControl) {
+        let mut out = Vec::new();
+        for ((t, p), part) in self.parts.iter_mut() {
+            if !std::mem::take(&mut part.dirty) {
+                continue;
+            }
+            if let (Some(topic), Some(next)) = (self.topics.get(*t), part.tracker.committable()) {
+                out.push((topic.clone(), *p, next));
+            }
+        }
+        if !out.is_empty() {
+            ctrl.store(&out);
+        }
+    }
+
+    /// Every partition's committable offset (the final synchronous commit at shutdown).
+    pub fn committable(&self) -> Vec<(String, i32, i64)> {
+        self.parts
+            .iter()
+            .filter_map(|((t, p), part)| {
+                Some((
+                    self.topics.get(*t)?.clone(),
+                    *p,
+                    part.tracker.committable()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// How long the oldest not-yet-committable record of any partition has waited.
+    pub fn oldest_pending_age(&self, now: Instant) -> Duration {
+        self.parts
+            .values()
+            .filter_map(|p| p.tracker.oldest_since())
+            .min()
+            .map(|at| now.saturating_duration_since(at))
+            .unwrap_or_default()
+    }
+
+    /// Records the book holds across partitions (done ones behind an unfinished record included).
+    pub fn pending(&self) -> usize {
+        self.parts.values().map(|p| p.tracker.pending()).sum()
+    }
+
+    /// Partitions that are paused right now (any reason).
+    pub fn paused_count(&self) -> usize {
+        self.paused.len()
+    }
+
+    pub fn assigned_count(&self) -> usize {
+        self.assigned.len()
+    }
+
+    fn part(&mut self, key: PartitionKey) -> &mut Part {
+        let topic = self.topics.get(key.0).map(String::as_str).unwrap_or("");
+        let counter_for = &self.counter_for;
+        self.parts.entry(key).or_insert_with(|| Part {
+            tracker: PartitionTracker::default(),
+            consumed: counter_for(topic, key.1),
+            dirty: false,
+            eof: false,
+            capped: false,
+        })
+    }
+
+    fn names(&self, keys: &[PartitionKey]) -> Vec<(String, i32)> {
+        keys.iter()
+            .filter_map(|(t, p)| Some((self.topics.get(*t)?.clone(), *p)))
+            .collect()
+    }
+
+    /// Brings librdkafka's pause state in line with every partition's reasons.
+    fn apply(&mut self, ctrl: &dyn PartitionControl) {
+        let all = self.held || self.is_budget_paused();
+        let (mut pause, mut resume) = (Vec::new(), Vec::new());
+        for key in &self.assigned {
+            let want = all || self.parts.get(key).is_some_and(|p| p.capped);
+            let has = self.paused.contains(key);
+            if want && !has {
+                pause.push(*key);
+            } else if !want && has {
+                resume.push(*key);
+            }
+        }
+        if !pause.is_empty() {
+            ctrl.pause(&self.names(&pause));
+            self.paused.extend(pause);
+        }
+        if !resume.is_empty() {
+            ctrl.resume(&self.names(&resume));
+            for k in &resume {
+                self.paused.remove(k);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Records what the book asked librdkafka to do, and the pause state that results.
+    #[derive(Default)]
+    struct FakeConsumer {
+        paused: RefCell<HashSet<(String, i32)>>,
+        stored: RefCell<HashMap<(String, i32), i64>>,
+    }
+
+    impl PartitionControl for FakeConsumer {
+        fn pause(&self, parts: &[(String, i32)]) {
+            self.paused.borrow_mut().extend(parts.iter().cloned());
+        }
+        fn resume(&self, parts: &[(String, i32)]) {
+            let mut p = self.paused.borrow_mut();
+            for x in parts {
+                p.remove(x);
+            }
+        }
+        fn store(&self, offsets: &[(String, i32, i64)]) {
+            for (t, p, o) in offsets {
+                self.stored.borrow_mut().insert((t.clone(), *p), *o);
+            }
+        }
+    }
+
+    impl FakeConsumer {
+        fn is_paused(&self, t: &str, p: i32) -> bool {
+            self.paused.borrow().contains(&(t.to_string(), p))
+        }
+        /// What librdkafka's assign callback does (kafka::context): pause when held or budget-paused.
+        fn assign(&self, book: &PartitionBook, parts: &[(String, i32)], held: bool) {
+            self.paused.borrow_mut().clear();
+            if held || book.budget_flag().load(Ordering::SeqCst) {
+                self.pause(parts);
+            }
+        }
+    }
+
+    fn book(max_pending: usize) -> PartitionBook {
+        PartitionBook::new(
+            vec!["a".into(), "b".into()],
+            max_pending,
+            Box::new(|_, _| IntCounter::new("c", "consumed").expect("static counter")),
+        )
+    }
+
+    fn tp(t: &str, p: i32) -> (String, i32) {
+        (t.to_string(), p)
+    }
+
+    #[test]
+    fn a_rebalance_under_back_pressure_keeps_every_partition_paused() {
+        let kafka = FakeConsumer::default();
+        let mut b = book(1000);
+        let first = [tp("a", 0), tp("a", 1)];
+        kafka.assign(&b, &first, false);
+        b.on_assignment(1, &first, false, &kafka);
+        assert!(!kafka.is_paused("a", 0));
+        b.set_budget_paused(true, &kafka);
+        assert!(kafka.is_paused("a", 0) && kafka.is_paused("a", 1));
+        // A member joins: everything is revoked, then a new set is assigned while the database is down.
+        let second = [tp("a", 1), tp("b", 0)];
+        kafka.assign(&b, &second, false);
+        b.on_assignment(3, &second, false, &kafka);
+        assert!(
+            kafka.is_paused("a", 1) && kafka.is_paused("b", 0),
+            "back-pressure survives the rebalance"
+        );
+        b.set_budget_paused(false, &kafka);
+        assert!(!kafka.is_paused("a", 1) && !kafka.is_paused("b", 0));
+    }
+
+    #[test]
+    fn revoke_with_work_in_flight_ignores_late_completions() {
+        let kafka = FakeConsumer::default();
+        let mut b = book(1000);
+        let now = Instant::now();
+        b.on_assignment(1, &[tp("a", 0)], false, &kafka);
+        for o in 10..15 {
+            assert!(b.begin((0, 0), o, now, &kafka));
+        }
+        b.done(1, (0, 0), 10, &kafka);
+        b.store(&kafka);
+        assert_eq!(kafka.stored.borrow().get(&tp("a", 0)), Some(&11));
+        // Revoked and assigned again: the old epoch's records are replayed by whoever owns them now.
+        b.on_assignment(3, &[tp("a", 0)], false, &kafka);
+        b.done(1, (0, 0), 11, &kafka);
+        b.store(&kafka);
+        assert_eq!(kafka.stored.borrow().get(&tp("a", 0)), Some(&11));
+        assert!(
+            b.committable().is_empty(),
+            "no state survives the rebalance"
+        );
+        // The replay starts at the committed offset and is tracked afresh.
+        assert!(b.begin((0, 0), 11, now, &kafka));
+        b.done(3, (0, 0), 11, &kafka);
+        assert_eq!(b.committable(), vec![(String::from("a"), 0, 12)]);
+    }
+
+    #[test]
+    fn drain_needs_the_end_of_every_partition_of_every_topic() {
+        let kafka = FakeConsumer::default();
+        let mut b = book(1000);
+        assert!(!b.all_at_eof(), "no assignment yet");
+        b.on_assignment(1, &[tp("a", 0), tp("b", 0)], false, &kafka);
+        b.mark_eof((0, 0));
+        assert!(
+            !b.all_at_eof(),
+            "topic b's partition 0 is not a's partition 0"
+        );
+        b.mark_eof((1, 0));
+        assert!(b.all_at_eof());
+        b.begin((1, 0), 5, Instant::now(), &kafka);
+        assert!(!b.all_at_eof(), "a new record means b/0 is not at its end");
+        b.mark_eof((1, 7));
+        assert!(
+            !b.all_at_eof(),
+            "an unassigned partition's end counts for nothing"
+        );
+    }
+
+    #[test]
+    fn a_stuck_record_caps_its_partition_and_ages() {
+        let kafka = FakeConsumer::default();
+        let mut b = book(4);
+        let t0 = Instant::now();
+        b.on_assignment(1, &[tp("a", 0), tp("a", 1)], false, &kafka);
+        for o in 0..4 {
+            b.begin((0, 0), o, t0, &kafka);
+        }
+        // Offset 0 is stuck; 1..3 are done behind it: the tracker still holds all four.
+        for o in 1..4 {
+            b.done(1, (0, 0), o, &kafka);
+        }
+        assert_eq!(b.pending(), 4);
+        assert!(kafka.is_paused("a", 0), "capped at max_pending");
+        assert!(!kafka.is_paused("a", 1), "other partitions keep flowing");
+        assert!(b.oldest_pending_age(t0 + Duration::from_secs(7)) >= Duration::from_secs(7));
+        b.done(1, (0, 0), 0, &kafka);
+        assert!(!kafka.is_paused("a", 0), "resumed once the record is done");
+        assert_eq!(b.pending(), 0);
+        assert_eq!(b.oldest_pending_age(t0), Duration::ZERO);
+        assert_eq!(b.committable(), vec![(String::from("a"), 0, 4)]);
+    }
+
+    #[test]
+    fn the_start_barrier_and_back_pressure_release_independently() {
+        let kafka = FakeConsumer::default();
+        let mut b = book(1000);
+        let parts = [tp("a", 0)];
+        kafka.assign(&b, &parts, true);
+        b.on_assignment(1, &parts, true, &kafka);
+        b.set_budget_paused(true, &kafka);
+        b.release_hold(&kafka);
+        assert!(kafka.is_paused("a", 0), "still paused for the budget");
+        b.set_budget_paused(false, &kafka);
+        assert!(!kafka.is_paused("a", 0));
+        assert_eq!(b.paused_count(), 0);
+    }
+}

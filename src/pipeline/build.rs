@@ -1,0 +1,335 @@
+//! Builds a shard's [`Chain`] from `[[processors]]` and `[table]`: filters and lookups in config order,
+//! then the custom (Rust) steps, then the sinks, the primary `[table]` insert last.
+//!
+//! Guarantee: every field a step names is resolved to a record slot here, once; an unknown field, a
+//! query that does not prepare or a schema that does not parse is a [`BuildError`] and the shard does
+//! not start. In null-sink mode (benchmarks) every insert writes nothing; everything else is real.
+//! Precondition: runs inside the shard (producers get glommio hooks; the session lives in the bridge).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
+use thiserror::Error;
+
+use super::filter::Filter;
+use super::insert::Insert;
+use super::lookup::Lookup;
+use super::produce::Produce;
+use super::{Chain, Processor};
+use crate::codec::{CodecError, Plan, RegistryClient, Value};
+use crate::config::{Config, ProcessorConfig, TableConfig};
+use crate::kafka::{producer_config, KafkaError};
+use crate::metrics::ShardMetrics;
+use crate::retry::Shutdown;
+use crate::sink::bridge::InTokio;
+use crate::sink::{Binder, NullWriter, RowWriter, ScyllaWriter, StartError};
+
+/// Why a chain could not be built (start-up; never retried).
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// A step names a field that is neither decoded, enriched nor declared by a custom step.
+    #[error("processors.{step}: field '{field}' is not known to the pipeline")]
+    UnknownField { step: String, field: String },
+    /// A lookup's SELECT did not prepare.
+    #[error("processors.{step}: cannot prepare `{query}`: {message}")]
+    Prepare {
+        step: String,
+        query: String,
+        message: String,
+    },
+    /// A lookup maps a column its SELECT does not return.
+    #[error("processors.{step}: the query selects no column '{column}'")]
+    NoColumn { step: String, column: String },
+    /// A produce step's schema does not parse.
+    #[error("processors.{step}.schema does not parse: {message}")]
+    Schema { step: String, message: String },
+    /// A produce step needs the registry to register its schema.
+    #[error("processors.{step}: produce needs schema.registry_url")]
+    NoRegistry { step: String },
+    #[error(transparent)]
+    Table(#[from] StartError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
+/// What a shard hands to [`build`].
+pub struct BuildInputs<'a> {
+    pub config: &'a Config,
+    /// The record's slot order: decoded, enriched, then custom fields.
+    pub fields: &'a Rc<[String]>,
+    /// The primary `[table]`'s writer (its session serves every table and lookup).
+    pub primary: ScyllaWriter,
+    pub primary_binder: Binder,
+    pub metrics: &'a ShardMetrics,
+    pub client_id: &'a str,
+    pub shutdown: &'a Shutdown,
+    /// Replace every insert's write with a no-op (benchmarks).
+    pub null_sink: bool,
+    /// Custom steps, run after the built-in filters and lookups, before the sinks.
+    pub custom: Vec<Box<dyn Processor>>,
+}
+
+struct Ctx<'a> {
+    inputs: &'a BuildInputs<'a>,
+}
+
+impl Ctx<'_> {
+    fn slot(&self, step: &str, field: &str) -> Result<usize, BuildError> {
+        self.inputs
+            .fields
+            .iter()
+            .position(|x| x == field)
+            .ok_or_else(|| BuildError::UnknownField {
+                step: step.into(),
+                field: field.into(),
+            })
+    }
+
+    fn insert(&self, name: String, writer: ScyllaWriter, binder: Binder) -> Box<dyn Processor> {
+        insert_step(self.inputs, name, writer, binder)
+    }
+}
+
+fn insert_step(
+    inputs: &BuildInputs<'_>,
+    name: String,
+    writer: ScyllaWriter,
+    binder: Binder,
+) -> Box<dyn Processor> {
+    let writer: Rc<dyn RowWriter> = if inputs.null_sink {
+        Rc::new(NullWriter)
+    } else {
+        Rc::new(writer)
+    };
+    Box::new(Insert {
+        name,
+        binder,
+        writer,
+        metrics: inputs.metrics.clone(),
+        shutdown: inputs.shutdown.clone(),
+    })
+}
+
+/// Builds the chain. See the module docs for the order of steps.
+pub async fn build(mut inputs: BuildInputs<'_>) -> Result<Chain, BuildError> {
+    let custom = std::mem::take(&mut inputs.custom);
+    let ctx = Ctx { inputs: &inputs };
+    let mut changing: Vec<Box<dyn Processor>> = Vec::new();
+    let mut sinks: Vec<Box<dyn Processor>> = Vec::new();
+    for p in &inputs.config.processors {
+        match p {
+            ProcessorConfig::Filter { .. } => changing.push(filter(&ctx, p)?),
+            ProcessorConfig::Lookup { .. } => changing.push(lookup(&ctx, p).await?),
+            ProcessorConfig::Insert { name, table } => {
+                sinks.push(insert_table(&ctx, name, table).await?)
+            }
+            ProcessorConfig::Produce { .. } => sinks.push(produce(&ctx, p)?),
+        }
+    }
+    let table = &inputs.config.table;
+    let name = format!("{}.{}", table.keyspace, table.table);
+    let primary = insert_step(
+        &inputs,
+        name,
+        inputs.primary.clone(),
+        inputs.primary_binder.clone(),
+    );
+    changing.extend(custom);
+    changing.extend(sinks);
+    changing.push(primary);
+    Ok(Chain::new(changing, inputs.metrics.clone()))
+}
+
+fn toml_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn toml_value(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::Str(s.clone()),
+        toml::Value::Integer(i) => Value::Long(*i),
+        toml::Value::Float(f) => Value::Double(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        other => Value::Str(other.to_string()),
+    }
+}
+
+fn filter(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>, BuildError> {
+    let ProcessorConfig::Filter {
+        name,
+        field,
+        equals,
+        one_of,
+        present,
+        gt,
+        ge,
+        lt,
+        le,
+        keep,
+    } = p
+    else {
+        unreachable!("filter() is called for filter steps only")
+    };
+    Ok(Box::new(Filter {
+        name: name.clone(),
+        slot: ctx.slot(name, field)?,
+        equals: equals.as_ref().map(toml_text),
+        one_of: one_of.as_ref().map(|v| v.iter().map(toml_text).collect()),
+        present: *present,
+        bounds: [*gt, *ge, *lt, *le],
+        keep: *keep,
+    }))
+}
+
+async fn insert_table(
+    ctx: &Ctx<'_>,
+    name: &str,
+    table: &TableConfig,
+) -> Result<Box<dyn Processor>, BuildError> {
+    let (writer, binder) = ctx
+        .inputs
+        .primary
+        .for_table(table, ctx.inputs.fields)
+        .await?;
+    Ok(ctx.insert(name.to_string(), writer, binder))
+}
+
+async fn lookup(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>, BuildError> {
+    let ProcessorConfig::Lookup {
+        name,
+        query,
+        key_fields,
+        columns,
+        cache_entries,
+        cache_ttl,
+        on_miss,
+        defaults,
+        timeout,
+        speculative_delay,
+    } = p
+    else {
+        unreachable!("lookup() is called for lookup steps only")
+    };
+    let inputs = ctx.inputs;
+    let session = inputs.primary.session().clone();
+    let q = query.clone();
+    let mut stmt = InTokio::new(inputs.primary.handle().clone(), async move {
+        session.prepare(q.as_str()).await
+    })
+    .await
+    .map_err(|e| BuildError::Prepare {
+        step: name.clone(),
+        query: query.clone(),
+        message: e.to_string(),
+    })?;
+    stmt.set_request_timeout(Some(*timeout));
+    stmt.set_is_idempotent(true);
+    if let Some(delay) = speculative_delay {
+        let profile = ExecutionProfile::builder()
+            .consistency(inputs.config.scylla.consistency.to_driver())
+            .request_timeout(Some(*timeout))
+            .speculative_execution_policy(Some(Arc::new(SimpleSpeculativeExecutionPolicy {
+                max_retry_count: 2,
+                retry_interval: *delay,
+            })))
+            .build();
+        stmt.set_execution_profile_handle(Some(profile.into_handle()));
+    }
+    let mut outputs = Vec::new();
+    {
+        let guard = stmt.get_current_result_set_col_specs();
+        let specs = guard.get();
+        for (column, field) in columns {
+            let (i, _) = specs
+                .get_by_name(column)
+                .ok_or_else(|| BuildError::NoColumn {
+                    step: name.clone(),
+                    column: column.clone(),
+                })?;
+            outputs.push((i, ctx.slot(name, field)?));
+        }
+    }
+    let defaults = defaults
+        .iter()
+        .map(|(field, v)| Ok((ctx.slot(name, field)?, toml_value(v))))
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    let m = inputs.metrics;
+    let cache = |o: &str| {
+        m.lookup_cache
+            .with_label_values(&[m.shard.as_str(), name.as_str(), o])
+    };
+    Ok(Box::new(Lookup {
+        name: name.clone(),
+        session: inputs.primary.session().clone(),
+        handle: inputs.primary.handle().clone(),
+        stmt,
+        key_slots: key_fields
+            .iter()
+            .map(|f| ctx.slot(name, f))
+            .collect::<Result<_, _>>()?,
+        outputs,
+        cache: RefCell::new(HashMap::new()),
+        cache_entries: *cache_entries,
+        cache_ttl: *cache_ttl,
+        on_miss: *on_miss,
+        defaults,
+        cache_hits: cache("hit"),
+        cache_misses: cache("miss"),
+        metrics: m.clone(),
+        shutdown: inputs.shutdown.clone(),
+    }))
+}
+
+fn produce(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>, BuildError> {
+    let ProcessorConfig::Produce {
+        name,
+        topic,
+        schema,
+        subject,
+        key_field,
+    } = p
+    else {
+        unreachable!("produce() is called for produce steps only")
+    };
+    let inputs = ctx.inputs;
+    let parsed = apache_avro::Schema::parse_str(schema).map_err(|e| BuildError::Schema {
+        step: name.clone(),
+        message: e.to_string(),
+    })?;
+    let (plan, names) = Plan::for_encoding(&parsed)?;
+    let url = inputs
+        .config
+        .schema
+        .registry_url
+        .as_ref()
+        .ok_or_else(|| BuildError::NoRegistry { step: name.clone() })?;
+    let reg = RegistryClient::new(url, inputs.config.schema.registry_timeout);
+    let subject = subject.clone().unwrap_or_else(|| format!("{topic}-value"));
+    let schema_id = reg.register(&subject, schema)?;
+    let mut pc = producer_config(&inputs.config.kafka, inputs.client_id);
+    pc.set("acks", "all");
+    let slots = names
+        .iter()
+        .map(|n| inputs.fields.iter().position(|x| x == n))
+        .collect();
+    Ok(Box::new(Produce {
+        name: name.clone(),
+        topic: topic.clone(),
+        plan,
+        slots,
+        schema_id,
+        key_slot: key_field.as_ref().map(|k| ctx.slot(name, k)).transpose()?,
+        producer: pc.create().map_err(KafkaError::from)?,
+        metrics: inputs.metrics.clone(),
+        shutdown: inputs.shutdown.clone(),
+    }))
+}

@@ -1,0 +1,230 @@
+//! The lookup step: a prepared SELECT by key whose columns are merged into the record, with a bounded
+//! per-shard cache, a miss policy and optional speculative execution.
+//!
+//! Guarantee: transient database errors are retried through [`crate::retry`] (a stop ends the wait);
+//! a miss follows `on_miss`; errors never carry the record's key or values.
+//! Precondition: built inside the shard; the driver's futures run through the tokio bridge.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::LocalBoxFuture;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue};
+
+use super::filter::text;
+use super::insert::step_error;
+use super::{Processor, Record, StepError, StepOutcome};
+use crate::codec::Value;
+use crate::config::MissPolicy;
+use crate::metrics::{events, ShardMetrics};
+use crate::retry::{retry, RetryPolicy, Retryable, Scope, Shutdown};
+use crate::sink::bridge::InTokio;
+use crate::sink::WriteError;
+
+pub(super) struct Cached {
+    at: Instant,
+    row: Option<Vec<Value>>,
+}
+
+/// A prepared SELECT by key, merged into the record.
+pub struct Lookup {
+    pub(super) name: String,
+    pub(super) session: Arc<Session>,
+    pub(super) handle: tokio::runtime::Handle,
+    pub(super) stmt: PreparedStatement,
+    pub(super) key_slots: Vec<usize>,
+    /// (index in the SELECT's columns, record slot)
+    pub(super) outputs: Vec<(usize, usize)>,
+    pub(super) cache: RefCell<HashMap<String, Cached>>,
+    pub(super) cache_entries: usize,
+    pub(super) cache_ttl: Duration,
+    pub(super) on_miss: MissPolicy,
+    pub(super) defaults: Vec<(usize, Value)>,
+    pub(super) cache_hits: prometheus::IntCounter,
+    pub(super) cache_misses: prometheus::IntCounter,
+    pub(super) metrics: ShardMetrics,
+    pub(super) shutdown: Shutdown,
+}
+
+fn to_cql(v: &Value) -> Option<CqlValue> {
+    Some(match v {
+        Value::Str(s) | Value::Enum(s) | Value::Uuid(s) => CqlValue::Text(s.clone()),
+        Value::Int(i) => CqlValue::Int(*i),
+        Value::Long(l) => CqlValue::BigInt(*l),
+        Value::TimestampMillis(ms) => CqlValue::Timestamp(CqlTimestamp(*ms)),
+        Value::Bool(b) => CqlValue::Boolean(*b),
+        Value::Double(d) => CqlValue::Double(*d),
+        _ => return None,
+    })
+}
+
+fn from_cql(v: CqlValue) -> Value {
+    match v {
+        CqlValue::Text(s) | CqlValue::Ascii(s) => Value::Str(s),
+        CqlValue::Int(i) => Value::Int(i),
+        CqlValue::BigInt(l) => Value::Long(l),
+        CqlValue::SmallInt(i) => Value::Int(i32::from(i)),
+        CqlValue::TinyInt(i) => Value::Int(i32::from(i)),
+        CqlValue::Boolean(b) => Value::Bool(b),
+        CqlValue::Double(d) => Value::Double(d),
+        CqlValue::Float(f) => Value::Float(f),
+        CqlValue::Timestamp(t) => Value::TimestampMillis(t.0),
+        CqlValue::Uuid(u) => Value::Uuid(u.to_string()),
+        CqlValue::Timeuuid(u) => Value::Uuid(u.to_string()),
+        CqlValue::Inet(a) => Value::Str(a.to_string()),
+        CqlValue::Blob(b) => Value::Bytes(b),
+        CqlValue::List(l) | CqlValue::Set(l) => Value::Array(l.into_iter().map(from_cql).collect()),
+        CqlValue::Map(m) => Value::Map(
+            m.into_iter()
+                .map(|(k, v)| (text(&from_cql(k)).unwrap_or_default(), from_cql(v)))
+                .collect(),
+        ),
+        other => Value::Str(format!("{other:?}")),
+    }
+}
+
+impl Lookup {
+    /// One SELECT by key: the first row's selected columns, or None.
+    async fn select(
+        &self,
+        key: Vec<CqlValue>,
+    ) -> Result<Option<Vec<Option<CqlValue>>>, WriteError> {
+        let (session, stmt) = (self.session.clone(), self.stmt.clone());
+        InTokio::new(self.handle.clone(), async move {
+            let res = session
+                .execute_unpaged(&stmt, key)
+                .await
+                .map_err(WriteError::from_execution)?;
+            let systemic = |e: &dyn std::fmt::Display| WriteError::Db {
+                scope: Scope::Systemic,
+                class: "schema",
+                message: format!("lookup result: {e}"),
+            };
+            let rows = res.into_rows_result().map_err(|e| systemic(&e))?;
+            let first = rows
+                .maybe_first_row::<scylla::value::Row>()
+                .map_err(|e| systemic(&e))?;
+            Ok(first.map(|r| r.columns))
+        })
+        .await
+    }
+
+    /// The looked-up values for the record slots of `outputs`, retrying transient errors.
+    async fn query(&self, key: Vec<CqlValue>) -> Result<Option<Vec<Value>>, StepError> {
+        let found = retry(
+            &RetryPolicy::UNTIL_STOPPED,
+            &self.shutdown,
+            || self.select(key.clone()),
+            |e, attempt, wait| events::write_retried(&self.metrics, e.class(), attempt, wait, e),
+        )
+        .await
+        .map_err(|e| step_error(&self.name, e))?;
+        Ok(found.map(|mut cols| {
+            self.outputs
+                .iter()
+                .map(|(i, _)| {
+                    cols.get_mut(*i)
+                        .and_then(Option::take)
+                        .map(from_cql)
+                        .unwrap_or(Value::Null)
+                })
+                .collect()
+        }))
+    }
+}
+
+impl Processor for Lookup {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn process<'a>(
+        &'a self,
+        rec: &'a mut Record,
+    ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>> {
+        Box::pin(async move {
+            let mut key = Vec::with_capacity(self.key_slots.len());
+            for s in &self.key_slots {
+                match rec.values.get(*s).and_then(to_cql) {
+                    Some(k) => key.push(k),
+                    None => {
+                        return Err(StepError::record(
+                            "lookup_key",
+                            format!("step {}: key field is null or not a scalar", self.name),
+                        ))
+                    }
+                }
+            }
+            let cache_key = format!("{key:?}");
+            let cached = if self.cache_entries > 0 {
+                self.cache
+                    .borrow()
+                    .get(&cache_key)
+                    .filter(|c| c.at.elapsed() < self.cache_ttl)
+                    .map(|c| c.row.clone())
+            } else {
+                None
+            };
+            let found = match cached {
+                Some(row) => {
+                    self.cache_hits.inc();
+                    row
+                }
+                None => {
+                    self.cache_misses.inc();
+                    let row = self.query(key).await?;
+                    if self.cache_entries > 0 {
+                        let mut c = self.cache.borrow_mut();
+                        if c.len() >= self.cache_entries {
+                            // Bounded: drop expired entries, or any one entry if none expired.
+                            let ttl = self.cache_ttl;
+                            c.retain(|_, v| v.at.elapsed() < ttl);
+                            if c.len() >= self.cache_entries {
+                                if let Some(k) = c.keys().next().cloned() {
+                                    c.remove(&k);
+                                }
+                            }
+                        }
+                        c.insert(
+                            cache_key,
+                            Cached {
+                                at: Instant::now(),
+                                row: row.clone(),
+                            },
+                        );
+                    }
+                    row
+                }
+            };
+            match found {
+                Some(vals) => {
+                    for ((_, slot), v) in self.outputs.iter().zip(vals) {
+                        if let Some(cell) = rec.values.get_mut(*slot) {
+                            *cell = v;
+                        }
+                    }
+                    Ok(StepOutcome::Passed)
+                }
+                None => match self.on_miss {
+                    MissPolicy::Drop => Ok(StepOutcome::Dropped),
+                    // The key is a value of the record: the message names the step only.
+                    MissPolicy::DeadLetter => Err(StepError::record(
+                        "lookup_miss",
+                        format!("step {}: no row for the record's key", self.name),
+                    )),
+                    MissPolicy::Default => {
+                        for (slot, v) in &self.defaults {
+                            if let Some(cell) = rec.values.get_mut(*slot) {
+                                *cell = v.clone();
+                            }
+                        }
+                        Ok(StepOutcome::Missed)
+                    }
+                },
+            }
+        })
+    }
+}

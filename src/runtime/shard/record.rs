@@ -1,0 +1,260 @@
+//! The life of one record after the shard loop handed it off: wait for its schema if the registry was
+//! unreachable, run it through the chain, dead-letter it if it cannot be processed, and report how it
+//! ended as a [`Completion`].
+//!
+//! Guarantee: a completion is `Written`, `Dropped` or `DeadLettered` only when that is final (written
+//! and acknowledged, dropped on purpose, dead letter acknowledged); `Abandoned` (the shard is
+//! stopping) and `Fatal` (stop the shard) leave the offset uncommitted. Log lines, metric labels and
+//! dead-letter headers carry classes and positions, never values of the record.
+//! Precondition: runs on its shard, inside the loop's bounded set of in-flight futures.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use prometheus::IntCounter;
+
+use crate::codec::{CodecError, Decoder, RegistryClient, Row, Value};
+use crate::kafka::dead_letter::{DeadLetter, DeadLetterProducer};
+use crate::kafka::partitions::PartitionKey;
+use crate::metrics::{events, ShardMetrics};
+use crate::pipeline::{Chain, Record, StepError};
+use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Shutdown};
+use crate::runtime::RunError;
+
+/// Per-topic stage counters, resolved once.
+pub(super) struct Stages {
+    pub consumed: IntCounter,
+    pub decoded: IntCounter,
+    pub written: IntCounter,
+    pub dropped: IntCounter,
+    pub dead_lettered: IntCounter,
+}
+
+impl Stages {
+    pub fn per_topic(metrics: &ShardMetrics, topics: &[String]) -> Vec<Stages> {
+        topics
+            .iter()
+            .map(|t| Stages {
+                consumed: metrics.stage(t, "consumed"),
+                decoded: metrics.stage(t, "decoded"),
+                written: metrics.stage(t, "written"),
+                dropped: metrics.stage(t, "dropped"),
+                dead_lettered: metrics.stage(t, "dead_lettered"),
+            })
+            .collect()
+    }
+}
+
+/// What every record future of a shard shares (one thread: `Rc`).
+pub(super) struct RecordContext {
+    pub chain: Rc<Chain>,
+    pub dead_letters: Option<DeadLetterProducer>,
+    pub stages: Vec<Stages>,
+    pub metrics: ShardMetrics,
+    pub topics: Vec<String>,
+    pub shard: usize,
+    pub shutdown: Shutdown,
+    pub decoder: Rc<RefCell<Decoder<RegistryClient>>>,
+    pub fields: Rc<[String]>,
+}
+
+impl RecordContext {
+    fn topic(&self, index: usize) -> &str {
+        self.topics.get(index).map(String::as_str).unwrap_or("")
+    }
+
+    pub fn stage(&self, topic: usize) -> Option<&Stages> {
+        self.stages.get(topic)
+    }
+
+    /// A decoded row as a chain record (slots for enriched and custom fields appended as nulls).
+    pub fn record(&self, mut values: Vec<Value>, origin: &Origin) -> Record {
+        values.resize(self.fields.len(), Value::Null);
+        Record {
+            fields: self.fields.clone(),
+            values,
+            kafka_ts_ms: origin.kafka_ts_ms,
+            offset: origin.offset,
+            key: origin.key.clone(),
+        }
+    }
+}
+
+/// Where a record came from: what its completion reports and what a dead letter carries.
+pub(super) struct Origin {
+    pub epoch: u64,
+    pub topic: usize,
+    pub partition: i32,
+    pub offset: i64,
+    pub kafka_ts_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// How a record ended.
+pub(super) enum RecordOutcome {
+    Written,
+    /// A filter or a lookup miss dropped it on purpose: done, nothing written.
+    Dropped,
+    DeadLettered,
+    /// The shard is stopping before the record was done: it stays uncommitted and is replayed.
+    Abandoned,
+    /// Cannot be processed and cannot be dead-lettered, or the table or session is broken: the shard
+    /// stops without committing it.
+    Fatal(RunError),
+}
+
+pub(super) struct Completion {
+    pub epoch: u64,
+    pub key: PartitionKey,
+    pub offset: i64,
+    pub outcome: RecordOutcome,
+}
+
+impl Origin {
+    fn done(&self, outcome: RecordOutcome) -> Completion {
+        Completion {
+            epoch: self.epoch,
+            key: (self.topic, self.partition),
+            offset: self.offset,
+            outcome,
+        }
+    }
+}
+
+/// How far the loop got with a record.
+pub(super) enum Start {
+    /// Decoded in the loop.
+    Decoded(Vec<Value>),
+    /// The registry did not answer for its schema id: decode once it does.
+    AwaitSchema,
+    /// Could not be decoded.
+    Failed {
+        class: &'static str,
+        message: String,
+    },
+}
+
+/// Processes one record to its completion.
+pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start) -> Completion {
+    let values = match start {
+        Start::Decoded(v) => v,
+        Start::AwaitSchema => match await_schema(&ctx, &origin).await {
+            Ok(v) => v,
+            Err(RetryError::Stopped(_)) => return origin.done(RecordOutcome::Abandoned),
+            Err(e) => {
+                let e = e.into_inner();
+                return fail(&ctx, origin, "decode", e.class(), e.to_string()).await;
+            }
+        },
+        Start::Failed { class, message } => {
+            return fail(&ctx, origin, "decode", class, message).await
+        }
+    };
+    let rec = ctx.record(values, &origin);
+    match ctx.chain.run(rec).await {
+        Ok(true) => {
+            observe_end_to_end(&ctx.metrics, origin.kafka_ts_ms);
+            origin.done(RecordOutcome::Written)
+        }
+        Ok(false) => origin.done(RecordOutcome::Dropped),
+        Err(StepError::Record { class, message }) => {
+            fail(&ctx, origin, "process", class, message).await
+        }
+        Err(StepError::Systemic { class, message }) => {
+            let e = RunError::Systemic {
+                shard: ctx.shard,
+                class,
+                message,
+            };
+            origin.done(RecordOutcome::Fatal(e))
+        }
+        Err(StepError::Stopped) => origin.done(RecordOutcome::Abandoned),
+    }
+}
+
+/// Decodes a record whose schema the registry did not serve at first, retrying until it does (or
+/// answers for good), the shard stops, or the id turns out unknown.
+async fn await_schema(
+    ctx: &RecordContext,
+    origin: &Origin,
+) -> Result<Vec<Value>, RetryError<CodecError>> {
+    let payload = origin.value.as_deref().unwrap_or_default();
+    let decoded = retry(
+        &RetryPolicy::UNTIL_STOPPED,
+        &ctx.shutdown,
+        || {
+            let mut row = Row::default();
+            let r = ctx.decoder.borrow_mut().decode(payload, &mut row);
+            std::future::ready(r.map(|_| row.values))
+        },
+        |e, attempt, wait| events::write_retried(&ctx.metrics, e.class(), attempt, wait, e),
+    )
+    .await?;
+    if let Some(s) = ctx.stage(origin.topic) {
+        s.decoded.inc();
+    }
+    Ok(decoded)
+}
+
+/// Kafka record timestamp → now, for a record that was written.
+fn observe_end_to_end(metrics: &ShardMetrics, ts_ms: Option<i64>) {
+    if let Some(ms) = ts_ms {
+        let e2e_ms = crate::sink::now_us() / 1000 - ms;
+        metrics
+            .end_to_end_seconds
+            .observe(e2e_ms.max(0) as f64 / 1000.0);
+    }
+}
+
+/// A record that cannot be processed: counted, logged, then dead-lettered (or fatal without a topic).
+async fn fail(
+    ctx: &RecordContext,
+    origin: Origin,
+    stage: &'static str,
+    class: &'static str,
+    message: String,
+) -> Completion {
+    let topic = ctx.topic(origin.topic).to_string();
+    events::record_failed(
+        &ctx.metrics,
+        &topic,
+        origin.partition,
+        origin.offset,
+        stage,
+        class,
+        &message,
+    );
+    let Some(producer) = &ctx.dead_letters else {
+        return origin.done(RecordOutcome::Fatal(RunError::Record {
+            shard: ctx.shard,
+            topic,
+            partition: origin.partition,
+            offset: origin.offset,
+            class,
+            message,
+        }));
+    };
+    let letter = DeadLetter {
+        key: origin.key.clone(),
+        value: origin.value.clone(),
+        class,
+        message,
+        topic: topic.clone(),
+        partition: origin.partition,
+        offset: origin.offset,
+        shard: ctx.shard,
+        truncated: None,
+    };
+    match producer.deliver(letter, &ctx.shutdown, &ctx.metrics).await {
+        Ok(()) => origin.done(RecordOutcome::DeadLettered),
+        Err(RetryError::Stopped(_)) => origin.done(RecordOutcome::Abandoned),
+        Err(e) => origin.done(RecordOutcome::Fatal(RunError::DeadLetter {
+            shard: ctx.shard,
+            topic,
+            partition: origin.partition,
+            offset: origin.offset,
+            source: Box::new(e.into_inner()),
+        })),
+    }
+}

@@ -1,0 +1,468 @@
+//! The shard's event loop: one `select` over completions, messages and the tick, each handed to one
+//! small handler; control (stop, kill) is read on the tick and at every yield.
+//!
+//! Guarantee: decoding stays in this loop (schema resolution once per id; a record whose schema the
+//! registry did not serve waits in its own future, so other partitions keep flowing); the loop yields
+//! to the reactor at least every [`YIELD_EVERY`] so timers (retry backoffs) fire and control is read
+//! under a backlog; a stop ends every backoff at once (the shard's [`Shutdown`](crate::retry::Shutdown)), finishes in-flight
+//! work within `shards.shutdown_deadline_ms`, then stores and commits the done prefix.
+//! Precondition: [`super::setup`] built the resources; the executor is the shard's own.
+
+use std::future::poll_fn;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures::future::LocalBoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::stream_consumer::MessageStream;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::record::{self, Completion, Origin, RecordOutcome, Start};
+use super::setup::{ShardConsumer, ShardResources};
+use crate::codec::Row;
+use crate::config::Config;
+use crate::kafka::context::ShardContext;
+use crate::kafka::partitions::PartitionControl;
+use crate::metrics::events;
+use crate::retry::Retryable;
+use crate::runtime::{Control, RunError, RunOptions, ShardSpec, Siblings};
+
+/// How often the loop does its timed work when no event wakes it.
+const TICK: Duration = Duration::from_millis(100);
+/// The longest the loop runs without yielding to the reactor (timers, I/O) and reading control.
+const YIELD_EVERY: Duration = Duration::from_millis(1);
+/// Stored offsets lag the truth by at most this much (librdkafka commits them on its timer).
+const STORE_EVERY: Duration = Duration::from_millis(2);
+/// How long the in-flight bound must hold before the shard pauses its partitions.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+/// The start barrier gives up on siblings that never join after this long.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
+
+type InFlight = FuturesUnordered<LocalBoxFuture<'static, Completion>>;
+
+enum Event<'a> {
+    Completion(Completion),
+    Message(BorrowedMessage<'a>),
+    Eof(i32),
+    ConsumerError(rdkafka::error::KafkaError),
+    Tick,
+}
+
+/// The consumer as the partition book sees it; `null_sink` runs store nothing.
+struct Kafka<'a> {
+    consumer: &'a ShardConsumer,
+    null_sink: bool,
+}
+
+impl PartitionControl for Kafka<'_> {
+    fn pause(&self, parts: &[(String, i32)]) {
+        if let Err(e) = self.consumer.pause(&tpl(parts)) {
+            tracing::warn!(error = %e, "pause failed");
+        }
+    }
+    fn resume(&self, parts: &[(String, i32)]) {
+        if let Err(e) = self.consumer.resume(&tpl(parts)) {
+            tracing::warn!(error = %e, "resume failed");
+        }
+    }
+    fn store(&self, offsets: &[(String, i32, i64)]) {
+        // A null-sink run writes nothing, so it must not move the group's offsets.
+        if self.null_sink {
+            return;
+        }
+        // Fails only for partitions revoked meanwhile: their records will be replayed by the new owner.
+        if let Err(e) = self.consumer.store_offsets(&offsets_tpl(offsets)) {
+            tracing::debug!(error = %e, "store_offsets after revoke");
+        }
+    }
+}
+
+fn tpl(parts: &[(String, i32)]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (t, p) in parts {
+        list.add_partition(t, *p);
+    }
+    list
+}
+
+fn offsets_tpl(offsets: &[(String, i32, i64)]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (t, p, o) in offsets {
+        let _ = list.add_partition_offset(t, *p, Offset::Offset(*o));
+    }
+    list
+}
+
+fn unix_seconds() -> f64 {
+    crate::sink::now_us() as f64 / 1e6
+}
+
+/// The loop's state besides its resources.
+pub(super) struct ShardLoop {
+    res: ShardResources,
+    spec: ShardSpec,
+    siblings: Siblings,
+    control: crossbeam_channel::Receiver<Control>,
+    opts: RunOptions,
+    max_in_flight: usize,
+    shutdown_deadline: Duration,
+    inflight: InFlight,
+    row: Row,
+    started_at: Instant,
+    full_since: Option<Instant>,
+    stopping: Option<Instant>,
+    fatal: Option<RunError>,
+    killed: bool,
+    idle_since: Option<Instant>,
+    last_store: Instant,
+    last_yield: Instant,
+}
+
+impl ShardLoop {
+    pub(super) fn new(
+        config: &Config,
+        spec: ShardSpec,
+        siblings: Siblings,
+        res: ShardResources,
+        control: crossbeam_channel::Receiver<Control>,
+        opts: RunOptions,
+    ) -> ShardLoop {
+        tracing::info!(shard = spec.index, core = spec.core, client_id = %res.client_id, "shard started");
+        let now = Instant::now();
+        ShardLoop {
+            res,
+            spec,
+            siblings,
+            control,
+            opts,
+            max_in_flight: config.scylla.max_in_flight_per_shard,
+            shutdown_deadline: config.shards.shutdown_deadline,
+            inflight: FuturesUnordered::new(),
+            row: Row::default(),
+            started_at: now,
+            full_since: None,
+            stopping: None,
+            fatal: None,
+            killed: false,
+            idle_since: None,
+            last_store: now,
+            last_yield: now,
+        }
+    }
+
+    /// Runs until stopped, drained, killed or failed; then commits what is done.
+    pub(super) async fn run(mut self, consumer: ShardConsumer) -> Result<(), RunError> {
+        let kafka = Kafka {
+            consumer: &consumer,
+            null_sink: self.opts.null_sink,
+        };
+        let mut stream = consumer.stream();
+        let mut tick = glommio::timer::Timer::new(TICK);
+        while !self.finished() {
+            let fetching = self.fetching();
+            let ev = next_event(&mut self.inflight, &mut stream, &mut tick, fetching).await;
+            self.sync_assignment(&kafka);
+            match ev {
+                Event::Completion(c) => self.on_completion(c, &kafka),
+                Event::Message(m) => self.on_message(&m, &kafka),
+                Event::Eof(p) => self.res.book.mark_eof_partition(p),
+                Event::ConsumerError(e) => self.on_consumer_error(&e),
+                Event::Tick => {
+                    tick = glommio::timer::Timer::new(TICK);
+                    self.on_tick(&kafka);
+                }
+            }
+            if self.last_yield.elapsed() >= YIELD_EVERY {
+                self.read_control();
+                glommio::executor().yield_now().await;
+                self.last_yield = Instant::now();
+            }
+        }
+        drop(stream);
+        self.finish(&kafka)
+    }
+
+    /// Whether to take messages: not while stopping or failed, and not at the in-flight bound unless
+    /// the partitions are paused (then the stream is polled only to serve rebalances).
+    fn fetching(&self) -> bool {
+        self.stopping.is_none()
+            && (self.inflight.len() < self.max_in_flight || self.res.book.is_budget_paused())
+    }
+
+    fn finished(&self) -> bool {
+        if self.killed {
+            return true;
+        }
+        let Some(since) = self.stopping else {
+            return false;
+        };
+        if self.inflight.is_empty() {
+            return true;
+        }
+        let late = since.elapsed() >= self.shutdown_deadline;
+        if late {
+            tracing::warn!(shard = self.spec.index, in_flight = self.inflight.len(),
+                "shutdown deadline passed: unfinished records stay uncommitted and will be replayed");
+        }
+        late
+    }
+
+    /// A rebalance happened since the last event: the book starts over from the new assignment.
+    fn sync_assignment(&mut self, kafka: &Kafka<'_>) {
+        let signals = &self.res.signals;
+        let epoch = signals.epoch.load(Ordering::SeqCst);
+        if epoch == self.res.book.epoch() {
+            return;
+        }
+        let assignment = signals
+            .assignment
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        let held = signals.held.load(Ordering::SeqCst);
+        self.res.book.on_assignment(epoch, &assignment, held, kafka);
+        self.idle_since = None;
+    }
+
+    fn on_message(&mut self, msg: &BorrowedMessage<'_>, kafka: &Kafka<'_>) {
+        self.idle_since = None;
+        let Some(topic) = self.res.book.topic_index(msg.topic()) else {
+            return;
+        };
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let now = Instant::now();
+        if !self.res.book.begin((topic, partition), offset, now, kafka) {
+            return;
+        }
+        let metrics = &self.res.metrics;
+        if metrics.first_record_time.get() == 0.0 {
+            metrics.first_record_time.set(unix_seconds());
+        }
+        let stage = self.res.records.stage(topic);
+        if let Some(s) = stage {
+            s.consumed.inc();
+        }
+        let decoded = self
+            .res
+            .decoder
+            .borrow_mut()
+            .decode(msg.payload().unwrap_or_default(), &mut self.row);
+        let start = match decoded {
+            Ok(_) => {
+                metrics.decode_seconds.observe(now.elapsed().as_secs_f64());
+                if let Some(s) = stage {
+                    s.decoded.inc();
+                }
+                Start::Decoded(std::mem::take(&mut self.row.values))
+            }
+            Err(e) if e.is_retryable() => Start::AwaitSchema,
+            Err(e) => Start::Failed {
+                class: e.class(),
+                message: e.to_string(),
+            },
+        };
+        let origin = Origin {
+            epoch: self.res.book.epoch(),
+            topic,
+            partition,
+            offset,
+            kafka_ts_ms: msg.timestamp().to_millis(),
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+        };
+        let fut = record::process(self.res.records.clone(), origin, start);
+        self.inflight.push(fut.boxed_local());
+        metrics.in_flight.set(self.inflight.len() as i64);
+        if self.inflight.len() >= self.max_in_flight {
+            self.full_since.get_or_insert(now);
+        }
+    }
+
+    fn on_completion(&mut self, c: Completion, kafka: &Kafka<'_>) {
+        let metrics = &self.res.metrics;
+        metrics.in_flight.set(self.inflight.len() as i64);
+        metrics.last_done_time.set(unix_seconds());
+        let stage = self.res.records.stage(c.key.0);
+        match c.outcome {
+            RecordOutcome::Written => stage.map(|s| s.written.inc()),
+            RecordOutcome::Dropped => stage.map(|s| s.dropped.inc()),
+            RecordOutcome::DeadLettered => stage.map(|s| s.dead_lettered.inc()),
+            RecordOutcome::Abandoned => return,
+            RecordOutcome::Fatal(e) => {
+                tracing::error!(shard = self.spec.index, error = %e, "stopping the shard uncommitted");
+                self.fatal.get_or_insert(e);
+                self.begin_stop();
+                return;
+            }
+        };
+        self.res.book.done(c.epoch, c.key, c.offset, kafka);
+        // Stored offsets are what librdkafka commits on its timer and before a revoke: keep them within
+        // a few ms of the truth so a rebalance replays little, without an FFI call per record.
+        if self.last_store.elapsed() >= STORE_EVERY {
+            self.res.book.store(kafka);
+            self.last_store = Instant::now();
+        }
+        if self.inflight.len() < self.max_in_flight {
+            self.full_since = None;
+        }
+        if self.res.book.is_budget_paused() && self.inflight.len() <= self.max_in_flight / 2 {
+            self.res.book.set_budget_paused(false, kafka);
+            events::paused(&self.res.metrics, false, self.inflight.len());
+        }
+    }
+
+    fn on_consumer_error(&self, err: &rdkafka::error::KafkaError) {
+        // Broker and transport errors are retried inside librdkafka; they are only reported here.
+        tracing::warn!(shard = self.spec.index, error = %err, "consumer error");
+        let m = &self.res.metrics;
+        m.errors
+            .with_label_values(&[m.shard.as_str(), "", "consume", "kafka"])
+            .inc();
+    }
+
+    fn on_tick(&mut self, kafka: &Kafka<'_>) {
+        self.release_barrier(kafka);
+        self.res.book.store(kafka);
+        if !self.res.book.is_budget_paused()
+            && self.full_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER)
+        {
+            self.res.book.set_budget_paused(true, kafka);
+            events::paused(&self.res.metrics, true, self.inflight.len());
+        }
+        let now = Instant::now();
+        let m = &self.res.metrics;
+        m.oldest_pending_seconds
+            .set(self.res.book.oldest_pending_age(now).as_secs_f64());
+        self.read_control();
+        if self.opts.drain {
+            self.check_drained(now);
+        }
+    }
+
+    /// Releases the start barrier once every shard of this process has joined (or after
+    /// [`BARRIER_TIMEOUT`], should a sibling never come up).
+    fn release_barrier(&mut self, kafka: &Kafka<'_>) {
+        let held = &self.res.signals.held;
+        let joined = self.siblings.joined.load(Ordering::SeqCst);
+        if held.load(Ordering::SeqCst)
+            && (joined >= self.siblings.drained.len()
+                || self.started_at.elapsed() > BARRIER_TIMEOUT)
+        {
+            held.store(false, Ordering::SeqCst);
+            self.res.book.release_hold(kafka);
+        }
+    }
+
+    fn read_control(&mut self) {
+        match self.control.try_recv() {
+            Ok(Control::Stop) => self.begin_stop(),
+            Ok(Control::Kill) => {
+                tracing::warn!(
+                    shard = self.spec.index,
+                    "killed: uncommitted records will be replayed"
+                );
+                self.killed = true;
+                self.res.shutdown.stop();
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// No more fetches; every backoff ends now; in-flight work finishes within the deadline.
+    fn begin_stop(&mut self) {
+        if self.stopping.is_none() {
+            tracing::info!(
+                shard = self.spec.index,
+                in_flight = self.inflight.len(),
+                "stopping: no more fetches, finishing in-flight work"
+            );
+            self.stopping = Some(Instant::now());
+            self.res.shutdown.stop();
+        }
+    }
+
+    /// Drain mode: the shards of one process leave together, once every assigned partition of every
+    /// shard is at its end and nothing is in flight (a shard leaving early would rebalance its
+    /// siblings mid-work).
+    fn check_drained(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let mine = self.res.book.all_at_eof() && self.inflight.is_empty();
+        let drained = &self.siblings.drained;
+        if let Some(flag) = drained.get(self.spec.index) {
+            flag.store(mine, Ordering::SeqCst);
+        }
+        if !(mine && drained.iter().all(|d| d.load(Ordering::SeqCst))) {
+            self.idle_since = None;
+            return;
+        }
+        let since = *self.idle_since.get_or_insert(now);
+        if since.elapsed() >= Duration::from_millis(self.opts.drain_idle_ms) {
+            tracing::info!(
+                shard = self.spec.index,
+                "drained: every assigned partition of every shard at its end"
+            );
+            self.begin_stop();
+        }
+    }
+
+    /// Stores and synchronously commits the done prefix, flushes dead letters.
+    fn finish(mut self, kafka: &Kafka<'_>) -> Result<(), RunError> {
+        if self.killed {
+            return Err(RunError::Killed);
+        }
+        self.res.book.store(kafka);
+        let offsets = self.res.book.committable();
+        if !offsets.is_empty() && !self.opts.null_sink {
+            match kafka
+                .consumer
+                .commit(&offsets_tpl(&offsets), CommitMode::Sync)
+            {
+                Ok(()) => events::committed(&self.res.metrics, true, None),
+                Err(e) => events::committed(&self.res.metrics, false, Some(&e)),
+            }
+        }
+        if let Some(d) = &self.res.records.dead_letters {
+            d.flush(Duration::from_secs(10));
+        }
+        tracing::info!(shard = self.spec.index, "shard stopped");
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Completions first (they free budget), then messages while `fetching`, then the tick.
+async fn next_event<'c>(
+    inflight: &mut InFlight,
+    stream: &mut MessageStream<'c, ShardContext>,
+    tick: &mut glommio::timer::Timer,
+    fetching: bool,
+) -> Event<'c> {
+    poll_fn(|cx| {
+        if let Poll::Ready(Some(c)) = inflight.poll_next_unpin(cx) {
+            return Poll::Ready(Event::Completion(c));
+        }
+        if fetching {
+            match stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(m))) => return Poll::Ready(Event::Message(m)),
+                Poll::Ready(Some(Err(rdkafka::error::KafkaError::PartitionEOF(p)))) => {
+                    return Poll::Ready(Event::Eof(p))
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::ConsumerError(e)),
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+        }
+        if tick.poll_unpin(cx).is_ready() {
+            return Poll::Ready(Event::Tick);
+        }
+        Poll::Pending
+    })
+    .await
+}

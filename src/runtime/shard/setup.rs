@@ -1,0 +1,191 @@
+//! Builds everything a shard owns before its loop starts: the tokio bridge and Scylla session, the
+//! decoder, the processor chain, the partition book, the consumer (subscribed) and the dead-letter
+//! producer.
+//!
+//! Guarantee: nothing is consumed before every resource exists; a failure here is a start-up error of
+//! this shard (the process exits), never a per-record error.
+//! Precondition: runs on the shard's pinned thread, so librdkafka's threads inherit its core affinity.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+
+use super::record::{RecordContext, Stages};
+use crate::codec::{self, Decoder, RegistryClient};
+use crate::config::Config;
+use crate::kafka::context::ShardContext;
+use crate::kafka::dead_letter::DeadLetterProducer;
+use crate::kafka::partitions::PartitionBook;
+use crate::kafka::{consumer_config, producer_config, GlommioRuntime, KafkaError};
+use crate::metrics::ShardMetrics;
+use crate::pipeline::build::BuildInputs;
+use crate::pipeline::{self, Processor};
+use crate::retry::Shutdown;
+use crate::runtime::{RunError, RunOptions, ShardSpec, Siblings};
+use crate::sink::bridge::TokioBridge;
+use crate::sink::ScyllaWriter;
+
+pub(super) type ShardConsumer = StreamConsumer<ShardContext, GlommioRuntime>;
+
+/// What the consumer context shares with the loop: written in rebalance callbacks, read by the loop
+/// when the epoch changed.
+pub(super) struct RebalanceSignals {
+    pub epoch: Arc<AtomicU64>,
+    pub assignment: Arc<Mutex<Vec<(String, i32)>>>,
+    /// The start barrier holds the assigned partitions paused.
+    pub held: Arc<AtomicBool>,
+}
+
+/// A shard's resources, built by [`setup`].
+pub(super) struct ShardResources {
+    pub book: PartitionBook,
+    pub signals: RebalanceSignals,
+    /// Shared with record futures that wait for a schema (decoding otherwise stays in the loop).
+    pub decoder: Rc<RefCell<Decoder<RegistryClient>>>,
+    pub records: Rc<RecordContext>,
+    pub shutdown: Shutdown,
+    pub metrics: ShardMetrics,
+    pub client_id: String,
+    /// Dropped last: the session's I/O runs on it.
+    pub _bridge: TokioBridge,
+}
+
+/// Builds a shard's resources (see the module docs).
+pub(super) async fn setup(
+    config: &Config,
+    spec: ShardSpec,
+    siblings: &Siblings,
+    metrics: ShardMetrics,
+    opts: RunOptions,
+) -> Result<(ShardConsumer, ShardResources), RunError> {
+    let bridge = TokioBridge::start(format!("shard{}-tokio", spec.index), spec.bridge_core)
+        .map_err(|source| RunError::Bridge {
+            shard: spec.index,
+            source,
+        })?;
+    let decoder = codec::decoder_for(config, config.needed_fields())?;
+    let custom: Vec<Box<dyn Processor>> = siblings
+        .custom
+        .as_ref()
+        .map(|f| f(spec.index))
+        .unwrap_or_default();
+    let fields = record_fields(config, &custom);
+    let (primary, primary_binder) = ScyllaWriter::connect(config, &fields, &bridge).await?;
+    let client_id = format!("shardline-{}-shard{}", std::process::id(), spec.index);
+    let shutdown = Shutdown::new();
+    let chain = pipeline::build(BuildInputs {
+        config,
+        fields: &fields,
+        primary,
+        primary_binder,
+        metrics: &metrics,
+        client_id: &client_id,
+        shutdown: &shutdown,
+        null_sink: opts.null_sink,
+        custom,
+    })
+    .await?;
+    tracing::info!(shard = spec.index, steps = ?chain.step_names(), "processor chain");
+    let book = partition_book(config, &metrics);
+    let (consumer, signals) = consumer(config, spec, siblings, &metrics, &book, &client_id, opts)?;
+    let dead_letters = match &config.kafka.dead_letter_topic {
+        Some(t) => Some(DeadLetterProducer::new(
+            &producer_config(&config.kafka, &client_id),
+            t.clone(),
+        )?),
+        None => None,
+    };
+    let decoder = Rc::new(RefCell::new(decoder));
+    let records = Rc::new(RecordContext {
+        chain: Rc::new(chain),
+        dead_letters,
+        stages: Stages::per_topic(&metrics, &config.kafka.topics),
+        metrics: metrics.clone(),
+        topics: config.kafka.topics.clone(),
+        shard: spec.index,
+        shutdown: shutdown.clone(),
+        decoder: decoder.clone(),
+        fields,
+    });
+    let resources = ShardResources {
+        book,
+        signals,
+        decoder,
+        records,
+        shutdown,
+        metrics,
+        client_id,
+        _bridge: bridge,
+    };
+    Ok((consumer, resources))
+}
+
+/// The record's slots: decoded and enriched fields, then the outputs of custom steps.
+fn record_fields(config: &Config, custom: &[Box<dyn Processor>]) -> Rc<[String]> {
+    let mut all = config.all_fields();
+    for o in custom.iter().flat_map(|p| p.outputs()) {
+        if !all.contains(&o) {
+            all.push(o);
+        }
+    }
+    all.into()
+}
+
+fn partition_book(config: &Config, metrics: &ShardMetrics) -> PartitionBook {
+    let m = metrics.clone();
+    PartitionBook::new(
+        config.kafka.topics.clone(),
+        config.kafka.max_pending_per_partition,
+        Box::new(move |topic, partition| {
+            m.partition_messages.with_label_values(&[
+                m.shard.as_str(),
+                topic,
+                partition.to_string().as_str(),
+            ])
+        }),
+    )
+}
+
+/// The shard's consumer, subscribed, with its context wired to the partition book's pause flag.
+fn consumer(
+    config: &Config,
+    spec: ShardSpec,
+    siblings: &Siblings,
+    metrics: &ShardMetrics,
+    book: &PartitionBook,
+    client_id: &str,
+    opts: RunOptions,
+) -> Result<(ShardConsumer, RebalanceSignals), RunError> {
+    let signals = RebalanceSignals {
+        epoch: Arc::new(AtomicU64::new(0)),
+        assignment: Arc::new(Mutex::new(Vec::new())),
+        held: Arc::new(AtomicBool::new(false)),
+    };
+    let ctx = ShardContext {
+        shard: spec.index,
+        core: spec.core,
+        metrics: metrics.clone(),
+        epoch: signals.epoch.clone(),
+        assignment: signals.assignment.clone(),
+        joined: siblings.joined.clone(),
+        shards: siblings.drained.len(),
+        first_assign: AtomicBool::new(false),
+        held: signals.held.clone(),
+        budget_paused: book.budget_flag(),
+    };
+    let mut cc = consumer_config(&config.kafka, client_id);
+    if opts.drain {
+        cc.set("enable.partition.eof", "true");
+    }
+    if opts.null_sink {
+        // A benchmark run must not move the group's offsets past records it did not write.
+        cc.set("enable.auto.commit", "false");
+    }
+    let consumer: ShardConsumer = cc.create_with_context(ctx).map_err(KafkaError::from)?;
+    let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(KafkaError::from)?;
+    Ok((consumer, signals))
+}
