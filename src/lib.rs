@@ -7,22 +7,38 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file, defaults, environment overrides, `validate()`.
-//! - [`runtime`]: shard placement on cores, start/stop, the per-shard loop ([`runtime::shard`]) and the
-//!   tokio bridge for the scylla driver ([`runtime::bridge`]).
-//! - [`kafka`]: consumer configuration and context (rebalances, commits, lag), offset tracking,
-//!   the dead-letter producer, rdkafka's async hooks on glommio.
+//! - [`config`]: the TOML file as typed values (serde enums, durations), defaults, environment
+//!   overrides (addresses, secrets), one `validate()` with a `TableConfig::validate` for every table.
+//! - [`runtime`]: shard placement on cores, start/stop/kill; [`runtime::shard`] is one shard:
+//!   `setup` (resources), `run` (the event loop), `record` (the life of one record).
+//! - [`kafka`]: consumer and producer configuration, the consumer context (rebalances, commits, lag),
+//!   [`kafka::partitions`] (the `PartitionBook`: trackers, pause reasons, end-of-partition, stored and
+//!   final offsets), the dead-letter producer, rdkafka's async hooks on glommio.
 //! - [`codec`]: the Confluent wire frame, the schema registry client, the per-shard schema cache and the
 //!   compiled Avro decoder (writer schema resolved once per schema id).
-//! - [`sink`]: Scylla session, prepared INSERT, field → column mapping and binding, write errors.
+//! - [`pipeline`]: the `Chain` every record goes through and one file per step (filter, lookup, insert,
+//!   produce), plus `build` (config → chain) and the `Processor` trait for custom steps.
+//! - [`sink`]: the database: errors per phase, session and statement preparation, binding, writers, the
+//!   tokio bridge the driver needs beside a glommio shard.
+//! - [`retry`]: the one retry policy, the `Retryable` trait and the shard's `Shutdown` signal.
 //! - [`metrics`]: per-shard prometheus registries, named events, the `/metrics` endpoint.
 //! - [`check`]: the live start-up check (topics, subject, table, types).
-//! - [`loadgen`]: the navigation-event load generator behind `shardline produce`.
-//! - [`pipeline`]: the processor chain (filter, lookup, insert, produce) and the `Processor` trait.
-//! - [`plan`]: the capacity planner behind `shardline plan` (pure functions).
-//! - [`report`]: the end-of-run summary computed from the merged metrics.
+//! - [`loadgen`], [`plan`], [`report`]: the load generator, the capacity planner, the run summary.
 //!
 //! The binary (`src/bin/shardline.rs`) only parses arguments, sets up tracing and calls these.
+//!
+//! # The path of one record
+//!
+//! The shard's consumer (`runtime::shard::run`) hands a message to `on_message`, which registers its
+//! offset in the `kafka::partitions::PartitionBook` and decodes it right there in the loop with the
+//! `codec::Decoder` (the `Plan` of its schema id). The decoded values go into a future
+//! (`runtime::shard::record::process`) that runs the `pipeline::Chain`: filters and lookups in order,
+//! then the sinks; the insert sink (`pipeline::insert`) binds the values with a `sink::Binder` and
+//! writes them through a `sink::ScyllaWriter`, retrying transient errors with `retry::retry`. The
+//! future ends in a completion; `on_completion` marks the offset done in the book, which stores the
+//! contiguous done prefix for librdkafka to commit. A record that fails goes to the dead-letter topic
+//! (`kafka::dead_letter`) before its offset is marked done; an error about the table or the session
+//! stops the shard without marking it.
 
 pub mod check;
 pub mod codec;

@@ -1,11 +1,11 @@
 //! The `shardline` command: parses arguments, sets up tracing, calls the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use shardline::codec::{RegistryClient, SchemaResolver};
 use shardline::config::Config;
 use shardline::loadgen::{self, navigation, ProduceSpec};
@@ -50,48 +50,7 @@ enum Cmd {
         config: PathBuf,
     },
     /// Produce navigation events (Confluent wire format, keyed by uid).
-    Produce {
-        #[arg(
-            long,
-            env = "SHARDLINE_KAFKA_BROKERS",
-            default_value = "127.0.0.1:9092"
-        )]
-        brokers: String,
-        #[arg(
-            long,
-            env = "SHARDLINE_REGISTRY_URL",
-            default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
-        )]
-        registry_url: String,
-        #[arg(long)]
-        topic: String,
-        /// Subject to register the schema under. Default `<topic>-value`.
-        #[arg(long)]
-        subject: Option<String>,
-        /// Records to send.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Or send for this many seconds.
-        #[arg(long)]
-        duration_s: Option<u64>,
-        /// Target msg/s, steady; 0 = as fast as possible.
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Timestamp of event 0 (ms); events advance 1 ms every 10. Default: now.
-        #[arg(long)]
-        base_ts_ms: Option<i64>,
-        /// Distinct users.
-        #[arg(long, default_value_t = 100_000)]
-        uids: u64,
-        /// Make every n-th record a poison record, cycling through the error classes (dead-letter tests).
-        #[arg(long, default_value_t = 0)]
-        poison_every: u64,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Produce(ProduceArgs),
     /// Create a topic (idempotent).
     CreateTopic {
         #[arg(
@@ -106,39 +65,88 @@ enum Cmd {
         partitions: i32,
     },
     /// Size a deployment from measured costs: shards, hosts, partitions, in-flight, fetch settings.
-    Plan {
-        /// A bench report (results/bench/report.json) to take the costs from.
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Or explicit costs: shardline CPU µs per message on the full path.
-        #[arg(long)]
-        cpu_us_per_msg: Option<f64>,
-        /// Write latency p99 (ms).
-        #[arg(long)]
-        write_p99_ms: Option<f64>,
-        /// Average record size (bytes).
-        #[arg(long)]
-        msg_bytes: Option<f64>,
-        /// Target throughput (msg/s).
-        #[arg(long)]
-        msgs_per_s: f64,
-        #[arg(long, default_value_t = 8)]
-        cores_per_host: u32,
-        #[arg(long, default_value_t = 0.3)]
-        headroom: f64,
-        /// Partitions of the topic, if fixed.
-        #[arg(long)]
-        partitions: Option<u32>,
-        /// Write the per-host config fragment here.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Plan(PlanArgs),
     /// Run CQL statements (schema set-up in scripts; no cqlsh needed).
     Cql {
         #[arg(long, env = "SHARDLINE_SCYLLA_NODES", default_value = "127.0.0.1:9042")]
         nodes: String,
         statements: Vec<String>,
     },
+}
+
+// Structs for the subcommands with too many arguments for one handler's parameter list. They carry
+// no doc comment: the variant's stays the subcommand's help.
+#[derive(Args)]
+struct ProduceArgs {
+    #[arg(
+        long,
+        env = "SHARDLINE_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    brokers: String,
+    #[arg(
+        long,
+        env = "SHARDLINE_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
+    )]
+    registry_url: String,
+    #[arg(long)]
+    topic: String,
+    /// Subject to register the schema under. Default `<topic>-value`.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Records to send.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Or send for this many seconds.
+    #[arg(long)]
+    duration_s: Option<u64>,
+    /// Target msg/s, steady; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Timestamp of event 0 (ms); events advance 1 ms every 10. Default: now.
+    #[arg(long)]
+    base_ts_ms: Option<i64>,
+    /// Distinct users.
+    #[arg(long, default_value_t = 100_000)]
+    uids: u64,
+    /// Make every n-th record a poison record, cycling through the error classes (dead-letter tests).
+    #[arg(long, default_value_t = 0)]
+    poison_every: u64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// A bench report (results/bench/report.json) to take the costs from.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Or explicit costs: shardline CPU µs per message on the full path.
+    #[arg(long)]
+    cpu_us_per_msg: Option<f64>,
+    /// Write latency p99 (ms).
+    #[arg(long)]
+    write_p99_ms: Option<f64>,
+    /// Average record size (bytes).
+    #[arg(long)]
+    msg_bytes: Option<f64>,
+    /// Target throughput (msg/s).
+    #[arg(long)]
+    msgs_per_s: f64,
+    #[arg(long, default_value_t = 8)]
+    cores_per_host: u32,
+    #[arg(long, default_value_t = 0.3)]
+    headroom: f64,
+    /// Partitions of the topic, if fixed.
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Write the per-host config fragment here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn cql_text(v: &scylla::value::CqlValue) -> String {
@@ -176,210 +184,225 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             drain_idle_ms,
             null_sink,
             summary,
-        } => {
-            let cfg = Config::load(&config)?;
-            let report = shardline::check::check_live(&cfg).context("start-up check")?;
-            tracing::info!(partitions = ?report.partitions, schema_id = ?report.schema_id, "start-up check passed");
-            let registries_addr: std::net::SocketAddr =
-                cfg.metrics.listen.parse().context("metrics.listen")?;
-            let started = Instant::now();
-            let running = runtime::start(
-                Arc::new(cfg),
-                RunOptions {
-                    null_sink,
-                    drain,
-                    drain_idle_ms,
-                },
-            )?;
-            let registries = running.registries.clone();
-            let bound = shardline::metrics::http::serve(registries_addr, registries.clone())
-                .with_context(|| format!("binding metrics endpoint {registries_addr}"))?;
-            tracing::info!(shards = running.specs.len(), metrics = %format!("http://{bound}/metrics"), "running");
-            let stop_rx = runtime::stop_requests_on_signals()?;
-            let result = running.supervise(&stop_rx);
-            let s = shardline::report::summarize(&registries, started.elapsed().as_secs_f64());
-            let json = serde_json::to_string_pretty(&s)?;
-            if let Some(p) = summary {
-                std::fs::write(&p, &json).with_context(|| format!("writing {}", p.display()))?;
-            }
-            tracing::info!(
-                consumed = s.consumed,
-                written = s.written,
-                dead_lettered = s.dead_lettered,
-                msgs_per_s = format!("{:.0}", s.msgs_per_s),
-                "run ended"
-            );
-            result?;
-            Ok(())
-        }
-        Cmd::Check { config } => {
-            let cfg = Config::load(&config)?;
-            let r = shardline::check::check_live(&cfg)?;
-            println!("config OK");
-            for (t, n) in &r.partitions {
-                println!("  topic {t}: {n} partitions");
-            }
-            if let Some(id) = r.schema_id {
-                println!("  subject {}: latest schema id {id}", cfg.subject());
-            }
-            for c in &r.columns {
-                println!("  column {c}");
-            }
-            Ok(())
-        }
-        Cmd::Produce {
-            brokers,
-            registry_url,
-            topic,
-            subject,
-            count,
-            duration_s,
-            rate,
-            seed,
-            base_ts_ms,
-            uids,
-            poison_every,
-            quiet,
-        } => {
-            if count.is_none() && duration_s.is_none() {
-                bail!("give --count or --duration-s");
-            }
-            let reg = RegistryClient::new(&registry_url, Duration::from_secs(10));
-            let subject = subject.unwrap_or_else(|| format!("{topic}-value"));
-            let schema_id = reg
-                .register(&subject, navigation::SCHEMA)
-                .context("registering the schema")?;
-            // The registry must give back what we registered (catches a wrong base URL early).
-            reg.schema_by_id(schema_id)
-                .context("reading the schema back")?;
-            let spec = ProduceSpec {
-                brokers,
-                topic,
-                schema_id,
-                count,
-                duration: duration_s.map(Duration::from_secs),
-                rate,
-                seed,
-                base_ts_ms: base_ts_ms.unwrap_or_else(|| shardline::sink::now_us() / 1000),
-                uids,
-                poison_every,
-                alt_schema_id: if poison_every > 0 {
-                    Some(reg.register(&format!("{subject}-noip"), navigation::SCHEMA_WITHOUT_IP)?)
-                } else {
-                    None
-                },
-                progress: !quiet,
-            };
-            let s = loadgen::produce(&spec, &Default::default())?;
-            eprintln!(
-                "sent {} ({} acked, {} failed, {} poison) in {:.1}s: {:.0} msg/s, {:.1} MiB",
-                s.sent,
-                s.acked,
-                s.failed,
-                s.poison,
-                s.seconds,
-                s.rate_per_s,
-                s.bytes as f64 / (1 << 20) as f64
-            );
-            println!("{}", serde_json::to_string(&s)?);
-            if s.failed > 0 {
-                bail!("{} records were not acknowledged", s.failed);
-            }
-            Ok(())
-        }
+        } => run(
+            &config,
+            RunOptions {
+                null_sink,
+                drain,
+                drain_idle_ms,
+            },
+            summary,
+        ),
+        Cmd::Check { config } => check(&config),
+        Cmd::Produce(args) => produce(args),
         Cmd::CreateTopic {
             brokers,
             topic,
             partitions,
-        } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(shardline::kafka::admin::create_topic(
-                &brokers, &topic, partitions,
-            ))?;
-            println!("topic {topic} ready ({partitions} partitions)");
-            Ok(())
-        }
-        Cmd::Plan {
-            report,
-            cpu_us_per_msg,
-            write_p99_ms,
-            msg_bytes,
-            msgs_per_s,
-            cores_per_host,
-            headroom,
-            partitions,
-            out,
-        } => {
-            let from_report: Option<serde_json::Value> = match &report {
-                Some(p) => Some(serde_json::from_str(
-                    &std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                )?),
-                None => None,
-            };
-            let pick = |explicit: Option<f64>, key: &str| -> anyhow::Result<f64> {
-                explicit
-                    .or_else(|| from_report.as_ref().and_then(|r| r["costs"][key].as_f64()))
-                    .with_context(|| {
-                        format!(
-                            "give --{} or a --report with costs.{key}",
-                            key.replace('_', "-")
-                        )
-                    })
-            };
-            let costs = shardline::plan::Costs {
-                cpu_us_per_msg: pick(cpu_us_per_msg, "cpu_us_per_msg")?,
-                write_p99_ms: pick(write_p99_ms, "write_p99_ms")?,
-                msg_bytes: pick(msg_bytes, "msg_bytes")?,
-            };
-            let target = shardline::plan::Target {
-                msgs_per_s,
-                cores_per_host,
-                headroom,
-                partitions,
-            };
-            let plan = shardline::plan::plan(&costs, &target).map_err(anyhow::Error::msg)?;
-            print!("{}", plan.explain(&costs, &target));
-            let fragment = plan.config_fragment();
-            match out {
-                Some(p) => std::fs::write(&p, &fragment)
-                    .with_context(|| format!("writing {}", p.display()))?,
-                None => print!("\n{fragment}"),
-            }
-            Ok(())
-        }
-        Cmd::Cql { nodes, statements } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let session = scylla::client::session_builder::SessionBuilder::new()
-                    .known_nodes(nodes.split(','))
-                    .build()
-                    .await?;
-                for s in &statements {
-                    let mut stmt = scylla::statement::Statement::new(s.as_str());
-                    stmt.set_request_timeout(Some(Duration::from_secs(120)));
-                    let res = session
-                        .query_unpaged(stmt, &[])
-                        .await
-                        .with_context(|| format!("executing {s}"))?;
-                    // SELECTs print their rows, one per line, columns separated by tabs.
-                    if let Ok(rows) = res.into_rows_result() {
-                        for row in rows.rows::<scylla::value::Row>()? {
-                            let cols: Vec<String> = row?
-                                .columns
-                                .iter()
-                                .map(|c| c.as_ref().map(cql_text).unwrap_or_else(|| "null".into()))
-                                .collect();
-                            println!("{}", cols.join("\t"));
-                        }
-                    }
-                }
-                anyhow::Ok(())
-            })
-        }
+        } => create_topic(&brokers, &topic, partitions),
+        Cmd::Plan(args) => plan(args),
+        Cmd::Cql { nodes, statements } => cql(&nodes, &statements),
     }
+}
+
+fn run(config: &Path, options: RunOptions, summary: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let report = shardline::check::check_live(&cfg).context("start-up check")?;
+    tracing::info!(partitions = ?report.partitions, schema_id = ?report.schema_id, "start-up check passed");
+    let registries_addr: std::net::SocketAddr =
+        cfg.metrics.listen.parse().context("metrics.listen")?;
+    let started = Instant::now();
+    let running = runtime::start(Arc::new(cfg), options)?;
+    let registries = running.registries.clone();
+    let bound = shardline::metrics::http::serve(registries_addr, registries.clone())
+        .with_context(|| format!("binding metrics endpoint {registries_addr}"))?;
+    tracing::info!(shards = running.specs.len(), metrics = %format!("http://{bound}/metrics"), "running");
+    let stop_rx = runtime::stop_requests_on_signals()?;
+    let result = running.supervise(&stop_rx);
+    let s = shardline::report::summarize(&registries, started.elapsed().as_secs_f64());
+    let json = serde_json::to_string_pretty(&s)?;
+    if let Some(p) = summary {
+        std::fs::write(&p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    tracing::info!(
+        consumed = s.consumed,
+        written = s.written,
+        dead_lettered = s.dead_lettered,
+        msgs_per_s = format!("{:.0}", s.msgs_per_s),
+        "run ended"
+    );
+    result?;
+    Ok(())
+}
+
+fn check(config: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let r = shardline::check::check_live(&cfg)?;
+    println!("config OK");
+    for (t, n) in &r.partitions {
+        println!("  topic {t}: {n} partitions");
+    }
+    if let Some(id) = r.schema_id {
+        println!("  subject {}: latest schema id {id}", cfg.subject());
+    }
+    for c in &r.columns {
+        println!("  column {c}");
+    }
+    Ok(())
+}
+
+fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let ProduceArgs {
+        brokers,
+        registry_url,
+        topic,
+        subject,
+        count,
+        duration_s,
+        rate,
+        seed,
+        base_ts_ms,
+        uids,
+        poison_every,
+        quiet,
+    } = args;
+    if count.is_none() && duration_s.is_none() {
+        bail!("give --count or --duration-s");
+    }
+    let reg = RegistryClient::new(&registry_url, Duration::from_secs(10));
+    let subject = subject.unwrap_or_else(|| format!("{topic}-value"));
+    let schema_id = reg
+        .register(&subject, navigation::SCHEMA)
+        .context("registering the schema")?;
+    // The registry must give back what we registered (catches a wrong base URL early).
+    reg.schema_by_id(schema_id)
+        .context("reading the schema back")?;
+    let spec = ProduceSpec {
+        brokers,
+        topic,
+        schema_id,
+        count,
+        duration: duration_s.map(Duration::from_secs),
+        rate,
+        seed,
+        base_ts_ms: base_ts_ms.unwrap_or_else(|| shardline::sink::now_us() / 1000),
+        uids,
+        poison_every,
+        alt_schema_id: if poison_every > 0 {
+            Some(reg.register(&format!("{subject}-noip"), navigation::SCHEMA_WITHOUT_IP)?)
+        } else {
+            None
+        },
+        progress: !quiet,
+    };
+    let s = loadgen::produce(&spec, &Default::default())?;
+    eprintln!(
+        "sent {} ({} acked, {} failed, {} poison) in {:.1}s: {:.0} msg/s, {:.1} MiB",
+        s.sent,
+        s.acked,
+        s.failed,
+        s.poison,
+        s.seconds,
+        s.rate_per_s,
+        s.bytes as f64 / (1 << 20) as f64
+    );
+    println!("{}", serde_json::to_string(&s)?);
+    if s.failed > 0 {
+        bail!("{} records were not acknowledged", s.failed);
+    }
+    Ok(())
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(shardline::kafka::admin::create_topic(
+        brokers, topic, partitions,
+    ))?;
+    println!("topic {topic} ready ({partitions} partitions)");
+    Ok(())
+}
+
+fn plan(args: PlanArgs) -> anyhow::Result<()> {
+    let PlanArgs {
+        report,
+        cpu_us_per_msg,
+        write_p99_ms,
+        msg_bytes,
+        msgs_per_s,
+        cores_per_host,
+        headroom,
+        partitions,
+        out,
+    } = args;
+    let from_report: Option<serde_json::Value> = match &report {
+        Some(p) => Some(serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?),
+        None => None,
+    };
+    let pick = |explicit: Option<f64>, key: &str| -> anyhow::Result<f64> {
+        explicit
+            .or_else(|| from_report.as_ref().and_then(|r| r["costs"][key].as_f64()))
+            .with_context(|| {
+                format!(
+                    "give --{} or a --report with costs.{key}",
+                    key.replace('_', "-")
+                )
+            })
+    };
+    let costs = shardline::plan::Costs {
+        cpu_us_per_msg: pick(cpu_us_per_msg, "cpu_us_per_msg")?,
+        write_p99_ms: pick(write_p99_ms, "write_p99_ms")?,
+        msg_bytes: pick(msg_bytes, "msg_bytes")?,
+    };
+    let target = shardline::plan::Target {
+        msgs_per_s,
+        cores_per_host,
+        headroom,
+        partitions,
+    };
+    let plan = shardline::plan::plan(&costs, &target).map_err(anyhow::Error::msg)?;
+    print!("{}", plan.explain(&costs, &target));
+    let fragment = plan.config_fragment();
+    match out {
+        Some(p) => {
+            std::fs::write(&p, &fragment).with_context(|| format!("writing {}", p.display()))?
+        }
+        None => print!("\n{fragment}"),
+    }
+    Ok(())
+}
+
+fn cql(nodes: &str, statements: &[String]) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(nodes.split(','))
+            .build()
+            .await?;
+        for s in statements {
+            let mut stmt = scylla::statement::Statement::new(s.as_str());
+            stmt.set_request_timeout(Some(Duration::from_secs(120)));
+            let res = session
+                .query_unpaged(stmt, &[])
+                .await
+                .with_context(|| format!("executing {s}"))?;
+            // SELECTs print their rows, one per line, columns separated by tabs.
+            if let Ok(rows) = res.into_rows_result() {
+                for row in rows.rows::<scylla::value::Row>()? {
+                    let cols: Vec<String> = row?
+                        .columns
+                        .iter()
+                        .map(|c| c.as_ref().map(cql_text).unwrap_or_else(|| "null".into()))
+                        .collect();
+                    println!("{}", cols.join("\t"));
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
 }

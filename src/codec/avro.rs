@@ -227,8 +227,16 @@ impl Plan {
         if depth > MAX_DEPTH {
             return Err(CodecError::TooDeep);
         }
-        let mismatch =
-            || CodecError::Resolution(format!("value {v:?} does not fit the output schema"));
+        // The message names the value's variant only: the value itself is record data.
+        let mismatch = || {
+            let variant = format!("{v:?}");
+            let variant = variant
+                .split(['(', ' ', '{'])
+                .next()
+                .unwrap_or("value")
+                .to_string();
+            CodecError::Resolution(format!("a {variant} value does not fit the output schema"))
+        };
         match (self.node(node)?, v) {
             (Node::Null, Value::Null) => {}
             (Node::Bool, Value::Bool(b)) => out.push(u8::from(*b)),

@@ -61,23 +61,27 @@ impl RegistryClient {
             .set("Content-Type", "application/vnd.schemaregistry.v1+json")
             .send_json(body)
             .map_err(|e| classify(e, 0))?;
-        let id: IdBody = resp.into_json().map_err(|e| {
-            CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}"))
-        })?;
+        let id: IdBody = resp
+            .into_json()
+            .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer: {e}")))?;
         Ok(id.id)
     }
 }
 
+/// Registry errors name the status or the transport failure, never the URL (it may carry
+/// `user:password@`) or the body the registry sent back.
 fn classify(e: ureq::Error, id: u32) -> CodecError {
     match e {
         ureq::Error::Status(404, _) => CodecError::UnknownSchema(id),
-        ureq::Error::Status(code, resp) if (400..500).contains(&code) => {
-            CodecError::Resolution(format!(
-                "registry refused the request ({code}): {}",
-                resp.into_string().unwrap_or_default()
-            ))
+        ureq::Error::Status(code, _) if (400..500).contains(&code) => {
+            CodecError::Resolution(format!("registry refused the request ({code})"))
         }
-        other => CodecError::RegistryUnavailable(other.to_string()),
+        ureq::Error::Status(code, _) => {
+            CodecError::RegistryUnavailable(format!("registry answered {code}"))
+        }
+        ureq::Error::Transport(t) => {
+            CodecError::RegistryUnavailable(format!("registry unreachable ({})", t.kind()))
+        }
     }
 }
 
@@ -85,18 +89,38 @@ impl SchemaResolver for RegistryClient {
     fn schema_by_id(&self, id: u32) -> Result<String, CodecError> {
         let url = format!("{}/schemas/ids/{id}", self.base);
         let resp = self.agent.get(&url).call().map_err(|e| classify(e, id))?;
-        let body: SchemaBody = resp.into_json().map_err(|e| {
-            CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}"))
-        })?;
+        let body: SchemaBody = resp
+            .into_json()
+            .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer: {e}")))?;
         Ok(body.schema)
     }
 
     fn latest(&self, subject: &str) -> Result<(u32, String), CodecError> {
         let url = format!("{}/subjects/{subject}/versions/latest", self.base);
         let resp = self.agent.get(&url).call().map_err(|e| classify(e, 0))?;
-        let body: VersionBody = resp.into_json().map_err(|e| {
-            CodecError::RegistryUnavailable(format!("bad registry answer from {url}: {e}"))
-        })?;
+        let body: VersionBody = resp
+            .into_json()
+            .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer: {e}")))?;
         Ok((body.id, body.schema))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::Retryable;
+
+    #[test]
+    fn registry_errors_never_carry_the_url_or_its_credentials() {
+        // Port 1 on loopback refuses at once: a transport error whose ureq text includes the URL.
+        let r = RegistryClient::new(
+            "http://svc-user:marker-secret-4711@127.0.0.1:1/apis/ccompat/v7",
+            Duration::from_secs(2),
+        );
+        let e = r.schema_by_id(7).expect_err("nothing listens on port 1");
+        let text = format!("{e} {e:?}");
+        assert!(e.is_retryable(), "{text}");
+        assert!(!text.contains("marker-secret-4711"), "{text}");
+        assert!(!text.contains("svc-user"), "{text}");
     }
 }

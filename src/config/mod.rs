@@ -765,6 +765,27 @@ impl Config {
     /// Every check that needs no service. Each message names the key to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        // The order below decides which error a config with several faults reports first.
+        self.validate_kafka()?;
+        self.validate_schema()?;
+        self.validate_scylla()?;
+        self.table.validate("table")?;
+        self.validate_shard_cores()?;
+        self.validate_processors()?;
+        if self.shards.io_memory_bytes < 64 * 1024 {
+            return bad("shards.io_memory_bytes must be at least 65536".into());
+        }
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!(
+                "metrics.listen '{}' is not an ip:port socket address",
+                self.metrics.listen
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.kafka.brokers.trim().is_empty() {
             return bad("kafka.brokers is empty: give at least one host:port".into());
         }
@@ -792,18 +813,24 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_schema(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
         match (&self.schema.registry_url, &self.schema.schema_file) {
-            (None, None) => {
-                return bad(
-                    "schema: set registry_url (Confluent wire format) or schema_file (raw Avro)"
-                        .into(),
-                )
-            }
+            (None, None) => bad(
+                "schema: set registry_url (Confluent wire format) or schema_file (raw Avro)".into(),
+            ),
             (Some(_), Some(_)) => {
-                return bad("schema: registry_url and schema_file are exclusive; keep one".into())
+                bad("schema: registry_url and schema_file are exclusive; keep one".into())
             }
-            _ => {}
+            _ => Ok(()),
         }
+    }
+
+    fn validate_scylla(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.scylla.nodes.is_empty() {
             return bad("scylla.nodes must list at least one host:port".into());
         }
@@ -824,7 +851,11 @@ impl Config {
         if self.scylla.max_in_flight_per_shard == 0 {
             return bad("scylla.max_in_flight_per_shard must be at least 1".into());
         }
-        self.table.validate("table")?;
+        Ok(())
+    }
+
+    fn validate_shard_cores(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
         if let Some(cores) = &self.shards.cores {
             if cores.is_empty() {
                 return bad(
@@ -848,6 +879,12 @@ impl Config {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Checks the pipeline as a whole (names, step order), then each step on its own.
+    fn validate_processors(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
         let mut seen_sink = false;
         let mut names = std::collections::HashSet::new();
         for p in &self.processors {
@@ -864,46 +901,43 @@ impl Config {
                     "processors: '{n}' changes the record but comes after an insert or produce; put filters and lookups first"
                 ));
             }
-            match p {
-                ProcessorConfig::Lookup {
-                    key_fields,
-                    query,
-                    columns,
-                    ..
-                } => {
-                    if key_fields.is_empty() || query.matches('?').count() != key_fields.len() {
-                        return bad(format!(
-                            "processors.{n}: the query needs one '?' per key field ({})",
-                            key_fields.len()
-                        ));
-                    }
-                    if columns.is_empty() {
-                        return bad(format!(
-                            "processors.{n}.columns must map at least one selected column"
-                        ));
-                    }
+            self.validate_processor_step(n, p)?;
+        }
+        Ok(())
+    }
+
+    fn validate_processor_step(&self, n: &str, p: &ProcessorConfig) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        match p {
+            ProcessorConfig::Lookup {
+                key_fields,
+                query,
+                columns,
+                ..
+            } => {
+                if key_fields.is_empty() || query.matches('?').count() != key_fields.len() {
+                    return bad(format!(
+                        "processors.{n}: the query needs one '?' per key field ({})",
+                        key_fields.len()
+                    ));
                 }
-                ProcessorConfig::Insert { table, .. } => {
-                    table.validate(&format!("processors.{n}.table"))?;
+                if columns.is_empty() {
+                    return bad(format!(
+                        "processors.{n}.columns must map at least one selected column"
+                    ));
                 }
-                ProcessorConfig::Produce { topic, .. } => {
-                    if self.kafka.topics.contains(topic) {
-                        return bad(format!(
-                            "processors.{n}.topic '{topic}' is a source topic: records would loop"
-                        ));
-                    }
-                }
-                ProcessorConfig::Filter { .. } => {}
             }
-        }
-        if self.shards.io_memory_bytes < 64 * 1024 {
-            return bad("shards.io_memory_bytes must be at least 65536".into());
-        }
-        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(format!(
-                "metrics.listen '{}' is not an ip:port socket address",
-                self.metrics.listen
-            ));
+            ProcessorConfig::Insert { table, .. } => {
+                table.validate(&format!("processors.{n}.table"))?;
+            }
+            ProcessorConfig::Produce { topic, .. } => {
+                if self.kafka.topics.contains(topic) {
+                    return bad(format!(
+                        "processors.{n}.topic '{topic}' is a source topic: records would loop"
+                    ));
+                }
+            }
+            ProcessorConfig::Filter { .. } => {}
         }
         Ok(())
     }

@@ -54,7 +54,10 @@ impl KafkaError {
                 | C::Authentication
                 | C::InvalidConfig
                 | C::Fatal
-                | C::UnknownTopic,
+                | C::UnknownTopic
+                | C::InvalidTopic
+                | C::PolicyViolation
+                | C::UnsupportedForMessageFormat,
             ) => Scope::Systemic,
             // A client error without a librdkafka code (a bad config value at creation) never heals.
             None => Scope::Systemic,

@@ -60,11 +60,7 @@ pub struct PartitionBook {
 impl PartitionBook {
     /// `max_pending`: the most records one partition's tracker may hold before the partition is paused
     /// (it resumes at half). `counter_for` makes a partition's consumed-records counter.
-    pub fn new(
-        topics: Vec<String>,
-        max_pending: usize,
-        counter_for: CounterFor,
-    ) -> PartitionBook {
+    pub fn new(topics: Vec<String>, max_pending: usize, counter_for: CounterFor) -> PartitionBook {
         PartitionBook {
             topics,
             epoch: 0,
@@ -131,6 +127,16 @@ impl PartitionBook {
         now: Instant,
         ctrl: &dyn PartitionControl,
     ) -> bool {
+        if !self.assigned.contains(&key) {
+            // A record of a partition this shard does not own (a stale fetch around a rebalance):
+            // tracking it could store an offset for another owner's partition.
+            tracing::debug!(
+                topic = self.topic(key.0),
+                partition = key.1,
+                "record of an unassigned partition ignored"
+            );
+            return false;
+        }
         let max_pending = self.max_pending;
         let part = self.part(key);
         part.eof = false;

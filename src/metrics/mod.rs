@@ -61,151 +61,168 @@ fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
     c
 }
 
+fn latency_histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    reg(
+        r,
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            labels,
+        )
+        .expect("static histogram options are valid"),
+    )
+}
+
+/// A latency histogram labelled by shard only, resolved to this shard's handle.
+fn shard_histogram(r: &Registry, shard: &str, name: &str, help: &str) -> Histogram {
+    latency_histogram(r, name, help, &["shard"]).with_label_values(&[shard])
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .expect("static counter options are valid"),
+    )
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    reg(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("static gauge options are valid"),
+    )
+}
+
+/// An integer gauge labelled by shard only, resolved to this shard's handle.
+fn shard_gauge(r: &Registry, shard: &str, name: &str, help: &str) -> IntGauge {
+    gauge(r, name, help, &["shard"]).with_label_values(&[shard])
+}
+
+/// A float gauge labelled by shard only (Unix times and ages), resolved to this shard's handle.
+fn shard_time_gauge(r: &Registry, shard: &str, name: &str, help: &str) -> Gauge {
+    reg(
+        r,
+        GaugeVec::new(Opts::new(name, help), &["shard"]).expect("static gauge options are valid"),
+    )
+    .with_label_values(&[shard])
+}
+
 impl ShardMetrics {
     pub fn new(shard: usize) -> ShardMetrics {
         let registry = Registry::new();
         let s = shard.to_string();
-        let hist = |name: &str, help: &str| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                &["shard"],
-            )
-            .expect("static histogram options are valid");
-            reg(&registry, h).with_label_values(&[s.as_str()])
-        };
-        let decode_seconds = hist(
-            "shardline_decode_seconds",
-            "Wire frame + Avro datum to row, per message.",
-        );
-        let write_seconds = hist(
-            "shardline_write_seconds",
-            "INSERT latency of successful writes (last attempt).",
-        );
-        let end_to_end_seconds = hist(
-            "shardline_end_to_end_seconds",
-            "Kafka record timestamp to write acknowledged.",
-        );
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &registry,
-                IntCounterVec::new(Opts::new(name, help), labels)
-                    .expect("static counter options are valid"),
-            )
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &registry,
-                IntGaugeVec::new(Opts::new(name, help), labels)
-                    .expect("static gauge options are valid"),
-            )
-        };
-        let messages = counter(
-            "shardline_messages_total",
-            "Messages per stage: consumed, decoded, written, dead_lettered.",
-            &["shard", "topic", "stage"],
-        );
-        let partition_messages = counter(
-            "shardline_partition_messages_total",
-            "Messages consumed per partition by this shard.",
-            &["shard", "topic", "partition"],
-        );
-        let errors = counter(
-            "shardline_errors_total",
-            "Errors by stage and kind (error class).",
-            &["shard", "topic", "stage", "kind"],
-        );
-        let write_retries = counter(
-            "shardline_write_retries_total",
-            "Retried writes by error kind.",
-            &["shard", "kind"],
-        );
-        let commits = counter(
-            "shardline_commits_total",
-            "Offset commits by result.",
-            &["shard", "result"],
-        );
-        let in_flight = gauge(
-            "shardline_in_flight_writes",
-            "Writes and dead-letter produces in flight.",
-            &["shard"],
-        )
-        .with_label_values(&[s.as_str()]);
-        let paused = gauge(
-            "shardline_paused",
-            "1 while the shard has paused its partitions (in-flight budget spent).",
-            &["shard"],
-        )
-        .with_label_values(&[s.as_str()]);
-        let lag = gauge(
-            "shardline_consumer_lag_messages",
-            "High watermark minus committed offset, per partition (librdkafka statistics).",
-            &["shard", "topic", "partition"],
-        );
-        let assigned = gauge(
-            "shardline_partition_assigned",
-            "1 for each partition assigned to a shard, with the shard's core.",
-            &["shard", "core", "topic", "partition"],
-        );
-        let time_gauge = |name: &str, help: &str| {
-            reg(
-                &registry,
-                GaugeVec::new(Opts::new(name, help), &["shard"])
-                    .expect("static gauge options are valid"),
-            )
-            .with_label_values(&[s.as_str()])
-        };
-        let first_record_time = time_gauge(
-            "shardline_first_record_time_seconds",
-            "Unix time of the first record consumed by the shard.",
-        );
-        let last_done_time = time_gauge(
-            "shardline_last_done_time_seconds",
-            "Unix time of the shard's latest written or dead-lettered record.",
-        );
-        let oldest_pending_seconds = time_gauge(
-            "shardline_oldest_pending_seconds",
-            "Seconds the oldest not-yet-committable record of any partition has waited (a stuck record shows here).",
-        );
-        let step_seconds = reg(
-            &registry,
-            HistogramVec::new(
-                HistogramOpts::new("shardline_step_seconds", "Latency of each processor step.")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                &["shard", "step"],
-            )
-            .expect("static histogram options are valid"),
-        );
-        let step_outcomes = counter(
-            "shardline_step_outcomes_total",
-            "Records per processor step and outcome: passed, dropped, missed, failed.",
-            &["shard", "step", "outcome"],
-        );
-        let lookup_cache = counter(
-            "shardline_lookup_cache_total",
-            "Lookup cache hits and misses per step.",
-            &["shard", "step", "result"],
-        );
+        let r = &registry;
+        // `registry` and `shard` move in last: every field before them borrows them.
         ShardMetrics {
+            decode_seconds: shard_histogram(
+                r,
+                &s,
+                "shardline_decode_seconds",
+                "Wire frame + Avro datum to row, per message.",
+            ),
+            write_seconds: shard_histogram(
+                r,
+                &s,
+                "shardline_write_seconds",
+                "INSERT latency of successful writes (last attempt).",
+            ),
+            end_to_end_seconds: shard_histogram(
+                r,
+                &s,
+                "shardline_end_to_end_seconds",
+                "Kafka record timestamp to write acknowledged.",
+            ),
+            messages: counter(
+                r,
+                "shardline_messages_total",
+                "Messages per stage: consumed, decoded, written, dead_lettered.",
+                &["shard", "topic", "stage"],
+            ),
+            partition_messages: counter(
+                r,
+                "shardline_partition_messages_total",
+                "Messages consumed per partition by this shard.",
+                &["shard", "topic", "partition"],
+            ),
+            errors: counter(
+                r,
+                "shardline_errors_total",
+                "Errors by stage and kind (error class).",
+                &["shard", "topic", "stage", "kind"],
+            ),
+            write_retries: counter(
+                r,
+                "shardline_write_retries_total",
+                "Retried writes by error kind.",
+                &["shard", "kind"],
+            ),
+            commits: counter(
+                r,
+                "shardline_commits_total",
+                "Offset commits by result.",
+                &["shard", "result"],
+            ),
+            in_flight: shard_gauge(
+                r,
+                &s,
+                "shardline_in_flight_writes",
+                "Writes and dead-letter produces in flight.",
+            ),
+            paused: shard_gauge(
+                r,
+                &s,
+                "shardline_paused",
+                "1 while the shard has paused its partitions (in-flight budget spent).",
+            ),
+            lag: gauge(
+                r,
+                "shardline_consumer_lag_messages",
+                "High watermark minus committed offset, per partition (librdkafka statistics).",
+                &["shard", "topic", "partition"],
+            ),
+            assigned: gauge(
+                r,
+                "shardline_partition_assigned",
+                "1 for each partition assigned to a shard, with the shard's core.",
+                &["shard", "core", "topic", "partition"],
+            ),
+            first_record_time: shard_time_gauge(
+                r,
+                &s,
+                "shardline_first_record_time_seconds",
+                "Unix time of the first record consumed by the shard.",
+            ),
+            last_done_time: shard_time_gauge(
+                r,
+                &s,
+                "shardline_last_done_time_seconds",
+                "Unix time of the shard's latest written or dead-lettered record.",
+            ),
+            oldest_pending_seconds: shard_time_gauge(
+                r,
+                &s,
+                "shardline_oldest_pending_seconds",
+                "Seconds the oldest not-yet-committable record of any partition has waited (a stuck record shows here).",
+            ),
+            step_seconds: latency_histogram(
+                r,
+                "shardline_step_seconds",
+                "Latency of each processor step.",
+                &["shard", "step"],
+            ),
+            step_outcomes: counter(
+                r,
+                "shardline_step_outcomes_total",
+                "Records per processor step and outcome: passed, dropped, missed, failed.",
+                &["shard", "step", "outcome"],
+            ),
+            lookup_cache: counter(
+                r,
+                "shardline_lookup_cache_total",
+                "Lookup cache hits and misses per step.",
+                &["shard", "step", "result"],
+            ),
             registry,
-            step_seconds,
-            step_outcomes,
-            lookup_cache,
-            first_record_time,
-            oldest_pending_seconds,
-            last_done_time,
             shard: s,
-            decode_seconds,
-            write_seconds,
-            end_to_end_seconds,
-            messages,
-            partition_messages,
-            errors,
-            write_retries,
-            commits,
-            in_flight,
-            paused,
-            lag,
-            assigned,
         }
     }
 

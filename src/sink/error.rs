@@ -117,9 +117,27 @@ fn classify(e: &ExecutionError) -> (Scope, &'static str) {
     }
 }
 
+/// Cassandra and ScyllaDB answer a statement that no longer matches the table (re-prepared after a
+/// column or table was dropped) with the same `Invalid` code as a refused value; their messages tell
+/// the two apart.
+fn about_the_table(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "undefined column",
+        "unconfigured table",
+        "keyspace",
+        "unknown identifier",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
 fn classify_attempt(a: &RequestAttemptError) -> (Scope, &'static str) {
     use Scope::*;
     match a {
+        RequestAttemptError::DbError(DbError::Invalid, message) if about_the_table(message) => {
+            (Systemic, "schema")
+        }
         RequestAttemptError::DbError(db, _) => match db {
             DbError::WriteTimeout { .. } | DbError::ReadTimeout { .. } => (Transient, "timeout"),
             DbError::Unavailable { .. } | DbError::IsBootstrapping => (Transient, "unavailable"),
@@ -155,6 +173,14 @@ mod tests {
         let cases = [
             (db(DbError::Overloaded), Scope::Transient, "overloaded"),
             (db(DbError::Invalid), Scope::Record, "invalid"),
+            (
+                ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                    DbError::Invalid,
+                    "Undefined column name duration_ms in table ks.events".into(),
+                )),
+                Scope::Systemic,
+                "schema",
+            ),
             (db(DbError::Unauthorized), Scope::Systemic, "unauthorized"),
             (db(DbError::SyntaxError), Scope::Systemic, "schema"),
             (db(DbError::ProtocolError), Scope::Systemic, "schema"),

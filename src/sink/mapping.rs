@@ -405,15 +405,25 @@ mod tests {
         ]
     }
 
+    /// A row of the exhaustive table: Avro kind, CQL type, a valid value of the kind, and the CQL value
+    /// it must become.
+    type Pair = (Kind, CqlType, Value, CqlValue);
+
     /// Every pair of the universes that [`compatible`] accepts, with a representative valid value of
     /// the kind and the exact CQL value it must become.
-    fn accepted_pairs() -> Vec<(Kind, CqlType, Value, CqlValue)> {
+    fn accepted_pairs() -> Vec<Pair> {
+        let mut all = number_pairs();
+        all.extend(bytes_and_text_pairs());
+        all.extend(temporal_pairs());
+        all.extend(collection_pairs());
+        all
+    }
+
+    /// Booleans and numbers.
+    fn number_pairs() -> Vec<Pair> {
         use CqlType as C;
         use CqlValue as Q;
         use Kind as K;
-        let ns = 1_700_000_000_123_456_789i64;
-        let ints = || Value::Array(vec![Value::Int(1), Value::Int(2)]);
-        let int_map = || Value::Map(vec![("k".into(), Value::Int(1))]);
         vec![
             (K::Bool, C::Boolean, Value::Bool(true), Q::Boolean(true)),
             (K::Int, C::Int, Value::Int(-7), Q::Int(-7)),
@@ -434,6 +444,15 @@ mod tests {
             (K::Float, C::Float, Value::Float(1.5), Q::Float(1.5)),
             (K::Float, C::Double, Value::Float(1.5), Q::Double(1.5)),
             (K::Double, C::Double, Value::Double(2.25), Q::Double(2.25)),
+        ]
+    }
+
+    /// Bytes, strings, enums and UUIDs.
+    fn bytes_and_text_pairs() -> Vec<Pair> {
+        use CqlType as C;
+        use CqlValue as Q;
+        use Kind as K;
+        vec![
             (
                 K::Bytes,
                 C::Blob,
@@ -506,6 +525,16 @@ mod tests {
                 Value::Uuid(UUID_V4.into()),
                 Q::Text(UUID_V4.into()),
             ),
+        ]
+    }
+
+    /// Dates, times and timestamps, each as its CQL type and as a plain integer.
+    fn temporal_pairs() -> Vec<Pair> {
+        use CqlType as C;
+        use CqlValue as Q;
+        use Kind as K;
+        let ns = 1_700_000_000_123_456_789i64;
+        vec![
             (
                 K::Date,
                 C::Date,
@@ -573,6 +602,17 @@ mod tests {
                 Value::TimestampNanos(ns),
                 Q::BigInt(ns),
             ),
+        ]
+    }
+
+    /// Arrays and maps, nested ones included.
+    fn collection_pairs() -> Vec<Pair> {
+        use CqlType as C;
+        use CqlValue as Q;
+        use Kind as K;
+        let ints = || Value::Array(vec![Value::Int(1), Value::Int(2)]);
+        let int_map = || Value::Map(vec![("k".into(), Value::Int(1))]);
+        vec![
             (
                 K::Array(bx(K::Int)),
                 C::List(bx(C::Int)),

@@ -3,9 +3,10 @@
 //!
 //! Guarantee: [`Binder::bind`] turns a decoded record into exactly the values of
 //! `INSERT ... USING TTL ? AND TIMESTAMP ?`. The default write timestamp is the Kafka record timestamp
-//! in µs plus `offset mod 1000`, so it strictly increases within a partition (for up to 1000 records
-//! per millisecond) and a replay writes identical cells: two updates of one key in the same millisecond
-//! keep their Kafka order under last-write-wins. Write errors are scoped (see [`WriteError`]).
+//! in µs plus `offset mod 1000`, and a replay writes identical cells. Two updates of one key in the same
+//! millisecond keep their Kafka order under last-write-wins, unless their offsets straddle a multiple of
+//! 1000 (offset 999 then 1000 in one millisecond: the earlier wins); a deterministic timestamp has only
+//! 1000 µs per millisecond to spend. Write errors are scoped (see [`WriteError`]).
 //! Precondition: everything tokio (the session, the driver's futures) runs through the shard's
 //! [`bridge`].
 //!
@@ -56,7 +57,8 @@ pub fn now_us() -> i64 {
 }
 
 /// The write timestamp of a record of the default (`kafka`) source: Kafka ms × 1000 plus the offset
-/// modulo 1000, so later records of a partition win ties within a millisecond and replays are identical.
+/// modulo 1000, so later records of a partition win ties within a millisecond (except across a multiple
+/// of 1000 offsets) and replays are identical.
 pub fn kafka_write_timestamp_us(kafka_ts_ms: i64, offset: i64) -> i64 {
     kafka_ts_ms
         .saturating_mul(1000)
@@ -420,5 +422,9 @@ columns = {{ a = "fa", b = "fb" }}
         assert!(ts(41) < ts(42), "a later offset writes a later timestamp");
         assert_eq!(ts(42), ts(42), "a replay writes the same timestamp");
         assert_eq!(ts(1042), 1_700_000_000_123_042);
+        assert!(
+            ts(999) > ts(1000),
+            "the documented limit: the sub-ms part wraps every 1000 offsets"
+        );
     }
 }

@@ -8,4 +8,5 @@ mod faults;
 mod harness;
 mod pipeline;
 mod processor;
+mod reliability;
 mod utils;

@@ -21,6 +21,7 @@ fn two_shards_write_every_event_once_and_replay_is_idempotent() -> Result<()> {
     create_topic(&topic, PARTITIONS)?;
     create_topic(&format!("{topic}.dlq"), 1)?;
     tokio().block_on(async { create_keyspace(&session().await?, &ks).await })?;
+    let produced_from_ms = shardline::sink::now_us() / 1000;
     produce(&topic, EVENTS, SEED, 0)?;
     let config = write_config(&dir, &topic, &group, &ks, "", ALL_COLUMNS)?;
 
@@ -64,11 +65,15 @@ fn two_shards_write_every_event_once_and_replay_is_idempotent() -> Result<()> {
         }
         let i = shardline::loadgen::navigation::index_of(&row.event_id).expect("index");
         let e = shardline::loadgen::navigation::event(SEED, i, BASE_TS_MS, 20_000);
-        // Default write timestamp: the Kafka record timestamp (producer create time) in µs.
+        // Default write timestamp: the Kafka record timestamp (producer create time) in µs plus the
+        // offset modulo 1000, so its millisecond is the record's, taken while the producer ran.
+        let now_ms = shardline::sink::now_us() / 1000;
         assert!(
-            row.writetime_us.is_some_and(|w| w % 1000 == 0),
-            "writetime of {} is whole ms",
-            row.event_id
+            row.writetime_us
+                .is_some_and(|w| (produced_from_ms..=now_ms).contains(&(w / 1000))),
+            "writetime of {} is the Kafka timestamp of the record: {:?}",
+            row.event_id,
+            row.writetime_us
         );
         assert_eq!(row.uid, e.uid);
     }

@@ -120,6 +120,7 @@ pub(super) struct ShardLoop {
     idle_since: Option<Instant>,
     last_store: Instant,
     last_yield: Instant,
+    last_tick: Instant,
 }
 
 impl ShardLoop {
@@ -151,6 +152,7 @@ impl ShardLoop {
             idle_since: None,
             last_store: now,
             last_yield: now,
+            last_tick: now,
         }
     }
 
@@ -177,8 +179,14 @@ impl ShardLoop {
                 }
             }
             if self.last_yield.elapsed() >= YIELD_EVERY {
+                // Under a backlog no event is ever Pending, so the timer never gets polled: the tick's
+                // work runs here when it is due, and the task queue yields so that the reactor fires
+                // timers (retry backoffs) and serves I/O.
+                if self.last_tick.elapsed() >= TICK {
+                    self.on_tick(&kafka);
+                }
                 self.read_control();
-                glommio::executor().yield_now().await;
+                glommio::executor().yield_task_queue_now().await;
                 self.last_yield = Instant::now();
             }
         }
@@ -325,6 +333,7 @@ impl ShardLoop {
     }
 
     fn on_tick(&mut self, kafka: &Kafka<'_>) {
+        self.last_tick = Instant::now();
         self.release_barrier(kafka);
         self.res.book.store(kafka);
         if !self.res.book.is_budget_paused()
@@ -428,7 +437,13 @@ impl ShardLoop {
             }
         }
         if let Some(d) = &self.res.records.dead_letters {
-            d.flush(Duration::from_secs(10));
+            // Acked dead letters are already done; this only hands over what is queued, within what
+            // is left of the shutdown deadline (at least a moment, so a clean stop flushes).
+            let left = self
+                .stopping
+                .map(|s| self.shutdown_deadline.saturating_sub(s.elapsed()))
+                .unwrap_or(self.shutdown_deadline);
+            d.flush(left.max(Duration::from_millis(100)));
         }
         tracing::info!(shard = self.spec.index, "shard stopped");
         match self.fatal.take() {
