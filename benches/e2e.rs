@@ -168,7 +168,7 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
                     let (p, o) = (m.partition(), m.offset());
                     trackers.entry(p).or_default().begin(o, std::time::Instant::now());
                     let ts = m.timestamp().to_millis();
-                    decoder.decode(m.payload().unwrap_or_default(), &mut row)?;
+                    decoder.decode_blocking(m.payload().unwrap_or_default(), &mut row)?;
                     let values = binder.bind(&mut row.values, ts, m.offset())?;
                     let (s, ins, tx, m2) = (session.clone(), insert.clone(), done_tx.clone(), metrics.clone());
                     // The conventional design: a task per write on the multi-threaded runtime.
@@ -177,7 +177,7 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
                         if s.execute_unpaged(&ins, &values).await.is_ok() {
                             m2.write_seconds.observe(t.elapsed().as_secs_f64());
                             if let Some(ms) = ts {
-                                let e2e = shardline::sink::now_us() / 1000 - ms;
+                                let e2e = shardline::clock::now_us() / 1000 - ms;
                                 m2.end_to_end_seconds.observe(e2e.max(0) as f64 / 1000.0);
                             }
                         }

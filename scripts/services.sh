@@ -9,6 +9,10 @@
 # Jars come from Maven Central into $SHARDLINE_CACHE (default ~/.cache/shardline), outside the work tree, so
 # later runs start without downloading. Data, logs and pid files live in $SHARDLINE_STATE (default
 # .services/ in the repo). `up` is idempotent; `down` stops exactly the processes whose pid files it wrote.
+# `up` refuses to start a service whose ports another process holds (and names that process), and says
+# 'ready' only when the process it started is alive and is the one answering. Every service keeps its data
+# across down/up, the registry included (its schemas and ids, in an H2 file under $SHARDLINE_STATE/registry);
+# remove $SHARDLINE_STATE/NAME while NAME is down to start it empty.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +23,7 @@ KAFKA_VERSION=4.1.1
 LOG4J_VERSION=2.25.2
 CASSANDRA_VERSION=5.0.6
 APICURIO_VERSION=3.0.9
+REGISTRY_PORT=8081
 WAIT_S=${SHARDLINE_SERVICE_WAIT_S:-180}
 ALL=(kafka cassandra registry)
 
@@ -96,8 +101,31 @@ probe() {
   case $1 in
     kafka) python3 "$HERE/probe.py" kafka 127.0.0.1:9092 ;;
     cassandra) python3 "$HERE/probe.py" cql 127.0.0.1:9042 ;;
-    registry) curl -fsS -m 3 http://127.0.0.1:8081/apis/ccompat/v7/subjects >/dev/null && echo "registry: ccompat API answers" ;;
+    registry) curl -fsS -m 3 "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" >/dev/null && echo "registry: ccompat API answers" ;;
   esac
+}
+
+# The TCP ports NAME listens on, read from the configs it is started with.
+ports() {
+  case $1 in
+    kafka) sed -nE 's/^listeners=//p' "$HERE/kafka.properties" | grep -oE ':[0-9]+' | tr -d : ;;
+    cassandra) sed -nE 's/^(native_transport_port|storage_port): *([0-9]+).*/\2/p' "$HERE/cassandra.yaml" ;;
+    registry) echo "$REGISTRY_PORT" ;;
+  esac
+}
+
+# foreign_holders NAME [PID]: one line "port P (NAME) is held by pid X (cwd D): CMD" per listener on one of
+# NAME's ports that is not PID. Nothing: the ports are free or PID's. /proc only (scripts/services/ports.py).
+foreign_holders() {
+  local name=$1 ours=${2:-} port pid desc out
+  # shellcheck disable=SC2046 # one argument per port
+  out=$(python3 "$HERE/ports.py" $(ports "$name")) || out=""
+  while read -r port pid desc; do
+    [ -n "$port" ] || continue
+    [ -n "$ours" ] && [ "$pid" = "$ours" ] && continue
+    echo "port $port ($name) is held by $desc"
+  done <<<"$out"
+  return 0
 }
 
 launch() { # launch NAME cmd... : detached, own session, output only to the log file
@@ -156,41 +184,80 @@ start_cassandra() {
     -cp "$lib/*" org.apache.cassandra.service.CassandraDaemon
 }
 
+# Schemas and their ids live in an H2 database file, $STATE/registry/registry.mv.db, so a restart keeps
+# them (a Confluent registry keeps them in its _schemas topic; Apicurio's default H2 database is in memory,
+# jdbc:h2:mem:db_${quarkus.uuid}, and forgot every id on restart, so records already in Kafka pointed at
+# unknown ids). The property is apicurio.datasource.url: the application.properties inside
+# apicurio-registry-app-3.0.9-runner.jar sets `apicurio.datasource.url=jdbc:h2:mem:db_${quarkus.uuid}` and
+# `quarkus.datasource.h2.jdbc.url=${apicurio.datasource.url}` (the datasource `apicurio.storage.sql.kind=h2`
+# selects), and the 3.x migration guide maps REGISTRY_DATASOURCE_URL to APICURIO_DATASOURCE_URL. User and
+# password are pinned to that file's defaults (apicurio.datasource.username/password=sa): the database file
+# keeps the credentials it was created with. apicurio.sql.init=true (also the default) creates the tables
+# when the file is new and leaves an existing database as it is. H2 closes the file cleanly when the JVM
+# exits (its default DB_CLOSE_ON_EXIT=TRUE), which `down`'s SIGTERM triggers; after a kill -9 H2 recovers
+# the file to its last write (it writes committed changes within about a second).
 start_registry() {
-  local run
+  local run dir="$STATE/registry"
   run=$(cat "$CACHE/apicurio-$APICURIO_VERSION/run-jar")
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd -P) # H2 needs an absolute path; SHARDLINE_STATE may be relative
+  case $dir in *';'*) die "the registry's state directory '$dir' contains ';', which a JDBC URL cannot hold";; esac
   launch registry java -Dshardline.service=registry -Xms128m -Xmx512m \
-    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port=8081 -Dapicurio.storage.kind=sql \
-    -Dapicurio.storage.sql.kind=h2 -jar "$run"
+    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" -Dapicurio.storage.kind=sql \
+    -Dapicurio.storage.sql.kind=h2 -Dapicurio.datasource.url="jdbc:h2:file:$dir/registry" \
+    -Dapicurio.datasource.username=sa -Dapicurio.datasource.password=sa -Dapicurio.sql.init=true \
+    -jar "$run"
 }
 
+# Ready means: the process we started is alive, the probe answers, and nobody else listens on the
+# service's ports (else the answer may come from another process while ours has died or is failing to bind).
 wait_ready() {
-  local name=$1 deadline=$((SECONDS + WAIT_S))
-  until probe "$name" >/dev/null 2>&1; do
+  local name=$1 deadline=$((SECONDS + WAIT_S)) pid others=""
+  pid=$(cat "$(pidfile "$name")" 2>/dev/null || true)
+  while :; do
     if ! running "$name"; then
-      echo "services.sh: $name exited during start-up; the end of $(logfile "$name"):" >&2
+      echo "services.sh: $name (pid ${pid:-?}) exited during start-up; the end of $(logfile "$name"):" >&2
       tail -n 60 "$(logfile "$name")" >&2 || true
+      foreign_holders "$name" | sed 's/^/services.sh: /' >&2
       return 1
     fi
+    if probe "$name" >/dev/null 2>&1; then
+      others=$(foreign_holders "$name" "$pid")
+      [ -z "$others" ] && running "$name" && break
+    fi
     if [ $SECONDS -ge $deadline ]; then
-      echo "services.sh: $name did not answer within ${WAIT_S}s; the end of $(logfile "$name"):" >&2
+      echo "services.sh: $name (pid ${pid:-?}) did not answer within ${WAIT_S}s; the end of $(logfile "$name"):" >&2
       tail -n 60 "$(logfile "$name")" >&2 || true
+      [ -z "$others" ] || echo "services.sh: another process answers in its place: $others" >&2
       return 1
     fi
     sleep 1
   done
-  echo "services.sh: $name ready ($(probe "$name" 2>/dev/null | tail -n1))"
+  echo "services.sh: $name ready (pid $pid; $(probe "$name" 2>/dev/null | tail -n1))"
 }
 
 up() {
   need_tools
-  local n started=()
+  local n waiting=() taken="" t
   for n in "$@"; do fetch "$n"; done
+  # Before starting anything: a port held by another process (another checkout's services, a leftover
+  # of a pid file's lost process, anything else) would make the new process exit while the holder answers
+  # the probe.
   for n in "$@"; do
-    if running "$n"; then echo "services.sh: $n already running (pid $(cat "$(pidfile "$n")"))"; continue; fi
-    "start_$n"; started+=("$n")
+    running "$n" && continue
+    t=$(foreign_holders "$n")
+    [ -z "$t" ] || taken+="$t"$'\n'
   done
-  for n in "${started[@]}"; do wait_ready "$n" || exit 1; done
+  if [ -n "$taken" ]; then
+    while IFS= read -r t; do [ -z "$t" ] || echo "services.sh: $t" >&2; done <<<"$taken"
+    die "not starting: stop the process(es) above first (services.sh down in the checkout or state dir that started them, or kill PID); this state dir is $STATE"
+  fi
+  for n in "$@"; do
+    if running "$n"; then echo "services.sh: $n already running (pid $(cat "$(pidfile "$n")"))"
+    else "start_$n"; fi
+    waiting+=("$n")
+  done
+  for n in "${waiting[@]}"; do wait_ready "$n" || exit 1; done
 }
 
 down() {
@@ -212,7 +279,10 @@ status() {
     if running "$n"; then
       if out=$(probe "$n" 2>&1); then echo "$n: running (pid $(cat "$(pidfile "$n")")), $out"
       else echo "$n: running (pid $(cat "$(pidfile "$n")")), not answering: $out"; rc=1; fi
-    else echo "$n: stopped"; rc=1; fi
+    else
+      echo "$n: stopped"; rc=1
+      foreign_holders "$n" | sed 's/^/  but /'
+    fi
   done
   return $rc
 }

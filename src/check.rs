@@ -11,7 +11,7 @@ use apache_avro::Schema;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::codec::{CodecError, Plan, RegistryClient, SchemaResolver};
-use crate::config::Config;
+use crate::config::{Config, SchemaSource};
 use crate::kafka::{consumer_config, KafkaError};
 use crate::runtime::RunError;
 use crate::sink::bridge::TokioBridge;
@@ -27,8 +27,8 @@ pub struct CheckReport {
 
 /// The writer schema checked against the table: the subject's latest version, or the schema file.
 pub fn reference_schema(config: &Config) -> Result<(Option<u32>, String), RunError> {
-    match (&config.schema.registry_url, &config.schema.schema_file) {
-        (Some(url), _) => {
+    match config.schema.source() {
+        Some(SchemaSource::Registry(url)) => {
             let r = RegistryClient::new(url, config.schema.registry_timeout);
             let subject = config.subject();
             let (id, json) = r.latest(&subject).map_err(|e| match e {
@@ -37,10 +37,8 @@ pub fn reference_schema(config: &Config) -> Result<(Option<u32>, String), RunErr
             })?;
             Ok((Some(id), json))
         }
-        (None, Some(file)) => Ok((None, crate::codec::schema_file(file)?)),
-        (None, None) => Err(RunError::Codec(CodecError::Resolution(
-            "no schema source: set schema.registry_url or schema.schema_file".into(),
-        ))),
+        Some(SchemaSource::File(file)) => Ok((None, crate::codec::schema_file(file)?)),
+        None => Err(RunError::Codec(crate::codec::no_schema_source())),
     }
 }
 

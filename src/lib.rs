@@ -23,7 +23,8 @@
 //! - [`retry`]: the one retry policy, the `Retryable` trait and the shard's `Shutdown` signal.
 //! - [`metrics`]: per-shard prometheus registries, named events, the `/metrics` endpoint.
 //! - [`check`]: the live start-up check (topics, subject, table, types).
-//! - [`loadgen`], [`plan`], [`report`]: the load generator, the capacity planner, the run summary.
+//! - [`loadgen`], [`plan`], [`report`]: the load generator, the capacity planner, the run summary;
+//!   [`clock`]: the wall clock in µs, ms and seconds.
 //!
 //! The binary (`src/bin/shardline.rs`) only parses arguments, sets up tracing and calls these.
 //!
@@ -41,6 +42,7 @@
 //! stops the shard without marking it.
 
 pub mod check;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod kafka;

@@ -285,7 +285,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         duration: duration_s.map(Duration::from_secs),
         rate,
         seed,
-        base_ts_ms: base_ts_ms.unwrap_or_else(|| shardline::sink::now_us() / 1000),
+        base_ts_ms: base_ts_ms.unwrap_or_else(|| shardline::clock::now_us() / 1000),
         uids,
         poison_every,
         alt_schema_id: if poison_every > 0 {

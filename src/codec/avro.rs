@@ -310,7 +310,9 @@ impl Plan {
     }
 }
 
-fn write_long(out: &mut Vec<u8>, v: i64) {
+/// Appends an Avro `long` (zig-zag varint): the one varint writer of the crate (the encoder here and
+/// the load generator).
+pub fn write_long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);

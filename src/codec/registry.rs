@@ -1,9 +1,13 @@
 //! The Confluent-compatible schema registry API: writer schemas by id, the latest version of a
 //! subject, and registration (for the load generator).
 //!
-//! Guarantee: a 404 is [`CodecError::UnknownSchema`] (permanent, goes to the dead-letter topic); a
-//! connection failure or 5xx is [`CodecError::RegistryUnavailable`] (retryable, never dead-lettered).
-//! Precondition: blocking I/O. Call it only on first sight of a schema id, never per message.
+//! Guarantee: a 404 is [`CodecError::UnknownSchema`] (the decoder asks again for a grace before its
+//! records are dead-lettered); a connection failure, a 5xx, 401/403 (credentials being rotated),
+//! 408 and 429 (rate limit) are [`CodecError::RegistryUnavailable`] (retryable, never
+//! dead-lettered); any other 4xx is [`CodecError::Resolution`]. Errors never carry the URL (it may
+//! hold credentials) or the body the registry sent.
+//! Precondition: blocking I/O. Never on a shard's thread: the decoder calls [`SchemaResolver`] on its
+//! own fetch thread, once per schema id (again only after a failed ask), never per message.
 
 use std::time::Duration;
 
@@ -11,7 +15,8 @@ use serde::Deserialize;
 
 use super::CodecError;
 
-/// The I/O seam for writer schemas, so unit tests can use a stand-in.
+/// The I/O seam for writer schemas, so unit tests can use a stand-in. A decoder moves its resolver
+/// to its fetch thread, so [`crate::codec::Decoder`] needs it `Send + Sync + 'static`.
 pub trait SchemaResolver {
     /// The writer schema JSON of a registry id.
     fn schema_by_id(&self, id: u32) -> Result<String, CodecError>;
@@ -69,10 +74,14 @@ impl RegistryClient {
 }
 
 /// Registry errors name the status or the transport failure, never the URL (it may carry
-/// `user:password@`) or the body the registry sent back.
+/// `user:password@`) or the body the registry sent back. Refusals that pass (credentials being
+/// rotated, a rate limit, a timeout) are outages, not verdicts on the schema id.
 fn classify(e: ureq::Error, id: u32) -> CodecError {
     match e {
         ureq::Error::Status(404, _) => CodecError::UnknownSchema(id),
+        ureq::Error::Status(code @ (401 | 403 | 408 | 429), _) => {
+            CodecError::RegistryUnavailable(format!("registry refused the request ({code})"))
+        }
         ureq::Error::Status(code, _) if (400..500).contains(&code) => {
             CodecError::Resolution(format!("registry refused the request ({code})"))
         }
@@ -122,5 +131,27 @@ mod tests {
         assert!(e.is_retryable(), "{text}");
         assert!(!text.contains("marker-secret-4711"), "{text}");
         assert!(!text.contains("svc-user"), "{text}");
+    }
+
+    #[test]
+    fn auth_and_rate_limit_refusals_are_outages_and_a_404_is_unknown() {
+        let status = |code: u16| {
+            let resp = ureq::Response::new(code, "status", "body with marker-secret-4711")
+                .expect("a response");
+            ureq::Error::Status(code, resp)
+        };
+        for code in [401, 403, 408, 429, 500, 503] {
+            let e = classify(status(code), 7);
+            let text = format!("{e} {e:?}");
+            assert_eq!(
+                (e.class(), e.is_retryable()),
+                ("registry_unavailable", true),
+                "{code}"
+            );
+            assert!(!text.contains("marker-secret-4711"), "{text}");
+        }
+        assert_eq!(classify(status(404), 7), CodecError::UnknownSchema(7));
+        let e = classify(status(400), 7);
+        assert_eq!((e.class(), e.is_retryable()), ("schema_resolution", false));
     }
 }

@@ -171,6 +171,39 @@ pub struct SchemaConfig {
         deserialize_with = "millis"
     )]
     pub registry_timeout: Duration,
+    /// How long a schema id the registry answers 404 for is asked again (with backoff) before its
+    /// records are dead-lettered as `unknown_schema`: a registry that restarts or replicates late
+    /// answers 404 for a moment. Key `unknown_schema_grace_ms`, in milliseconds. Default 30000 ms.
+    #[serde(
+        rename = "unknown_schema_grace_ms",
+        default = "default_unknown_schema_grace",
+        deserialize_with = "millis"
+    )]
+    pub unknown_schema_grace: Duration,
+}
+
+fn default_unknown_schema_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Where writer schemas come from, as chosen by `[schema]` (the one place that chooses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaSource<'a> {
+    /// Confluent wire format; schemas by id from this registry.
+    Registry(&'a str),
+    /// Raw Avro datums written with the schema in this file.
+    File(&'a str),
+}
+
+impl SchemaConfig {
+    /// The configured source; None only for a config that `validate()` refuses.
+    pub fn source(&self) -> Option<SchemaSource<'_>> {
+        match (&self.registry_url, &self.schema_file) {
+            (Some(url), _) => Some(SchemaSource::Registry(url)),
+            (None, Some(file)) => Some(SchemaSource::File(file)),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Without a `[schema]` section (the registry URL may come from the environment): the documented
@@ -182,6 +215,7 @@ impl Default for SchemaConfig {
             schema_file: None,
             subject: None,
             registry_timeout: default_registry_timeout(),
+            unknown_schema_grace: default_unknown_schema_grace(),
         }
     }
 }
@@ -217,6 +251,12 @@ pub struct ScyllaConfig {
     /// Writes in flight per shard: the shard's memory bound and the database's concurrency. Default 256.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight_per_shard: usize,
+    /// A cap on each shard's database writes per second (a token bucket with one second of burst), so
+    /// catching up after an outage does not hit the database with the whole backlog at once. Size it
+    /// with `shardline plan` (the database's share of the target rate per shard, plus headroom).
+    /// Default: none (bounded by `max_in_flight_per_shard` only).
+    #[serde(default)]
+    pub max_writes_per_s: Option<u32>,
     /// TLS to the database: a PEM CA bundle to verify the nodes with. Default: none (plain TCP).
     #[serde(default)]
     pub tls_ca_file: Option<String>,
@@ -238,6 +278,7 @@ impl std::fmt::Debug for ScyllaConfig {
             .field("request_timeout", &self.request_timeout)
             .field("local_datacenter", &self.local_datacenter)
             .field("max_in_flight_per_shard", &self.max_in_flight_per_shard)
+            .field("max_writes_per_s", &self.max_writes_per_s)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
@@ -850,6 +891,11 @@ impl Config {
         }
         if self.scylla.max_in_flight_per_shard == 0 {
             return bad("scylla.max_in_flight_per_shard must be at least 1".into());
+        }
+        if self.scylla.max_writes_per_s == Some(0) {
+            return bad(
+                "scylla.max_writes_per_s must be at least 1 (or left out for no cap)".into(),
+            );
         }
         Ok(())
     }

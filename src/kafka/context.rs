@@ -1,16 +1,20 @@
-//! The consumer context of one shard: rebalance bookkeeping, commit results and consumer lag.
+//! The consumer context of one shard: rebalance bookkeeping, commit results, consumer lag and fatal
+//! client errors.
 //!
 //! Guarantee: every assignment change bumps [`ShardContext::epoch`] before the shard sees any record
 //! of the new assignment, so the shard drops stale per-partition state; librdkafka then commits the
-//! stored (done) offsets before the partitions go away.
+//! stored (done) offsets before the partitions go away. A fatal client error (see [`is_fatal`]) sets
+//! [`ShardContext::fatal`] and `shardline_shard_failed` and is logged once; stopping the shard is the
+//! loop's job (it reads the flag).
 //! Precondition: callbacks run on the thread that polls the consumer, which is the shard's own thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::metrics::{events, ShardMetrics};
@@ -34,6 +38,41 @@ pub struct ShardContext {
     /// True while back-pressure (the spent in-flight budget) pauses this shard: newly assigned
     /// partitions stay paused, or a rebalance would pull the backlog into memory.
     pub budget_paused: Arc<AtomicBool>,
+    /// Set once librdkafka reports a fatal error (see [`is_fatal`]): the client is unusable, so the
+    /// shard must stop with an error and the process exit non-zero. Never cleared.
+    pub fatal: Arc<AtomicBool>,
+}
+
+/// True for the errors after which librdkafka's client is unusable: the generic `_FATAL` code
+/// (details in `consumer.client().fatal_error()`), a consume error flagged fatal, and a fenced
+/// static member (`group.instance.id` taken over by another consumer), which librdkafka raises as
+/// fatal.
+pub fn is_fatal(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::MessageConsumptionFatal(_))
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::FencedInstanceId)
+        )
+}
+
+impl ShardContext {
+    /// If `error` is fatal, marks the shard failed ([`ShardContext::fatal`], the failed gauge, one
+    /// error log) and returns true; otherwise does nothing and returns false. For both paths that
+    /// deliver client errors: [`ClientContext::error`] and the consumer stream's `Err` items. With a
+    /// group consumer librdkafka queues errors, fatal ones included, on the consumer queue, so they
+    /// mostly arrive as stream items: the shard loop must pass those through here too.
+    pub fn fail_if_fatal(&self, error: &KafkaError, reason: &str) -> bool {
+        if !is_fatal(error) {
+            return false;
+        }
+        if !self.fatal.swap(true, Ordering::SeqCst) {
+            events::shard_failed(
+                &self.metrics,
+                &format_args!("fatal Kafka client error: {error}: {reason}"),
+            );
+        }
+        true
+    }
 }
 
 fn parts(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -44,9 +83,12 @@ fn parts(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 }
 
 impl ClientContext for ShardContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+    fn error(&self, error: KafkaError, reason: &str) {
         // End-of-partition is an event shardline asks for (drain mode), not an error.
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        if self.fail_if_fatal(&error, reason) {
             return;
         }
         tracing::error!(shard = self.shard, %error, reason, "librdkafka error");
@@ -115,10 +157,70 @@ impl ConsumerContext for ShardContext {
         match result {
             Ok(()) => events::committed(&self.metrics, true, None),
             // "No offset to commit" is librdkafka's timer finding nothing new: not an error.
-            Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => events::committed(&self.metrics, false, Some(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> ShardContext {
+        ShardContext {
+            shard: 0,
+            core: 0,
+            metrics: ShardMetrics::new(0),
+            epoch: Arc::default(),
+            assignment: Arc::default(),
+            joined: Arc::default(),
+            shards: 1,
+            first_assign: AtomicBool::new(false),
+            held: Arc::default(),
+            budget_paused: Arc::default(),
+            fatal: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn fatal_and_fenced_errors_are_fatal_and_others_are_not() {
+        assert!(is_fatal(&KafkaError::Global(RDKafkaErrorCode::Fatal)));
+        assert!(is_fatal(&KafkaError::Global(
+            RDKafkaErrorCode::FencedInstanceId
+        )));
+        assert!(is_fatal(&KafkaError::MessageConsumptionFatal(
+            RDKafkaErrorCode::Fatal
+        )));
+        assert!(is_fatal(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::FencedInstanceId
+        )));
+        assert!(!is_fatal(&KafkaError::Global(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
+        assert!(!is_fatal(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
+        assert!(!is_fatal(&KafkaError::PartitionEOF(0)));
+    }
+
+    #[test]
+    fn a_fatal_client_error_marks_the_shard_failed_and_a_transient_one_does_not() {
+        let ctx = context();
+        ctx.error(
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "all brokers down",
+        );
+        assert!(!ctx.fatal.load(Ordering::SeqCst));
+        assert_eq!(ctx.metrics.failed.get(), 0);
+        ctx.error(KafkaError::Global(RDKafkaErrorCode::Fatal), "fenced");
+        assert!(ctx.fatal.load(Ordering::SeqCst));
+        assert_eq!(ctx.metrics.failed.get(), 1);
+        // The stream path reports the same condition again: still failed, still one flag.
+        assert!(ctx.fail_if_fatal(
+            &KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::Fatal),
+            ""
+        ));
+        assert_eq!(ctx.metrics.failed.get(), 1);
     }
 }

@@ -68,11 +68,13 @@ pub struct DeadLetterProducer {
 }
 
 impl DeadLetterProducer {
-    pub fn new(config: &rdkafka::ClientConfig, topic: String) -> Result<Self, KafkaError> {
-        let mut c = config.clone();
-        c.set("acks", "all");
+    pub fn new(
+        config: &crate::config::KafkaConfig,
+        client_id: &str,
+        topic: String,
+    ) -> Result<Self, KafkaError> {
         Ok(DeadLetterProducer {
-            producer: c.create()?,
+            producer: super::acked_producer(config, client_id)?,
             topic,
         })
     }
@@ -105,11 +107,7 @@ impl DeadLetterProducer {
         let partition = d.partition.to_string();
         let offset = d.offset.to_string();
         let shard = d.shard.to_string();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|t| t.as_millis())
-            .unwrap_or(0)
-            .to_string();
+        let now = crate::clock::now_ms().to_string();
         let mut h = OwnedHeaders::new()
             .insert(Header {
                 key: headers::ERROR_CLASS,

@@ -14,7 +14,9 @@ pub mod tracker;
 
 use std::time::Duration;
 
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::producer::FutureProducer;
 use rdkafka::util::AsyncRuntime;
 use thiserror::Error;
 
@@ -163,6 +165,17 @@ pub fn producer_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("linger.ms", "5");
     c
+}
+
+/// A shard's producer whose sends resolve only when every in-sync replica has the record (acks=all,
+/// idempotent): the one producer builder of the dead letters and the produce step.
+pub fn acked_producer(
+    k: &KafkaConfig,
+    client_id: &str,
+) -> Result<FutureProducer<DefaultClientContext, GlommioRuntime>, KafkaError> {
+    let mut c = producer_config(k, client_id);
+    c.set("acks", "all");
+    Ok(c.create()?)
 }
 
 /// Topic administration for scripts and tests.

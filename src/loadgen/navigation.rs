@@ -3,6 +3,8 @@
 //! Guarantee: `encode` writes exactly the Avro binary encoding of [`SCHEMA`] (checked against
 //! apache-avro in the tests), and `event(seed, i, ..)` always returns the same event.
 
+use crate::codec::avro::write_long as long;
+
 /// The writer schema of navigation events.
 pub const SCHEMA: &str = r#"{"type":"record","name":"Navigation","namespace":"shardline.events","fields":[
 {"name":"event_id","type":"string"},
@@ -89,15 +91,6 @@ pub fn event(seed: u64, i: u64, base_ts_ms: i64, uids: u64) -> NavigationEvent {
 /// The index encoded in an `event_id` (so a test can regenerate the event behind a row).
 pub fn index_of(event_id: &str) -> Option<u64> {
     event_id.split('-').nth(1)?.parse().ok()
-}
-
-fn long(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {

@@ -79,3 +79,17 @@ pub fn paused(m: &ShardMetrics, paused: bool, in_flight: usize) {
     m.paused.set(i64::from(paused));
     tracing::debug!(shard = %m.shard, paused, in_flight, "fetch pause state");
 }
+
+/// The shard hit a fatal error and stops (a fatal Kafka error, a fenced `group.instance.id`, or a
+/// systemic write error): `shardline_shard_failed` goes to 1, so `/health` turns unhealthy.
+/// Logs at error level on the first call only; later calls for the same shard (the loop reporting
+/// the stop that the fatal error caused) log at debug. `reason` must not carry record values.
+pub fn shard_failed(m: &ShardMetrics, reason: &dyn std::fmt::Display) {
+    // Same-shard callers only (precondition of `ShardMetrics`), so read-then-set does not race.
+    if m.failed.get() == 0 {
+        m.failed.set(1);
+        tracing::error!(shard = %m.shard, %reason, "shard failed");
+    } else {
+        tracing::debug!(shard = %m.shard, %reason, "shard failed again");
+    }
+}

@@ -1,72 +1,342 @@
-//! The `/metrics` endpoint: a tiny blocking HTTP/1.1 server on its own thread that merges the shard
-//! registries on each scrape. Also `/health` (200 while the process runs).
+//! The `/metrics` and `/health` endpoints: `tiny_http` served by [`WORKERS`] threads of their own,
+//! merging the shard registries on each request.
 //!
-//! Guarantee: it never touches the message path; a slow or malicious client only delays scrapes
-//! (each connection has a 5 s read/write timeout and requests are capped at 8 KiB).
+//! Guarantee: never touches the message path (it only reads the shard registries). One slow client
+//! cannot hold the endpoint:
+//! - tiny_http reads and parses each connection's request on a thread of its own connection pool, so
+//!   a client that trickles its request (or opens a connection and sends nothing) never occupies a
+//!   worker; tiny_http 0.12 sets no read timeout and caps no connections, so such a client costs one
+//!   idle thread for as long as it stays connected.
+//! - a worker is held only while it writes a response (and drains a chunked or over-1-KiB request
+//!   body, which no scraper sends): a client that stops reading holds that one worker until it
+//!   disconnects, and the other workers keep answering. It takes [`WORKERS`] such clients at once to
+//!   delay scrapes; tiny_http has no write timeout either.
+//!
+//! `/health` answers 200 `ok`, or 503 with one line per unhealthy shard (see [`health`]); the lines
+//! carry shard numbers and ages only, never error messages or record values.
 //! Precondition: bind address from config; loopback by default.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
+use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Registry, TextEncoder};
 
-/// Binds and serves on a background thread. Returns the bound address (port 0 picks one).
+/// Worker threads answering requests. Each is held only by a client that stops reading a response,
+/// so this many misbehaving clients at once are needed to delay a scrape.
+pub const WORKERS: usize = 4;
+
+/// A shard with work pending (writes in flight, or a record not yet committable) that finished no
+/// record for this long is stuck, as is a shard whose oldest pending record has waited this long.
+/// Well above the 5 s cap of a retry backoff and a usual 15-30 s scrape interval, so one failed
+/// retry or a brief database hiccup does not flap it; a database outage of this length does turn it
+/// unhealthy, which is the point: no progress with work pending.
+pub const STALL_AFTER_S: f64 = 60.0;
+
+/// Binds and serves on [`WORKERS`] background threads. Returns the bound address (port 0 picks one).
 pub fn serve(addr: SocketAddr, registries: Vec<Registry>) -> std::io::Result<SocketAddr> {
+    // Binding here keeps the OS error (address in use, permission) as an io::Error for the caller.
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("shardline-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = handle(stream, &registries) {
-                    tracing::debug!(error = %e, "metrics request failed");
+    let server = tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?;
+    let server = Arc::new(server);
+    let registries: Arc<[Registry]> = registries.into();
+    for i in 0..WORKERS {
+        let server = Arc::clone(&server);
+        let registries = Arc::clone(&registries);
+        std::thread::Builder::new()
+            .name(format!("shardline-metrics-{i}"))
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    handle(request, &registries);
                 }
-            }
-        })?;
+                tracing::warn!(worker = i, "metrics endpoint stopped accepting requests");
+            })?;
+    }
     Ok(local)
 }
 
-fn handle(mut s: TcpStream, registries: &[Registry]) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut buf = [0u8; 8192];
-    let mut len = 0;
-    while len < buf.len() {
-        let n = s.read(buf.get_mut(len..).unwrap_or_default())?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf
-            .get(..len)
-            .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
-        {
-            break;
-        }
+fn handle(request: tiny_http::Request, registries: &[Registry]) {
+    let reply = route(request.url(), registries, crate::clock::unix_seconds());
+    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+    if let Ok(h) =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
+    {
+        response = response.with_header(h);
     }
-    let req = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
-    let path = req.split_whitespace().nth(1).unwrap_or("");
-    let (status, ctype, body) = match path {
+    if let Err(e) = request.respond(response) {
+        tracing::debug!(error = %e, "metrics response failed");
+    }
+}
+
+/// One response, before it meets the socket.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+fn text(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+    Reply {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: body.into(),
+    }
+}
+
+/// Answers `url` (path and optional query) from the registries at Unix time `now_unix_s`.
+fn route(url: &str, registries: &[Registry], now_unix_s: f64) -> Reply {
+    let path = url.split('?').next().unwrap_or_default();
+    match path {
         "/metrics" => {
             let fams = super::gather(registries);
             let mut out = Vec::new();
             match TextEncoder::new().encode(&fams, &mut out) {
-                Ok(()) => ("200 OK", "text/plain; version=0.0.4", out),
-                Err(e) => (
-                    "500 Internal Server Error",
-                    "text/plain",
-                    e.to_string().into_bytes(),
-                ),
+                Ok(()) => Reply {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4",
+                    body: out,
+                },
+                Err(e) => text(500, format!("{e}\n")),
             }
         }
-        "/health" => ("200 OK", "text/plain", b"ok\n".to_vec()),
-        _ => ("404 Not Found", "text/plain", b"try /metrics\n".to_vec()),
-    };
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(&body)
+        "/health" => match health(&super::gather(registries), now_unix_s) {
+            Ok(()) => text(200, "ok\n"),
+            Err(reasons) => text(503, reasons.join("\n") + "\n"),
+        },
+        _ => text(404, "try /metrics or /health\n"),
+    }
+}
+
+/// What `/health` reads of one shard, from its own gauges.
+#[derive(Debug, Default)]
+struct ShardHealth {
+    failed: f64,
+    in_flight: f64,
+    oldest_pending_s: f64,
+    first_record_time: f64,
+    last_done_time: f64,
+}
+
+/// Health from the merged shard families: `Err` holds one line per unhealthy shard, ordered by shard.
+///
+/// A shard is unhealthy when `shardline_shard_failed` is 1 (it hit a fatal error and stops), or when
+/// it is stuck: it has work pending (a positive `shardline_in_flight_writes` or
+/// `shardline_oldest_pending_seconds`) and finished no record for [`STALL_AFTER_S`] (going by
+/// `shardline_last_done_time_seconds`, or its first record when none finished yet), or its oldest
+/// pending record has waited that long. An idle shard (nothing pending) is healthy however long ago
+/// it last worked. Pure: reads only `families` and `now_unix_s`.
+pub fn health(families: &[MetricFamily], now_unix_s: f64) -> Result<(), Vec<String>> {
+    let mut shards: BTreeMap<(usize, String), ShardHealth> = BTreeMap::new();
+    for fam in families {
+        let name = fam.name();
+        if !matches!(
+            name,
+            "shardline_shard_failed"
+                | "shardline_in_flight_writes"
+                | "shardline_oldest_pending_seconds"
+                | "shardline_first_record_time_seconds"
+                | "shardline_last_done_time_seconds"
+        ) {
+            continue;
+        }
+        for m in fam.get_metric() {
+            let Some(shard) = m.get_label().iter().find(|l| l.name() == "shard") else {
+                continue;
+            };
+            // Numeric order first (shard 10 after shard 9), the label itself as the tie-breaker.
+            let key = (
+                shard.value().parse().unwrap_or(usize::MAX),
+                shard.value().to_string(),
+            );
+            let h = shards.entry(key).or_default();
+            let v = m.get_gauge().get_value();
+            match name {
+                "shardline_shard_failed" => h.failed = v,
+                "shardline_in_flight_writes" => h.in_flight = v,
+                "shardline_oldest_pending_seconds" => h.oldest_pending_s = v,
+                "shardline_first_record_time_seconds" => h.first_record_time = v,
+                _ => h.last_done_time = v,
+            }
+        }
+    }
+    let mut reasons = Vec::new();
+    for ((_, shard), h) in &shards {
+        if h.failed >= 1.0 {
+            reasons.push(format!("shard {shard}: failed (fatal error, stopped)"));
+            continue;
+        }
+        let pending = h.in_flight > 0.0 || h.oldest_pending_s > 0.0;
+        let progress_at = h.last_done_time.max(h.first_record_time);
+        let idle_s = now_unix_s - progress_at;
+        if pending && progress_at > 0.0 && idle_s > STALL_AFTER_S {
+            reasons.push(format!(
+                "shard {shard}: stuck: {} writes in flight, no record finished for {idle_s:.0} s",
+                h.in_flight
+            ));
+        } else if h.oldest_pending_s > STALL_AFTER_S {
+            reasons.push(format!(
+                "shard {shard}: stuck: oldest pending record waited {:.0} s",
+                h.oldest_pending_s
+            ));
+        }
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(reasons)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metrics::{gather, ShardMetrics};
+
+    const NOW: f64 = 1_700_000_000.0;
+
+    fn families(shards: &[&ShardMetrics]) -> Vec<MetricFamily> {
+        let regs: Vec<Registry> = shards.iter().map(|m| m.registry.clone()).collect();
+        gather(&regs)
+    }
+
+    #[test]
+    fn idle_and_progressing_shards_are_healthy() {
+        let idle = ShardMetrics::new(0);
+        idle.last_done_time.set(NOW - 3600.0);
+        let busy = ShardMetrics::new(1);
+        busy.first_record_time.set(NOW - 3600.0);
+        busy.in_flight.set(50);
+        busy.oldest_pending_seconds.set(0.2);
+        busy.last_done_time.set(NOW - 1.0);
+        let fresh = ShardMetrics::new(2);
+        assert_eq!(health(&families(&[&idle, &busy, &fresh]), NOW), Ok(()));
+    }
+
+    #[test]
+    fn a_failed_shard_is_unhealthy() {
+        let ok = ShardMetrics::new(0);
+        let failed = ShardMetrics::new(1);
+        crate::metrics::events::shard_failed(&failed, &"test");
+        let reasons = health(&families(&[&ok, &failed]), NOW).expect_err("unhealthy");
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(reasons[0].starts_with("shard 1: failed"), "{reasons:?}");
+    }
+
+    #[test]
+    fn work_pending_without_progress_is_stuck() {
+        let stalled = ShardMetrics::new(3);
+        stalled.first_record_time.set(NOW - 600.0);
+        stalled.last_done_time.set(NOW - STALL_AFTER_S - 5.0);
+        stalled.in_flight.set(7);
+        let never_done = ShardMetrics::new(10);
+        never_done.first_record_time.set(NOW - STALL_AFTER_S - 5.0);
+        never_done.in_flight.set(1);
+        let reasons = health(&families(&[&never_done, &stalled]), NOW).expect_err("unhealthy");
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("shard 3: stuck: 7 writes"),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].starts_with("shard 10: stuck"), "{reasons:?}");
+        // Just under the threshold: still healthy.
+        stalled.last_done_time.set(NOW - STALL_AFTER_S + 5.0);
+        never_done.last_done_time.set(NOW - 1.0);
+        assert_eq!(health(&families(&[&never_done, &stalled]), NOW), Ok(()));
+    }
+
+    #[test]
+    fn a_record_pending_too_long_is_stuck_even_while_others_finish() {
+        let m = ShardMetrics::new(0);
+        m.first_record_time.set(NOW - 600.0);
+        m.last_done_time.set(NOW - 0.5);
+        m.in_flight.set(3);
+        m.oldest_pending_seconds.set(STALL_AFTER_S + 1.0);
+        let reasons = health(&families(&[&m]), NOW).expect_err("unhealthy");
+        assert!(
+            reasons[0].starts_with("shard 0: stuck: oldest pending"),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn routes_metrics_health_and_not_found() {
+        let m = ShardMetrics::new(0);
+        m.stage("t", "written").inc();
+        let regs = vec![m.registry.clone()];
+        let r = route("/metrics", &regs, NOW);
+        assert_eq!(r.status, 200);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            body.contains("shardline_messages_total{shard=\"0\",stage=\"written\",topic=\"t\"} 1"),
+            "{body}"
+        );
+        assert!(
+            body.contains("shardline_shard_failed{shard=\"0\"} 0"),
+            "{body}"
+        );
+        let r = route("/health?verbose=1", &regs, NOW);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
+        assert_eq!(route("/", &regs, NOW).status, 404);
+        m.failed.set(1);
+        let r = route("/health", &regs, NOW);
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            "shard 0: failed (fatal error, stopped)\n"
+        );
+    }
+
+    /// Status code and body of one GET over a fresh connection. HTTP/1.0, so the body comes with a
+    /// Content-Length (never chunked) and the server closes the connection after it.
+    fn get(addr: SocketAddr, path: &str) -> (String, String) {
+        let mut s = TcpStream::connect(addr).expect("connects");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("sets timeout");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("sends request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("reads response");
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
+        let status = head.split_whitespace().nth(1).unwrap_or_default();
+        (status.to_string(), body.to_string())
+    }
+
+    #[test]
+    fn scrapes_are_answered_while_slow_clients_hold_connections() {
+        let m = ShardMetrics::new(0);
+        let addr = serve(
+            "127.0.0.1:0".parse().expect("address"),
+            vec![m.registry.clone()],
+        )
+        .expect("binds");
+        // More stalled clients than workers: one sent half a request, the rest nothing at all.
+        let mut slow = Vec::new();
+        for i in 0..=WORKERS {
+            let mut s = TcpStream::connect(addr).expect("connects");
+            if i == 0 {
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: l")
+                    .expect("sends half a request");
+            }
+            slow.push(s);
+        }
+        let (status, body) = get(addr, "/metrics");
+        assert_eq!(status, "200", "{body}");
+        assert!(body.contains("shardline_in_flight_writes"), "{body}");
+        assert_eq!(
+            get(addr, "/health"),
+            ("200".to_string(), "ok\n".to_string())
+        );
+        m.failed.set(1);
+        let (status, body) = get(addr, "/health");
+        assert_eq!(status, "503", "{body}");
+        assert_eq!(body, "shard 0: failed (fatal error, stopped)\n");
+        assert_eq!(get(addr, "/nope").0, "404");
+        drop(slow);
+    }
 }

@@ -1,5 +1,5 @@
 //! Metrics: one prometheus registry per shard (no cross-core cache lines on the message path), merged
-//! at scrape time by the `/metrics` endpoint, and summarised at exit.
+//! at scrape time by the `/metrics` endpoint, read by `/health`, and summarised at exit.
 //!
 //! Guarantee: every metric name is `shardline_<thing>_<unit>` with a small fixed label set (shard,
 //! topic, partition, stage, kind); latency histograms use [`LATENCY_BUCKETS`] (10 µs to 15 s).
@@ -40,6 +40,8 @@ pub struct ShardMetrics {
     pub commits: IntCounterVec,
     pub in_flight: IntGauge,
     pub paused: IntGauge,
+    /// 1 once the shard hit a fatal error and stops; `/health` reports it (see [`http::health`]).
+    pub failed: IntGauge,
     pub lag: IntGaugeVec,
     pub assigned: IntGaugeVec,
     /// Unix time of the first record this shard consumed, and of its latest completed record.
@@ -172,6 +174,12 @@ impl ShardMetrics {
                 &s,
                 "shardline_paused",
                 "1 while the shard has paused its partitions (in-flight budget spent).",
+            ),
+            failed: shard_gauge(
+                r,
+                &s,
+                "shardline_shard_failed",
+                "1 once the shard hit a fatal error (it stops).",
             ),
             lag: gauge(
                 r,

@@ -22,10 +22,11 @@ use super::produce::Produce;
 use super::{Chain, Processor};
 use crate::codec::{CodecError, Plan, RegistryClient, Value};
 use crate::config::{Config, ProcessorConfig, TableConfig};
-use crate::kafka::{producer_config, KafkaError};
+use crate::kafka::{acked_producer, KafkaError};
 use crate::metrics::ShardMetrics;
 use crate::retry::Shutdown;
 use crate::sink::bridge::InTokio;
+use crate::sink::rate::WriteRate;
 use crate::sink::{Binder, NullWriter, RowWriter, ScyllaWriter, StartError};
 
 /// Why a chain could not be built (start-up; never retried).
@@ -73,6 +74,8 @@ pub struct BuildInputs<'a> {
     pub null_sink: bool,
     /// Custom steps, run after the built-in filters and lookups, before the sinks.
     pub custom: Vec<Box<dyn Processor>>,
+    /// The shard's write-rate cap (`scylla.max_writes_per_s`), shared by every insert sink.
+    pub rate: Option<Rc<WriteRate>>,
 }
 
 struct Ctx<'a> {
@@ -113,6 +116,7 @@ fn insert_step(
         writer,
         metrics: inputs.metrics.clone(),
         shutdown: inputs.shutdown.clone(),
+        rate: inputs.rate.clone(),
     })
 }
 
@@ -315,8 +319,6 @@ fn produce(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>, Bui
     let reg = RegistryClient::new(url, inputs.config.schema.registry_timeout);
     let subject = subject.clone().unwrap_or_else(|| format!("{topic}-value"));
     let schema_id = reg.register(&subject, schema)?;
-    let mut pc = producer_config(&inputs.config.kafka, inputs.client_id);
-    pc.set("acks", "all");
     let slots = names
         .iter()
         .map(|n| inputs.fields.iter().position(|x| x == n))
@@ -328,7 +330,7 @@ fn produce(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>, Bui
         slots,
         schema_id,
         key_slot: key_field.as_ref().map(|k| ctx.slot(name, k)).transpose()?,
-        producer: pc.create().map_err(KafkaError::from)?,
+        producer: acked_producer(&inputs.config.kafka, inputs.client_id)?,
         metrics: inputs.metrics.clone(),
         shutdown: inputs.shutdown.clone(),
     }))

@@ -17,7 +17,8 @@ use futures::future::LocalBoxFuture;
 use super::{Processor, Record, StepError, StepOutcome};
 use crate::metrics::{events, ShardMetrics};
 use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Scope, Shutdown};
-use crate::sink::{Binder, RowWriter, WriteError};
+use crate::sink::rate::WriteRate;
+use crate::sink::{Binder, BoundRow, RowWriter, WriteError};
 
 /// One table.
 pub struct Insert {
@@ -26,6 +27,8 @@ pub struct Insert {
     pub(super) writer: Rc<dyn RowWriter>,
     pub(super) metrics: ShardMetrics,
     pub(super) shutdown: Shutdown,
+    /// The shard's write-rate cap, shared by its insert sinks.
+    pub(super) rate: Option<Rc<WriteRate>>,
 }
 
 /// A write error as the chain sees it.
@@ -39,6 +42,27 @@ pub(super) fn step_error(step: &str, e: RetryError<WriteError>) -> StepError {
                 Scope::Transient | Scope::Systemic => StepError::Systemic { class, message },
             }
         }
+    }
+}
+
+impl Insert {
+    /// One write attempt: its token first (with a rate cap), then the write, timed from its start.
+    async fn attempt(
+        &self,
+        values: &Rc<BoundRow>,
+        started: &Cell<Instant>,
+    ) -> Result<(), WriteError> {
+        if let Some(rate) = &self.rate {
+            if !rate.acquire(&self.shutdown).await {
+                return Err(WriteError::Db {
+                    scope: Scope::Transient,
+                    class: "stopped",
+                    message: "the shard stopped while the write waited for its rate token".into(),
+                });
+            }
+        }
+        started.set(Instant::now());
+        self.writer.write(values.clone()).await
     }
 }
 
@@ -63,10 +87,7 @@ impl Processor for Insert {
             retry(
                 &RetryPolicy::UNTIL_STOPPED,
                 &self.shutdown,
-                || {
-                    started.set(Instant::now());
-                    self.writer.write(values.clone())
-                },
+                || self.attempt(&values, &started),
                 |e, attempt, wait| {
                     events::write_retried(&self.metrics, e.class(), attempt, wait, e)
                 },

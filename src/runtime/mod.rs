@@ -90,6 +90,10 @@ pub enum RunError {
         offset: i64,
         source: Box<KafkaError>,
     },
+    /// librdkafka reported a fatal error (a fenced `group.instance.id`, an idempotence violation): the
+    /// client is unusable, so the shard stops and the process exits non-zero.
+    #[error("shard {shard}: fatal Kafka client error: {message}")]
+    KafkaFatal { shard: usize, message: String },
     /// The live check: a configured topic does not exist.
     #[error("kafka topic '{topic}' does not exist at {brokers}")]
     NoTopic { topic: String, brokers: String },

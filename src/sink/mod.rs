@@ -17,6 +17,7 @@
 pub mod bridge;
 pub mod error;
 pub mod mapping;
+pub mod rate;
 pub mod session;
 
 use std::rc::Rc;
@@ -46,14 +47,6 @@ impl RowWriter for NullWriter {
     fn write(&self, _values: Rc<BoundRow>) -> LocalBoxFuture<'static, Result<(), WriteError>> {
         Box::pin(std::future::ready(Ok(())))
     }
-}
-
-/// Microseconds since the epoch.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// The write timestamp of a record of the default (`kafka`) source: Kafka ms × 1000 plus the offset
@@ -195,7 +188,7 @@ impl Binder {
             Ts::Kafka => kafka_ts_ms
                 .map(|ms| kafka_write_timestamp_us(ms, offset))
                 .ok_or_else(|| mapping_err("timestamp", "record has no Kafka timestamp"))?,
-            Ts::Now => now_us(),
+            Ts::Now => crate::clock::now_us(),
             Ts::Fixed(us) => us,
             Ts::Slot(i) => match values.get(i) {
                 Some(Value::TimestampMillis(ms)) => ms.saturating_mul(1000),

@@ -18,34 +18,6 @@ use crate::utils::*;
 /// A record's key and value bytes.
 type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-struct Pipeline {
-    topic: String,
-    ks: String,
-    group: String,
-    config: std::path::PathBuf,
-    port: u16,
-}
-
-fn pipeline(name: &str, partitions: i32) -> Result<Pipeline> {
-    let topic = unique(name);
-    let ks = unique(name);
-    let group = unique("grp");
-    let dir = temp_dir(name)?;
-    create_topic(&topic, partitions)?;
-    create_topic(&format!("{topic}.dlq"), 1)?;
-    tokio().block_on(async { create_keyspace(&session().await?, &ks).await })?;
-    let config = write_config(&dir, &topic, &group, &ks, "", ALL_COLUMNS)?;
-    let port = free_port()?;
-    with_metrics_port(&config, port)?;
-    Ok(Pipeline {
-        topic,
-        ks,
-        group,
-        config,
-        port,
-    })
-}
-
 fn all_committed(p: &Pipeline, partitions: i32) -> Result<bool> {
     Ok(committed(&p.group, &p.topic, partitions)? == end_offsets(&p.topic, partitions)?)
 }
@@ -69,14 +41,7 @@ fn kill_dash_nine_five_times_loses_nothing() -> Result<()> {
     for round in 0..5 {
         let mut proc = Proc::spawn(&p.config, &[])?;
         // A random moment while the shards are writing: after a few thousand writes of this round.
-        let written = || {
-            metric_sum(
-                &scrape(p.port),
-                "shardline_messages_total",
-                &["stage=\"written\""],
-            )
-        };
-        let started = wait_until(Duration::from_secs(60), || Ok(written() >= 2000.0))?;
+        let started = wait_written(p.port, 2000.0, Duration::from_secs(60))?;
         ensure!(started, "round {round}: no writes:\n{}", proc.log_text());
         std::thread::sleep(Duration::from_millis(rng.u64(0..4000)));
         ensure!(
@@ -84,7 +49,7 @@ fn kill_dash_nine_five_times_loses_nothing() -> Result<()> {
             "round {round}: died early:\n{}",
             proc.log_text()
         );
-        let at = written();
+        let at = written(p.port);
         proc.signal("-KILL")?;
         proc.wait_for(Duration::from_secs(10))?;
         let c = committed(&p.group, &p.topic, 8)?;
@@ -96,8 +61,7 @@ fn kill_dash_nine_five_times_loses_nothing() -> Result<()> {
     // A killed member keeps its partitions until its session times out (session_timeout_ms, 10 s):
     // the final run must find the group without them, or it drains only the partitions it got.
     std::thread::sleep(Duration::from_secs(12));
-    let out = run_drain(&p.config, Duration::from_secs(900), &[])?;
-    ensure!(out.ok, "final run failed:\n{}", out.stderr);
+    let out = drain_ok(&p.config, Duration::from_secs(900), &[])?;
     ensure!(all_committed(&p, 8)?, "offsets not at the end");
     assert_all_rows(&p.ks, 21, N)?;
     let s = out.summary.expect("summary");
@@ -313,8 +277,7 @@ fn poison_records_of_every_class_go_to_the_dead_letter_topic() -> Result<()> {
     let sent = produce(&p.topic, N, 51, EVERY)?;
     let poison = sent.poison;
     ensure!(poison == N / EVERY, "{poison} poison records");
-    let out = run_drain(&p.config, Duration::from_secs(600), &[])?;
-    ensure!(out.ok, "run failed:\n{}", out.stderr);
+    let out = drain_ok(&p.config, Duration::from_secs(600), &[])?;
     let s = out.summary.expect("summary");
     ensure!(s["dead_lettered"] == poison, "summary: {s}");
 
@@ -414,7 +377,7 @@ fn poison_records_of_every_class_go_to_the_dead_letter_topic() -> Result<()> {
         *by_class.entry(class.clone()).or_default() += 1;
         if let Some(v) = value {
             let mut row = Row::default();
-            if decoder.decode(v, &mut row).is_ok() {
+            if decoder.decode_blocking(v, &mut row).is_ok() {
                 if let Some(Value::Str(id)) = row.values.first() {
                     let i = navigation::index_of(id).unwrap_or(u64::MAX);
                     let expected =
@@ -450,11 +413,7 @@ fn sigterm_exits_zero_within_the_deadline_with_exact_commits() -> Result<()> {
     let p = pipeline("sigterm", 4)?;
     produce(&p.topic, N, 61, 0)?;
     let mut proc = Proc::spawn(&p.config, &[])?;
-    ensure!(wait_until(Duration::from_secs(60), || Ok(metric_sum(
-        &scrape(p.port),
-        "shardline_messages_total",
-        &["stage=\"written\""]
-    ) > 5000.0))?);
+    ensure!(wait_written(p.port, 5000.0, Duration::from_secs(60))?);
     let t = Instant::now();
     proc.signal("-TERM")?;
     let status = proc.wait_for(Duration::from_secs(30))?;
@@ -501,7 +460,7 @@ fn sigterm_exits_zero_within_the_deadline_with_exact_commits() -> Result<()> {
                 break;
             }
             let mut row = Row::default();
-            decoder.decode(m.payload().unwrap_or_default(), &mut row)?;
+            decoder.decode_blocking(m.payload().unwrap_or_default(), &mut row)?;
             let Some(Value::Str(id)) = row.values.first() else {
                 anyhow::bail!("no event id")
             };
@@ -523,13 +482,7 @@ fn a_second_signal_exits_at_once_and_loses_nothing() -> Result<()> {
     let p = pipeline("twosig", 4)?;
     produce(&p.topic, N, 62, 0)?;
     let mut proc = Proc::spawn(&p.config, &[])?;
-    let writing = wait_until(Duration::from_secs(60), || {
-        Ok(metric_sum(
-            &scrape(p.port),
-            "shardline_messages_total",
-            &["stage=\"written\""],
-        ) > 2000.0)
-    })?;
+    let writing = wait_written(p.port, 2000.0, Duration::from_secs(60))?;
     ensure!(writing, "no writes:\n{}", proc.log_text());
     let t = Instant::now();
     proc.signal("-TERM")?;
@@ -543,12 +496,131 @@ fn a_second_signal_exits_at_once_and_loses_nothing() -> Result<()> {
     );
     let took = t.elapsed();
     // Whatever was in flight is uncommitted and replayed: the next run completes the table.
-    let out = run_drain(&p.config, Duration::from_secs(300), &[])?;
-    ensure!(out.ok, "rerun failed:\n{}", out.stderr);
+    drain_ok(&p.config, Duration::from_secs(300), &[])?;
     ensure!(all_committed(&p, 4)?, "offsets not at the end");
     assert_all_rows(&p.ks, 62, N)?;
     eprintln!(
         "second signal: exited {status:?} {took:?} after the first; rerun -> {N} rows of {N}"
+    );
+    Ok(())
+}
+
+/// `services.sh down registry; services.sh up registry` keeps every schema and its id: records already in
+/// Kafka carry those ids, so a registry that forgets them turns every one of them into an unknown schema.
+#[test]
+fn registry_restart_keeps_schema_ids() -> Result<()> {
+    use anyhow::Context;
+    use shardline::codec::{Retryable, SchemaResolver};
+
+    let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
+    // Answering: a schema found or a 404, not a connection failure or a 5xx.
+    let answering = || !reg.schema_by_id(1).is_err_and(|e| e.is_retryable());
+    let restart = || -> Result<()> {
+        services(&["down", "registry"])?;
+        ensure!(
+            !answering(),
+            "the registry still answers after `services.sh down registry`: it was not started by this \
+             checkout's services.sh (another state dir?), so this test cannot restart it"
+        );
+        services(&["up", "registry"])?;
+        ensure!(
+            wait_until(Duration::from_secs(60), || Ok(answering()))?,
+            "the registry did not answer within 60 s of `services.sh up registry`"
+        );
+        Ok(())
+    };
+
+    // First a restart, so the registry runs with this checkout's settings (one started by an older
+    // services.sh kept its schemas in memory).
+    restart().context("restarting the registry before the test")?;
+
+    // Content no earlier run registered (its id is assigned now), and the navigation schema under a new subject.
+    let fresh_name = unique("Navigation");
+    let fresh_schema = navigation::SCHEMA.replacen(
+        r#""name":"Navigation""#,
+        &format!(r#""name":"{fresh_name}""#),
+        1,
+    );
+    ensure!(
+        fresh_schema != navigation::SCHEMA,
+        "the navigation schema no longer names its record Navigation; update this test"
+    );
+    let subjects = [
+        (format!("{}-value", unique("regfresh")), fresh_schema),
+        (
+            format!("{}-value", unique("regnav")),
+            navigation::SCHEMA.to_string(),
+        ),
+    ];
+    let mut before = Vec::new();
+    for (subject, schema) in &subjects {
+        let id = reg
+            .register(subject, schema)
+            .with_context(|| format!("registering {subject}"))?;
+        let text = reg
+            .schema_by_id(id)
+            .with_context(|| format!("schema id {id} of {subject} right after registering"))?;
+        let (latest_id, _) = reg
+            .latest(subject)
+            .with_context(|| format!("latest version of {subject}"))?;
+        ensure!(
+            latest_id == id,
+            "{subject}: registered as id {id}, latest says {latest_id}"
+        );
+        before.push((subject.clone(), id, text));
+    }
+
+    restart().context("restarting the registry after registering")?;
+
+    for (subject, id, text) in &before {
+        let after = reg.schema_by_id(*id).with_context(|| {
+            format!("schema id {id} of {subject} after the restart (40403: the registry forgot it)")
+        })?;
+        ensure!(
+            after == *text,
+            "schema id {id} of {subject} changed across the restart:\nbefore: {text}\nafter:  {after}"
+        );
+        let (latest_id, latest_text) = reg
+            .latest(subject)
+            .with_context(|| format!("latest version of {subject} after the restart"))?;
+        ensure!(
+            latest_id == *id,
+            "{subject}: id {id} before the restart, latest says {latest_id} after it"
+        );
+        ensure!(
+            latest_text == *text,
+            "{subject}: latest schema text changed across the restart"
+        );
+    }
+
+    // The id sequence survived too: new content after the restart gets an id no earlier schema has.
+    let new_name = unique("Navigation");
+    let new_schema = navigation::SCHEMA.replacen(
+        r#""name":"Navigation""#,
+        &format!(r#""name":"{new_name}""#),
+        1,
+    );
+    let new_subject = format!("{}-value", unique("regafter"));
+    let new_id = reg
+        .register(&new_subject, &new_schema)
+        .with_context(|| format!("registering {new_subject} after the restart"))?;
+    ensure!(
+        before.iter().all(|(_, id, _)| *id != new_id),
+        "new content after the restart got id {new_id}, already used before it: {:?}",
+        before.iter().map(|(s, id, _)| (s, id)).collect::<Vec<_>>()
+    );
+    for (subject, id, text) in &before {
+        let again = reg
+            .schema_by_id(*id)
+            .with_context(|| format!("schema id {id} of {subject} after a new registration"))?;
+        ensure!(
+            again == *text,
+            "schema id {id} of {subject} was overwritten"
+        );
+    }
+    eprintln!(
+        "registry restart: ids {:?} kept their schemas; new content got id {new_id}",
+        before.iter().map(|(_, id, _)| id).collect::<Vec<_>>()
     );
     Ok(())
 }

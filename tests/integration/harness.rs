@@ -40,7 +40,7 @@ fn registry_kafka_cassandra_round_trip() -> Result<()> {
         if let Some(m) = consumer.poll(Duration::from_millis(500)) {
             let m = m?;
             let mut row = Row::default();
-            let id = decoder.decode(m.payload().unwrap_or_default(), &mut row)?;
+            let id = decoder.decode_blocking(m.payload().unwrap_or_default(), &mut row)?;
             assert_eq!(id, sent.schema_id, "the frame carries the registered id");
             decoded.push(row);
         }

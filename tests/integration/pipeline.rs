@@ -147,8 +147,7 @@ keep = false
         "filter",
         &config_text(&s.topic, &unique("g"), &s.ks, 256, &table, processors),
     )?;
-    let out = run_drain(&cfg, Duration::from_secs(300), &[])?;
-    ensure!(out.ok, "run failed:\n{}", out.stderr);
+    let out = drain_ok(&cfg, Duration::from_secs(300), &[])?;
     let sum = out.summary.expect("summary");
     let expected: HashSet<String> = events(71, N)
         .into_iter()
@@ -207,8 +206,7 @@ fn lookup_cache_and_every_miss_policy() -> Result<()> {
             miss,
             &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
         )?;
-        let out = run_drain(&cfg, Duration::from_secs(300), &[])?;
-        ensure!(out.ok, "{miss}: run failed:\n{}", out.stderr);
+        let out = drain_ok(&cfg, Duration::from_secs(300), &[])?;
         let sum = out.summary.expect("summary");
         let got: HashMap<String, Option<String>> = tokio()
             .block_on(async {
@@ -282,8 +280,7 @@ table = {{ keyspace = "{ks}", table = "visits_by_uid", ttl_seconds = 2592000, co
         "tables",
         &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
     )?;
-    let out = run_drain(&cfg, Duration::from_secs(300), &[])?;
-    ensure!(out.ok, "run failed:\n{}", out.stderr);
+    drain_ok(&cfg, Duration::from_secs(300), &[])?;
     let evs = events(73, N);
     let (visits, last) = tokio().block_on(async {
         let se = session().await?;
@@ -373,7 +370,7 @@ fn read_output(topic: &str, n: usize, fields: &[&str]) -> Result<Vec<Keyed>> {
         if let Some(m) = c.poll(Duration::from_millis(500)) {
             let m = m?;
             let mut row = Row::default();
-            dec.decode(m.payload().unwrap_or_default(), &mut row)?;
+            dec.decode_blocking(m.payload().unwrap_or_default(), &mut row)?;
             out.push((m.key().map(<[u8]>::to_vec), row.values));
         }
     }
@@ -397,8 +394,7 @@ fn produce_reencodes_the_enriched_record() -> Result<()> {
         "produce",
         &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
     )?;
-    let out = run_drain(&cfg, Duration::from_secs(300), &[])?;
-    ensure!(out.ok, "run failed:\n{}", out.stderr);
+    drain_ok(&cfg, Duration::from_secs(300), &[])?;
     let got = read_output(
         &out_topic,
         N as usize,
@@ -455,8 +451,7 @@ fn example_enrichment_pipeline_end_to_end() -> Result<()> {
         .replace("127.0.0.1:9898", "127.0.0.1:0")
         + "\n[shards]\ncores = [0, 1]\n";
     let cfg = write(&s.dir, "enrich", &cfg_text)?;
-    let out = run_drain(&cfg, Duration::from_secs(900), &[])?;
-    ensure!(out.ok, "run failed:\n{}", out.stderr);
+    let out = drain_ok(&cfg, Duration::from_secs(900), &[])?;
     let sum = out.summary.expect("summary");
     let (visits, last) = tokio().block_on(async {
         let se = session().await?;

@@ -21,12 +21,11 @@ fn two_shards_write_every_event_once_and_replay_is_idempotent() -> Result<()> {
     create_topic(&topic, PARTITIONS)?;
     create_topic(&format!("{topic}.dlq"), 1)?;
     tokio().block_on(async { create_keyspace(&session().await?, &ks).await })?;
-    let produced_from_ms = shardline::sink::now_us() / 1000;
+    let produced_from_ms = shardline::clock::now_us() / 1000;
     produce(&topic, EVENTS, SEED, 0)?;
     let config = write_config(&dir, &topic, &group, &ks, "", ALL_COLUMNS)?;
 
-    let out = run_drain(&config, Duration::from_secs(1200), &[])?;
-    assert!(out.ok, "run failed:\n{}", out.stderr);
+    let out = drain_ok(&config, Duration::from_secs(1200), &[])?;
     let summary = out.summary.expect("a summary is written at exit");
     assert_eq!(summary["consumed"], EVENTS);
     assert_eq!(summary["written"], EVENTS);
@@ -67,7 +66,7 @@ fn two_shards_write_every_event_once_and_replay_is_idempotent() -> Result<()> {
         let e = shardline::loadgen::navigation::event(SEED, i, BASE_TS_MS, 20_000);
         // Default write timestamp: the Kafka record timestamp (producer create time) in µs plus the
         // offset modulo 1000, so its millisecond is the record's, taken while the producer ran.
-        let now_ms = shardline::sink::now_us() / 1000;
+        let now_ms = shardline::clock::now_us() / 1000;
         assert!(
             row.writetime_us
                 .is_some_and(|w| (produced_from_ms..=now_ms).contains(&(w / 1000))),
@@ -84,8 +83,7 @@ fn two_shards_write_every_event_once_and_replay_is_idempotent() -> Result<()> {
         committed(&group, &topic, PARTITIONS)?,
         vec![0; PARTITIONS as usize]
     );
-    let out = run_drain(&config, Duration::from_secs(1200), &[])?;
-    assert!(out.ok, "replay failed:\n{}", out.stderr);
+    let out = drain_ok(&config, Duration::from_secs(1200), &[])?;
     assert_eq!(out.summary.expect("summary")["written"], EVENTS);
     let second = s.block_on(async { read_rows(&session().await?, &ks).await })?;
     assert_eq!(second.len(), first.len());

@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
-use shardline::codec::{frame, RegistryClient};
+use anyhow::Result;
 use shardline::loadgen::navigation;
 
 use crate::utils::*;
@@ -16,41 +13,20 @@ use crate::utils::*;
 /// value ("b"), not the later record ("a").
 #[test]
 fn a_later_record_with_the_same_kafka_timestamp_wins() -> Result<()> {
-    let topic = unique("ties");
-    let ks = unique("ties");
-    let group = unique("grp");
-    let dir = temp_dir("ties")?;
-    create_topic(&topic, 1)?;
-    create_topic(&format!("{topic}.dlq"), 1)?;
-    tokio().block_on(async { create_keyspace(&session().await?, &ks).await })?;
-    let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
-    let schema_id = reg.register(&format!("{topic}-value"), navigation::SCHEMA)?;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .create()?;
+    let p = pipeline_with("ties", 1, "", ALL_COLUMNS)?;
     let base = navigation::event(1, 0, BASE_TS_MS, 10);
     let ts_ms = 1_767_225_600_123;
-    for url in ["b", "a"] {
-        let mut ev = base.clone();
-        ev.url = url.into();
-        let mut datum = Vec::new();
-        ev.encode(&mut datum);
-        let mut payload = Vec::new();
-        frame::frame_into(schema_id, &datum, &mut payload);
-        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic)
-            .partition(0)
-            .timestamp(ts_ms)
-            .key(ev.uid.as_bytes())
-            .payload(payload.as_slice());
-        if let Err((e, _)) = producer.send(rec) {
-            bail!("produce: {e}");
-        }
-    }
-    producer.flush(Duration::from_secs(10))?;
-    let config = write_config(&dir, &topic, &group, &ks, "", ALL_COLUMNS)?;
-    let out = run_drain(&config, Duration::from_secs(300), &[])?;
-    assert!(out.ok, "run failed:\n{}", out.stderr);
-    let rows = tokio().block_on(async { read_rows(&session().await?, &ks).await })?;
+    let updates: Vec<_> = ["b", "a"]
+        .into_iter()
+        .map(|url| {
+            let mut ev = base.clone();
+            ev.url = url.into();
+            (0, ts_ms, ev)
+        })
+        .collect();
+    produce_events(&p.topic, &updates)?;
+    drain_ok(&p.config, Duration::from_secs(300), &[])?;
+    let rows = tokio().block_on(async { read_rows(&session().await?, &p.ks).await })?;
     assert_eq!(rows.len(), 1, "both records update one row");
     let row = rows.values().next().expect("one row");
     assert_eq!(row.url.as_deref(), Some("a"), "the later record wins");
@@ -66,21 +42,284 @@ fn a_later_record_with_the_same_kafka_timestamp_wins() -> Result<()> {
 /// a benchmark must not make the group skip records it never wrote.
 #[test]
 fn a_null_sink_run_never_commits_the_group() -> Result<()> {
-    let topic = unique("nullsink");
-    let ks = unique("nullsink");
-    let group = unique("grp");
-    let dir = temp_dir("nullsink")?;
-    create_topic(&topic, 4)?;
-    create_topic(&format!("{topic}.dlq"), 1)?;
-    tokio().block_on(async { create_keyspace(&session().await?, &ks).await })?;
-    produce(&topic, 3_000, 5, 0)?;
-    let config = write_config(&dir, &topic, &group, &ks, "", ALL_COLUMNS)?;
-    let before = committed(&group, &topic, 4)?;
-    let out = run_drain(&config, Duration::from_secs(300), &["--null-sink"])?;
-    assert!(out.ok, "run failed:\n{}", out.stderr);
+    let p = pipeline_with("nullsink", 4, "", ALL_COLUMNS)?;
+    produce(&p.topic, 3_000, 5, 0)?;
+    let before = committed(&p.group, &p.topic, 4)?;
+    let out = drain_ok(&p.config, Duration::from_secs(300), &["--null-sink"])?;
     let summary = out.summary.expect("a summary is written at exit");
     assert_eq!(summary["consumed"], 3_000);
-    assert_eq!(committed(&group, &topic, 4)?, before, "no offset moved");
-    assert_eq!(row_count(&ks)?, 0, "nothing was written");
+    assert_eq!(committed(&p.group, &p.topic, 4)?, before, "no offset moved");
+    assert_eq!(row_count(&p.ks)?, 0, "nothing was written");
     Ok(())
+}
+
+/// A record's value carries a marker; it fails its mapping (a URL into an `inet` column) and is
+/// dead-lettered. The marker must not appear in the log, the metrics or the dead letter's headers
+/// (its value is the original record, which does carry it).
+#[test]
+fn record_values_never_reach_logs_metrics_or_dead_letter_headers() -> Result<()> {
+    const MARKER: &str = "MARKER-5521-do-not-log";
+    let columns = ALL_COLUMNS.replace("ip = \"ip\"", "ip = \"url\"");
+    let p = pipeline_with("marker", 1, "", &columns)?;
+    let mut ev = navigation::event(9, 0, BASE_TS_MS, 10);
+    ev.url = format!("https://{MARKER}.example/");
+    produce_events(&p.topic, &[(0, BASE_TS_MS, ev)])?;
+    let proc = Proc::spawn(&p.config, &["--drain", "--drain-idle-ms", "2000"])?;
+    let mut proc = proc;
+    let mut metrics = String::new();
+    let done = wait_until(Duration::from_secs(120), || {
+        let m = scrape(p.port);
+        if !m.is_empty() {
+            metrics = m;
+        }
+        Ok(!proc.alive())
+    })?;
+    anyhow::ensure!(done, "run did not finish:\n{}", proc.log_text());
+    let letters = dead_letters(&p.topic)?;
+    anyhow::ensure!(letters.len() == 1, "{} dead letters", letters.len());
+    let letter = letters.first().expect("one dead letter");
+    assert_eq!(
+        letter
+            .headers
+            .get("shardline.error.class")
+            .map(String::as_str),
+        Some("mapping")
+    );
+    for (k, v) in &letter.headers {
+        assert!(!v.contains(MARKER), "header {k} carries the value: {v}");
+    }
+    assert!(
+        !proc.log_text().contains(MARKER),
+        "the log carries the value"
+    );
+    assert!(!metrics.contains(MARKER), "the metrics carry the value");
+    let value = String::from_utf8_lossy(letter.value.as_deref().unwrap_or_default()).into_owned();
+    assert!(
+        value.contains(MARKER),
+        "the dead letter keeps the original record"
+    );
+    Ok(())
+}
+
+#[cfg(feature = "fault-tests")]
+mod faults {
+    //! Reliability regressions that need to stop services or produce large backlogs.
+
+    use std::time::{Duration, Instant};
+
+    use anyhow::{ensure, Result};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::ClientConfig;
+
+    use crate::utils::*;
+
+    /// Back-pressure holds through a rebalance: with the database down both shards pause at their
+    /// in-flight budget; a member joining the group revokes and reassigns every partition, and the
+    /// newly assigned ones must stay paused (the old loop let the assign callback resume them and
+    /// pulled the whole backlog into memory).
+    #[test]
+    fn back_pressure_holds_through_a_rebalance() -> Result<()> {
+        const N: u64 = 200_000;
+        let p = pipeline_with("bprebal", 8, "", ALL_COLUMNS)?;
+        produce(&p.topic, N, 71, 0)?;
+        let mut proc = Proc::spawn(&p.config, &[])?;
+        ensure!(
+            wait_written(p.port, 1000.0, Duration::from_secs(60))?,
+            "no writes:\n{}",
+            proc.log_text()
+        );
+        services(&["down", "cassandra"])?;
+        let during = rebalance_while_paused(&p, proc.child.id());
+        services(&["up", "cassandra"])?;
+        let (in_flight, rss_growth_kib) = during?;
+        ensure!(
+            in_flight <= 2.0 * 512.0,
+            "in flight {in_flight} after the rebalance (budget 2 × 512)"
+        );
+        ensure!(
+            rss_growth_kib < 100 * 1024,
+            "RSS grew by {rss_growth_kib} KiB during the rebalance"
+        );
+        ensure!(
+            wait_until(Duration::from_secs(300), || Ok(committed(
+                &p.group, &p.topic, 8
+            )? == end_offsets(
+                &p.topic, 8
+            )?))?,
+            "did not catch up:\n{}",
+            proc.log_text()
+        );
+        proc.signal("-TERM")?;
+        ensure!(proc
+            .wait_for(Duration::from_secs(60))?
+            .is_some_and(|s| s.success()));
+        assert_eq!(row_count(&p.ks)?, N as usize);
+        eprintln!(
+            "rebalance under back-pressure: in flight {in_flight}, RSS +{rss_growth_kib} KiB"
+        );
+        Ok(())
+    }
+
+    /// Waits for both shards to pause, lets a plain consumer join the group for 20 s, and returns
+    /// the in-flight gauge and the RSS growth of the shardline process meanwhile.
+    fn rebalance_while_paused(p: &Pipeline, pid: u32) -> Result<(f64, u64)> {
+        ensure!(
+            wait_until(Duration::from_secs(60), || Ok(metric_sum(
+                &scrape(p.port),
+                "shardline_paused",
+                &[]
+            ) >= 2.0))?,
+            "the shards did not pause"
+        );
+        let rss_before = rss_kib(pid)?;
+        let joiner: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", BROKERS)
+            .set("group.id", &p.group)
+            .set("enable.auto.commit", "false")
+            .set("partition.assignment.strategy", "range,roundrobin")
+            .create()?;
+        joiner.subscribe(&[&p.topic])?;
+        let start = Instant::now();
+        let mut peak = 0.0f64;
+        while start.elapsed() < Duration::from_secs(20) {
+            // The joiner's own messages are not processed: it only makes the group rebalance.
+            let _ = joiner.poll(Duration::from_millis(200));
+            peak = peak.max(metric_sum(
+                &scrape(p.port),
+                "shardline_in_flight_writes",
+                &[],
+            ));
+        }
+        let rss_after = rss_kib(pid)?;
+        drop(joiner);
+        Ok((peak, rss_after.saturating_sub(rss_before)))
+    }
+
+    /// A ~1 MB poison record: its dead letter (record + headers) is over the producer's
+    /// `message.max.bytes`, so it is sent truncated, and the partition's offset still advances (the
+    /// old code retried it for ever and pinned the partition).
+    #[test]
+    fn a_dead_letter_too_large_for_the_broker_is_truncated_and_committed() -> Result<()> {
+        let p = pipeline_with("bigpoison", 1, "", ALL_COLUMNS)?;
+        produce(&p.topic, 50, 81, 0)?;
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", BROKERS)
+            .set("message.max.bytes", "1048000")
+            .create()?;
+        let poison = vec![b'x'; 1_000_000];
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&p.topic)
+            .partition(0)
+            .payload(poison.as_slice());
+        if let Err((e, _)) = producer.send(rec) {
+            anyhow::bail!("produce the poison record: {e}");
+        }
+        producer.flush(Duration::from_secs(30))?;
+        produce(&p.topic, 50, 82, 0)?;
+        let out = drain_ok(&p.config, Duration::from_secs(300), &[])?;
+        let s = out.summary.expect("summary");
+        ensure!(
+            s["dead_lettered"] == 1 && s["written"] == 100,
+            "summary: {s}"
+        );
+        ensure!(committed(&p.group, &p.topic, 1)? == end_offsets(&p.topic, 1)?);
+        let letters = dead_letters(&p.topic)?;
+        ensure!(letters.len() == 1, "{} dead letters", letters.len());
+        let l = letters.first().expect("one dead letter");
+        assert_eq!(
+            l.headers.get("shardline.truncated").map(String::as_str),
+            Some("key=0,value=1000000")
+        );
+        assert_eq!(l.value.as_ref().map(Vec::len), Some(1024));
+        assert_eq!(l.key, None, "the poison record had no key");
+        assert_eq!(
+            l.headers.get("shardline.error.class").map(String::as_str),
+            Some("bad_magic")
+        );
+        Ok(())
+    }
+
+    /// A dropped column is about the table, not the records: the shard stops without dead-lettering
+    /// and without committing anything it did not write (the old code dead-lettered every record).
+    #[test]
+    fn a_dropped_column_stops_the_shard_instead_of_dead_lettering() -> Result<()> {
+        const N: u64 = 100_000;
+        let p = pipeline_with("dropcol", 4, "", ALL_COLUMNS)?;
+        produce(&p.topic, N, 91, 0)?;
+        let mut proc = Proc::spawn(&p.config, &[])?;
+        ensure!(
+            wait_written(p.port, 2000.0, Duration::from_secs(60))?,
+            "no writes:\n{}",
+            proc.log_text()
+        );
+        let ks = p.ks.clone();
+        tokio().block_on(async {
+            session()
+                .await?
+                .query_unpaged(
+                    format!("ALTER TABLE {ks}.navigation_events DROP duration_ms"),
+                    &[],
+                )
+                .await?;
+            anyhow::Ok(())
+        })?;
+        let status = proc.wait_for(Duration::from_secs(90))?;
+        ensure!(
+            status.is_some_and(|s| !s.success()),
+            "shardline should stop with an error: {status:?}\n{}",
+            proc.log_text()
+        );
+        let log = proc.log_text();
+        ensure!(log.contains("about the table or the session"), "{log}");
+        ensure!(
+            dead_letters(&p.topic)?.is_empty(),
+            "records were dead-lettered"
+        );
+        let committed: i64 = committed(&p.group, &p.topic, 4)?
+            .iter()
+            .map(|o| (*o).max(0))
+            .sum();
+        let rows = row_count(&p.ks)? as i64;
+        ensure!(
+            committed <= rows,
+            "{committed} records committed but only {rows} rows written"
+        );
+        eprintln!("dropped column: stopped with {rows} rows written, {committed} committed");
+        Ok(())
+    }
+
+    /// Under a 3M-record backlog (null sink: the loop never waits) a SIGTERM is read and the
+    /// process exits within 200 ms: the loop yields and reads control every millisecond.
+    #[test]
+    fn sigterm_under_a_backlog_exits_within_200_ms() -> Result<()> {
+        let p = pipeline_with("backlog", 2, "", ALL_COLUMNS)?;
+        produce(&p.topic, 3_000_000, 101, 0)?;
+        let mut proc = Proc::spawn(&p.config, &["--null-sink"])?;
+        ensure!(
+            wait_until(Duration::from_secs(60), || Ok(metric_sum(
+                &scrape(p.port),
+                "shardline_messages_total",
+                &["stage=\"consumed\""]
+            ) >= 200_000.0))?,
+            "no backlog consumed:\n{}",
+            proc.log_text()
+        );
+        let consumed = metric_sum(
+            &scrape(p.port),
+            "shardline_messages_total",
+            &["stage=\"consumed\""],
+        );
+        let t = Instant::now();
+        proc.signal("-TERM")?;
+        let status = proc.wait_for(Duration::from_secs(10))?;
+        let took = t.elapsed();
+        ensure!(status.is_some(), "still running 10 s after SIGTERM");
+        eprintln!("SIGTERM under a backlog: exited after {took:?} ({consumed} consumed before)");
+        ensure!(
+            took <= Duration::from_millis(200),
+            "exit took {took:?}:\n{}",
+            proc.log_text()
+        );
+        Ok(())
+    }
 }

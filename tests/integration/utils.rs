@@ -157,6 +157,7 @@ commit_interval_ms = 500
 
 [schema]
 registry_url = "{REGISTRY}"
+unknown_schema_grace_ms = 2000
 
 [scylla]
 nodes = ["{CQL}"]
@@ -520,4 +521,152 @@ pub fn with_metrics_port(config: &Path, port: u16) -> Result<()> {
     );
     std::fs::write(config, text)?;
     Ok(())
+}
+
+/// A test pipeline: a fresh topic (and its dead-letter topic), keyspace, group and config with a fixed
+/// metrics port.
+pub struct Pipeline {
+    pub topic: String,
+    pub ks: String,
+    pub group: String,
+    pub config: PathBuf,
+    pub port: u16,
+}
+
+/// A [`Pipeline`] writing every navigation field to its column.
+pub fn pipeline(name: &str, partitions: i32) -> Result<Pipeline> {
+    pipeline_with(name, partitions, "", ALL_COLUMNS)
+}
+
+/// Creates the topics, keyspace and config of a [`Pipeline`] with the navigation mapping `columns`.
+pub fn pipeline_with(
+    name: &str,
+    partitions: i32,
+    extra_table: &str,
+    columns: &str,
+) -> Result<Pipeline> {
+    let topic = unique(name);
+    let ks = unique(name);
+    let group = unique("grp");
+    let dir = temp_dir(name)?;
+    create_topic(&topic, partitions)?;
+    create_topic(&format!("{topic}.dlq"), 1)?;
+    tokio().block_on(async { create_keyspace(&session().await?, &ks).await })?;
+    let config = write_config(&dir, &topic, &group, &ks, extra_table, columns)?;
+    let port = free_port()?;
+    with_metrics_port(&config, port)?;
+    Ok(Pipeline {
+        topic,
+        ks,
+        group,
+        config,
+        port,
+    })
+}
+
+/// Records written so far by the process serving metrics on `port` (0 if it does not answer).
+pub fn written(port: u16) -> f64 {
+    metric_sum(
+        &scrape(port),
+        "shardline_messages_total",
+        &["stage=\"written\""],
+    )
+}
+
+/// Waits until the process on `port` wrote at least `n` records.
+pub fn wait_written(port: u16, n: f64, timeout: Duration) -> Result<bool> {
+    wait_until(timeout, || Ok(written(port) >= n))
+}
+
+/// Runs `shardline run --drain` and fails with its log unless it exits 0.
+pub fn drain_ok(config: &Path, timeout: Duration, extra: &[&str]) -> Result<RunOutput> {
+    let out = run_drain(config, timeout, extra)?;
+    if !out.ok {
+        bail!("run failed:\n{}", out.stderr);
+    }
+    Ok(out)
+}
+
+/// One dead letter: its headers, key and value.
+pub struct Letter {
+    pub headers: HashMap<String, String>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Every record of `topic`'s dead-letter topic (partition 0), read from the beginning.
+pub fn dead_letters(topic: &str) -> Result<Vec<Letter>> {
+    use rdkafka::message::{Headers, Message};
+    let dlq = format!("{topic}.dlq");
+    let end = end_offsets(&dlq, 1)?.first().copied().unwrap_or(0);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", unique("dlqreader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.message.max.bytes", "2000000")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&dlq, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while (out.len() as i64) < end && start.elapsed() < Duration::from_secs(60) {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m?;
+        let mut headers = HashMap::new();
+        if let Some(h) = m.headers() {
+            for x in h.iter() {
+                let v = x.value.map(String::from_utf8_lossy).unwrap_or_default();
+                headers.insert(x.key.to_string(), v.into_owned());
+            }
+        }
+        out.push(Letter {
+            headers,
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+        });
+    }
+    Ok(out)
+}
+
+/// Produces navigation events as given (partition, Kafka timestamp ms, event), registered under the
+/// topic's value subject, and waits for every acknowledgement.
+pub fn produce_events(
+    topic: &str,
+    events: &[(i32, i64, navigation::NavigationEvent)],
+) -> Result<()> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
+    let schema_id = reg.register(&format!("{topic}-value"), navigation::SCHEMA)?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()?;
+    for (partition, ts_ms, ev) in events {
+        let mut datum = Vec::new();
+        ev.encode(&mut datum);
+        let mut payload = Vec::new();
+        shardline::codec::frame::frame_into(schema_id, &datum, &mut payload);
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .partition(*partition)
+            .timestamp(*ts_ms)
+            .key(ev.uid.as_bytes())
+            .payload(payload.as_slice());
+        if let Err((e, _)) = producer.send(rec) {
+            bail!("produce: {e}");
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// Resident memory of a process in KiB (Linux /proc).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS line")
 }

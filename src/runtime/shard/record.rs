@@ -1,6 +1,6 @@
-//! The life of one record after the shard loop handed it off: wait for its schema if the registry was
-//! unreachable, run it through the chain, dead-letter it if it cannot be processed, and report how it
-//! ended as a [`Completion`].
+//! The life of one record after the shard loop handed it off: wait for its schema if it was not at
+//! hand (first sight of the id, registry down, id not registered yet), run it through the chain,
+//! dead-letter it if it cannot be processed, and report how it ended as a [`Completion`].
 //!
 //! Guarantee: a completion is `Written`, `Dropped` or `DeadLettered` only when that is final (written
 //! and acknowledged, dropped on purpose, dead letter acknowledged); `Abandoned` (the shard is
@@ -9,8 +9,10 @@
 //! Precondition: runs on its shard, inside the loop's bounded set of in-flight futures.
 
 use std::cell::RefCell;
+use std::pin::pin;
 use std::rc::Rc;
 
+use futures::future::select;
 use prometheus::IntCounter;
 
 use crate::codec::{CodecError, Decoder, RegistryClient, Row, Value};
@@ -126,7 +128,8 @@ impl Origin {
 pub(super) enum Start {
     /// Decoded in the loop.
     Decoded(Vec<Value>),
-    /// The registry did not answer for its schema id: decode once it does.
+    /// Its schema id is not compiled yet (being fetched, registry down, not registered yet): wait
+    /// for the decoder's fetch, then decode.
     AwaitSchema,
     /// Could not be decoded.
     Failed {
@@ -173,8 +176,11 @@ pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start
     }
 }
 
-/// Decodes a record whose schema the registry did not serve at first, retrying until it does (or
-/// answers for good), the shard stops, or the id turns out unknown.
+/// Decodes a record whose schema was not at hand when the loop met it: each attempt waits for the
+/// decoder's fetch of the id (shared with every record of that id, run off the shard thread, without
+/// holding the decoder), then decodes again. Retried with backoff while the fetch is pending, the
+/// registry is down or does not know the id yet (within the decoder's grace); ends when the schema
+/// comes, the answer is final (then the record is dead-lettered), or the shard stops.
 async fn await_schema(
     ctx: &RecordContext,
     origin: &Origin,
@@ -183,10 +189,14 @@ async fn await_schema(
     let decoded = retry(
         &RetryPolicy::UNTIL_STOPPED,
         &ctx.shutdown,
-        || {
+        move || async move {
+            // The borrow ends with this statement: the loop and other records decode meanwhile.
+            let fetched = ctx.decoder.borrow_mut().schema_wait(payload);
+            // A stop ends the wait; the retryable error that follows makes `retry` return Stopped.
+            select(pin!(fetched), pin!(ctx.shutdown.stopped())).await;
             let mut row = Row::default();
             let r = ctx.decoder.borrow_mut().decode(payload, &mut row);
-            std::future::ready(r.map(|_| row.values))
+            r.map(|_| row.values)
         },
         |e, attempt, wait| events::write_retried(&ctx.metrics, e.class(), attempt, wait, e),
     )
@@ -200,7 +210,7 @@ async fn await_schema(
 /// Kafka record timestamp → now, for a record that was written.
 fn observe_end_to_end(metrics: &ShardMetrics, ts_ms: Option<i64>) {
     if let Some(ms) = ts_ms {
-        let e2e_ms = crate::sink::now_us() / 1000 - ms;
+        let e2e_ms = crate::clock::now_ms() - ms;
         metrics
             .end_to_end_seconds
             .observe(e2e_ms.max(0) as f64 / 1000.0);

@@ -23,6 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::record::{self, Completion, Origin, RecordOutcome, Start};
 use super::setup::{ShardConsumer, ShardResources};
+use crate::clock::unix_seconds;
 use crate::codec::Row;
 use crate::config::Config;
 use crate::kafka::context::ShardContext;
@@ -97,10 +98,6 @@ fn offsets_tpl(offsets: &[(String, i32, i64)]) -> TopicPartitionList {
     list
 }
 
-fn unix_seconds() -> f64 {
-    crate::sink::now_us() as f64 / 1e6
-}
-
 /// The loop's state besides its resources.
 pub(super) struct ShardLoop {
     res: ShardResources,
@@ -172,7 +169,7 @@ impl ShardLoop {
                 Event::Completion(c) => self.on_completion(c, &kafka),
                 Event::Message(m) => self.on_message(&m, &kafka),
                 Event::Eof(p) => self.res.book.mark_eof_partition(p),
-                Event::ConsumerError(e) => self.on_consumer_error(&e),
+                Event::ConsumerError(e) => self.on_consumer_error(&e, &kafka),
                 Event::Tick => {
                     tick = glommio::timer::Timer::new(TICK);
                     self.on_tick(&kafka);
@@ -323,7 +320,15 @@ impl ShardLoop {
         }
     }
 
-    fn on_consumer_error(&self, err: &rdkafka::error::KafkaError) {
+    fn on_consumer_error(&mut self, err: &rdkafka::error::KafkaError, kafka: &Kafka<'_>) {
+        if kafka
+            .consumer
+            .context()
+            .fail_if_fatal(err, "consumer stream")
+        {
+            self.fail_fatally(err.to_string());
+            return;
+        }
         // Broker and transport errors are retried inside librdkafka; they are only reported here.
         tracing::warn!(shard = self.spec.index, error = %err, "consumer error");
         let m = &self.res.metrics;
@@ -341,6 +346,15 @@ impl ShardLoop {
         {
             self.res.book.set_budget_paused(true, kafka);
             events::paused(&self.res.metrics, true, self.inflight.len());
+        }
+        if self.fatal.is_none() && kafka.consumer.context().fatal.load(Ordering::SeqCst) {
+            let reason = kafka
+                .consumer
+                .client()
+                .fatal_error()
+                .map(|(code, reason)| format!("{code:?}: {reason}"))
+                .unwrap_or_else(|| "reported by the client".into());
+            self.fail_fatally(reason);
         }
         let now = Instant::now();
         let m = &self.res.metrics;
@@ -364,6 +378,17 @@ impl ShardLoop {
             held.store(false, Ordering::SeqCst);
             self.res.book.release_hold(kafka);
         }
+    }
+
+    /// A fatal client error (seen on the stream or in the client's error callback): stop uncommitted.
+    fn fail_fatally(&mut self, message: String) {
+        if self.fatal.is_none() {
+            self.fatal = Some(RunError::KafkaFatal {
+                shard: self.spec.index,
+                message,
+            });
+        }
+        self.begin_stop();
     }
 
     fn read_control(&mut self) {
@@ -447,7 +472,10 @@ impl ShardLoop {
         }
         tracing::info!(shard = self.spec.index, "shard stopped");
         match self.fatal.take() {
-            Some(e) => Err(e),
+            Some(e) => {
+                events::shard_failed(&self.res.metrics, &e);
+                Err(e)
+            }
             None => Ok(()),
         }
     }

@@ -19,13 +19,14 @@ use crate::config::Config;
 use crate::kafka::context::ShardContext;
 use crate::kafka::dead_letter::DeadLetterProducer;
 use crate::kafka::partitions::PartitionBook;
-use crate::kafka::{consumer_config, producer_config, GlommioRuntime, KafkaError};
+use crate::kafka::{consumer_config, GlommioRuntime, KafkaError};
 use crate::metrics::ShardMetrics;
 use crate::pipeline::build::BuildInputs;
 use crate::pipeline::{self, Processor};
 use crate::retry::Shutdown;
 use crate::runtime::{RunError, RunOptions, ShardSpec, Siblings};
 use crate::sink::bridge::TokioBridge;
+use crate::sink::rate::WriteRate;
 use crate::sink::ScyllaWriter;
 
 pub(super) type ShardConsumer = StreamConsumer<ShardContext, GlommioRuntime>;
@@ -86,6 +87,10 @@ pub(super) async fn setup(
         shutdown: &shutdown,
         null_sink: opts.null_sink,
         custom,
+        rate: config
+            .scylla
+            .max_writes_per_s
+            .map(|r| Rc::new(WriteRate::new(r, std::time::Instant::now()))),
     })
     .await?;
     tracing::info!(shard = spec.index, steps = ?chain.step_names(), "processor chain");
@@ -93,7 +98,8 @@ pub(super) async fn setup(
     let (consumer, signals) = consumer(config, spec, siblings, &metrics, &book, &client_id, opts)?;
     let dead_letters = match &config.kafka.dead_letter_topic {
         Some(t) => Some(DeadLetterProducer::new(
-            &producer_config(&config.kafka, &client_id),
+            &config.kafka,
+            &client_id,
             t.clone(),
         )?),
         None => None,
@@ -175,6 +181,7 @@ fn consumer(
         first_assign: AtomicBool::new(false),
         held: signals.held.clone(),
         budget_paused: book.budget_flag(),
+        fatal: Arc::new(AtomicBool::new(false)),
     };
     let mut cc = consumer_config(&config.kafka, client_id);
     if opts.drain {

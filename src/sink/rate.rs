@@ -1,0 +1,84 @@
+//! The per-shard write-rate cap (`scylla.max_writes_per_s`): a token bucket every insert sink of the
+//! shard draws one token from per write attempt.
+//!
+//! Guarantee: over any window, a shard starts at most `rate × window + burst` writes (burst = one
+//! second's worth); a write waits for its token on a glommio timer that the shard's stop ends.
+//! Precondition: one bucket per shard, used on its own thread (no lock).
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use crate::retry::Shutdown;
+
+/// A token bucket.
+pub struct WriteRate {
+    per_s: f64,
+    burst: f64,
+    /// Tokens left and when they were counted.
+    state: Cell<(f64, Instant)>,
+}
+
+impl WriteRate {
+    pub fn new(per_s: u32, now: Instant) -> WriteRate {
+        let per_s = f64::from(per_s.max(1));
+        WriteRate {
+            per_s,
+            burst: per_s,
+            state: Cell::new((per_s, now)),
+        }
+    }
+
+    /// Takes a token at `now`, or says how long until one is there (nothing is taken then).
+    pub fn try_take(&self, now: Instant) -> Result<(), Duration> {
+        let (tokens, at) = self.state.get();
+        let refilled =
+            (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_s).min(self.burst);
+        if refilled >= 1.0 {
+            self.state.set((refilled - 1.0, now));
+            Ok(())
+        } else {
+            self.state.set((refilled, now));
+            Err(Duration::from_secs_f64((1.0 - refilled) / self.per_s))
+        }
+    }
+
+    /// Waits for a token; false if the shard stopped first.
+    pub async fn acquire(&self, shutdown: &Shutdown) -> bool {
+        loop {
+            match self.try_take(Instant::now()) {
+                Ok(()) => return true,
+                Err(wait) => {
+                    if !shutdown.sleep(wait).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_bucket_bursts_one_second_then_paces_at_the_rate() {
+        let t0 = Instant::now();
+        let r = WriteRate::new(100, t0);
+        for _ in 0..100 {
+            assert_eq!(r.try_take(t0), Ok(()));
+        }
+        let wait = r.try_take(t0).expect_err("the burst is spent");
+        assert!(
+            wait <= Duration::from_millis(10) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        // One second later: exactly one second's worth again, never more than the burst.
+        let t1 = t0 + Duration::from_secs(5);
+        let taken = (0..1000).filter(|_| r.try_take(t1).is_ok()).count();
+        assert_eq!(taken, 100);
+        let t2 = t1 + Duration::from_millis(50);
+        let taken = (0..1000).filter(|_| r.try_take(t2).is_ok()).count();
+        assert_eq!(taken, 5, "50 ms at 100/s");
+    }
+}
