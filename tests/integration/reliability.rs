@@ -53,6 +53,29 @@ fn a_null_sink_run_never_commits_the_group() -> Result<()> {
     Ok(())
 }
 
+/// `scylla.max_writes_per_s` caps each shard's writes: 3,000 records through 2 shards capped at
+/// 500/s each (one second of burst) cannot be written faster than about 1,000/s, where the uncapped
+/// pipeline writes tens of thousands per second.
+#[test]
+fn the_write_rate_cap_paces_each_shard() -> Result<()> {
+    let p = pipeline_with("ratecap", 4, "", ALL_COLUMNS)?;
+    let text = std::fs::read_to_string(&p.config)?.replace(
+        "max_in_flight_per_shard = 512",
+        "max_in_flight_per_shard = 512\nmax_writes_per_s = 500",
+    );
+    std::fs::write(&p.config, text)?;
+    produce(&p.topic, 3_000, 111, 0)?;
+    let out = drain_ok(&p.config, Duration::from_secs(300), &[])?;
+    let s = out.summary.expect("summary");
+    assert_eq!(s["written"], 3_000);
+    let rate = s["msgs_per_s"].as_f64().unwrap_or(f64::MAX);
+    // (3000 - 2 × 500 burst) / (2 × 500/s) = 2 s at least: ≤ 1,500/s over the whole run.
+    assert!(rate <= 1_600.0, "{rate} msg/s with a cap of 2 × 500/s");
+    assert_eq!(row_count(&p.ks)?, 3_000);
+    eprintln!("write-rate cap 2 × 500/s: {rate:.0} msg/s");
+    Ok(())
+}
+
 /// A record's value carries a marker; it fails its mapping (a URL into an `inet` column) and is
 /// dead-lettered. The marker must not appear in the log, the metrics or the dead letter's headers
 /// (its value is the original record, which does carry it).
@@ -196,6 +219,65 @@ mod faults {
         Ok((peak, rss_after.saturating_sub(rss_before)))
     }
 
+    /// The registry is down when a record of a schema id the shard has not seen arrives: that record
+    /// waits for its schema (its own future), records of a known schema on another partition keep
+    /// being written, a SIGTERM still exits within the shutdown deadline, and once the registry is
+    /// back the waiting record is written (the old loop did blocking HTTP and froze the shard).
+    #[test]
+    fn a_registry_outage_holds_one_record_not_the_shard() -> Result<()> {
+        use shardline::codec::RegistryClient;
+        use shardline::loadgen::navigation;
+        let p = pipeline_with("regdown", 2, "", ALL_COLUMNS)?;
+        let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
+        // Same binary encoding, another record name: a new schema id the shard has never resolved.
+        let renamed = navigation::SCHEMA.replace("\"Navigation\"", "\"NavigationV2\"");
+        let new_id = reg.register(&format!("{}-v2", p.topic), &renamed)?;
+        let at = |seed, i| navigation::event(seed, i, BASE_TS_MS, 1_000);
+        let v1_id = reg.register(&format!("{}-value", p.topic), navigation::SCHEMA)?;
+        produce_framed(&p.topic, v1_id, &[(1, BASE_TS_MS, at(121, 0))])?;
+        let mut proc = Proc::spawn(&p.config, &[])?;
+        ensure!(
+            wait_written(p.port, 1.0, Duration::from_secs(60))?,
+            "{}",
+            proc.log_text()
+        );
+        services(&["down", "registry"])?;
+        let during = (|| -> Result<f64> {
+            produce_framed(&p.topic, new_id, &[(0, BASE_TS_MS, at(122, 0))])?;
+            let known: Vec<_> = (1..=100).map(|i| (1, BASE_TS_MS, at(121, i))).collect();
+            produce_framed(&p.topic, v1_id, &known)?;
+            ensure!(
+                wait_written(p.port, 101.0, Duration::from_secs(60))?,
+                "partition 1 stopped flowing: {} written\n{}",
+                written(p.port),
+                proc.log_text()
+            );
+            let t = Instant::now();
+            proc.signal("-TERM")?;
+            ensure!(proc
+                .wait_for(Duration::from_secs(20))?
+                .is_some_and(|s| s.success()));
+            Ok(t.elapsed().as_secs_f64())
+        })();
+        services(&["up", "registry"])?;
+        let stop_s = during?;
+        ensure!(
+            row_count(&p.ks)? == 101,
+            "101 rows before the registry came back"
+        );
+        drain_ok(&p.config, Duration::from_secs(120), &[])?;
+        ensure!(
+            row_count(&p.ks)? == 102,
+            "the waiting record was written afterwards"
+        );
+        ensure!(
+            dead_letters(&p.topic)?.is_empty(),
+            "nothing was dead-lettered"
+        );
+        eprintln!("registry outage: partition 1 flowed, SIGTERM exit after {stop_s:.2} s, the held record written after");
+        Ok(())
+    }
+
     /// A ~1 MB poison record: its dead letter (record + headers) is over the producer's
     /// `message.max.bytes`, so it is sent truncated, and the partition's offset still advances (the
     /// old code retried it for ever and pinned the partition).
@@ -279,7 +361,7 @@ mod faults {
             .iter()
             .map(|o| (*o).max(0))
             .sum();
-        let rows = row_count(&p.ks)? as i64;
+        let rows = count_rows(&p.ks)?;
         ensure!(
             committed <= rows,
             "{committed} records committed but only {rows} rows written"
@@ -315,6 +397,17 @@ mod faults {
         let took = t.elapsed();
         ensure!(status.is_some(), "still running 10 s after SIGTERM");
         eprintln!("SIGTERM under a backlog: exited after {took:?} ({consumed} consumed before)");
+        for l in proc
+            .log_text()
+            .lines()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            eprintln!("  {l}");
+        }
         ensure!(
             took <= Duration::from_millis(200),
             "exit took {took:?}:\n{}",
