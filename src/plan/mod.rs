@@ -41,6 +41,9 @@ pub struct Plan {
     pub partitions_per_shard: f64,
     pub msgs_per_s_per_shard: f64,
     pub max_in_flight_per_shard: u32,
+    /// `scylla.max_writes_per_s`: the per-shard rate with the headroom on top, so catch-up after an
+    /// outage runs at most that much faster than the steady state.
+    pub max_writes_per_s: u32,
     pub fetch_min_bytes: u64,
     pub queued_max_messages_kbytes: u64,
     pub scylla_writes_per_s: f64,
@@ -106,6 +109,9 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
         partitions_per_shard: f64::from(partitions) / f64::from(shards),
         msgs_per_s_per_shard: per_shard,
         max_in_flight_per_shard: in_flight,
+        max_writes_per_s: (per_shard * (1.0 + t.headroom))
+            .ceil()
+            .min(f64::from(u32::MAX)) as u32,
         fetch_min_bytes,
         queued_max_messages_kbytes: queued_kb,
         scylla_writes_per_s: t.msgs_per_s,
@@ -169,10 +175,11 @@ impl Plan {
     pub fn config_fragment(&self) -> String {
         let cores: Vec<String> = (0..self.shards_per_host).map(|c| c.to_string()).collect();
         format!(
-            "# shardline plan: {} hosts × {} shards\n[scylla]\nmax_in_flight_per_shard = {}\n\n[shards]\ncores = [{}]\n\n[kafka.librdkafka]\n\"fetch.min.bytes\" = \"{}\"\n\"fetch.wait.max.ms\" = \"10\"\n\"queued.max.messages.kbytes\" = \"{}\"\n",
+            "# shardline plan: {} hosts × {} shards\n[scylla]\nmax_in_flight_per_shard = {}\nmax_writes_per_s = {}\n\n[shards]\ncores = [{}]\n\n[kafka.librdkafka]\n\"fetch.min.bytes\" = \"{}\"\n\"fetch.wait.max.ms\" = \"10\"\n\"queued.max.messages.kbytes\" = \"{}\"\n",
             self.hosts,
             self.shards_per_host,
             self.max_in_flight_per_shard,
+            self.max_writes_per_s,
             cores.join(", "),
             self.fetch_min_bytes,
             self.queued_max_messages_kbytes
@@ -208,6 +215,9 @@ mod tests {
             (2, 1, 2, 20)
         );
         assert_eq!(p.msgs_per_s_per_shard, 100_000.0);
+        // Catch-up cap: the per-shard rate plus the 30% headroom.
+        assert_eq!(p.max_writes_per_s, 130_000);
+        assert!(p.config_fragment().contains("max_writes_per_s = 130000"));
         // 2 × 100k/s × 4 ms = 800 writes in flight per shard.
         assert_eq!(p.max_in_flight_per_shard, 800);
         // 200k × 240 B / 20 partitions = 2.4 MB/s per partition; 10 ms of it = 24000 B.
