@@ -15,7 +15,9 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.environ.get("OUT", os.path.join(ROOT, "results", "bench"))
-B = os.path.join(ROOT, "target", "release", "shardline")
+B = os.environ.get("SHARDLINE_BIN", os.path.join(ROOT, "target", "release", "shardline"))
+# ONLY=null: just the raw consume ceiling and the null-sink rows (quick before/after comparisons).
+ONLY = os.environ.get("ONLY", "")
 N_FAST = int(os.environ.get("N_FAST", "400000"))   # raw ceiling and null sink
 N_DB = int(os.environ.get("N_DB", "100000"))       # max rate into Cassandra
 RATES = [int(r) for r in os.environ.get("RATES", "2000,5000").split(",")]
@@ -206,6 +208,16 @@ def fmt(v, unit="", digits=1):
     return "n/a" if v is None else f"{v:,.{digits}f}{unit}"
 
 
+def null_only_summary(raw, results, msg_bytes):
+    lines = [f"Raw consume ceiling: {fmt(raw['msgs_per_s'], ' msg/s', 0)}, {fmt(raw.get('cpu_us_per_msg'), ' µs', 2)} CPU per record "
+             f"({raw['messages']:,} records of {msg_bytes:.0f} B); binary {B}", "",
+             "| run | achieved msg/s | CPU µs/msg | ratio to raw |", "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['name']} | {fmt(r['msgs_per_s'], '', 0)} | {fmt(r['cpu_us_per_msg'], '', 2)} | {r['msgs_per_s'] / raw['msgs_per_s']:.2f} |")
+    open(os.path.join(OUT, "null-summary.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main():
     global HARNESS
     os.makedirs(OUT, exist_ok=True)
@@ -224,6 +236,9 @@ def main():
     print(json.dumps(raw), flush=True)
     for cores in ([0], [0, 1]):
         results.append(shardline(f"null-sink-{len(cores)}-shard", fast, cores, N_FAST, null_sink=True))
+    if ONLY == "null":
+        null_only_summary(raw, results, msg_bytes)
+        return
     db = f"bench_db_{STAMP}"
     create(db)
     produce(db, N_DB)

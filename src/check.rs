@@ -169,30 +169,12 @@ mod tests {
     use super::*;
     use crate::codec::Kind;
 
-    const CONFIG: &str = r#"
-[kafka]
-brokers = "127.0.0.1:9092"
-group_id = "g"
-topics = ["navigation"]
-dead_letter_topic = "navigation.dlq"
-
-[schema]
-registry_url = "http://127.0.0.1:8081/apis/ccompat/v7"
-
-[scylla]
-nodes = ["127.0.0.1:9042"]
-
-[table]
-keyspace = "ks"
-table = "events"
-columns = { uid = "uid" }
-"#;
 
     // Fails on the old code: timestamp-nanos compiled to kind `long`, which this check accepted and
     // the binder then read as microseconds (1000 times too late).
     #[test]
     fn timestamp_field_refuses_nanoseconds_and_accepts_millis_micros_and_long() {
-        let mut config = Config::parse(CONFIG).expect("test config parses");
+        let mut config = Config::parse(crate::config::tests::MINIMAL).expect("test config parses");
         config.table.timestamp_field = Some("t".into());
         let schema = Schema::parse_str(
             r#"{"type":"record","name":"T","fields":[

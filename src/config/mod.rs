@@ -6,7 +6,7 @@
 //! durations are [`Duration`]s, checked while parsing; the file still spells durations in milliseconds
 //! (the `*_ms` keys).
 //! Precondition: none; this module does no I/O beyond reading the file and the environment. Checks
-//! against live services (topic exists, table columns) live in `shardline check` (`crate::check`).
+//! against live services (topic exists, table columns) live in `shardline check` (the `check` module).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -1081,7 +1081,7 @@ pub fn schema_field_names(schema_json: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) const MINIMAL: &str = r#"

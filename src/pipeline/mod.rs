@@ -110,7 +110,7 @@ impl StepError {
 }
 
 /// A step of the chain. The built-ins implement it; a Rust user adds their own (see
-/// `examples/custom_processor.rs`) and hands it to [`crate::runtime::start_with`].
+/// `examples/custom_processor.rs`) and hands it to `runtime::start_with`.
 pub trait Processor {
     fn name(&self) -> &str;
     /// Fields this step adds to the record (slots are reserved for them at start).

@@ -218,7 +218,7 @@ pub struct Siblings {
 pub type ProcessorFactory =
     Arc<dyn Fn(usize) -> Vec<Box<dyn crate::pipeline::Processor>> + Send + Sync>;
 
-/// Starts one shard per placement entry. Call [`crate::check::check_live`] first.
+/// Starts one shard per placement entry. Call `check::check_live` first.
 pub fn start(config: Arc<Config>, opts: RunOptions) -> Result<Running, RunError> {
     start_with(config, opts, None)
 }
