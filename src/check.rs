@@ -169,7 +169,6 @@ mod tests {
     use super::*;
     use crate::codec::Kind;
 
-
     // Fails on the old code: timestamp-nanos compiled to kind `long`, which this check accepted and
     // the binder then read as microseconds (1000 times too late).
     #[test]

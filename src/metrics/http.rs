@@ -1,31 +1,37 @@
-//! The `/metrics` and `/health` endpoints: `tiny_http` served by [`WORKERS`] threads of their own,
-//! merging the shard registries on each request.
+//! The `/metrics` and `/health` endpoints: hyper (HTTP/1.1) on a current-thread tokio runtime on a
+//! thread of its own, one task per connection, merging the shard registries on each request.
 //!
 //! Guarantee: never touches the message path (it only reads the shard registries). One slow client
-//! cannot hold the endpoint:
-//! - tiny_http reads and parses each connection's request on a thread of its own connection pool, so
-//!   a client that trickles its request (or opens a connection and sends nothing) never occupies a
-//!   worker; tiny_http 0.12 sets no read timeout and caps no connections, so such a client costs one
-//!   idle thread for as long as it stays connected.
-//! - a worker is held only while it writes a response (and drains a chunked or over-1-KiB request
-//!   body, which no scraper sends): a client that stops reading holds that one worker until it
-//!   disconnects, and the other workers keep answering. It takes [`WORKERS`] such clients at once to
-//!   delay scrapes; tiny_http has no write timeout either.
+//! cannot hold the endpoint: every connection is its own task, a request's headers must arrive within
+//! [`HEADER_TIMEOUT`] and a connection lives at most [`CONNECTION_LIFETIME`], and at most
+//! [`MAX_CONNECTIONS`] are open at once (further ones are closed at accept), so misbehaving clients cost
+//! bounded memory and never delay another client's scrape.
 //!
 //! `/health` answers 200 `ok`, or 503 with one line per unhealthy shard (see [`health`]); the lines
 //! carry shard numbers and ages only, never error messages or record values.
 //! Precondition: bind address from config; loopback by default.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Registry, TextEncoder};
 
-/// Worker threads answering requests. Each is held only by a client that stops reading a response,
-/// so this many misbehaving clients at once are needed to delay a scrape.
-pub const WORKERS: usize = 4;
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection stays open, keep-alive included.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Open connections at most; a scraper needs one.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// A shard with work pending (writes in flight, or a record not yet committable) that finished no
 /// record for this long is stuck, as is a shard whose oldest pending record has waited this long.
@@ -34,40 +40,70 @@ pub const WORKERS: usize = 4;
 /// unhealthy, which is the point: no progress with work pending.
 pub const STALL_AFTER_S: f64 = 60.0;
 
-/// Binds and serves on [`WORKERS`] background threads. Returns the bound address (port 0 picks one).
+/// Binds and serves on a background thread. Returns the bound address (port 0 picks one).
 pub fn serve(addr: SocketAddr, registries: Vec<Registry>) -> std::io::Result<SocketAddr> {
     // Binding here keeps the OS error (address in use, permission) as an io::Error for the caller.
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    let server = tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?;
-    let server = Arc::new(server);
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let registries: Arc<[Registry]> = registries.into();
-    for i in 0..WORKERS {
-        let server = Arc::clone(&server);
-        let registries = Arc::clone(&registries);
-        std::thread::Builder::new()
-            .name(format!("shardline-metrics-{i}"))
-            .spawn(move || {
-                for request in server.incoming_requests() {
-                    handle(request, &registries);
-                }
-                tracing::warn!(worker = i, "metrics endpoint stopped accepting requests");
-            })?;
-    }
+    std::thread::Builder::new()
+        .name("shardline-metrics".into())
+        .spawn(move || {
+            if let Err(e) = runtime.block_on(accept_loop(listener, registries)) {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        })?;
     Ok(local)
 }
 
-fn handle(request: tiny_http::Request, registries: &[Registry]) {
-    let reply = route(request.url(), registries, crate::clock::unix_seconds());
-    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
-    if let Ok(h) =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
-    {
-        response = response.with_header(h);
+async fn accept_loop(listener: TcpListener, registries: Arc<[Registry]>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment instead of spinning.
+                tracing::debug!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let (open, registries) = (open.clone(), registries.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let reply = route(req.uri().path(), &registries, crate::clock::unix_seconds());
+                std::future::ready(Ok::<_, Infallible>(response(reply)))
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                tracing::debug!(error = %e, "metrics connection failed");
+            }
+            open.fetch_sub(1, Ordering::SeqCst);
+        });
     }
-    if let Err(e) = request.respond(response) {
-        tracing::debug!(error = %e, "metrics response failed");
-    }
+}
+
+fn response(reply: Reply) -> hyper::Response<Full<Bytes>> {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(reply.body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(reply.status)
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(reply.content_type),
+    );
+    r
 }
 
 /// One response, before it meets the socket.
@@ -299,7 +335,11 @@ mod tests {
         let mut s = TcpStream::connect(addr).expect("connects");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("sets timeout");
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("sends request");
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("sends request");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("reads response");
         let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
@@ -317,7 +357,7 @@ mod tests {
         .expect("binds");
         // More stalled clients than workers: one sent half a request, the rest nothing at all.
         let mut slow = Vec::new();
-        for i in 0..=WORKERS {
+        for i in 0..8 {
             let mut s = TcpStream::connect(addr).expect("connects");
             if i == 0 {
                 s.write_all(b"GET /metrics HTTP/1.1\r\nHost: l")

@@ -82,8 +82,11 @@ fn histogram(
 ) -> HistogramVec {
     reg(
         r,
-        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
-            .expect("static histogram options are valid"),
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+        .expect("static histogram options are valid"),
     )
 }
 

@@ -50,7 +50,7 @@ impl Insert {
     async fn attempt(
         &self,
         values: &Rc<BoundRow>,
-        started: &Cell<Instant>,
+        started: &Cell<Option<Instant>>,
     ) -> Result<(), WriteError> {
         if let Some(rate) = &self.rate {
             if !rate.acquire(&self.shutdown).await {
@@ -61,7 +61,7 @@ impl Insert {
                 });
             }
         }
-        started.set(Instant::now());
+        started.set(Some(Instant::now()));
         self.writer.write(values.clone()).await
     }
 }
@@ -83,7 +83,7 @@ impl Processor for Insert {
                 .bind(&mut rec.values, rec.kafka_ts_ms, rec.offset)
                 .map_err(|e| step_error(&self.name, RetryError::Permanent(e)))?;
             let values = Rc::new(values);
-            let started = Cell::new(Instant::now());
+            let started = Cell::new(None);
             retry(
                 &RetryPolicy::UNTIL_STOPPED,
                 &self.shutdown,
@@ -94,9 +94,11 @@ impl Processor for Insert {
             )
             .await
             .map_err(|e| step_error(&self.name, e))?;
-            self.metrics
-                .write_seconds
-                .observe(started.get().elapsed().as_secs_f64());
+            if let Some(t) = started.get() {
+                self.metrics
+                    .write_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
             Ok(StepOutcome::Passed)
         })
     }

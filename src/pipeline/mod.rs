@@ -38,7 +38,8 @@ pub struct Record {
     pub kafka_ts_ms: Option<i64>,
     /// The record's Kafka offset (the default write timestamp orders ties by it).
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
+    /// The Kafka key, shared with the record's origin (one copy per record).
+    pub key: Option<Rc<[u8]>>,
 }
 
 impl Record {
@@ -201,26 +202,27 @@ impl Chain {
         r
     }
 
-    /// Runs a record through the chain. `Ok(false)`: dropped on purpose.
-    pub async fn run(&self, mut rec: Record) -> Result<bool, StepError> {
+    /// Runs a record through the chain. `Ok(false)`: dropped on purpose. The record stays the
+    /// caller's (its value slots may have been moved out by an insert), so its allocation can be
+    /// reused for the next record.
+    pub async fn run(&self, rec: &mut Record) -> Result<bool, StepError> {
         let (changing, sinks) = self.steps.split_at(self.first_sink);
         for step in changing {
-            if self.timed(step, &mut rec).await? == StepOutcome::Dropped {
+            if self.timed(step, rec).await? == StepOutcome::Dropped {
                 return Ok(false);
             }
         }
         if let [only] = sinks {
             // The common case (insert-only): the one sink takes the record, nothing is copied.
-            self.timed(only, &mut rec).await?;
+            self.timed(only, rec).await?;
             return Ok(true);
         }
         // Each sink gets its own copy (an insert moves the values it binds) and they run concurrently.
         let mut copies: Vec<Record> = (1..sinks.len()).map(|_| rec.clone()).collect();
-        copies.push(rec);
         let results = join_all(
             sinks
                 .iter()
-                .zip(copies.iter_mut())
+                .zip(copies.iter_mut().chain(std::iter::once(rec)))
                 .map(|(s, r)| self.timed(s, r)),
         )
         .await;

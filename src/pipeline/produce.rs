@@ -77,7 +77,7 @@ impl Processor for Produce {
             let payload = self.encode(rec)?;
             let key: Option<Vec<u8>> = match self.key_slot {
                 Some(i) => rec.values.get(i).and_then(text).map(String::into_bytes),
-                None => rec.key.clone(),
+                None => rec.key.as_deref().map(<[u8]>::to_vec),
             };
             retry(
                 &RetryPolicy::UNTIL_STOPPED,

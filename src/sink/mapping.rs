@@ -231,7 +231,9 @@ pub fn convert(v: Value, ty: &CqlType) -> Result<Option<CqlValue>, &'static str>
 // every text and number column 20-40 ns (measured with `cargo bench --bench bind` and perf).
 #[inline(never)]
 fn uuid(s: &str) -> Result<CqlValue, &'static str> {
-    Ok(CqlValue::Uuid(s.parse().map_err(|_| "string is not a UUID")?))
+    Ok(CqlValue::Uuid(
+        s.parse().map_err(|_| "string is not a UUID")?,
+    ))
 }
 
 #[inline(never)]

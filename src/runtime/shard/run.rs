@@ -37,6 +37,8 @@ use crate::runtime::{Control, RunError, RunOptions, ShardSpec, Siblings};
 const TICK: Duration = Duration::from_millis(100);
 /// The longest the loop runs without yielding to the reactor (timers, I/O) and reading control.
 const YIELD_EVERY: Duration = Duration::from_millis(1);
+/// How many events pass between two looks at the clock for [`YIELD_EVERY`] (a few µs of work).
+const YIELD_CHECK_EVERY: u32 = 16;
 /// Stored offsets lag the truth by at most this much (librdkafka commits them on its timer).
 const STORE_EVERY: Duration = Duration::from_millis(2);
 /// How long the in-flight bound must hold before the shard pauses its partitions.
@@ -119,6 +121,12 @@ pub(super) struct ShardLoop {
     last_store: Instant,
     last_yield: Instant,
     last_tick: Instant,
+    /// Events since the loop last looked at the clock for yielding (reading it per event costs more
+    /// than the events themselves under a backlog).
+    since_yield_check: u32,
+    /// When the latest record finished, if not yet published to the last-done gauge (published on
+    /// the tick and at the end: a wall-clock read per record costs more than the gauge is worth).
+    last_done_at: Option<Instant>,
 }
 
 impl ShardLoop {
@@ -151,6 +159,8 @@ impl ShardLoop {
             last_store: now,
             last_yield: now,
             last_tick: now,
+            since_yield_check: 0,
+            last_done_at: None,
         }
     }
 
@@ -176,7 +186,10 @@ impl ShardLoop {
                     self.on_tick(&kafka);
                 }
             }
-            if self.last_yield.elapsed() >= YIELD_EVERY {
+            self.since_yield_check += 1;
+            if self.since_yield_check >= YIELD_CHECK_EVERY
+                && self.last_yield.elapsed() >= YIELD_EVERY
+            {
                 // Under a backlog no event is ever Pending, so the timer never gets polled: the tick's
                 // work runs here when it is due, and the task queue yields so that the reactor fires
                 // timers (retry backoffs) and serves I/O.
@@ -186,6 +199,7 @@ impl ShardLoop {
                 self.read_control();
                 glommio::executor().yield_task_queue_now().await;
                 self.last_yield = Instant::now();
+                self.since_yield_check = 0;
             }
         }
         drop(stream);
@@ -263,7 +277,8 @@ impl ShardLoop {
                 if let Some(s) = stage {
                     s.decoded.inc();
                 }
-                Start::Decoded(std::mem::take(&mut self.row.values))
+                let spare = self.res.records.take_spare();
+                Start::Decoded(std::mem::replace(&mut self.row.values, spare))
             }
             Err(e) if e.is_retryable() => Start::AwaitSchema,
             Err(e) => Start::Failed {
@@ -277,7 +292,7 @@ impl ShardLoop {
             partition,
             offset,
             kafka_ts_ms: msg.timestamp().to_millis(),
-            key: msg.key().map(<[u8]>::to_vec),
+            key: msg.key().map(Rc::from),
             value: msg.payload().map(<[u8]>::to_vec),
         };
         let fut = record::process(self.res.records.clone(), origin, start);
@@ -291,7 +306,8 @@ impl ShardLoop {
     fn on_completion(&mut self, c: Completion, kafka: &Kafka<'_>) {
         let metrics = &self.res.metrics;
         metrics.in_flight.set(self.inflight.len() as i64);
-        metrics.last_done_time.set(unix_seconds());
+        let now = Instant::now();
+        self.last_done_at = Some(now);
         let stage = self.res.records.stage(c.key.0);
         match c.outcome {
             RecordOutcome::Written => stage.map(|s| s.written.inc()),
@@ -308,9 +324,9 @@ impl ShardLoop {
         self.res.book.done(c.epoch, c.key, c.offset, kafka);
         // Stored offsets are what librdkafka commits on its timer and before a revoke: keep them within
         // a few ms of the truth so a rebalance replays little, without an FFI call per record.
-        if self.last_store.elapsed() >= STORE_EVERY {
+        if now.saturating_duration_since(self.last_store) >= STORE_EVERY {
             self.res.book.store(kafka);
-            self.last_store = Instant::now();
+            self.last_store = now;
         }
         if self.inflight.len() < self.max_in_flight {
             self.full_since = None;
@@ -340,6 +356,7 @@ impl ShardLoop {
 
     fn on_tick(&mut self, kafka: &Kafka<'_>) {
         self.last_tick = Instant::now();
+        self.publish_last_done();
         self.release_barrier(kafka);
         self.res.book.store(kafka);
         if !self.res.book.is_budget_paused()
@@ -378,6 +395,14 @@ impl ShardLoop {
         {
             held.store(false, Ordering::SeqCst);
             self.res.book.release_hold(kafka);
+        }
+    }
+
+    /// Sets the last-done gauge to the wall-clock time of the latest finished record.
+    fn publish_last_done(&mut self) {
+        if let Some(at) = self.last_done_at.take() {
+            let ago = at.elapsed().as_secs_f64();
+            self.res.metrics.last_done_time.set(unix_seconds() - ago);
         }
     }
 
@@ -448,6 +473,7 @@ impl ShardLoop {
 
     /// Stores and synchronously commits the done prefix, flushes dead letters.
     fn finish(mut self, kafka: &Kafka<'_>) -> Result<(), RunError> {
+        self.publish_last_done();
         if self.killed {
             return Err(RunError::Killed);
         }

@@ -115,6 +115,7 @@ pub(super) async fn setup(
         shutdown: shutdown.clone(),
         decoder: decoder.clone(),
         fields,
+        spare: RefCell::new(Vec::new()),
     });
     let resources = ShardResources {
         book,
