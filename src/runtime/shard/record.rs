@@ -162,16 +162,18 @@ pub(super) enum Start {
 pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start) -> Completion {
     let values = match start {
         Start::Decoded(v) => v,
-        Start::AwaitSchema => match await_schema(&ctx, &origin).await {
+        // The rare paths are boxed: inline, their state (a schema wait, a dead-letter delivery) would
+        // size every record's future, and every record pays to allocate and move it.
+        Start::AwaitSchema => match Box::pin(await_schema(&ctx, &origin)).await {
             Ok(v) => v,
             Err(RetryError::Stopped(_)) => return origin.done(RecordOutcome::Abandoned),
             Err(e) => {
                 let e = e.into_inner();
-                return fail(&ctx, origin, "decode", e.class(), e.to_string()).await;
+                return Box::pin(fail(&ctx, origin, "decode", e.class(), e.to_string())).await;
             }
         },
         Start::Failed { class, message } => {
-            return fail(&ctx, origin, "decode", class, message).await
+            return Box::pin(fail(&ctx, origin, "decode", class, message)).await
         }
     };
     let mut rec = ctx.record(values, &origin);
@@ -184,7 +186,7 @@ pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start
         }
         Ok(false) => origin.done(RecordOutcome::Dropped),
         Err(StepError::Record { class, message }) => {
-            fail(&ctx, origin, "process", class, message).await
+            Box::pin(fail(&ctx, origin, "process", class, message)).await
         }
         Err(StepError::Systemic { class, message }) => {
             let e = RunError::Systemic {
