@@ -278,6 +278,34 @@ mod faults {
         Ok(())
     }
 
+    /// `services.sh up` with the registry's port held by another process refuses to start it and
+    /// names the holder (the old script started a registry that died, probed the port, found the other
+    /// process and said "ready").
+    #[test]
+    fn services_up_names_the_process_holding_a_port() -> Result<()> {
+        services(&["down", "registry"])?;
+        let held = (|| -> Result<String> {
+            let squatter = std::net::TcpListener::bind("127.0.0.1:8081")?;
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+            let out = std::process::Command::new("bash")
+                .arg(script)
+                .args(["up", "registry"])
+                .output()?;
+            drop(squatter);
+            ensure!(!out.status.success(), "up succeeded with the port held");
+            Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+        })();
+        services(&["up", "registry"])?;
+        let stderr = held?;
+        let me = std::process::id().to_string();
+        ensure!(
+            stderr.contains("port 8081") && stderr.contains(&format!("pid {me}")),
+            "the message does not name this process ({me}): {stderr}"
+        );
+        Ok(())
+    }
+
     /// A ~1 MB poison record: its dead letter (record + headers) is over the producer's
     /// `message.max.bytes`, so it is sent truncated, and the partition's offset still advances (the
     /// old code retried it for ever and pinned the partition).
