@@ -33,16 +33,7 @@ pub struct Insert {
 
 /// A write error as the chain sees it.
 pub(super) fn step_error(step: &str, e: RetryError<WriteError>) -> StepError {
-    match e {
-        RetryError::Stopped(_) => StepError::Stopped,
-        RetryError::Permanent(e) | RetryError::Exhausted(e) => {
-            let (class, message) = (e.class(), format!("step {step}: {e}"));
-            match e.scope() {
-                Scope::Record => StepError::Record { class, message },
-                Scope::Transient | Scope::Systemic => StepError::Systemic { class, message },
-            }
-        }
-    }
+    StepError::after_retry(step, e, WriteError::scope)
 }
 
 impl Insert {

@@ -108,6 +108,27 @@ impl StepError {
             StepError::Stopped => "stopped",
         }
     }
+
+    /// How a step reports an operation that [`crate::retry::retry`] gave up on: a stop leaves the
+    /// record uncommitted, a record-scoped error dead-letters it, anything else stops the shard.
+    /// The one mapping of every step that retries (insert, lookup, produce).
+    pub(crate) fn after_retry<E: crate::retry::Retryable + std::fmt::Display>(
+        step: &str,
+        e: crate::retry::RetryError<E>,
+        scope: impl Fn(&E) -> crate::retry::Scope,
+    ) -> StepError {
+        use crate::retry::{RetryError, Scope};
+        match e {
+            RetryError::Stopped(_) => StepError::Stopped,
+            RetryError::Permanent(e) | RetryError::Exhausted(e) => {
+                let (class, message) = (e.class(), format!("step {step}: {e}"));
+                match scope(&e) {
+                    Scope::Record => StepError::Record { class, message },
+                    Scope::Transient | Scope::Systemic => StepError::Systemic { class, message },
+                }
+            }
+        }
+    }
 }
 
 /// A step of the chain. The built-ins implement it; a Rust user adds their own (see

@@ -16,7 +16,7 @@ use super::{Processor, Record, StepError, StepOutcome};
 use crate::codec::{frame, Plan, Value};
 use crate::kafka::{GlommioRuntime, KafkaError};
 use crate::metrics::{events, ShardMetrics};
-use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Scope, Shutdown};
+use crate::retry::{retry, RetryPolicy, Shutdown};
 
 /// Re-encode and produce to an output topic.
 pub struct Produce {
@@ -89,16 +89,7 @@ impl Processor for Produce {
             )
             .await
             .map(|_| StepOutcome::Passed)
-            .map_err(|e| match e {
-                RetryError::Stopped(_) => StepError::Stopped,
-                RetryError::Permanent(e) | RetryError::Exhausted(e) => {
-                    let (class, message) = (e.class(), format!("step {}: {e}", self.name));
-                    match e.scope() {
-                        Scope::Record => StepError::Record { class, message },
-                        _ => StepError::Systemic { class, message },
-                    }
-                }
-            })
+            .map_err(|e| StepError::after_retry(&self.name, e, KafkaError::scope))
         })
     }
 }
