@@ -257,6 +257,22 @@ pub struct ScyllaConfig {
     /// Default: none (bounded by `max_in_flight_per_shard` only).
     #[serde(default)]
     pub max_writes_per_s: Option<u32>,
+    /// Rows per `UNLOGGED` batch, at most. A shard groups its rows by the replica that owns their
+    /// partition and sends a group when it is full, when the shard has no more ready records, or after
+    /// `batch_linger_us`; so at low rates a batch is one row (a plain INSERT). 1 turns batching off.
+    /// Default 10: Cassandra warns about (and the driver logs) every unlogged batch over more than
+    /// `unlogged_batch_across_partitions_warn_threshold` (10) partitions.
+    #[serde(default = "default_batch_max_rows")]
+    pub batch_max_rows: usize,
+    /// Bytes of values per batch, at most (estimated; a single larger row still goes alone).
+    /// Default 4096: under Cassandra's `batch_size_warn_threshold` of 5 KiB (ScyllaDB warns at
+    /// 128 KiB, `batch_size_warn_threshold_in_kb`).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// How long a group may wait for more rows, in microseconds (key `batch_linger_us`). Default 0:
+    /// a group goes out as soon as the shard has nothing more to bind, so batching adds no latency.
+    #[serde(rename = "batch_linger_us", default, deserialize_with = "micros")]
+    pub batch_linger: Duration,
     /// TLS to the database: a PEM CA bundle to verify the nodes with. Default: none (plain TCP).
     #[serde(default)]
     pub tls_ca_file: Option<String>,
@@ -279,6 +295,9 @@ impl std::fmt::Debug for ScyllaConfig {
             .field("local_datacenter", &self.local_datacenter)
             .field("max_in_flight_per_shard", &self.max_in_flight_per_shard)
             .field("max_writes_per_s", &self.max_writes_per_s)
+            .field("batch_max_rows", &self.batch_max_rows)
+            .field("batch_max_bytes", &self.batch_max_bytes)
+            .field("batch_linger", &self.batch_linger)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
@@ -704,6 +723,12 @@ fn default_request_timeout() -> Duration {
 fn default_max_in_flight() -> usize {
     256
 }
+fn default_batch_max_rows() -> usize {
+    10
+}
+fn default_batch_max_bytes() -> usize {
+    4096
+}
 fn default_io_memory_bytes() -> usize {
     2 << 20
 }
@@ -717,6 +742,11 @@ fn default_metrics_listen() -> String {
 /// Reads a `*_ms` key: a whole number of milliseconds.
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_millis)
+}
+
+/// Reads a `*_us` key: a whole number of microseconds.
+fn micros<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_micros)
 }
 
 /// [`millis`] for an optional key (absent: `None`).
@@ -891,6 +921,14 @@ impl Config {
         }
         if self.scylla.max_in_flight_per_shard == 0 {
             return bad("scylla.max_in_flight_per_shard must be at least 1".into());
+        }
+        if self.scylla.batch_max_rows == 0 {
+            return bad("scylla.batch_max_rows must be at least 1 (1: no batching)".into());
+        }
+        if self.scylla.batch_max_rows > usize::from(u16::MAX) {
+            return bad(
+                "scylla.batch_max_rows must be at most 65535 (CQL's limit per batch)".into(),
+            );
         }
         if self.scylla.max_writes_per_s == Some(0) {
             return bad(

@@ -2,7 +2,7 @@
 //! at scrape time by the `/metrics` endpoint, read by `/health`, and summarised at exit.
 //!
 //! Guarantee: every metric name is `shardline_<thing>_<unit>` with a small fixed label set (shard,
-//! topic, partition, stage, kind); latency histograms use [`LATENCY_BUCKETS`] (10 µs to 15 s).
+//! topic, partition, stage, kind, outcome); latency histograms use [`LATENCY_BUCKETS`] (10 µs to 15 s).
 //! A failed write observes no latency; it counts its error.
 //! Precondition: a [`ShardMetrics`] is used by its own shard only; the endpoint only reads.
 
@@ -60,7 +60,15 @@ pub struct ShardMetrics {
     pub step_outcomes: IntCounterVec,
     /// Lookup cache hits and misses per step.
     pub lookup_cache: IntCounterVec,
+    /// Rows per write request (a batch, or a single INSERT as a batch of one).
+    pub batch_rows: Histogram,
+    /// Write requests by outcome: `written`, `split` (a refused row split the batch into single
+    /// writes), `failed` (systemic or stopped).
+    pub batches: IntCounterVec,
 }
+
+/// Rows per batch: powers of two up to CQL's practical sizes.
+pub const BATCH_ROW_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 10.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
     // Names are static and unique per registry: a clash is a programming error caught by unit tests.
@@ -260,6 +268,20 @@ impl ShardMetrics {
                 "shardline_partition_assigned",
                 "1 for each partition assigned to a shard, with the shard's core.",
                 &["shard", "core", "topic", "partition"],
+            ),
+            batch_rows: histogram(
+                r,
+                "shardline_batch_rows",
+                "Rows per database write request (1: a single INSERT).",
+                &["shard"],
+                BATCH_ROW_BUCKETS,
+            )
+            .with_label_values(&[s.as_str()]),
+            batches: counter(
+                r,
+                "shardline_batches_total",
+                "Database write requests by outcome: written, split, failed.",
+                &["shard", "outcome"],
             ),
             first_record_time,
             last_done_time,

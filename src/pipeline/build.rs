@@ -15,8 +15,9 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
 use thiserror::Error;
 
+use super::batch::BatchLimits;
 use super::filter::Filter;
-use super::insert::Insert;
+use super::insert::{Insert, WriteCtx};
 use super::lookup::Lookup;
 use super::produce::Produce;
 use super::{Chain, Processor};
@@ -110,14 +111,15 @@ fn insert_step(
     } else {
         Rc::new(writer)
     };
-    Box::new(Insert {
+    let write = WriteCtx {
         name,
-        binder,
         writer,
         metrics: inputs.metrics.clone(),
         shutdown: inputs.shutdown.clone(),
         rate: inputs.rate.clone(),
-    })
+    };
+    let limits = BatchLimits::from_config(&inputs.config.scylla);
+    Box::new(Insert::new(binder, write, limits))
 }
 
 /// Builds the chain. See the module docs for the order of steps.

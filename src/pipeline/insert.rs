@@ -1,10 +1,12 @@
 //! The insert sink: binds a record into one table's prepared INSERT and writes it, retrying transient
 //! errors through [`crate::retry`]. The primary `[table]` and every `[[processors]]` insert are this step.
+//! With `scylla.batch_max_rows` over 1 the row joins its owner's batch ([`super::batch`]); with 1 it is
+//! written on its own inside the record's future.
 //!
 //! Guarantee: `Passed` only once the database acknowledged the row; a refused value is a
 //! [`StepError::Record`] (dead-letter), an error about the table or session a [`StepError::Systemic`]
-//! (stop uncommitted), a stop during a backoff [`StepError::Stopped`]. The latency of the successful
-//! attempt goes to `shardline_write_seconds`, the same for every insert sink.
+//! (stop uncommitted), a stop during a backoff [`StepError::Stopped`]. The latency of each successful
+//! request (a batch is one) goes to `shardline_write_seconds`, the same for every insert sink.
 //! Precondition: the step owns its copy of the record (the chain gives each sink one): binding moves
 //! the mapped values out of it.
 
@@ -14,16 +16,16 @@ use std::time::Instant;
 
 use futures::future::LocalBoxFuture;
 
+use super::batch::{BatchLimits, Batcher};
 use super::{Processor, Record, StepError, StepOutcome};
 use crate::metrics::{events, ShardMetrics};
 use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Scope, Shutdown};
 use crate::sink::rate::WriteRate;
 use crate::sink::{Binder, BoundRow, RowWriter, WriteError};
 
-/// One table.
-pub struct Insert {
+/// What writing a table's rows needs, shared by the sink and its batcher.
+pub(super) struct WriteCtx {
     pub(super) name: String,
-    pub(super) binder: Binder,
     pub(super) writer: Rc<dyn RowWriter>,
     pub(super) metrics: ShardMetrics,
     pub(super) shutdown: Shutdown,
@@ -31,20 +33,15 @@ pub struct Insert {
     pub(super) rate: Option<Rc<WriteRate>>,
 }
 
-/// A write error as the chain sees it.
-pub(super) fn step_error(step: &str, e: RetryError<WriteError>) -> StepError {
-    StepError::after_retry(step, e, WriteError::scope)
-}
-
-impl Insert {
-    /// One write attempt: its token first (with a rate cap), then the write, timed from its start.
+impl WriteCtx {
+    /// One attempt: its tokens first (with a rate cap), then the request, timed from its start.
     async fn attempt(
         &self,
-        values: &Rc<BoundRow>,
+        rows: &Rc<Vec<BoundRow>>,
         started: &Cell<Option<Instant>>,
     ) -> Result<(), WriteError> {
         if let Some(rate) = &self.rate {
-            if !rate.acquire(&self.shutdown).await {
+            if !rate.acquire(&self.shutdown, rows.len()).await {
                 return Err(WriteError::Db {
                     scope: Scope::Transient,
                     class: "stopped",
@@ -53,42 +50,86 @@ impl Insert {
             }
         }
         started.set(Some(Instant::now()));
-        self.writer.write(values.clone()).await
+        self.writer.write(rows.clone()).await
+    }
+
+    /// Writes `rows` in one request, retrying transient errors until written or stopped; observes
+    /// the successful attempt's latency.
+    pub(super) async fn write_retrying(
+        &self,
+        rows: &Rc<Vec<BoundRow>>,
+    ) -> Result<(), RetryError<WriteError>> {
+        let started = Cell::new(None);
+        retry(
+            &RetryPolicy::UNTIL_STOPPED,
+            &self.shutdown,
+            || self.attempt(rows, &started),
+            |e, attempt, wait| events::write_retried(&self.metrics, e.class(), attempt, wait, e),
+        )
+        .await?;
+        if let Some(t) = started.get() {
+            self.metrics
+                .write_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// A write error as the chain sees it.
+    pub(super) fn step_error(&self, e: RetryError<WriteError>) -> StepError {
+        StepError::after_retry(&self.name, e, WriteError::scope)
+    }
+}
+
+/// One table.
+pub struct Insert {
+    binder: Binder,
+    write: Rc<WriteCtx>,
+    /// None when batching is off (`batch_max_rows = 1`).
+    batcher: Option<Rc<Batcher>>,
+}
+
+impl Insert {
+    pub(super) fn new(binder: Binder, write: WriteCtx, limits: BatchLimits) -> Insert {
+        let write = Rc::new(write);
+        let batcher = (!limits.is_off()).then(|| Rc::new(Batcher::new(limits, write.clone())));
+        Insert {
+            binder,
+            write,
+            batcher,
+        }
     }
 }
 
 impl Processor for Insert {
     fn name(&self) -> &str {
-        &self.name
+        &self.write.name
     }
     fn is_sink(&self) -> bool {
         true
+    }
+    fn flush(&self) {
+        if let Some(b) = &self.batcher {
+            b.flush();
+        }
     }
     fn process<'a>(
         &'a self,
         rec: &'a mut Record,
     ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>> {
         Box::pin(async move {
-            let values = self
+            let row = self
                 .binder
                 .bind(&mut rec.values, rec.kafka_ts_ms, rec.offset)
-                .map_err(|e| step_error(&self.name, RetryError::Permanent(e)))?;
-            let values = Rc::new(values);
-            let started = Cell::new(None);
-            retry(
-                &RetryPolicy::UNTIL_STOPPED,
-                &self.shutdown,
-                || self.attempt(&values, &started),
-                |e, attempt, wait| {
-                    events::write_retried(&self.metrics, e.class(), attempt, wait, e)
-                },
-            )
-            .await
-            .map_err(|e| step_error(&self.name, e))?;
-            if let Some(t) = started.get() {
-                self.metrics
-                    .write_seconds
-                    .observe(t.elapsed().as_secs_f64());
+                .map_err(|e| self.write.step_error(RetryError::Permanent(e)))?;
+            match &self.batcher {
+                Some(b) => b.submit(row).await?,
+                None => {
+                    let rows = Rc::new(vec![row]);
+                    let r = self.write.write_retrying(&rows).await;
+                    self.write.metrics.batch_rows.observe(1.0);
+                    r.map_err(|e| self.write.step_error(e))?
+                }
             }
             Ok(StepOutcome::Passed)
         })

@@ -16,7 +16,6 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 
 use super::filter::text;
-use super::insert::step_error;
 use super::{Processor, Record, StepError, StepOutcome};
 use crate::codec::Value;
 use crate::config::MissPolicy;
@@ -122,7 +121,7 @@ impl Lookup {
             |e, attempt, wait| events::write_retried(&self.metrics, e.class(), attempt, wait, e),
         )
         .await
-        .map_err(|e| step_error(&self.name, e))?;
+        .map_err(|e| StepError::after_retry(&self.name, e, WriteError::scope))?;
         Ok(found.map(|mut cols| {
             self.outputs
                 .iter()

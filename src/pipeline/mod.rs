@@ -12,6 +12,7 @@
 //! Layout: one file per built-in step ([`filter`], [`lookup`], [`insert`], [`produce`]) and [`build`],
 //! which turns `[[processors]]` and `[table]` into a [`Chain`].
 
+pub mod batch;
 pub mod build;
 pub mod filter;
 pub mod insert;
@@ -147,6 +148,9 @@ pub trait Processor {
         &'a self,
         record: &'a mut Record,
     ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>>;
+    /// Sends what the step holds back for company (an insert's open batches). The shard calls it
+    /// whenever it has no more ready records, so holding back never adds latency at low rates.
+    fn flush(&self) {}
 }
 
 /// A shard's chain.
@@ -198,6 +202,13 @@ impl Chain {
             .position(|s| s.processor.is_sink())
             .unwrap_or(steps.len());
         Chain { steps, first_sink }
+    }
+
+    /// Sends every step's held-back work (see [`Processor::flush`]).
+    pub fn flush(&self) {
+        for s in &self.steps {
+            s.processor.flush();
+        }
     }
 
     pub fn step_names(&self) -> Vec<String> {

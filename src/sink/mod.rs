@@ -35,17 +35,94 @@ pub use session::{connect, table_columns, ScyllaWriter};
 /// `Unset` leaves a column untouched (no tombstone); `Set(None)` writes a CQL null (a tombstone).
 pub type BoundRow = Vec<MaybeUnset<Option<CqlValue>>>;
 
+/// The replica that owns a row's partition (its first replica: node and, on ScyllaDB, shard). Rows of
+/// one owner can share a batch that the driver routes to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    node: u128,
+    /// The ScyllaDB shard; `u32::MAX` where the node has none (Cassandra) or it is unknown.
+    shard: u32,
+}
+
+impl Owner {
+    /// Every row at once: a one-node cluster, a writer that does not route, or a row whose token
+    /// could not be computed (its write fails on its own merits).
+    pub const ANY: Owner = Owner {
+        node: 0,
+        shard: u32::MAX,
+    };
+
+    pub fn new(node: uuid::Uuid, shard: Option<u32>) -> Owner {
+        Owner {
+            node: node.as_u128(),
+            shard: shard.unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// The I/O seam for writes, so unit tests and the null-sink benchmark can stand in for Scylla.
 pub trait RowWriter {
-    fn write(&self, values: Rc<BoundRow>) -> LocalBoxFuture<'static, Result<(), WriteError>>;
+    /// Writes `rows`: one row as a single prepared INSERT, several as one `UNLOGGED` batch of that
+    /// INSERT (each row keeps its own TTL and write timestamp). All or nothing as far as the caller
+    /// knows: an error means no row may be assumed written.
+    fn write(&self, rows: Rc<Vec<BoundRow>>) -> LocalBoxFuture<'static, Result<(), WriteError>>;
+
+    /// Who owns `row`'s partition, to group rows into batches. Default: one group.
+    fn owner(&self, _row: &BoundRow) -> Owner {
+        Owner::ANY
+    }
 }
 
 /// Writes nothing: the benchmark's null sink (decode and map only).
 pub struct NullWriter;
 
 impl RowWriter for NullWriter {
-    fn write(&self, _values: Rc<BoundRow>) -> LocalBoxFuture<'static, Result<(), WriteError>> {
+    fn write(&self, _rows: Rc<Vec<BoundRow>>) -> LocalBoxFuture<'static, Result<(), WriteError>> {
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// About how many bytes `row` takes in a request (values and their length prefixes), for
+/// `scylla.batch_max_bytes`; exact enough to stay under the database's batch-size warning.
+pub fn approx_row_bytes(row: &BoundRow) -> usize {
+    row.iter()
+        .map(|v| match v {
+            MaybeUnset::Set(Some(v)) => 4 + approx_value_bytes(v),
+            _ => 4,
+        })
+        .sum()
+}
+
+fn approx_value_bytes(v: &CqlValue) -> usize {
+    match v {
+        CqlValue::Text(s) | CqlValue::Ascii(s) => s.len(),
+        CqlValue::Blob(b) => b.len(),
+        CqlValue::List(items) | CqlValue::Set(items) | CqlValue::Vector(items) => {
+            4 + items
+                .iter()
+                .map(|i| 4 + approx_value_bytes(i))
+                .sum::<usize>()
+        }
+        CqlValue::Map(pairs) => {
+            4 + pairs
+                .iter()
+                .map(|(k, v)| 8 + approx_value_bytes(k) + approx_value_bytes(v))
+                .sum::<usize>()
+        }
+        CqlValue::Tuple(items) => items
+            .iter()
+            .map(|i| 4 + i.as_ref().map_or(0, approx_value_bytes))
+            .sum(),
+        CqlValue::UserDefinedType { fields, .. } => fields
+            .iter()
+            .map(|(_, f)| 4 + f.as_ref().map_or(0, approx_value_bytes))
+            .sum(),
+        CqlValue::Boolean(_) | CqlValue::TinyInt(_) => 1,
+        CqlValue::SmallInt(_) => 2,
+        CqlValue::Int(_) | CqlValue::Float(_) | CqlValue::Date(_) => 4,
+        CqlValue::Uuid(_) | CqlValue::Timeuuid(_) => 16,
+        // bigint, double, timestamp, time, counter; varint, decimal, inet, duration are small too.
+        _ => 8,
     }
 }
 

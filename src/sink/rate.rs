@@ -1,5 +1,5 @@
 //! The per-shard write-rate cap (`scylla.max_writes_per_s`): a token bucket every insert sink of the
-//! shard draws one token from per write attempt.
+//! shard draws one token from per row of each write attempt (a batch of n rows takes n).
 //!
 //! Guarantee: over any window, a shard starts at most `rate × window + burst` writes (burst = one
 //! second's worth); a write waits for its token on a glommio timer that the shard's stop ends.
@@ -30,22 +30,29 @@ impl WriteRate {
 
     /// Takes a token at `now`, or says how long until one is there (nothing is taken then).
     pub fn try_take(&self, now: Instant) -> Result<(), Duration> {
+        self.try_take_n(now, 1)
+    }
+
+    /// Takes `n` tokens at once (at most a burst's worth, so a batch larger than the burst still
+    /// goes), or says how long until they are there.
+    pub fn try_take_n(&self, now: Instant, n: usize) -> Result<(), Duration> {
+        let want = (n as f64).min(self.burst);
         let (tokens, at) = self.state.get();
         let refilled =
             (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_s).min(self.burst);
-        if refilled >= 1.0 {
-            self.state.set((refilled - 1.0, now));
+        if refilled >= want {
+            self.state.set((refilled - want, now));
             Ok(())
         } else {
             self.state.set((refilled, now));
-            Err(Duration::from_secs_f64((1.0 - refilled) / self.per_s))
+            Err(Duration::from_secs_f64((want - refilled) / self.per_s))
         }
     }
 
-    /// Waits for a token; false if the shard stopped first.
-    pub async fn acquire(&self, shutdown: &Shutdown) -> bool {
+    /// Waits for `n` tokens (one per row); false if the shard stopped first.
+    pub async fn acquire(&self, shutdown: &Shutdown, n: usize) -> bool {
         loop {
-            match self.try_take(Instant::now()) {
+            match self.try_take_n(Instant::now(), n) {
                 Ok(()) => return true,
                 Err(wait) => {
                     if !shutdown.sleep(wait).await {
@@ -80,5 +87,19 @@ mod tests {
         let t2 = t1 + Duration::from_millis(50);
         let taken = (0..1000).filter(|_| r.try_take(t2).is_ok()).count();
         assert_eq!(taken, 5, "50 ms at 100/s");
+    }
+
+    #[test]
+    fn a_batch_takes_a_token_per_row() {
+        let t0 = Instant::now();
+        let r = WriteRate::new(100, t0);
+        assert_eq!(r.try_take_n(t0, 60), Ok(()));
+        let wait = r.try_take_n(t0, 60).expect_err("only 40 left");
+        // 20 tokens short at 100/s: 200 ms.
+        assert!(
+            wait > Duration::from_millis(190) && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        assert_eq!(r.try_take_n(t0, 40), Ok(()));
     }
 }

@@ -7,6 +7,7 @@
 //! Precondition: the functions that talk to the database run inside the shard's tokio bridge
 //! ([`super::bridge`]); [`ScyllaWriter`] wraps its own futures.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,10 +17,12 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, MaybeUnset};
 
 use super::bridge::{InTokio, TokioBridge};
-use super::{Binder, BoundRow, CqlType, RowWriter, StartError, WriteError};
+use super::{Binder, BoundRow, CqlType, Owner, RowWriter, StartError, WriteError};
 use crate::config::{Config, TableConfig};
 
 /// Builds a session from config. Runs inside the bridge.
@@ -137,15 +140,45 @@ pub async fn prepare_insert(
     Ok((binder, insert))
 }
 
-/// A shard's Scylla session with one table's prepared INSERT. Clones share the session.
+/// A shard's Scylla session with one table's prepared INSERT. Clones share the session and the batch
+/// statements.
 #[derive(Clone)]
 pub struct ScyllaWriter {
     session: Arc<Session>,
     insert: PreparedStatement,
     handle: tokio::runtime::Handle,
+    /// Where the partition key's values sit in a bound row, in partition-key order.
+    pk_slots: Rc<[usize]>,
+    /// `scylla.local_datacenter`: the owner of a row is its first replica there.
+    local_dc: Option<Rc<str>>,
+    /// `UNLOGGED` batches of the INSERT by row count, built on first use: a batch of n rows needs n
+    /// statements, and building them per request would cost more than the rows.
+    batches: Rc<RefCell<Vec<Option<Arc<Batch>>>>>,
 }
 
 impl ScyllaWriter {
+    fn new(
+        session: Arc<Session>,
+        insert: PreparedStatement,
+        handle: tokio::runtime::Handle,
+        local_dc: Option<&str>,
+    ) -> ScyllaWriter {
+        let mut pk: Vec<(u16, usize)> = insert
+            .get_variable_pk_indexes()
+            .iter()
+            .map(|i| (i.sequence, usize::from(i.index)))
+            .collect();
+        pk.sort_unstable();
+        ScyllaWriter {
+            session,
+            insert,
+            handle,
+            pk_slots: pk.into_iter().map(|(_, slot)| slot).collect(),
+            local_dc: local_dc.map(Rc::from),
+            batches: Rc::default(),
+        }
+    }
+
     /// Connects and prepares the primary `[table]`. Runs on the shard; the tokio part in the bridge.
     pub async fn connect(
         config: &Config,
@@ -157,14 +190,9 @@ impl ScyllaWriter {
         let (binder, insert) = bridge
             .wrap(async move { prepare_insert(&s, &config.table, fields).await })
             .await?;
-        Ok((
-            ScyllaWriter {
-                session,
-                insert,
-                handle: bridge.handle().clone(),
-            },
-            binder,
-        ))
+        let dc = config.scylla.local_datacenter.as_deref();
+        let writer = ScyllaWriter::new(session, insert, bridge.handle().clone(), dc);
+        Ok((writer, binder))
     }
 
     /// Another writer on the same session (the chain's insert tables).
@@ -178,14 +206,9 @@ impl ScyllaWriter {
             prepare_insert(&session, table, fields).await
         })
         .await?;
-        Ok((
-            ScyllaWriter {
-                session: self.session.clone(),
-                insert,
-                handle: self.handle.clone(),
-            },
-            binder,
-        ))
+        let dc = self.local_dc.as_deref();
+        let writer = ScyllaWriter::new(self.session.clone(), insert, self.handle.clone(), dc);
+        Ok((writer, binder))
     }
 
     pub fn session(&self) -> &Arc<Session> {
@@ -195,20 +218,84 @@ impl ScyllaWriter {
     pub fn handle(&self) -> &tokio::runtime::Handle {
         &self.handle
     }
+
+    /// The `UNLOGGED` batch of `n` INSERTs. Idempotent like the INSERT itself (fixed write
+    /// timestamps), so the driver may retry it.
+    fn batch(&self, n: usize) -> Arc<Batch> {
+        let mut cache = self.batches.borrow_mut();
+        if cache.len() <= n {
+            cache.resize(n + 1, None);
+        }
+        let slot = &mut cache[n];
+        slot.get_or_insert_with(|| {
+            let mut b = Batch::new(BatchType::Unlogged);
+            for _ in 0..n {
+                b.append_statement(self.insert.clone());
+            }
+            b.set_is_idempotent(true);
+            Arc::new(b)
+        })
+        .clone()
+    }
 }
 
 impl RowWriter for ScyllaWriter {
-    fn write(&self, values: Rc<BoundRow>) -> LocalBoxFuture<'static, Result<(), WriteError>> {
+    fn write(&self, rows: Rc<Vec<BoundRow>>) -> LocalBoxFuture<'static, Result<(), WriteError>> {
         let session = self.session.clone();
-        let insert = self.insert.clone();
+        if rows.len() == 1 {
+            let insert = self.insert.clone();
+            let fut = async move {
+                let row = rows.first().map(Vec::as_slice).unwrap_or_default();
+                session
+                    .execute_unpaged(&insert, row)
+                    .await
+                    .map(|_| ())
+                    .map_err(WriteError::from_execution)
+            };
+            return Box::pin(InTokio::new(self.handle.clone(), fut));
+        }
+        // The driver routes a batch by its first statement's token (`Session::batch` peeks the first
+        // row's values and computes it with the prepared statement's partition key), with the same
+        // token-aware policy as single writes: the group's rows all have that row's first replica.
+        let batch = self.batch(rows.len());
         let fut = async move {
             session
-                .execute_unpaged(&insert, &*values)
+                .batch(&batch, rows.as_slice())
                 .await
                 .map(|_| ())
                 .map_err(WriteError::from_execution)
         };
         Box::pin(InTokio::new(self.handle.clone(), fut))
+    }
+
+    fn owner(&self, row: &BoundRow) -> Owner {
+        let state = self.session.get_cluster_state();
+        // One node without shards (a single Cassandra node): every row has the same owner, and the
+        // token is not worth computing.
+        if let [only] = state.get_nodes_info() {
+            if only.sharder().is_none() {
+                return Owner::ANY;
+            }
+        }
+        let Some(table) = self.insert.get_table_spec() else {
+            return Owner::ANY;
+        };
+        let (ks, name) = (table.ks_name(), table.table_name());
+        let pk: Vec<&MaybeUnset<Option<CqlValue>>> =
+            self.pk_slots.iter().filter_map(|&i| row.get(i)).collect();
+        let (Ok(token), Some(keyspace)) =
+            (state.compute_token(ks, name, &pk), state.get_keyspace(ks))
+        else {
+            return Owner::ANY;
+        };
+        state
+            .replica_locator()
+            .replicas_for_token(token, &keyspace.strategy, self.local_dc.as_deref(), table)
+            .into_iter()
+            .next()
+            .map_or(Owner::ANY, |(node, shard)| {
+                Owner::new(node.host_id, node.sharder().map(|_| shard))
+            })
     }
 }
 

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::kafka::context::ShardContext;
 use crate::kafka::partitions::PartitionControl;
 use crate::metrics::events;
+use crate::pipeline::Chain;
 use crate::retry::Retryable;
 use crate::runtime::{Control, RunError, RunOptions, ShardSpec, Siblings};
 
@@ -174,7 +175,8 @@ impl ShardLoop {
         let mut tick = glommio::timer::Timer::new(TICK);
         while !self.finished() {
             let fetching = self.fetching();
-            let ev = next_event(&mut self.inflight, &mut stream, &mut tick, fetching).await;
+            let chain = &self.res.records.chain;
+            let ev = next_event(&mut self.inflight, &mut stream, &mut tick, fetching, chain).await;
             self.sync_assignment(&kafka);
             match ev {
                 Event::Completion(c) => self.on_completion(c, &kafka),
@@ -197,6 +199,8 @@ impl ShardLoop {
                     self.on_tick(&kafka);
                 }
                 self.read_control();
+                // Under a backlog the loop never waits, so open batches go out here at the latest.
+                self.res.records.chain.flush();
                 glommio::executor().yield_task_queue_now().await;
                 self.last_yield = Instant::now();
                 self.since_yield_check = 0;
@@ -529,12 +533,14 @@ impl ShardLoop {
     }
 }
 
-/// Completions first (they free budget), then messages while `fetching`, then the tick.
+/// Completions first (they free budget), then messages while `fetching`, then the tick. Before the
+/// loop waits, the chain sends what it holds back (open batches): there is nothing more to bind now.
 async fn next_event<'c>(
     inflight: &mut InFlight,
     stream: &mut MessageStream<'c, ShardContext>,
     tick: &mut glommio::timer::Timer,
     fetching: bool,
+    chain: &Chain,
 ) -> Event<'c> {
     poll_fn(|cx| {
         if let Poll::Ready(Some(c)) = inflight.poll_next_unpin(cx) {
@@ -553,6 +559,7 @@ async fn next_event<'c>(
         if tick.poll_unpin(cx).is_ready() {
             return Poll::Ready(Event::Tick);
         }
+        chain.flush();
         Poll::Pending
     })
     .await

@@ -1,0 +1,524 @@
+//! The insert sink's adaptive batching: the rows a shard binds for one table are grouped by the
+//! replica that owns their partition ([`RowWriter::owner`]), and each group goes out as one
+//! `UNLOGGED` batch of the table's prepared INSERT.
+//!
+//! A group is sent when it reaches `scylla.batch_max_rows` or `scylla.batch_max_bytes`, when the
+//! shard has no more ready records to bind (the loop calls [`Batcher::flush`] before it waits, and at
+//! every yield under a backlog), or, with `scylla.batch_linger_us`, once its first row has waited
+//! that long. So at low rates a group is one row sent at once (the single INSERT of an unbatched
+//! write: no added latency), and under load groups fill by themselves. The in-flight bound stays in
+//! records: a batch holds records that already count against it.
+//!
+//! Guarantee: each record learns the outcome of its own row, and only then is it done. A retryable
+//! error retries the whole batch with the shard's backoff (same rows, same write timestamps: the
+//! retry is idempotent); a record-scoped permanent error (an invalid value, a batch too large) splits
+//! the batch into single-row writes, so only the refused record is dead-lettered and the others are
+//! written; a systemic error or a stop reaches every row of the batch. Two rows of one key in one
+//! batch keep their Kafka order through their write timestamps (Kafka ms × 1000 + offset mod 1000).
+//! Precondition: one batcher per insert sink per shard, used on the shard's thread inside its glommio
+//! executor (batches are written by tasks spawned there).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use prometheus::{Histogram, IntCounter};
+
+use super::insert::WriteCtx;
+use super::StepError;
+use crate::retry::{RetryError, Scope};
+use crate::sink::{approx_row_bytes, BoundRow, Owner};
+
+/// When a group is full, and how long it may wait for more rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub linger: Duration,
+}
+
+impl BatchLimits {
+    /// From `[scylla]`.
+    pub fn from_config(s: &crate::config::ScyllaConfig) -> BatchLimits {
+        BatchLimits {
+            max_rows: s.batch_max_rows.max(1),
+            max_bytes: s.batch_max_bytes,
+            linger: s.batch_linger,
+        }
+    }
+
+    /// `batch_max_rows = 1`: every row is written on its own, inside its record's future.
+    pub fn is_off(&self) -> bool {
+        self.max_rows <= 1
+    }
+}
+
+/// The batch outcome metrics, resolved once.
+pub(super) struct BatchMetrics {
+    rows: Histogram,
+    written: IntCounter,
+    split: IntCounter,
+    failed: IntCounter,
+}
+
+impl BatchMetrics {
+    pub(super) fn new(m: &crate::metrics::ShardMetrics) -> BatchMetrics {
+        let outcome = |o: &str| m.batches.with_label_values(&[m.shard.as_str(), o]);
+        BatchMetrics {
+            rows: m.batch_rows.clone(),
+            written: outcome("written"),
+            split: outcome("split"),
+            failed: outcome("failed"),
+        }
+    }
+}
+
+/// One table's open groups and how to write them.
+pub(super) struct Batcher {
+    limits: BatchLimits,
+    write: Rc<WriteCtx>,
+    metrics: BatchMetrics,
+    open: RefCell<Vec<Group>>,
+}
+
+/// Rows of one owner waiting to be sent.
+struct Group {
+    owner: Owner,
+    rows: Vec<BoundRow>,
+    bytes: usize,
+    opened: Instant,
+    outcome: Rc<Outcome>,
+}
+
+impl Group {
+    fn new(owner: Owner, max_rows: usize) -> Group {
+        Group {
+            owner,
+            rows: Vec::with_capacity(max_rows),
+            bytes: 0,
+            opened: Instant::now(),
+            outcome: Rc::default(),
+        }
+    }
+}
+
+/// The per-row results of one batch, read by the records waiting on it.
+#[derive(Default)]
+struct Outcome {
+    state: RefCell<OutcomeState>,
+}
+
+#[derive(Default)]
+struct OutcomeState {
+    /// Filled once, when the batch is over; each record takes its own.
+    results: Vec<Option<Result<(), StepError>>>,
+    wakers: Vec<Option<Waker>>,
+}
+
+impl Outcome {
+    fn complete(&self, results: Vec<Result<(), StepError>>) {
+        let wakers = {
+            let mut st = self.state.borrow_mut();
+            st.results = results.into_iter().map(Some).collect();
+            std::mem::take(&mut st.wakers)
+        };
+        for w in wakers.into_iter().flatten() {
+            w.wake();
+        }
+    }
+}
+
+/// A record's wait for its row's result.
+pub(super) struct RowTicket {
+    outcome: Rc<Outcome>,
+    index: usize,
+}
+
+impl Future for RowTicket {
+    type Output = Result<(), StepError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = self.outcome.state.borrow_mut();
+        if let Some(r) = st.results.get_mut(self.index).and_then(Option::take) {
+            return Poll::Ready(r);
+        }
+        if st.wakers.len() <= self.index {
+            st.wakers.resize(self.index + 1, None);
+        }
+        if let Some(w) = st.wakers.get_mut(self.index) {
+            match w {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => *w = Some(cx.waker().clone()),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Batcher {
+    pub(super) fn new(limits: BatchLimits, write: Rc<WriteCtx>) -> Batcher {
+        let metrics = BatchMetrics::new(&write.metrics);
+        Batcher {
+            limits,
+            write,
+            metrics,
+            open: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Adds a bound row to its owner's group (sending the group when full) and returns the wait
+    /// for its result.
+    pub(super) fn submit(self: &Rc<Self>, row: BoundRow) -> RowTicket {
+        let owner = self.write.writer.owner(&row);
+        let bytes = approx_row_bytes(&row);
+        let mut open = self.open.borrow_mut();
+        let i = match open.iter().position(|g| g.owner == owner) {
+            Some(i) => i,
+            None => {
+                open.push(Group::new(owner, self.limits.max_rows));
+                self.arm_linger();
+                open.len() - 1
+            }
+        };
+        // A row that would take its group past the byte limit sends the group first.
+        if open[i].bytes + bytes > self.limits.max_bytes && !open[i].rows.is_empty() {
+            let full = std::mem::replace(&mut open[i], Group::new(owner, self.limits.max_rows));
+            self.send(full);
+        }
+        let g = &mut open[i];
+        g.rows.push(row);
+        g.bytes += bytes;
+        let ticket = RowTicket {
+            outcome: g.outcome.clone(),
+            index: g.rows.len() - 1,
+        };
+        if g.rows.len() >= self.limits.max_rows || g.bytes >= self.limits.max_bytes {
+            let full = open.swap_remove(i);
+            self.send(full);
+        }
+        ticket
+    }
+
+    /// Sends every open group (with a linger, only those that waited long enough). The shard calls
+    /// this when it has no more ready records to bind.
+    pub(super) fn flush(self: &Rc<Self>) {
+        let linger = self.limits.linger;
+        let mut open = self.open.borrow_mut();
+        if open.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < open.len() {
+            if linger.is_zero() || open[i].opened.elapsed() >= linger {
+                let g = open.swap_remove(i);
+                self.send(g);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// With a linger, a new group is sent at the latest `linger` later even if the shard stays busy.
+    fn arm_linger(self: &Rc<Self>) {
+        if self.limits.linger.is_zero() {
+            return;
+        }
+        let me = self.clone();
+        let linger = self.limits.linger;
+        glommio::spawn_local(async move {
+            if me.write.shutdown.sleep(linger).await {
+                me.flush();
+            }
+        })
+        .detach();
+    }
+
+    fn send(self: &Rc<Self>, g: Group) {
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let results = me.write_group(g.rows).await;
+            g.outcome.complete(results);
+        })
+        .detach();
+    }
+
+    /// Writes one group and says what happened to each of its rows.
+    async fn write_group(&self, rows: Vec<BoundRow>) -> Vec<Result<(), StepError>> {
+        let n = rows.len();
+        let rows = Rc::new(rows);
+        let m = &self.metrics;
+        match self.write.write_retrying(&rows).await {
+            Ok(()) => {
+                m.rows.observe(n as f64);
+                m.written.inc();
+                vec![Ok(()); n]
+            }
+            Err(RetryError::Permanent(e)) if n > 1 && e.scope() == Scope::Record => {
+                m.split.inc();
+                self.write_singly(rows).await
+            }
+            Err(e) => {
+                m.failed.inc();
+                vec![Err(self.write.step_error(e)); n]
+            }
+        }
+    }
+
+    /// After a refused batch: each row on its own, concurrently, so only the bad one fails.
+    async fn write_singly(&self, rows: Rc<Vec<BoundRow>>) -> Vec<Result<(), StepError>> {
+        // The batch's write future is gone, so the rows are ours again (cloned should that ever
+        // change: correctness does not depend on it).
+        let rows = Rc::try_unwrap(rows).unwrap_or_else(|shared| (*shared).clone());
+        let writes = rows.into_iter().map(|row| async move {
+            let one = Rc::new(vec![row]);
+            let r = self.write.write_retrying(&one).await;
+            self.metrics.rows.observe(1.0);
+            match r {
+                Ok(()) => Ok(()),
+                Err(e) => Err(self.write.step_error(e)),
+            }
+        });
+        join_all(writes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ShardMetrics;
+    use crate::retry::Shutdown;
+    use crate::sink::{RowWriter, WriteError};
+    use futures::future::LocalBoxFuture;
+    use scylla::value::{CqlValue, MaybeUnset};
+    use std::cell::Cell;
+
+    /// Records every request; refuses a batch holding a row whose first value is `poison`, and the
+    /// poison row itself; owner = the row's second value.
+    #[derive(Default)]
+    struct FakeWriter {
+        requests: RefCell<Vec<Vec<i32>>>,
+        poison: Option<i32>,
+        /// Fail this many requests with a timeout first.
+        timeouts: Cell<u32>,
+    }
+
+    fn key(row: &BoundRow) -> i32 {
+        match row.first() {
+            Some(MaybeUnset::Set(Some(CqlValue::Int(k)))) => *k,
+            _ => -1,
+        }
+    }
+
+    impl RowWriter for FakeWriter {
+        fn write(
+            &self,
+            rows: Rc<Vec<BoundRow>>,
+        ) -> LocalBoxFuture<'static, Result<(), WriteError>> {
+            let keys: Vec<i32> = rows.iter().map(key).collect();
+            self.requests.borrow_mut().push(keys.clone());
+            let r = if self.timeouts.get() > 0 {
+                self.timeouts.set(self.timeouts.get() - 1);
+                Err(WriteError::Db {
+                    scope: Scope::Transient,
+                    class: "timeout",
+                    message: "timed out".into(),
+                })
+            } else if self.poison.is_some_and(|p| keys.contains(&p)) {
+                Err(WriteError::Db {
+                    scope: Scope::Record,
+                    class: "invalid",
+                    message: "refused".into(),
+                })
+            } else {
+                Ok(())
+            };
+            Box::pin(std::future::ready(r))
+        }
+        fn owner(&self, row: &BoundRow) -> Owner {
+            match row.get(1) {
+                Some(MaybeUnset::Set(Some(CqlValue::Int(o)))) => {
+                    Owner::new(uuid::Uuid::from_u128(*o as u128), None)
+                }
+                _ => Owner::ANY,
+            }
+        }
+    }
+
+    fn row(k: i32, owner: i32) -> BoundRow {
+        vec![
+            MaybeUnset::Set(Some(CqlValue::Int(k))),
+            MaybeUnset::Set(Some(CqlValue::Int(owner))),
+        ]
+    }
+
+    fn batcher(writer: Rc<FakeWriter>, limits: BatchLimits) -> Rc<Batcher> {
+        let metrics = ShardMetrics::new(0);
+        Rc::new(Batcher::new(
+            limits,
+            Rc::new(WriteCtx {
+                name: "t".into(),
+                writer,
+                metrics,
+                shutdown: Shutdown::default(),
+                rate: None,
+            }),
+        ))
+    }
+
+    const LIMITS: BatchLimits = BatchLimits {
+        max_rows: 4,
+        max_bytes: 1 << 20,
+        linger: Duration::ZERO,
+    };
+
+    /// Runs `f`'s future on a fresh glommio executor (built there: it holds `Rc`s).
+    fn run<T, Fut>(f: impl FnOnce() -> Fut + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(f)
+            .expect("executor starts")
+            .join()
+            .expect("executor joins")
+    }
+
+    #[test]
+    fn rows_are_grouped_by_owner_and_full_groups_go_at_once() {
+        let (requests, results) = run(move || {
+            let w = Rc::new(FakeWriter::default());
+            async move {
+                let b = batcher(w.clone(), LIMITS);
+                // Owner 1 gets 5 rows (a full batch of 4, then 1), owner 2 gets 2.
+                let tickets: Vec<RowTicket> =
+                    [(1, 1), (2, 2), (3, 1), (4, 1), (5, 2), (6, 1), (7, 1)]
+                        .into_iter()
+                        .map(|(k, o)| b.submit(row(k, o)))
+                        .collect();
+                b.flush();
+                let results = join_all(tickets).await;
+                (w.requests.borrow().clone(), results)
+            }
+        });
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let mut requests = requests;
+        requests.sort();
+        assert_eq!(requests, vec![vec![1, 3, 4, 6], vec![2, 5], vec![7]]);
+    }
+
+    #[test]
+    fn a_lone_row_is_sent_on_flush_as_a_single_write() {
+        let (before, after) = run(move || {
+            let w = Rc::new(FakeWriter::default());
+            async move {
+                let b = batcher(w.clone(), LIMITS);
+                let t = b.submit(row(1, 1));
+                glommio::yield_if_needed().await;
+                let before = w.requests.borrow().len();
+                b.flush();
+                t.await.expect("written");
+                (before, w.requests.borrow().clone())
+            }
+        });
+        assert_eq!(
+            before, 0,
+            "nothing goes out before the group is full or flushed"
+        );
+        assert_eq!(after, vec![vec![1]]);
+    }
+
+    #[test]
+    fn a_poison_row_splits_its_batch_and_fails_alone() {
+        let (requests, results) = run(move || {
+            let w = Rc::new(FakeWriter {
+                poison: Some(3),
+                ..FakeWriter::default()
+            });
+            async move {
+                let b = batcher(w.clone(), LIMITS);
+                let tickets: Vec<RowTicket> = (1..=4).map(|k| b.submit(row(k, 1))).collect();
+                let results = join_all(tickets).await;
+                (w.requests.borrow().clone(), results)
+            }
+        });
+        assert_eq!(requests.first(), Some(&vec![1, 2, 3, 4]));
+        assert_eq!(
+            requests.len(),
+            5,
+            "the batch, then one write per row: {requests:?}"
+        );
+        for (k, r) in (1..=4).zip(&results) {
+            match (k, r) {
+                (3, Err(StepError::Record { class, .. })) => assert_eq!(*class, "invalid"),
+                (3, other) => panic!("row 3 should be refused: {other:?}"),
+                (_, r) => assert!(r.is_ok(), "row {k}: {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_timeout_retries_the_whole_batch() {
+        let (requests, results) = run(move || {
+            let w = Rc::new(FakeWriter {
+                timeouts: Cell::new(2),
+                ..FakeWriter::default()
+            });
+            async move {
+                let b = batcher(w.clone(), LIMITS);
+                let tickets: Vec<RowTicket> = (1..=4).map(|k| b.submit(row(k, 1))).collect();
+                let results = join_all(tickets).await;
+                (w.requests.borrow().clone(), results)
+            }
+        });
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(requests, vec![vec![1, 2, 3, 4]; 3]);
+    }
+
+    #[test]
+    fn the_byte_limit_closes_a_group_before_it_overflows() {
+        let one = approx_row_bytes(&row(1, 1));
+        let limits = BatchLimits {
+            max_rows: 100,
+            max_bytes: one * 2 + one / 2,
+            linger: Duration::ZERO,
+        };
+        let requests = run(move || {
+            let w = Rc::new(FakeWriter::default());
+            async move {
+                let b = batcher(w.clone(), limits);
+                let tickets: Vec<RowTicket> = (1..=5).map(|k| b.submit(row(k, 1))).collect();
+                b.flush();
+                join_all(tickets).await;
+                w.requests.borrow().clone()
+            }
+        });
+        assert_eq!(requests, vec![vec![1, 2], vec![3, 4], vec![5]]);
+    }
+
+    #[test]
+    fn a_linger_sends_a_group_that_no_flush_reached() {
+        let limits = BatchLimits {
+            linger: Duration::from_millis(5),
+            ..LIMITS
+        };
+        let (early, requests) = run(move || {
+            let w = Rc::new(FakeWriter::default());
+            async move {
+                let b = batcher(w.clone(), limits);
+                let t = b.submit(row(1, 1));
+                // Too young to go on a flush.
+                b.flush();
+                glommio::yield_if_needed().await;
+                let early = w.requests.borrow().len();
+                t.await.expect("written after the linger");
+                (early, w.requests.borrow().clone())
+            }
+        });
+        assert_eq!(early, 0);
+        assert_eq!(requests, vec![vec![1]]);
+    }
+}
