@@ -6,6 +6,11 @@
 //!   cargo bench --bench e2e -- tokio --config FILE --count N [--threads K]
 //!       the same pipeline (decode, bind, INSERT, in-order offset tracking, at most max_in_flight
 //!       writes) on a conventional tokio multi-threaded runtime: one consumer, a task per write.
+//!   cargo bench --bench e2e -- driver --config FILE --count N [--batch K]
+//!       the raw driver ceiling: the config's topic is read and bound into rows first (not timed),
+//!       then the scylla driver alone inserts them into the same table on a current-thread tokio
+//!       runtime, `max_in_flight_per_shard` requests in flight: single INSERTs (K = 1) or UNLOGGED
+//!       batches of K consecutive rows (the one-node grouping of shardline's batches).
 //!
 //! Prints one JSON line: messages, seconds (first record to last done), msg/s, end-to-end quantiles.
 //! CPU and peak RSS are measured from outside (wait4 rusage) by scripts/bench.py.
@@ -74,6 +79,13 @@ fn main() -> Result<()> {
             count,
             &arg(&args, "--brokers").unwrap_or("127.0.0.1:9092".into()),
         ),
+        "driver" => {
+            let batch: usize = arg(&args, "--batch").unwrap_or("1".into()).parse()?;
+            let cfg = Config::load(std::path::Path::new(
+                &arg(&args, "--config").context("--config")?,
+            ))?;
+            driver(cfg, count, batch.max(1))
+        }
         "tokio" => {
             let threads: usize = arg(&args, "--threads").unwrap_or("2".into()).parse()?;
             let cfg = Config::load(std::path::Path::new(
@@ -81,7 +93,7 @@ fn main() -> Result<()> {
             ))?;
             tokio_pipeline(cfg, count, threads)
         }
-        other => bail!("unknown mode '{other}': raw or tokio"),
+        other => bail!("unknown mode '{other}': raw, driver or tokio"),
     }
 }
 
@@ -117,6 +129,97 @@ fn raw(topic: &str, count: u64, brokers: &str) -> Result<()> {
             "cpu_us_per_msg": (self_cpu(tick) - cpu0) / (n.max(1) as f64) * 1e6})
     );
     Ok(())
+}
+
+/// Reads and binds `count` records of the config's topic (untimed).
+fn bound_rows(
+    cfg: &Config,
+    binder: &shardline::sink::Binder,
+    count: u64,
+) -> Result<Vec<shardline::sink::BoundRow>> {
+    let registry = cfg.schema.registry_url.clone().context("registry_url")?;
+    let mut decoder = Decoder::framed(
+        RegistryClient::new(&registry, Duration::from_secs(5)),
+        cfg.needed_fields(),
+    );
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cfg.kafka.brokers.as_str())
+        .set("group.id", format!("bench-driver-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let topics: Vec<&str> = cfg.kafka.topics.iter().map(String::as_str).collect();
+    c.subscribe(&topics)?;
+    let mut rows = Vec::with_capacity(count as usize);
+    let mut row = Row::default();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (rows.len() as u64) < count && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m?;
+            decoder.decode_blocking(m.payload().unwrap_or_default(), &mut row)?;
+            rows.push(binder.bind(&mut row.values, m.timestamp().to_millis(), m.offset())?);
+        }
+    }
+    Ok(rows)
+}
+
+fn driver(cfg: Config, count: u64, batch: usize) -> Result<()> {
+    use futures::stream::FuturesUnordered;
+    use scylla::statement::batch::{Batch, BatchType};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let fields = cfg.needed_fields();
+        let session = Arc::new(shardline::sink::connect(&cfg).await?);
+        let types = shardline::sink::table_columns(&session, &cfg.table.keyspace, &cfg.table.table).await?;
+        let binder = shardline::sink::Binder::for_table(&cfg.table, &fields, &types)?;
+        let insert = session.prepare(binder.insert_cql(&cfg.table.keyspace, &cfg.table.table)).await?;
+        let rows = bound_rows(&cfg, &binder, count)?;
+        let mut b = Batch::new(BatchType::Unlogged);
+        for _ in 0..batch {
+            b.append_statement(insert.clone());
+        }
+        let groups: Vec<&[shardline::sink::BoundRow]> = rows.chunks(batch).collect();
+        let in_flight = cfg.scylla.max_in_flight_per_shard.div_ceil(batch).max(1);
+        let tick = clock_tick();
+        let (t0, cpu0) = (Instant::now(), self_cpu(tick));
+        let mut pending = FuturesUnordered::new();
+        let mut next = groups.iter();
+        let mut written = 0usize;
+        loop {
+            while pending.len() < in_flight {
+                let Some(g) = next.next() else { break };
+                let (s, ins, b) = (&session, &insert, &b);
+                pending.push(async move {
+                    let r = if g.len() == 1 {
+                        s.execute_unpaged(ins, &g[0]).await.map(|_| ())
+                    } else if g.len() == batch {
+                        s.batch(b, *g).await.map(|_| ())
+                    } else {
+                        let mut last = Batch::new(BatchType::Unlogged);
+                        for _ in 0..g.len() {
+                            last.append_statement(ins.clone());
+                        }
+                        s.batch(&last, *g).await.map(|_| ())
+                    };
+                    r.map(|_| g.len())
+                });
+            }
+            match pending.next().await {
+                Some(r) => written += r?,
+                None => break,
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "{}",
+            serde_json::json!({"mode": "driver", "batch": batch, "messages": written, "seconds": secs,
+                "msgs_per_s": written as f64 / secs.max(1e-9),
+                "cpu_us_per_msg": (self_cpu(tick) - cpu0) / (written.max(1) as f64) * 1e6})
+        );
+        anyhow::Ok(())
+    })
 }
 
 fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {

@@ -42,6 +42,43 @@ pub struct RunSummary {
     pub lookup_cache: BTreeMap<String, BTreeMap<String, u64>>,
     /// Processor step → p50/p99 latency.
     pub step_latency: BTreeMap<String, Quantiles>,
+    /// Database write requests (batches; a single INSERT is a batch of one).
+    pub batches: Batches,
+}
+
+/// How the insert sinks batched their rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Batches {
+    /// Requests by outcome: written, split, failed.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Rows per request: mean and median (from `shardline_batch_rows`).
+    pub mean_rows: Option<f64>,
+    pub p50_rows: Option<f64>,
+}
+
+fn batches(fams: &[prometheus::proto::MetricFamily]) -> Batches {
+    let (b, n) = histogram_buckets(fams, "shardline_batch_rows");
+    let sum: f64 = fams
+        .iter()
+        .filter(|f| f.name() == "shardline_batch_rows")
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_histogram().get_sample_sum())
+        .sum();
+    let mut outcomes = BTreeMap::new();
+    for f in fams
+        .iter()
+        .filter(|f| f.name() == "shardline_batches_total")
+    {
+        for m in f.get_metric() {
+            *outcomes.entry(label_value(m, "outcome")).or_default() +=
+                m.get_counter().get_value() as u64;
+        }
+    }
+    Batches {
+        outcomes,
+        mean_rows: (n > 0).then(|| sum / n as f64),
+        p50_rows: quantile(&b, n, 0.5),
+    }
 }
 
 /// The value of label `k` of a sample ("" without it).
@@ -153,5 +190,6 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
         steps: by_labels(&fams, "shardline_step_outcomes_total", "step", "outcome"),
         lookup_cache: by_labels(&fams, "shardline_lookup_cache_total", "step", "result"),
         step_latency: step_latency(&fams),
+        batches: batches(&fams),
     }
 }

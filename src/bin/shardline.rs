@@ -229,6 +229,7 @@ fn run(config: &Path, options: RunOptions, summary: Option<PathBuf>) -> anyhow::
         written = s.written,
         dead_lettered = s.dead_lettered,
         msgs_per_s = format!("{:.0}", s.msgs_per_s),
+        rows_per_batch = format!("{:.1}", s.batches.mean_rows.unwrap_or(0.0)),
         "run ended"
     );
     result?;

@@ -58,6 +58,7 @@ impl BatchLimits {
 }
 
 /// The batch outcome metrics, resolved once.
+#[derive(Clone)]
 pub(super) struct BatchMetrics {
     rows: Histogram,
     written: IntCounter,
@@ -73,6 +74,16 @@ impl BatchMetrics {
             written: outcome("written"),
             split: outcome("split"),
             failed: outcome("failed"),
+        }
+    }
+
+    /// One request of `rows` rows ended: written, or failed for all of them.
+    pub(super) fn ended(&self, rows: usize, ok: bool) {
+        if ok {
+            self.rows.observe(rows as f64);
+            self.written.inc();
+        } else {
+            self.failed.inc();
         }
     }
 }
@@ -252,8 +263,7 @@ impl Batcher {
         let m = &self.metrics;
         match self.write.write_retrying(&rows).await {
             Ok(()) => {
-                m.rows.observe(n as f64);
-                m.written.inc();
+                m.ended(n, true);
                 vec![Ok(()); n]
             }
             Err(RetryError::Permanent(e)) if n > 1 && e.scope() == Scope::Record => {
@@ -261,7 +271,7 @@ impl Batcher {
                 self.write_singly(rows).await
             }
             Err(e) => {
-                m.failed.inc();
+                m.ended(n, false);
                 vec![Err(self.write.step_error(e)); n]
             }
         }
@@ -275,7 +285,7 @@ impl Batcher {
         let writes = rows.into_iter().map(|row| async move {
             let one = Rc::new(vec![row]);
             let r = self.write.write_retrying(&one).await;
-            self.metrics.rows.observe(1.0);
+            self.metrics.ended(1, r.is_ok());
             match r {
                 Ok(()) => Ok(()),
                 Err(e) => Err(self.write.step_error(e)),

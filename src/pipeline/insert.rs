@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use futures::future::LocalBoxFuture;
 
-use super::batch::{BatchLimits, Batcher};
+use super::batch::{BatchLimits, BatchMetrics, Batcher};
 use super::{Processor, Record, StepError, StepOutcome};
 use crate::metrics::{events, ShardMetrics};
 use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Scope, Shutdown};
@@ -87,16 +87,20 @@ pub struct Insert {
     write: Rc<WriteCtx>,
     /// None when batching is off (`batch_max_rows = 1`).
     batcher: Option<Rc<Batcher>>,
+    /// Requests and rows per request when batching is off (the batcher keeps its own).
+    singles: BatchMetrics,
 }
 
 impl Insert {
     pub(super) fn new(binder: Binder, write: WriteCtx, limits: BatchLimits) -> Insert {
+        let singles = BatchMetrics::new(&write.metrics);
         let write = Rc::new(write);
         let batcher = (!limits.is_off()).then(|| Rc::new(Batcher::new(limits, write.clone())));
         Insert {
             binder,
             write,
             batcher,
+            singles,
         }
     }
 }
@@ -127,7 +131,7 @@ impl Processor for Insert {
                 None => {
                     let rows = Rc::new(vec![row]);
                     let r = self.write.write_retrying(&rows).await;
-                    self.write.metrics.batch_rows.observe(1.0);
+                    self.singles.ended(1, r.is_ok());
                     r.map_err(|e| self.write.step_error(e))?
                 }
             }

@@ -3,6 +3,7 @@
 //! Run with `cargo test --features integration --test integration` (scripts/test.sh does).
 #![cfg(feature = "integration")]
 
+mod batching;
 #[cfg(feature = "fault-tests")]
 mod faults;
 mod harness;

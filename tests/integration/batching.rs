@@ -1,0 +1,172 @@
+//! Batched writes against the real services (batching is on by default): every row of a pre-filled
+//! backlog lands with its content, TTL and write timestamp; a row the database refuses inside a full
+//! batch is dead-lettered alone while the rest of its batch is written.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use futures::TryStreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use scylla::value::CqlValue;
+use shardline::kafka::dead_letter::headers;
+use shardline::loadgen::navigation;
+
+use crate::utils::*;
+
+/// Kafka timestamps of the produced events: `T0 + i` identifies event `i` when read back.
+const T0: i64 = 1_767_225_600_000;
+
+/// (Kafka timestamp, offset) of every record of `topic`, by event index (timestamp − T0).
+fn positions(topic: &str, partitions: i32, n: usize) -> Result<HashMap<i64, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", unique("positions"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut out = HashMap::new();
+    let start = Instant::now();
+    while out.len() < n && start.elapsed() < Duration::from_secs(120) {
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            let m = m?;
+            ensure!(m.partition() < partitions, "unexpected partition");
+            let ts = m.timestamp().to_millis().unwrap_or(0);
+            out.insert(ts - T0, m.offset());
+        }
+    }
+    Ok(out)
+}
+
+/// TTL(url) of every row, by event id.
+async fn ttls(s: &scylla::client::session::Session, ks: &str) -> Result<HashMap<String, i32>> {
+    let mut st = scylla::statement::Statement::new(format!(
+        "SELECT event_id, TTL(url) FROM {ks}.navigation_events"
+    ));
+    st.set_page_size(5000);
+    let mut it = s
+        .query_iter(st, &[])
+        .await?
+        .rows_stream::<scylla::value::Row>()?;
+    let mut out = HashMap::new();
+    while let Some(r) = it.try_next().await? {
+        if let [Some(CqlValue::Text(id)), Some(CqlValue::Int(ttl))] = r.columns.as_slice() {
+            out.insert(id.clone(), *ttl);
+        }
+    }
+    Ok(out)
+}
+
+/// 20,000 records pre-filled in 4 partitions go out in batches (the summary says so), and every row
+/// holds exactly its record: all columns, TTL from the config, write time Kafka ms × 1000 + offset
+/// mod 1000.
+#[test]
+fn batched_writes_land_with_content_ttl_and_writetime() -> Result<()> {
+    const N: u64 = 20_000;
+    const SEED: u64 = 21;
+    let p = pipeline("batched", 4)?;
+    let events: Vec<_> = (0..N)
+        .map(|i| {
+            let e = navigation::event(SEED, i, BASE_TS_MS, 20_000);
+            ((i % 4) as i32, T0 + i as i64, e)
+        })
+        .collect();
+    produce_events(&p.topic, &events)?;
+    let at = positions(&p.topic, 4, N as usize)?;
+    assert_eq!(at.len(), N as usize, "every record read back");
+
+    let out = drain_ok(&p.config, Duration::from_secs(300), &[])?;
+    let summary = out.summary.expect("a summary is written at exit");
+    assert_eq!(summary["written"], N);
+    let batches = &summary["batches"];
+    let requests = batches["outcomes"]["written"].as_u64().unwrap_or(0);
+    let mean = batches["mean_rows"].as_f64().unwrap_or(0.0);
+    assert!(
+        mean > 2.0 && requests < N / 2,
+        "a pre-filled backlog is written in batches: {batches}"
+    );
+    assert!(mean <= 10.0, "no batch over batch_max_rows: {batches}");
+
+    let (rows, ttl) = tokio().block_on(async {
+        let s = session().await?;
+        anyhow::Ok((read_rows(&s, &p.ks).await?, ttls(&s, &p.ks).await?))
+    })?;
+    assert_eq!(rows.len(), N as usize, "one row per record");
+    for row in rows.values() {
+        assert_row_matches(row, SEED);
+        let i = navigation::index_of(&row.event_id).expect("event ids carry their index") as i64;
+        let offset = at.get(&i).copied().expect("every event was read back");
+        assert_eq!(
+            row.writetime_us,
+            Some((T0 + i) * 1000 + offset % 1000),
+            "write time of {}",
+            row.event_id
+        );
+        let t = ttl.get(&row.event_id).copied().unwrap_or(-1);
+        assert!(
+            (2_592_000 - 600..=2_592_000).contains(&t),
+            "TTL of {} is the configured 30 days: {t}",
+            row.event_id
+        );
+    }
+    Ok(())
+}
+
+/// One record whose partition key Cassandra refuses (empty) among 29 good ones in one
+/// partition: its batch fails as a whole, is split into single writes, and only that record goes to
+/// the dead-letter topic; the 29 others are written and every offset is committed.
+#[test]
+fn a_refused_row_in_a_full_batch_is_dead_lettered_alone() -> Result<()> {
+    let p = pipeline("batchpoison", 1)?;
+    let mut events: Vec<_> = (0..30u64)
+        .map(|i| {
+            (
+                0,
+                T0 + i as i64,
+                navigation::event(5, i, BASE_TS_MS, 20_000),
+            )
+        })
+        .collect();
+    events[14].2.uid = String::new();
+    produce_events(&p.topic, &events)?;
+
+    let out = drain_ok(&p.config, Duration::from_secs(300), &[])?;
+    let summary = out.summary.expect("a summary is written at exit");
+    assert_eq!(summary["written"], 29);
+    assert_eq!(summary["dead_lettered"], 1);
+    let split = summary["batches"]["outcomes"]["split"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        split >= 1,
+        "the refused row was inside a batch: {}",
+        summary["batches"]
+    );
+
+    let rows = tokio().block_on(async { read_rows(&session().await?, &p.ks).await })?;
+    assert_eq!(rows.len(), 29);
+    assert!(
+        !rows.contains_key(&events[14].2.event_id),
+        "the refused record has no row"
+    );
+    let letters = dead_letters(&p.topic)?;
+    assert_eq!(letters.len(), 1);
+    let h = &letters[0].headers;
+    assert_eq!(
+        h.get(headers::SOURCE_OFFSET).map(String::as_str),
+        Some("14")
+    );
+    assert_eq!(
+        h.get(headers::ERROR_CLASS).map(String::as_str),
+        Some("invalid")
+    );
+    assert_eq!(
+        committed(&p.group, &p.topic, 1)?,
+        vec![30],
+        "every offset committed"
+    );
+    Ok(())
+}
