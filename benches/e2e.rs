@@ -6,11 +6,13 @@
 //!   cargo bench --bench e2e -- tokio --config FILE --count N [--threads K]
 //!       the same pipeline (decode, bind, INSERT, in-order offset tracking, at most max_in_flight
 //!       writes) on a conventional tokio multi-threaded runtime: one consumer, a task per write.
-//!   cargo bench --bench e2e -- driver --config FILE --count N [--batch K]
+//!   cargo bench --bench e2e -- driver --config FILE --count N [--batch K] [--bridge]
 //!       the raw driver ceiling: the config's topic is read and bound into rows first (not timed),
 //!       then the scylla driver alone inserts them into the same table on a current-thread tokio
 //!       runtime, `max_in_flight_per_shard` requests in flight: single INSERTs (K = 1) or UNLOGGED
-//!       batches of K consecutive rows (the one-node grouping of shardline's batches).
+//!       batches of K consecutive rows (the one-node grouping of shardline's batches). With
+//!       --bridge, the same requests go from a glommio executor through shardline's tokio bridge
+//!       (the driver's I/O on the bridge thread): the bridge's cost per request, against direct.
 //!
 //! Prints one JSON line: messages, seconds (first record to last done), msg/s, end-to-end quantiles.
 //! CPU and peak RSS are measured from outside (wait4 rusage) by scripts/bench.py.
@@ -84,7 +86,7 @@ fn main() -> Result<()> {
             let cfg = Config::load(std::path::Path::new(
                 &arg(&args, "--config").context("--config")?,
             ))?;
-            driver(cfg, count, batch.max(1))
+            driver(cfg, count, batch.max(1), args.iter().any(|a| a == "--bridge"))
         }
         "tokio" => {
             let threads: usize = arg(&args, "--threads").unwrap_or("2".into()).parse()?;
@@ -163,63 +165,108 @@ fn bound_rows(
     Ok(rows)
 }
 
-fn driver(cfg: Config, count: u64, batch: usize) -> Result<()> {
+type Insert = shardline::sink::BoundRow;
+type Written = std::result::Result<usize, scylla::errors::ExecutionError>;
+
+/// The table's session, prepared INSERT and `count` bound rows of the config's topic.
+async fn driver_setup(
+    cfg: &Config,
+    count: u64,
+) -> Result<(Arc<scylla::client::session::Session>, scylla::statement::prepared::PreparedStatement, Vec<Insert>)> {
+    let fields = cfg.needed_fields();
+    let session = Arc::new(shardline::sink::connect(cfg).await?);
+    let types = shardline::sink::table_columns(&session, &cfg.table.keyspace, &cfg.table.table).await?;
+    let binder = shardline::sink::Binder::for_table(&cfg.table, &fields, &types)?;
+    let insert = session.prepare(binder.insert_cql(&cfg.table.keyspace, &cfg.table.table)).await?;
+    let rows = bound_rows(cfg, &binder, count)?;
+    Ok((session, insert, rows))
+}
+
+/// Inserts `rows` in groups of `batch`, `in_flight` requests at a time. With `bridge`, each request
+/// future is polled with that runtime's context entered (shardline's way: the shard polls, the
+/// bridge thread does the I/O); without, it runs on the current tokio runtime.
+async fn insert_all(
+    session: &scylla::client::session::Session,
+    insert: &scylla::statement::prepared::PreparedStatement,
+    rows: &[Insert],
+    batch: usize,
+    in_flight: usize,
+    bridge: Option<tokio::runtime::Handle>,
+) -> Result<usize> {
+    use futures::future::LocalBoxFuture;
     use futures::stream::FuturesUnordered;
     use scylla::statement::batch::{Batch, BatchType};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let fields = cfg.needed_fields();
-        let session = Arc::new(shardline::sink::connect(&cfg).await?);
-        let types = shardline::sink::table_columns(&session, &cfg.table.keyspace, &cfg.table.table).await?;
-        let binder = shardline::sink::Binder::for_table(&cfg.table, &fields, &types)?;
-        let insert = session.prepare(binder.insert_cql(&cfg.table.keyspace, &cfg.table.table)).await?;
-        let rows = bound_rows(&cfg, &binder, count)?;
+    let batch_of = |n: usize| {
         let mut b = Batch::new(BatchType::Unlogged);
-        for _ in 0..batch {
+        for _ in 0..n {
             b.append_statement(insert.clone());
         }
-        let groups: Vec<&[shardline::sink::BoundRow]> = rows.chunks(batch).collect();
-        let in_flight = cfg.scylla.max_in_flight_per_shard.div_ceil(batch).max(1);
-        let tick = clock_tick();
-        let (t0, cpu0) = (Instant::now(), self_cpu(tick));
-        let mut pending = FuturesUnordered::new();
-        let mut next = groups.iter();
-        let mut written = 0usize;
-        loop {
-            while pending.len() < in_flight {
-                let Some(g) = next.next() else { break };
-                let (s, ins, b) = (&session, &insert, &b);
-                pending.push(async move {
-                    let r = if g.len() == 1 {
-                        s.execute_unpaged(ins, &g[0]).await.map(|_| ())
-                    } else if g.len() == batch {
-                        s.batch(b, *g).await.map(|_| ())
-                    } else {
-                        let mut last = Batch::new(BatchType::Unlogged);
-                        for _ in 0..g.len() {
-                            last.append_statement(ins.clone());
-                        }
-                        s.batch(&last, *g).await.map(|_| ())
-                    };
-                    r.map(|_| g.len())
-                });
-            }
-            match pending.next().await {
-                Some(r) => written += r?,
-                None => break,
-            }
+        b
+    };
+    let full = batch_of(batch);
+    let last = batch_of(rows.len() % batch);
+    let mut pending: FuturesUnordered<LocalBoxFuture<'_, Written>> = FuturesUnordered::new();
+    let mut next = rows.chunks(batch);
+    let mut written = 0usize;
+    loop {
+        while pending.len() < in_flight {
+            let Some(g) = next.next() else { break };
+            let b = if g.len() == batch { &full } else { &last };
+            let fut: LocalBoxFuture<'_, Written> = Box::pin(async move {
+                let r = if g.len() == 1 {
+                    session.execute_unpaged(insert, &g[0]).await
+                } else {
+                    session.batch(b, g).await
+                };
+                r.map(|_| g.len())
+            });
+            pending.push(match &bridge {
+                Some(h) => Box::pin(shardline::sink::bridge::InTokio::new(h.clone(), fut)),
+                None => fut,
+            });
         }
-        let secs = t0.elapsed().as_secs_f64();
-        println!(
-            "{}",
-            serde_json::json!({"mode": "driver", "batch": batch, "messages": written, "seconds": secs,
-                "msgs_per_s": written as f64 / secs.max(1e-9),
-                "cpu_us_per_msg": (self_cpu(tick) - cpu0) / (written.max(1) as f64) * 1e6})
-        );
-        anyhow::Ok(())
-    })
+        match pending.next().await {
+            Some(r) => written += r?,
+            None => break,
+        }
+    }
+    Ok(written)
+}
+
+/// The raw driver ceiling, directly on a current-thread tokio runtime or (`bridge`) from a glommio
+/// executor through shardline's tokio bridge.
+fn driver(cfg: Config, count: u64, batch: usize, bridge: bool) -> Result<()> {
+    let in_flight = cfg.scylla.max_in_flight_per_shard.div_ceil(batch).max(1);
+    let tick = clock_tick();
+    let (written, secs, cpu) = if bridge {
+        let b = shardline::sink::bridge::TokioBridge::start("bench-bridge".into(), None)?;
+        let h = b.handle().clone();
+        let (session, insert, rows) = h.block_on(driver_setup(&cfg, count))?;
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (t0, cpu0) = (Instant::now(), self_cpu(tick));
+                let n = insert_all(&session, &insert, &rows, batch, in_flight, Some(h)).await?;
+                anyhow::Ok((n, t0.elapsed().as_secs_f64(), self_cpu(tick) - cpu0))
+            })
+            .map_err(|e| anyhow::anyhow!("executor: {e}"))?
+            .join()
+            .map_err(|e| anyhow::anyhow!("executor: {e}"))??
+    } else {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let (session, insert, rows) = driver_setup(&cfg, count).await?;
+            let (t0, cpu0) = (Instant::now(), self_cpu(tick));
+            let n = insert_all(&session, &insert, &rows, batch, in_flight, None).await?;
+            anyhow::Ok((n, t0.elapsed().as_secs_f64(), self_cpu(tick) - cpu0))
+        })?
+    };
+    println!(
+        "{}",
+        serde_json::json!({"mode": "driver", "batch": batch, "bridge": bridge, "messages": written, "seconds": secs,
+            "msgs_per_s": written as f64 / secs.max(1e-9),
+            "cpu_us_per_msg": cpu / (written.max(1) as f64) * 1e6})
+    );
+    Ok(())
 }
 
 fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
