@@ -86,7 +86,12 @@ fn main() -> Result<()> {
             let cfg = Config::load(std::path::Path::new(
                 &arg(&args, "--config").context("--config")?,
             ))?;
-            driver(cfg, count, batch.max(1), args.iter().any(|a| a == "--bridge"))
+            driver(
+                cfg,
+                count,
+                batch.max(1),
+                args.iter().any(|a| a == "--bridge"),
+            )
         }
         "tokio" => {
             let threads: usize = arg(&args, "--threads").unwrap_or("2".into()).parse()?;
@@ -172,12 +177,19 @@ type Written = std::result::Result<usize, scylla::errors::ExecutionError>;
 async fn driver_setup(
     cfg: &Config,
     count: u64,
-) -> Result<(Arc<scylla::client::session::Session>, scylla::statement::prepared::PreparedStatement, Vec<Insert>)> {
+) -> Result<(
+    Arc<scylla::client::session::Session>,
+    scylla::statement::prepared::PreparedStatement,
+    Vec<Insert>,
+)> {
     let fields = cfg.needed_fields();
     let session = Arc::new(shardline::sink::connect(cfg).await?);
-    let types = shardline::sink::table_columns(&session, &cfg.table.keyspace, &cfg.table.table).await?;
+    let types =
+        shardline::sink::table_columns(&session, &cfg.table.keyspace, &cfg.table.table).await?;
     let binder = shardline::sink::Binder::for_table(&cfg.table, &fields, &types)?;
-    let insert = session.prepare(binder.insert_cql(&cfg.table.keyspace, &cfg.table.table)).await?;
+    let insert = session
+        .prepare(binder.insert_cql(&cfg.table.keyspace, &cfg.table.table))
+        .await?;
     let rows = bound_rows(cfg, &binder, count)?;
     Ok((session, insert, rows))
 }
@@ -252,7 +264,9 @@ fn driver(cfg: Config, count: u64, batch: usize, bridge: bool) -> Result<()> {
             .join()
             .map_err(|e| anyhow::anyhow!("executor: {e}"))??
     } else {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async {
             let (session, insert, rows) = driver_setup(&cfg, count).await?;
             let (t0, cpu0) = (Instant::now(), self_cpu(tick));

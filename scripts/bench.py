@@ -160,12 +160,13 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
     return r
 
 
-def driver(name, topic, count, batch):
-    """The raw driver ceiling: the scylla driver alone inserting the topic's rows (bound before timing)."""
+def driver(name, topic, count, batch, bridge=False):
+    """The raw driver ceiling: the scylla driver alone inserting the topic's rows (bound before timing);
+    with `bridge`, from a glommio executor through shardline's tokio bridge (the bridge's own cost)."""
     cfg = config(name, topic, [0], in_flight=512)
-    out = sh(HARNESS, "driver", "--config", cfg, "--count", str(count), "--batch", str(batch))
+    out = sh(HARNESS, "driver", "--config", cfg, "--count", str(count), "--batch", str(batch), *(["--bridge"] if bridge else []))
     res = json.loads(out.strip().splitlines()[-1])
-    r = {"name": name, "impl": "driver", "shards": 1, "sink": "cassandra", "offered_rate": None, "messages": res["messages"],
+    r = {"name": name, "impl": "driver" + (" via bridge" if bridge else ""), "shards": 1, "sink": "cassandra", "offered_rate": None, "messages": res["messages"],
          "msgs_per_s": res["msgs_per_s"], "cpu_us_per_msg": res["cpu_us_per_msg"], "peak_rss_mib": None,
          "end_to_end": {}, "rows_per_batch": batch}
     print(json.dumps(r), flush=True)
@@ -260,6 +261,7 @@ def main():
     # The driver alone, then shardline with batching on (the default) and off, on the same rows.
     results.append(driver("driver-single-ceiling", db, N_DB, 1))
     results.append(driver("driver-batch10-ceiling", db, N_DB, 10))
+    results.append(driver("driver-batch10-via-bridge", db, N_DB, 10, bridge=True))
     for cores in ([0], [0, 1]):
         results.append(shardline(f"cassandra-max-{len(cores)}-shard", db, cores, N_DB))
         results.append(shardline(f"cassandra-max-{len(cores)}-shard-nobatch", db, cores, N_DB, batch_rows=1))

@@ -17,7 +17,8 @@
 //! - [`codec`]: the Confluent wire frame, the schema registry client, the per-shard schema cache and the
 //!   compiled Avro decoder (writer schema resolved once per schema id).
 //! - [`pipeline`]: the `Chain` every record goes through and one file per step (filter, lookup, insert,
-//!   produce), plus `build` (config → chain) and the `Processor` trait for custom steps.
+//!   produce), the insert sink's owner-grouped batching (`batch`), `build` (config → chain) and the
+//!   `Processor` trait for custom steps.
 //! - [`sink`]: the database: errors per phase, session and statement preparation, binding, writers, the
 //!   tokio bridge the driver needs beside a glommio shard.
 //! - [`retry`]: the one retry policy, the `Retryable` trait and the shard's `Shutdown` signal.
@@ -35,8 +36,10 @@
 //! `codec::Decoder` (the `Plan` of its schema id). The decoded values go into a future
 //! (`runtime::shard::record::process`) that runs the `pipeline::Chain`: filters and lookups in order,
 //! then the sinks; the insert sink (`pipeline::insert`) binds the values with a `sink::Binder` and
-//! writes them through a `sink::ScyllaWriter`, retrying transient errors with `retry::retry`. The
-//! future ends in a completion; `on_completion` marks the offset done in the book, which stores the
+//! hands the row to its `pipeline::batch::Batcher`, which groups rows by the replica that owns them
+//! and writes each group as one batch through a `sink::ScyllaWriter` when it is full or the loop has
+//! nothing more to bind, retrying transient errors with `retry::retry`; the record waits for its own
+//! row's result. The future ends in a completion; `on_completion` marks the offset done in the book, which stores the
 //! contiguous done prefix for librdkafka to commit. A record that fails goes to the dead-letter topic
 //! (`kafka::dead_letter`) before its offset is marked done; an error about the table or the session
 //! stops the shard without marking it.

@@ -265,8 +265,8 @@ pub struct ScyllaConfig {
     #[serde(default = "default_batch_max_rows")]
     pub batch_max_rows: usize,
     /// Bytes of values per batch, at most (estimated; a single larger row still goes alone).
-    /// Default 4096: under Cassandra's `batch_size_warn_threshold` of 5 KiB (ScyllaDB warns at
-    /// 128 KiB, `batch_size_warn_threshold_in_kb`).
+    /// Default 4096: under Cassandra's `batch_size_warn_threshold` of 5 KiB. ScyllaDB has its own
+    /// `batch_size_warn_threshold_in_kb` (see its `scylla.yaml`): stay under it.
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
     /// How long a group may wait for more rows, in microseconds (key `batch_linger_us`). Default 0:

@@ -415,6 +415,7 @@ mod tests {
         m.partition_messages
             .with_label_values(&["0", "t", "0"])
             .inc();
+        m.batches.with_label_values(&["0", "written"]).inc();
         let names: Vec<String> = m
             .registry
             .gather()
@@ -426,7 +427,9 @@ mod tests {
         assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 8));
         for word in dash.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if let Some(base) = word.strip_prefix("shardline_") {
-                let base = base.trim_end_matches("_bucket");
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .fold(base, |b, suffix| b.trim_end_matches(suffix));
                 assert!(
                     names.iter().any(|n| n == &format!("shardline_{base}")),
                     "dashboard queries unknown metric shardline_{base}"
