@@ -77,13 +77,10 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
     let fields = config.needed_fields();
     let plan = Plan::compile(&schema, &fields)?;
     // Table and types.
-    let bridge = TokioBridge::start("shardline-check".into(), None)
-        .map_err(|source| RunError::Bridge { shard: 0, source })?;
-    let session = bridge.handle().block_on(sink::connect(config))?;
+    let bridge = TokioBridge::new().map_err(|source| RunError::Bridge { shard: 0, source })?;
+    let session = bridge.block_on(sink::connect(config))?;
     let columns_of = |table: &crate::config::TableConfig| {
-        bridge
-            .handle()
-            .block_on(sink::table_columns(&session, &table.keyspace, &table.table))
+        bridge.block_on(sink::table_columns(&session, &table.keyspace, &table.table))
     };
     let types = columns_of(&config.table)?;
     let all = config.all_fields();

@@ -20,7 +20,7 @@
 //!   produce), the insert sink's owner-grouped batching (`batch`), `build` (config → chain) and the
 //!   `Processor` trait for custom steps.
 //! - [`sink`]: the database: errors per phase, session and statement preparation, binding, writers, the
-//!   tokio bridge the driver needs beside a glommio shard.
+//!   tokio runtime the driver needs, driven on the shard's own thread.
 //! - [`retry`]: the one retry policy, the `Retryable` trait and the shard's `Shutdown` signal.
 //! - [`metrics`]: per-shard prometheus registries, named events, the `/metrics` endpoint.
 //! - [`check`]: the live start-up check (topics, subject, table, types).

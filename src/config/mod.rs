@@ -664,7 +664,8 @@ pub struct ShardsConfig {
     /// Cores that each run one shard. Default: every online core.
     #[serde(default)]
     pub cores: Option<Vec<usize>>,
-    /// Core for each shard's tokio bridge thread (same length as `cores`). Default: the shard's own core.
+    /// Ignored: the scylla driver's runtime now runs on the shard's own thread (there is no bridge
+    /// thread to place). Accepted so that existing files still load; `shardline run` warns when set.
     #[serde(default)]
     pub bridge_cores: Option<Vec<usize>>,
     /// glommio io_uring buffer memory per shard. Default 2 MiB (shards do no file I/O).
@@ -952,15 +953,6 @@ impl Config {
             sorted.dedup();
             if sorted.len() != cores.len() {
                 return bad("shards.cores lists a core twice: one shard per core".into());
-            }
-        }
-        if let (Some(b), cores) = (&self.shards.bridge_cores, &self.shards.cores) {
-            let n = cores.as_ref().map(Vec::len);
-            if n != Some(b.len()) {
-                return bad(
-                    "shards.bridge_cores needs shards.cores, with one bridge core per shard core"
-                        .into(),
-                );
             }
         }
         Ok(())
@@ -1528,7 +1520,7 @@ columns = { uid = "uid", url = "url" }
         let throughput =
             Config::parse(include_str!("../../tuning/throughput.toml")).expect("parses");
         assert!(latency.scylla.max_in_flight_per_shard < throughput.scylla.max_in_flight_per_shard);
-        assert_eq!(latency.shards.bridge_cores, Some(vec![1, 2, 3]));
+        assert_eq!(latency.shards.cores, Some(vec![1, 2, 3]));
     }
 
     #[test]

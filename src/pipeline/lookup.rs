@@ -33,7 +33,7 @@ pub(super) struct Cached {
 pub struct Lookup {
     pub(super) name: String,
     pub(super) session: Arc<Session>,
-    pub(super) handle: tokio::runtime::Handle,
+    pub(super) handle: crate::sink::bridge::BridgeHandle,
     pub(super) stmt: PreparedStatement,
     pub(super) key_slots: Vec<usize>,
     /// (index in the SELECT's columns, record slot)

@@ -41,7 +41,7 @@ pub enum RunError {
     /// `shards.cores` is unset and no online core was found.
     #[error("no online cores found; set shards.cores")]
     NoCores,
-    /// A shard's tokio bridge thread did not start.
+    /// A shard's tokio runtime (the driver's bridge) could not be built.
     #[error("shard {shard}: cannot start its tokio bridge: {source}")]
     Bridge {
         shard: usize,
@@ -119,7 +119,6 @@ impl RunError {
 pub struct ShardSpec {
     pub index: usize,
     pub core: usize,
-    pub bridge_core: Option<usize>,
 }
 
 /// Control messages to a shard; never on the message path.
@@ -164,18 +163,7 @@ pub fn placement(config: &Config) -> Result<Vec<ShardSpec>, RunError> {
     Ok(cores
         .iter()
         .enumerate()
-        .map(|(index, &core)| ShardSpec {
-            index,
-            core,
-            bridge_core: Some(
-                config
-                    .shards
-                    .bridge_cores
-                    .as_ref()
-                    .and_then(|b| b.get(index).copied())
-                    .unwrap_or(core),
-            ),
-        })
+        .map(|(index, &core)| ShardSpec { index, core })
         .collect())
 }
 
@@ -230,6 +218,11 @@ pub fn start_with(
     custom: Option<ProcessorFactory>,
 ) -> Result<Running, RunError> {
     let specs = placement(&config)?;
+    if config.shards.bridge_cores.is_some() {
+        tracing::warn!(
+            "shards.bridge_cores is ignored: the scylla driver runs on each shard's own thread"
+        );
+    }
     let mut handles = Vec::new();
     let mut controls = Vec::new();
     let mut registries = Vec::new();

@@ -1,35 +1,175 @@
-//! The tokio bridge: the scylla driver only runs on tokio, shards run on glommio.
+//! The tokio bridge: the scylla driver only runs on tokio, shards run on glommio. Each shard owns a
+//! tokio current-thread runtime **on its own thread**, driven by the shard: no helper thread, so a
+//! request and its response cost no cross-thread wake-up and no context switch (on this project's
+//! 2-core box those cost more than the driver itself; see `cargo bench --bench e2e -- driver`).
 //!
-//! Each shard owns one tokio current-thread runtime on a helper thread (pinned by config). The helper
-//! only drives tokio's I/O driver and timers (`block_on` of a shutdown signal). The driver's futures
-//! themselves are polled by the shard, inside [`InTokio`], which enters the runtime context on every
-//! poll so that the driver finds its reactor; wake-ups come back from the helper thread, which glommio
-//! accepts. No tokio task is spawned per request (that costs 10-15x, measured).
+//! How it is driven. The driver's futures are polled by the shard's glommio tasks inside [`InTokio`],
+//! which enters the runtime's context on every poll (the driver finds its reactor and timers there)
+//! and counts them in flight. The runtime itself (the driver's connection tasks, its sockets and
+//! timers) runs only inside [`TokioBridge::pump`] and [`TokioBridge::wait`], which [`drive`] calls
+//! from a glommio task of the shard: a pump after the other tasks had their turn (it sends what they
+//! queued and reads what came back), and, when requests are in flight and the shard's loop has nothing
+//! else to do ([`BridgeHandle::set_idle`]), a wait that blocks the thread in tokio's poller until a
+//! response arrives, a Kafka message wakes the loop (its waker is [`BridgeHandle::waker`]), or
+//! [`WAIT_MAX`] passes (glommio's own timers are that late at most). With nothing in flight the task
+//! sleeps in glommio and pumps every [`IDLE_PUMP`], which keeps the driver's keep-alives and topology
+//! refreshes going.
 //!
-//! Precondition: create tokio resources (the Session, sockets, timers) inside an [`InTokio`] future,
-//! never outside one: outside, there is no runtime context and tokio panics.
+//! Precondition: create tokio resources (the Session, sockets, timers) inside [`TokioBridge::block_on`]
+//! or an [`InTokio`] future, never outside one (there is no runtime context there and tokio panics);
+//! never call [`TokioBridge::pump`], [`TokioBridge::wait`] or [`TokioBridge::block_on`] from inside an
+//! [`InTokio`] poll.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use pin_project_lite::pin_project;
-use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::runtime::{Handle, Runtime};
+
+/// The longest the shard's thread blocks in tokio's poller while requests are in flight; glommio
+/// timers (retry backoffs, the loop's tick) fire at most this late meanwhile.
+pub const WAIT_MAX: Duration = Duration::from_millis(1);
+/// How often the runtime is pumped when nothing is in flight (driver keep-alives, topology refresh).
+pub const IDLE_PUMP: Duration = Duration::from_millis(100);
+
+/// What the bridge's wakers, futures and driver task share. Atomics: a waker may be called from any
+/// thread (librdkafka's, for the consumer stream).
+#[derive(Default)]
+struct Link {
+    /// Driver futures in flight (polled at least once, not finished).
+    in_flight: AtomicUsize,
+    /// Set by every bridge waker; consumed by [`TokioBridge::wait`].
+    woken: AtomicBool,
+    /// The waiter inside [`TokioBridge::wait`].
+    waiter: AtomicWaker,
+    /// The [`drive`] task, woken when the first request of a quiet spell starts.
+    driver: AtomicWaker,
+    /// The shard's loop has nothing to do until something is woken.
+    idle: AtomicBool,
+}
+
+impl Link {
+    fn notify(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waiter.wake();
+    }
+}
+
+/// A cheap handle to the bridge for futures and wakers (clones share it).
+#[derive(Clone)]
+pub struct BridgeHandle {
+    handle: Handle,
+    link: Arc<Link>,
+}
+
+impl BridgeHandle {
+    /// Wraps a driver future to be polled by a glommio task.
+    pub fn wrap<F: Future>(&self, fut: F) -> InTokio<F> {
+        InTokio::new(self.clone(), fut)
+    }
+
+    /// A waker that wakes `inner` and also ends a [`TokioBridge::wait`]: the shard's loop polls its
+    /// consumer stream with it, so a Kafka message is not left waiting while the thread is in tokio.
+    pub fn waker(&self, inner: &Waker) -> Waker {
+        let w = self.loop_waker();
+        w.linked.inner.register(inner);
+        w.waker
+    }
+
+    /// A [`LoopWaker`]: [`BridgeHandle::waker`] built once and re-pointed on every poll.
+    pub fn loop_waker(&self) -> LoopWaker {
+        let linked = Arc::new(LinkedWaker {
+            inner: AtomicWaker::new(),
+            link: self.link.clone(),
+        });
+        LoopWaker {
+            waker: Waker::from(linked.clone()),
+            linked,
+        }
+    }
+
+    /// The shard's loop says whether it has nothing to do (then the driver task may block in tokio).
+    pub fn set_idle(&self, idle: bool) {
+        self.link.idle.store(idle, Ordering::Relaxed);
+    }
+
+    pub fn tokio(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+/// The loop's linked waker, allocated once.
+pub struct LoopWaker {
+    linked: Arc<LinkedWaker>,
+    waker: Waker,
+}
+
+impl LoopWaker {
+    /// The linked waker, now waking `inner`.
+    pub fn for_task(&self, inner: &Waker) -> &Waker {
+        self.linked.inner.register(inner);
+        &self.waker
+    }
+}
+
+/// Wakes a glommio task and ends the bridge's wait.
+struct LinkedWaker {
+    inner: AtomicWaker,
+    link: Arc<Link>,
+}
+
+impl Wake for LinkedWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.inner.wake();
+        self.link.notify();
+    }
+}
+
+/// Counts a driver future in flight from its first poll to its end (or drop).
+struct InFlight(Arc<Link>);
+
+impl InFlight {
+    fn start(link: &Arc<Link>) -> InFlight {
+        if link.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            link.driver.wake();
+        }
+        InFlight(link.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 pin_project! {
-    /// A future polled by a glommio shard with the bridge's tokio context entered.
+    /// A driver future polled by a glommio shard with the bridge's tokio context entered.
     pub struct InTokio<F> {
-        handle: Handle,
+        bridge: BridgeHandle,
+        waker: Option<Arc<LinkedWaker>>,
+        counted: Option<InFlight>,
         #[pin]
         fut: F,
     }
 }
 
 impl<F> InTokio<F> {
-    /// Wraps `fut` to be polled inside `handle`'s context.
-    pub fn new(handle: Handle, fut: F) -> Self {
-        InTokio { handle, fut }
+    pub fn new(bridge: BridgeHandle, fut: F) -> Self {
+        InTokio {
+            bridge,
+            waker: None,
+            counted: None,
+            fut,
+        }
     }
 }
 
@@ -37,102 +177,192 @@ impl<F: Future> Future for InTokio<F> {
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _entered = this.handle.enter();
-        this.fut.poll(cx)
+        let link = &this.bridge.link;
+        if this.counted.is_none() {
+            *this.counted = Some(InFlight::start(link));
+        }
+        // The driver wakes this future from inside the runtime's turn: the wake must also end the
+        // bridge's wait, so that the task it wakes runs at once.
+        let linked = this.waker.get_or_insert_with(|| {
+            Arc::new(LinkedWaker {
+                inner: AtomicWaker::new(),
+                link: link.clone(),
+            })
+        });
+        linked.inner.register(cx.waker());
+        let waker = Waker::from(linked.clone());
+        let _entered = this.bridge.handle.enter();
+        let r = this.fut.poll(&mut Context::from_waker(&waker));
+        if r.is_ready() {
+            *this.counted = None;
+        }
+        r
     }
 }
 
-/// A shard's tokio runtime on its helper thread. Dropping it stops the runtime and joins the thread.
+/// A shard's tokio runtime, on the shard's own thread.
 pub struct TokioBridge {
-    handle: Handle,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    rt: Runtime,
+    handle: BridgeHandle,
 }
 
 impl TokioBridge {
-    /// Starts the helper thread, pinned to `core` when given.
-    pub fn start(name: String, core: Option<usize>) -> std::io::Result<TokioBridge> {
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
-            if let Some(id) = core {
-                core_affinity::set_for_current(core_affinity::CoreId { id });
-            }
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = handle_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = handle_tx.send(Ok(rt.handle().clone()));
-            // Drives I/O and timers until the bridge is dropped; a dropped sender also ends it.
-            rt.block_on(async {
-                let _ = stop_rx.await;
-            });
-        })?;
-        let handle = handle_rx
-            .recv()
-            .map_err(|_| std::io::Error::other("tokio bridge thread exited before starting"))??;
-        Ok(TokioBridge {
-            handle,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+    /// A current-thread runtime owned by the calling thread.
+    pub fn new() -> std::io::Result<TokioBridge> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = BridgeHandle {
+            handle: rt.handle().clone(),
+            link: Arc::default(),
+        };
+        Ok(TokioBridge { rt, handle })
     }
 
-    /// Wraps a future so that it runs with this bridge's context.
-    pub fn wrap<F: Future>(&self, fut: F) -> InTokio<F> {
-        InTokio {
-            handle: self.handle.clone(),
-            fut,
-        }
-    }
-
-    pub fn handle(&self) -> &Handle {
+    pub fn handle(&self) -> &BridgeHandle {
         &self.handle
+    }
+
+    /// Runs `fut` to completion on this thread (start-up: connect, prepare). Blocks.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
+    }
+
+    /// Runs the runtime's ready tasks and polls its sockets and timers without blocking: queued
+    /// requests go out, arrived responses wake their futures.
+    pub fn pump(&self) {
+        self.rt.block_on(async {
+            // Each yield lets the scheduler run its ready tasks and poll the driver once.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        });
+    }
+
+    /// Driver futures in flight.
+    pub fn in_flight(&self) -> usize {
+        self.handle.link.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Blocks in the runtime until a bridge waker fires (a response woke its future, a message woke
+    /// the loop) or `max` passes.
+    pub fn wait(&self, max: Duration) {
+        let link = self.handle.link.clone();
+        self.rt.block_on(async move {
+            let woken = std::future::poll_fn(|cx| {
+                if link.woken.swap(false, Ordering::AcqRel) {
+                    return Poll::Ready(());
+                }
+                link.waiter.register(cx.waker());
+                if link.woken.swap(false, Ordering::AcqRel) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            let _ = tokio::time::timeout(max, woken).await;
+        });
     }
 }
 
-impl Drop for TokioBridge {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+/// Yields to the other tasks of the executor once.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    })
+    .await
+}
+
+/// Waits until a request starts (the driver waker) or `max` passes, in glommio.
+async fn until_busy_or(bridge: &TokioBridge, max: Duration) {
+    let link = bridge.handle.link.clone();
+    let busy = std::future::poll_fn(move |cx| {
+        link.driver.register(cx.waker());
+        if link.in_flight.load(Ordering::Acquire) > 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
+    });
+    futures::future::select(
+        std::pin::pin!(busy),
+        std::pin::pin!(glommio::timer::sleep(max)),
+    )
+    .await;
+}
+
+/// Drives the bridge from a glommio task of the shard, for ever (the task ends with its executor).
+/// See the module docs.
+pub async fn drive(bridge: std::rc::Rc<TokioBridge>) {
+    loop {
+        bridge.pump();
+        if bridge.in_flight() == 0 {
+            until_busy_or(&bridge, IDLE_PUMP).await;
+            continue;
+        }
+        if bridge.handle.link.idle.load(Ordering::Relaxed) {
+            bridge.wait(WAIT_MAX);
+        }
+        yield_once().await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::rc::Rc;
 
     #[test]
-    fn tokio_timers_complete_when_polled_from_glommio() {
-        let bridge = TokioBridge::start("bridge-test".into(), None).expect("bridge starts");
-        let handle = bridge.handle().clone();
+    fn tokio_timers_and_sockets_work_when_polled_from_glommio() {
         let out = glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let h = handle.clone();
-                InTokio {
-                    handle: h,
-                    fut: async {
+            .spawn(|| async move {
+                let bridge = Rc::new(TokioBridge::new().expect("runtime builds"));
+                bridge.handle().set_idle(true);
+                glommio::spawn_local(drive(bridge.clone())).detach();
+                let h = bridge.handle().clone();
+                let t = std::time::Instant::now();
+                let port = h
+                    .wrap(async {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                        l.local_addr()
-                    },
-                }
-                .await
+                        let addr = l.local_addr()?;
+                        let (accepted, connected) =
+                            tokio::join!(l.accept(), tokio::net::TcpStream::connect(addr));
+                        accepted?;
+                        connected?;
+                        std::io::Result::Ok(addr.port())
+                    })
+                    .await;
+                (port, t.elapsed(), bridge.in_flight())
             })
             .expect("executor starts")
             .join()
             .expect("executor thread joins");
-        assert!(out.expect("tokio resources work inside InTokio").port() > 0);
+        let (port, took, in_flight) = out;
+        assert!(port.expect("tokio resources work inside InTokio") > 0);
+        assert!(took >= Duration::from_millis(20), "{took:?}");
+        assert!(took < Duration::from_secs(2), "driven promptly: {took:?}");
+        assert_eq!(in_flight, 0, "the finished future is no longer counted");
+    }
+
+    #[test]
+    fn a_linked_waker_ends_the_wait_at_once() {
+        let bridge = TokioBridge::new().expect("runtime builds");
+        let w = bridge.handle().waker(futures::task::noop_waker_ref());
+        let t = std::time::Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                w.wake_by_ref();
+            });
+            bridge.wait(Duration::from_secs(10));
+        });
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 }

@@ -11,7 +11,7 @@
 //! [`bridge`].
 //!
 //! Layout: [`error`] (start-up and per-write errors), [`session`] (connect, TLS, table columns, prepared
-//! statements, [`ScyllaWriter`]), [`bridge`] (the driver's tokio runtime beside a glommio shard),
+//! statements, [`ScyllaWriter`]), [`bridge`] (the driver's tokio runtime on the shard's own thread),
 //! [`mapping`] (CQL types and conversions).
 
 pub mod bridge;

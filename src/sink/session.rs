@@ -21,7 +21,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, MaybeUnset};
 
-use super::bridge::{InTokio, TokioBridge};
+use super::bridge::{BridgeHandle, InTokio};
 use super::{Binder, BoundRow, CqlType, Owner, RowWriter, StartError, WriteError};
 use crate::config::{Config, TableConfig};
 
@@ -146,7 +146,7 @@ pub async fn prepare_insert(
 pub struct ScyllaWriter {
     session: Arc<Session>,
     insert: PreparedStatement,
-    handle: tokio::runtime::Handle,
+    handle: BridgeHandle,
     /// Where the partition key's values sit in a bound row, in partition-key order.
     pk_slots: Rc<[usize]>,
     /// `scylla.local_datacenter`: the owner of a row is its first replica there.
@@ -160,7 +160,7 @@ impl ScyllaWriter {
     fn new(
         session: Arc<Session>,
         insert: PreparedStatement,
-        handle: tokio::runtime::Handle,
+        handle: BridgeHandle,
         local_dc: Option<&str>,
     ) -> ScyllaWriter {
         let mut pk: Vec<(u16, usize)> = insert
@@ -183,7 +183,7 @@ impl ScyllaWriter {
     pub async fn connect(
         config: &Config,
         fields: &[String],
-        bridge: &TokioBridge,
+        bridge: &BridgeHandle,
     ) -> Result<(ScyllaWriter, Binder), StartError> {
         let session = Arc::new(bridge.wrap(connect(config)).await?);
         let s = session.clone();
@@ -191,7 +191,7 @@ impl ScyllaWriter {
             .wrap(async move { prepare_insert(&s, &config.table, fields).await })
             .await?;
         let dc = config.scylla.local_datacenter.as_deref();
-        let writer = ScyllaWriter::new(session, insert, bridge.handle().clone(), dc);
+        let writer = ScyllaWriter::new(session, insert, bridge.clone(), dc);
         Ok((writer, binder))
     }
 
@@ -215,7 +215,7 @@ impl ScyllaWriter {
         &self.session
     }
 
-    pub fn handle(&self) -> &tokio::runtime::Handle {
+    pub fn handle(&self) -> &BridgeHandle {
         &self.handle
     }
 

@@ -11,7 +11,7 @@
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::LocalBoxFuture;
@@ -33,6 +33,7 @@ use crate::metrics::events;
 use crate::pipeline::Chain;
 use crate::retry::Retryable;
 use crate::runtime::{Control, RunError, RunOptions, ShardSpec, Siblings};
+use crate::sink::bridge::{BridgeHandle, LoopWaker};
 
 /// How often the loop does its timed work when no event wakes it.
 const TICK: Duration = Duration::from_millis(100);
@@ -172,11 +173,16 @@ impl ShardLoop {
             null_sink: self.opts.null_sink,
         };
         let mut stream = consumer.stream();
+        let stream_waker = self.res.bridge.handle().loop_waker();
         let mut tick = glommio::timer::Timer::new(TICK);
         while !self.finished() {
             let fetching = self.fetching();
-            let chain = &self.res.records.chain;
-            let ev = next_event(&mut self.inflight, &mut stream, &mut tick, fetching, chain).await;
+            let waits = Waits {
+                chain: &self.res.records.chain,
+                bridge: self.res.bridge.handle(),
+                stream_waker: &stream_waker,
+            };
+            let ev = next_event(&mut self.inflight, &mut stream, &mut tick, fetching, waits).await;
             self.sync_assignment(&kafka);
             match ev {
                 Event::Completion(c) => self.on_completion(c, &kafka),
@@ -533,21 +539,32 @@ impl ShardLoop {
     }
 }
 
+/// What the loop tells, and is woken by, while it waits.
+struct Waits<'a> {
+    chain: &'a Chain,
+    bridge: &'a BridgeHandle,
+    /// The consumer stream's waker: it also ends the bridge's wait in tokio (see [`crate::sink::bridge`]).
+    stream_waker: &'a LoopWaker,
+}
+
 /// Completions first (they free budget), then messages while `fetching`, then the tick. Before the
-/// loop waits, the chain sends what it holds back (open batches): there is nothing more to bind now.
+/// loop waits, the chain sends what it holds back (open batches): there is nothing more to bind now;
+/// and the bridge learns that the loop is idle, so its driver task may block in tokio meanwhile.
 async fn next_event<'c>(
     inflight: &mut InFlight,
     stream: &mut MessageStream<'c, ShardContext>,
     tick: &mut glommio::timer::Timer,
     fetching: bool,
-    chain: &Chain,
+    waits: Waits<'_>,
 ) -> Event<'c> {
     poll_fn(|cx| {
+        waits.bridge.set_idle(false);
         if let Poll::Ready(Some(c)) = inflight.poll_next_unpin(cx) {
             return Poll::Ready(Event::Completion(c));
         }
         if fetching {
-            match stream.poll_next_unpin(cx) {
+            let mut linked = Context::from_waker(waits.stream_waker.for_task(cx.waker()));
+            match stream.poll_next_unpin(&mut linked) {
                 Poll::Ready(Some(Ok(m))) => return Poll::Ready(Event::Message(m)),
                 Poll::Ready(Some(Err(rdkafka::error::KafkaError::PartitionEOF(p)))) => {
                     return Poll::Ready(Event::Eof(p))
@@ -559,7 +576,8 @@ async fn next_event<'c>(
         if tick.poll_unpin(cx).is_ready() {
             return Poll::Ready(Event::Tick);
         }
-        chain.flush();
+        waits.chain.flush();
+        waits.bridge.set_idle(true);
         Poll::Pending
     })
     .await

@@ -25,7 +25,7 @@ use crate::pipeline::build::BuildInputs;
 use crate::pipeline::{self, Processor};
 use crate::retry::Shutdown;
 use crate::runtime::{RunError, RunOptions, ShardSpec, Siblings};
-use crate::sink::bridge::TokioBridge;
+use crate::sink::bridge::{self, TokioBridge};
 use crate::sink::rate::WriteRate;
 use crate::sink::ScyllaWriter;
 
@@ -50,8 +50,8 @@ pub(super) struct ShardResources {
     pub shutdown: Shutdown,
     pub metrics: ShardMetrics,
     pub client_id: String,
-    /// Dropped last: the session's I/O runs on it.
-    pub _bridge: TokioBridge,
+    /// The driver's runtime, driven by a task of this shard (see [`crate::sink::bridge`]).
+    pub bridge: Rc<TokioBridge>,
 }
 
 /// Builds a shard's resources (see the module docs).
@@ -62,11 +62,13 @@ pub(super) async fn setup(
     metrics: ShardMetrics,
     opts: RunOptions,
 ) -> Result<(ShardConsumer, ShardResources), RunError> {
-    let bridge = TokioBridge::start(format!("shard{}-tokio", spec.index), spec.bridge_core)
-        .map_err(|source| RunError::Bridge {
-            shard: spec.index,
-            source,
-        })?;
+    let bridge = Rc::new(TokioBridge::new().map_err(|source| RunError::Bridge {
+        shard: spec.index,
+        source,
+    })?);
+    // Nothing else runs on this shard until its loop starts: the driver task may block in tokio.
+    bridge.handle().set_idle(true);
+    glommio::spawn_local(bridge::drive(bridge.clone())).detach();
     let decoder = codec::decoder_for(config, config.needed_fields())?;
     let custom: Vec<Box<dyn Processor>> = siblings
         .custom
@@ -74,7 +76,7 @@ pub(super) async fn setup(
         .map(|f| f(spec.index))
         .unwrap_or_default();
     let fields = record_fields(config, &custom);
-    let (primary, primary_binder) = ScyllaWriter::connect(config, &fields, &bridge).await?;
+    let (primary, primary_binder) = ScyllaWriter::connect(config, &fields, bridge.handle()).await?;
     let client_id = format!("shardline-{}-shard{}", std::process::id(), spec.index);
     let shutdown = Shutdown::new();
     let chain = pipeline::build(BuildInputs {
@@ -125,7 +127,7 @@ pub(super) async fn setup(
         shutdown,
         metrics,
         client_id,
-        _bridge: bridge,
+        bridge,
     };
     Ok((consumer, resources))
 }
