@@ -441,19 +441,26 @@ mod tests {
         assert_eq!(after, vec![vec![1]]);
     }
 
-    #[test]
-    fn a_poison_row_splits_its_batch_and_fails_alone() {
-        let (requests, results) = run(move || {
-            let w = Rc::new(FakeWriter {
-                poison: Some(3),
-                ..FakeWriter::default()
-            });
+    /// Rows 1..=4 of one owner (a full batch) through `writer`: its requests and each row's result.
+    fn four_rows_of_one_owner(
+        writer: impl FnOnce() -> FakeWriter + Send + 'static,
+    ) -> (Vec<Vec<i32>>, Vec<Result<(), StepError>>) {
+        run(move || {
+            let w = Rc::new(writer());
             async move {
                 let b = batcher(w.clone(), LIMITS);
                 let tickets: Vec<RowTicket> = (1..=4).map(|k| b.submit(row(k, 1))).collect();
                 let results = join_all(tickets).await;
                 (w.requests.borrow().clone(), results)
             }
+        })
+    }
+
+    #[test]
+    fn a_poison_row_splits_its_batch_and_fails_alone() {
+        let (requests, results) = four_rows_of_one_owner(|| FakeWriter {
+            poison: Some(3),
+            ..FakeWriter::default()
         });
         assert_eq!(requests.first(), Some(&vec![1, 2, 3, 4]));
         assert_eq!(
@@ -472,17 +479,9 @@ mod tests {
 
     #[test]
     fn a_timeout_retries_the_whole_batch() {
-        let (requests, results) = run(move || {
-            let w = Rc::new(FakeWriter {
-                timeouts: Cell::new(2),
-                ..FakeWriter::default()
-            });
-            async move {
-                let b = batcher(w.clone(), LIMITS);
-                let tickets: Vec<RowTicket> = (1..=4).map(|k| b.submit(row(k, 1))).collect();
-                let results = join_all(tickets).await;
-                (w.requests.borrow().clone(), results)
-            }
+        let (requests, results) = four_rows_of_one_owner(|| FakeWriter {
+            timeouts: Cell::new(2),
+            ..FakeWriter::default()
         });
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(requests, vec![vec![1, 2, 3, 4]; 3]);
