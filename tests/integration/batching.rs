@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use futures::TryStreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
@@ -43,21 +42,15 @@ fn positions(topic: &str, partitions: i32, n: usize) -> Result<HashMap<i64, i64>
 
 /// TTL(url) of every row, by event id.
 async fn ttls(s: &scylla::client::session::Session, ks: &str) -> Result<HashMap<String, i32>> {
-    let mut st = scylla::statement::Statement::new(format!(
-        "SELECT event_id, TTL(url) FROM {ks}.navigation_events"
-    ));
-    st.set_page_size(5000);
-    let mut it = s
-        .query_iter(st, &[])
+    let q = format!("SELECT event_id, TTL(url) FROM {ks}.navigation_events");
+    Ok(rows(s, &q)
         .await?
-        .rows_stream::<scylla::value::Row>()?;
-    let mut out = HashMap::new();
-    while let Some(r) = it.try_next().await? {
-        if let [Some(CqlValue::Text(id)), Some(CqlValue::Int(ttl))] = r.columns.as_slice() {
-            out.insert(id.clone(), *ttl);
-        }
-    }
-    Ok(out)
+        .into_iter()
+        .filter_map(|r| match r.as_slice() {
+            [Some(CqlValue::Text(id)), Some(CqlValue::Int(ttl))] => Some((id.clone(), *ttl)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// 20,000 records pre-filled in 4 partitions go out in batches (the summary says so), and every row

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use futures::TryStreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -43,21 +42,6 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
 async fn cql(s: &scylla::client::session::Session, q: &str) -> Result<()> {
     s.query_unpaged(q, &[]).await?;
     Ok(())
-}
-
-/// All rows of a query, as column vectors.
-async fn rows(s: &scylla::client::session::Session, q: &str) -> Result<Vec<Vec<Option<CqlValue>>>> {
-    let mut st = scylla::statement::Statement::new(q);
-    st.set_page_size(5000);
-    let mut it = s
-        .query_iter(st, &[])
-        .await?
-        .rows_stream::<scylla::value::Row>()?;
-    let mut out = Vec::new();
-    while let Some(r) = it.try_next().await? {
-        out.push(r.columns);
-    }
-    Ok(out)
 }
 
 fn text(v: &Option<CqlValue>) -> Option<String> {

@@ -694,3 +694,21 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .context("no VmRSS line")
 }
+
+/// All rows of a query, as column vectors.
+pub async fn rows(
+    s: &scylla::client::session::Session,
+    q: &str,
+) -> Result<Vec<Vec<Option<CqlValue>>>> {
+    let mut st = scylla::statement::Statement::new(q);
+    st.set_page_size(5000);
+    let mut it = s
+        .query_iter(st, &[])
+        .await?
+        .rows_stream::<scylla::value::Row>()?;
+    let mut out = Vec::new();
+    while let Some(r) = it.try_next().await? {
+        out.push(r.columns);
+    }
+    Ok(out)
+}
