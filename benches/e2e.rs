@@ -253,16 +253,18 @@ fn driver(cfg: Config, count: u64, batch: usize, bridge: bool) -> Result<()> {
     let (written, secs, cpu) = if bridge {
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                use shardline::sink::bridge::{drive, TokioBridge};
+                use shardline::sink::bridge::{Driver, TokioBridge};
                 let b = std::rc::Rc::new(TokioBridge::new()?);
                 let (session, insert, rows) = b.block_on(driver_setup(&cfg, count))?;
                 let h = b.handle().clone();
                 // Nothing else runs here: the driver task may block in tokio whenever it waits.
                 h.set_idle(true);
-                glommio::spawn_local(drive(b.clone())).detach();
+                let driver = Driver::start(b.clone());
                 let (t0, cpu0) = (Instant::now(), self_cpu(tick));
                 let n = insert_all(&session, &insert, &rows, batch, in_flight, Some(h)).await?;
-                anyhow::Ok((n, t0.elapsed().as_secs_f64(), self_cpu(tick) - cpu0))
+                let took = (n, t0.elapsed().as_secs_f64(), self_cpu(tick) - cpu0);
+                driver.stop().await;
+                anyhow::Ok(took)
             })
             .map_err(|e| anyhow::anyhow!("executor: {e}"))?
             .join()

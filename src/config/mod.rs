@@ -251,7 +251,8 @@ pub struct ScyllaConfig {
     /// Writes in flight per shard: the shard's memory bound and the database's concurrency. Default 256.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight_per_shard: usize,
-    /// A cap on each shard's database writes per second (a token bucket with one second of burst), so
+    /// A cap on each shard's database writes per second, counted in rows (a token bucket with one
+    /// second of burst; a batch takes a token per row and never holds more rows than the cap), so
     /// catching up after an outage does not hit the database with the whole backlog at once. Size it
     /// with `shardline plan` (the database's share of the target rate per shard, plus headroom).
     /// Default: none (bounded by `max_in_flight_per_shard` only).
@@ -261,7 +262,10 @@ pub struct ScyllaConfig {
     /// partition and sends a group when it is full, when the shard has no more ready records, or after
     /// `batch_linger_us`; so at low rates a batch is one row (a plain INSERT). 1 turns batching off.
     /// Default 10: Cassandra warns about (and the driver logs) every unlogged batch over more than
-    /// `unlogged_batch_across_partitions_warn_threshold` (10) partitions.
+    /// `unlogged_batch_across_partitions_warn_threshold` (10) partitions. At most 256
+    /// ([`MAX_BATCH_ROWS`]): a batch's rows are applied by one coordinator, so beyond a few dozen rows
+    /// a larger batch saves no round trips worth having and only lengthens that node's work (and
+    /// each writer keeps one batch statement per size, n²/2 statement handles in all).
     #[serde(default = "default_batch_max_rows")]
     pub batch_max_rows: usize,
     /// Bytes of values per batch, at most (estimated; a single larger row still goes alone).
@@ -724,6 +728,9 @@ fn default_request_timeout() -> Duration {
 fn default_max_in_flight() -> usize {
     256
 }
+/// The most rows `scylla.batch_max_rows` allows (see the field).
+pub const MAX_BATCH_ROWS: usize = 256;
+
 fn default_batch_max_rows() -> usize {
     10
 }
@@ -926,10 +933,11 @@ impl Config {
         if self.scylla.batch_max_rows == 0 {
             return bad("scylla.batch_max_rows must be at least 1 (1: no batching)".into());
         }
-        if self.scylla.batch_max_rows > usize::from(u16::MAX) {
-            return bad(
-                "scylla.batch_max_rows must be at most 65535 (CQL's limit per batch)".into(),
-            );
+        if self.scylla.batch_max_rows > MAX_BATCH_ROWS {
+            return bad(format!(
+                "scylla.batch_max_rows must be at most {MAX_BATCH_ROWS} (larger batches only add \
+                 coordinator work: see the field's documentation)"
+            ));
         }
         if self.scylla.max_writes_per_s == Some(0) {
             return bad(
@@ -1273,6 +1281,21 @@ columns = { uid = "uid", url = "url" }
             Err(ConfigError::Parse { message, .. }) => message,
             other => panic!("expected a parse error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn batch_rows_must_be_between_1_and_256() {
+        let with = |n: &str| {
+            MINIMAL.replace(
+                "nodes = [\"127.0.0.1:9042\"]",
+                &format!("nodes = [\"127.0.0.1:9042\"]\nbatch_max_rows = {n}"),
+            )
+        };
+        assert!(invalid(&with("0")).contains("batch_max_rows must be at least 1"));
+        assert!(invalid(&with("257")).contains("batch_max_rows must be at most 256"));
+        let top = Config::parse(&with("256")).expect("parses");
+        top.validate().expect("256 rows per batch is allowed");
+        assert_eq!(top.scylla.batch_max_rows, 256);
     }
 
     #[test]

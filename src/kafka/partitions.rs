@@ -175,26 +175,35 @@ impl PartitionBook {
         }
     }
 
-    /// The consumer reported the end of a partition (drain mode).
-    pub fn mark_eof(&mut self, key: PartitionKey) {
-        if self.assigned.contains(&key) {
-            self.part(key).eof = true;
+    /// The consumer reported the end of a partition (drain mode). True if it was not at its end.
+    pub fn mark_eof(&mut self, key: PartitionKey) -> bool {
+        if !self.assigned.contains(&key) {
+            return false;
         }
+        !std::mem::replace(&mut self.part(key).eof, true)
     }
 
     /// librdkafka's end-of-partition event names the partition number only: every assigned topic with
     /// that partition is marked, and a later record of one of them clears its mark again (`begin`), so
-    /// drain waits for it; drain's idle window covers the gap between the two.
-    pub fn mark_eof_partition(&mut self, partition: i32) {
+    /// drain waits for it; drain's idle window covers the gap between the two. Returns the topics
+    /// newly at their end, with the records this shard has consumed from each.
+    pub fn mark_eof_partition(&mut self, partition: i32) -> Vec<(String, u64)> {
         let keys: Vec<PartitionKey> = self
             .assigned
             .iter()
             .filter(|(_, p)| *p == partition)
             .copied()
             .collect();
+        let mut ended = Vec::new();
         for k in keys {
-            self.mark_eof(k);
+            if self.mark_eof(k) {
+                let consumed = self.parts.get(&k).map_or(0, |p| p.consumed.get());
+                if let Some(t) = self.topics.get(k.0) {
+                    ended.push((t.clone(), consumed));
+                }
+            }
         }
+        ended
     }
 
     /// True when the shard has had an assignment and every assigned partition is at its end.

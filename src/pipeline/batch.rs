@@ -42,10 +42,12 @@ pub struct BatchLimits {
 }
 
 impl BatchLimits {
-    /// From `[scylla]`.
+    /// From `[scylla]`. A batch never holds more rows than the write-rate cap allows in a second
+    /// (its burst), so that the cap holds in rows for batches too.
     pub fn from_config(s: &crate::config::ScyllaConfig) -> BatchLimits {
+        let cap = s.max_writes_per_s.map_or(usize::MAX, |r| r as usize);
         BatchLimits {
-            max_rows: s.batch_max_rows.max(1),
+            max_rows: s.batch_max_rows.min(cap).max(1),
             max_bytes: s.batch_max_bytes,
             linger: s.batch_linger,
         }
@@ -109,7 +111,8 @@ impl Group {
     fn new(owner: Owner, max_rows: usize) -> Group {
         Group {
             owner,
-            rows: Vec::with_capacity(max_rows),
+            // Most groups stay small at moderate rates: no need to reserve the largest size.
+            rows: Vec::with_capacity(max_rows.min(16)),
             bytes: 0,
             opened: Instant::now(),
             outcome: Rc::default(),
@@ -198,6 +201,7 @@ impl Batcher {
         if open[i].bytes + bytes > self.limits.max_bytes && !open[i].rows.is_empty() {
             let full = std::mem::replace(&mut open[i], Group::new(owner, self.limits.max_rows));
             self.send(full);
+            self.arm_linger();
         }
         let g = &mut open[i];
         g.rows.push(row);
@@ -213,10 +217,14 @@ impl Batcher {
         ticket
     }
 
-    /// Sends every open group (with a linger, only those that waited long enough). The shard calls
-    /// this when it has no more ready records to bind.
+    /// Sends every open group (with a linger, only those that waited long enough, unless the shard
+    /// is stopping). The shard calls this when it has no more ready records to bind.
     pub(super) fn flush(self: &Rc<Self>) {
-        let linger = self.limits.linger;
+        let linger = if self.write.shutdown.is_stopped() {
+            Duration::ZERO
+        } else {
+            self.limits.linger
+        };
         let mut open = self.open.borrow_mut();
         if open.is_empty() {
             return;
@@ -240,9 +248,10 @@ impl Batcher {
         let me = self.clone();
         let linger = self.limits.linger;
         glommio::spawn_local(async move {
-            if me.write.shutdown.sleep(linger).await {
-                me.flush();
-            }
+            // Woken early by a stop, it sends everything (flush ignores the linger then): the rows'
+            // records are waiting for their outcome.
+            me.write.shutdown.sleep(linger).await;
+            me.flush();
         })
         .detach();
     }
@@ -398,6 +407,21 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_holds_no_more_rows_than_the_write_rate_cap() {
+        let with = |extra: &str| {
+            let text = crate::config::tests::MINIMAL.replace(
+                "nodes = [\"127.0.0.1:9042\"]",
+                &format!("nodes = [\"127.0.0.1:9042\"]\n{extra}"),
+            );
+            let c = crate::config::Config::parse(&text).expect("parses");
+            BatchLimits::from_config(&c.scylla).max_rows
+        };
+        assert_eq!(with("batch_max_rows = 50"), 50);
+        assert_eq!(with("batch_max_rows = 50\nmax_writes_per_s = 8"), 8);
+        assert_eq!(with("batch_max_rows = 5\nmax_writes_per_s = 8"), 5);
+    }
+
+    #[test]
     fn rows_are_grouped_by_owner_and_full_groups_go_at_once() {
         let (requests, results) = run(move || {
             let w = Rc::new(FakeWriter::default());
@@ -529,5 +553,66 @@ mod tests {
         });
         assert_eq!(early, 0);
         assert_eq!(requests, vec![vec![1]]);
+    }
+
+    /// The group that replaces one closed by the byte limit has a linger of its own: with no flush,
+    /// its row still goes out.
+    #[test]
+    fn a_group_opened_by_the_byte_limit_lingers_too() {
+        let one = approx_row_bytes(&row(1, 1));
+        let limits = BatchLimits {
+            max_rows: 100,
+            max_bytes: one * 2 + one / 2,
+            linger: Duration::from_millis(5),
+        };
+        let requests = run(move || {
+            let w = Rc::new(FakeWriter::default());
+            async move {
+                let b = batcher(w.clone(), limits);
+                let mut tickets: Vec<RowTicket> = (1..=2).map(|k| b.submit(row(k, 1))).collect();
+                // The first group's linger fires before the replacement is old enough.
+                glommio::timer::sleep(Duration::from_millis(3)).await;
+                tickets.push(b.submit(row(3, 1)));
+                let give_up = glommio::timer::sleep(Duration::from_secs(2));
+                let all = join_all(tickets);
+                if let futures::future::Either::Right(_) =
+                    futures::future::select(all, std::pin::pin!(give_up)).await
+                {
+                    panic!("the replacement group never went out");
+                }
+                w.requests.borrow().clone()
+            }
+        });
+        assert_eq!(requests, vec![vec![1, 2], vec![3]]);
+    }
+
+    /// A stop sends lingering groups at once: their records wait for an outcome.
+    #[test]
+    fn a_stop_sends_lingering_groups_at_once() {
+        let limits = BatchLimits {
+            linger: Duration::from_secs(30),
+            ..LIMITS
+        };
+        let (requests, took) = run(move || {
+            let w = Rc::new(FakeWriter::default());
+            async move {
+                let b = batcher(w.clone(), limits);
+                let t = b.submit(row(1, 1));
+                b.flush();
+                let start = Instant::now();
+                b.write.shutdown.stop();
+                let give_up = glommio::timer::sleep(Duration::from_secs(5));
+                match futures::future::select(t, std::pin::pin!(give_up)).await {
+                    futures::future::Either::Left((r, _)) => r.expect("written on the stop"),
+                    futures::future::Either::Right(_) => panic!("the lingering row never went out"),
+                }
+                (w.requests.borrow().clone(), start.elapsed())
+            }
+        });
+        assert_eq!(requests, vec![vec![1]]);
+        assert!(
+            took < Duration::from_secs(5),
+            "not after the linger: {took:?}"
+        );
     }
 }

@@ -8,12 +8,17 @@
 //! and counts them in flight. The runtime itself (the driver's connection tasks, its sockets and
 //! timers) runs only inside [`TokioBridge::pump`] and [`TokioBridge::wait`], which [`drive`] calls
 //! from a glommio task of the shard: a pump after the other tasks had their turn (it sends what they
-//! queued and reads what came back), and, when requests are in flight and the shard's loop has nothing
-//! else to do ([`BridgeHandle::set_idle`]), a wait that blocks the thread in tokio's poller until a
-//! response arrives, a Kafka message wakes the loop (its waker is [`BridgeHandle::waker`]), or
-//! [`WAIT_MAX`] passes (glommio's own timers are that late at most). With nothing in flight the task
-//! sleeps in glommio and pumps every [`IDLE_PUMP`], which keeps the driver's keep-alives and topology
-//! refreshes going.
+//! queued and reads what came back). When requests are in flight and a whole turn of the executor
+//! passed with nothing happening (the shard's loop said it is idle, [`BridgeHandle::set_idle`], and
+//! no request started and no bridge waker fired since), the task blocks the thread in tokio's poller
+//! until a response arrives, a Kafka message wakes the loop (its waker is [`BridgeHandle::waker`]),
+//! or [`WAIT_MAX`] passes; then it sleeps on a glommio timer, so that glommio's reactor runs before
+//! its next turn: that is where glommio fires its timers and takes wake-ups from other threads
+//! (librdkafka's, for the consumer stream). The shard executor's preempt timer
+//! ([`crate::runtime::PREEMPT`]) bounds the same while the loop is busy, so glommio timers and
+//! foreign wake-ups are late by about a millisecond at most. With nothing in flight the task sleeps
+//! in glommio and pumps every [`IDLE_PUMP`], which keeps the driver's keep-alives and topology
+//! refreshes going. [`Driver::stop`] ends the task, so the runtime goes with the shard.
 //!
 //! Precondition: create tokio resources (the Session, sockets, timers) inside [`TokioBridge::block_on`]
 //! or an [`InTokio`] future, never outside one (there is no runtime context there and tokio panics);
@@ -22,7 +27,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -32,7 +37,7 @@ use pin_project_lite::pin_project;
 use tokio::runtime::{Handle, Runtime};
 
 /// The longest the shard's thread blocks in tokio's poller while requests are in flight; glommio
-/// timers (retry backoffs, the loop's tick) fire at most this late meanwhile.
+/// timers (retry backoffs, the loop's tick) and foreign wake-ups are at most this late meanwhile.
 pub const WAIT_MAX: Duration = Duration::from_millis(1);
 /// How often the runtime is pumped when nothing is in flight (driver keep-alives, topology refresh).
 pub const IDLE_PUMP: Duration = Duration::from_millis(100);
@@ -51,12 +56,26 @@ struct Link {
     driver: AtomicWaker,
     /// The shard's loop has nothing to do until something is woken.
     idle: AtomicBool,
+    /// Bumped by every sign of activity (a bridge waker, a request starting, the loop being
+    /// polled): [`drive`] blocks in tokio only after a whole executor turn left it unchanged.
+    activity: AtomicU64,
+    /// Set by [`Driver::stop`] (or its drop): [`drive`] returns.
+    closed: AtomicBool,
 }
 
 impl Link {
     fn notify(&self) {
+        self.bump();
         self.woken.store(true, Ordering::Release);
         self.waiter.wake();
+    }
+
+    fn bump(&self) {
+        self.activity.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn activity(&self) -> u64 {
+        self.activity.load(Ordering::Acquire)
     }
 }
 
@@ -93,9 +112,11 @@ impl BridgeHandle {
         }
     }
 
-    /// The shard's loop says whether it has nothing to do (then the driver task may block in tokio).
+    /// The shard's loop says whether it has nothing to do (then the driver task may block in tokio,
+    /// once the tasks the loop just woke or spawned had their turn).
     pub fn set_idle(&self, idle: bool) {
-        self.link.idle.store(idle, Ordering::Relaxed);
+        self.link.bump();
+        self.link.idle.store(idle, Ordering::Release);
     }
 
     pub fn tokio(&self) -> &Handle {
@@ -138,6 +159,7 @@ struct InFlight(Arc<Link>);
 
 impl InFlight {
     fn start(link: &Arc<Link>) -> InFlight {
+        link.bump();
         if link.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             link.driver.wake();
         }
@@ -264,7 +286,8 @@ impl TokioBridge {
     }
 }
 
-/// Yields to the other tasks of the executor once.
+/// Yields to the other tasks of the executor once: every task runnable now runs before this one
+/// continues.
 async fn yield_once() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
@@ -279,12 +302,11 @@ async fn yield_once() {
     .await
 }
 
-/// Waits until a request starts (the driver waker) or `max` passes, in glommio.
-async fn until_busy_or(bridge: &TokioBridge, max: Duration) {
-    let link = bridge.handle.link.clone();
-    let busy = std::future::poll_fn(move |cx| {
+/// Waits until a request starts or the bridge closes (the driver waker) or `max` passes, in glommio.
+async fn until_busy_or(link: &Arc<Link>, max: Duration) {
+    let busy = std::future::poll_fn(|cx| {
         link.driver.register(cx.waker());
-        if link.in_flight.load(Ordering::Acquire) > 0 {
+        if link.in_flight.load(Ordering::Acquire) > 0 || link.closed.load(Ordering::Acquire) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -297,19 +319,62 @@ async fn until_busy_or(bridge: &TokioBridge, max: Duration) {
     .await;
 }
 
-/// Drives the bridge from a glommio task of the shard, for ever (the task ends with its executor).
-/// See the module docs.
-pub async fn drive(bridge: std::rc::Rc<TokioBridge>) {
-    loop {
+/// Drives the bridge from a glommio task of the shard until [`Driver::stop`]. See the module docs.
+async fn drive(bridge: std::rc::Rc<TokioBridge>) {
+    let link = bridge.handle.link.clone();
+    while !link.closed.load(Ordering::Acquire) {
         bridge.pump();
         if bridge.in_flight() == 0 {
-            until_busy_or(&bridge, IDLE_PUMP).await;
+            until_busy_or(&link, IDLE_PUMP).await;
             continue;
         }
-        if bridge.handle.link.idle.load(Ordering::Relaxed) {
-            bridge.wait(WAIT_MAX);
-        }
+        let before = link.activity();
         yield_once().await;
+        bridge.pump();
+        let quiet = link.activity() == before && link.idle.load(Ordering::Acquire);
+        if quiet && bridge.in_flight() > 0 && !link.closed.load(Ordering::Acquire) {
+            bridge.wait(WAIT_MAX);
+            // Not a plain yield: glommio reaches its reactor (timers, wake-ups from other threads)
+            // only once no task is runnable, and this task would always be.
+            glommio::timer::sleep(Duration::from_micros(1)).await;
+        }
+    }
+}
+
+/// The shard's task driving its bridge; [`Driver::stop`] ends it (dropping the guard asks it to end).
+pub struct Driver {
+    link: Arc<Link>,
+    task: Option<glommio::task::JoinHandle<()>>,
+}
+
+impl Driver {
+    /// Spawns [`drive`] on the current glommio executor.
+    pub fn start(bridge: std::rc::Rc<TokioBridge>) -> Driver {
+        let link = bridge.handle.link.clone();
+        let task = glommio::spawn_local(drive(bridge)).detach();
+        Driver {
+            link,
+            task: Some(task),
+        }
+    }
+
+    fn close(&self) {
+        self.link.closed.store(true, Ordering::Release);
+        self.link.driver.wake();
+    }
+
+    /// Ends the driver task and waits for it: the runtime is dropped with the last bridge handle.
+    pub async fn stop(mut self) {
+        self.close();
+        if let Some(t) = self.task.take() {
+            t.await;
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -324,7 +389,7 @@ mod tests {
             .spawn(|| async move {
                 let bridge = Rc::new(TokioBridge::new().expect("runtime builds"));
                 bridge.handle().set_idle(true);
-                glommio::spawn_local(drive(bridge.clone())).detach();
+                let driver = Driver::start(bridge.clone());
                 let h = bridge.handle().clone();
                 let t = std::time::Instant::now();
                 let port = h
@@ -339,16 +404,76 @@ mod tests {
                         std::io::Result::Ok(addr.port())
                     })
                     .await;
-                (port, t.elapsed(), bridge.in_flight())
+                let took = t.elapsed();
+                driver.stop().await;
+                (port, took, bridge.in_flight(), Rc::strong_count(&bridge))
             })
             .expect("executor starts")
             .join()
             .expect("executor thread joins");
-        let (port, took, in_flight) = out;
+        let (port, took, in_flight, owners) = out;
+        assert_eq!(owners, 1, "the stopped driver task let go of the bridge");
         assert!(port.expect("tokio resources work inside InTokio") > 0);
         assert!(took >= Duration::from_millis(20), "{took:?}");
         assert!(took < Duration::from_secs(2), "driven promptly: {took:?}");
         assert_eq!(in_flight, 0, "the finished future is no longer counted");
+    }
+
+    /// While a request is in flight and the loop is idle, the driver blocks in tokio: a glommio
+    /// timer and a wake-up from another thread must still be served within a few milliseconds, not
+    /// at glommio's preempt timer (100 ms by default, kept here on purpose).
+    #[test]
+    fn glommio_timers_and_foreign_wakes_stay_prompt_while_a_request_is_in_flight() {
+        let out = glommio::LocalExecutorBuilder::default()
+            .spawn(|| async move {
+                let bridge = Rc::new(TokioBridge::new().expect("runtime builds"));
+                bridge.handle().set_idle(true);
+                let driver = Driver::start(bridge.clone());
+                let h = bridge.handle().clone();
+                let slow = glommio::spawn_local(async move {
+                    h.wrap(async { tokio::time::sleep(Duration::from_millis(400)).await })
+                        .await;
+                })
+                .detach();
+                // Let the request start and the driver settle into its wait.
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                let mut timer_late = Vec::new();
+                let mut wake_late = Vec::new();
+                for _ in 0..5 {
+                    let t = std::time::Instant::now();
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    timer_late.push(t.elapsed().saturating_sub(Duration::from_millis(5)));
+                    let (tx, rx) = futures::channel::oneshot::channel::<std::time::Instant>();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(5));
+                        let _ = tx.send(std::time::Instant::now());
+                    });
+                    if let Ok(sent) = rx.await {
+                        wake_late.push(sent.elapsed());
+                    }
+                }
+                let in_flight = bridge.in_flight();
+                slow.await;
+                driver.stop().await;
+                (timer_late, wake_late, in_flight)
+            })
+            .expect("executor starts")
+            .join()
+            .expect("executor thread joins");
+        let (timer_late, wake_late, in_flight) = out;
+        assert_eq!(wake_late.len(), 5, "every wake-up arrived");
+        let worst_timer = timer_late.iter().max().copied().unwrap_or_default();
+        let worst_wake = wake_late.iter().max().copied().unwrap_or_default();
+        // Generous against a loaded CI box; the bug this guards against made them ~100 ms.
+        assert!(
+            worst_timer < Duration::from_millis(30),
+            "timers late by {timer_late:?}"
+        );
+        assert!(
+            worst_wake < Duration::from_millis(30),
+            "wake-ups late by {wake_late:?}"
+        );
+        assert_eq!(in_flight, 1, "measured while the request was in flight");
     }
 
     #[test]

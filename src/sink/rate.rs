@@ -33,8 +33,9 @@ impl WriteRate {
         self.try_take_n(now, 1)
     }
 
-    /// Takes `n` tokens at once (at most a burst's worth, so a batch larger than the burst still
-    /// goes), or says how long until they are there.
+    /// Takes `n` tokens at once, or says how long until they are there. A batch never holds more
+    /// rows than the burst (`BatchLimits::from_config`); should one ever, it takes the whole bucket
+    /// rather than wait for ever.
     pub fn try_take_n(&self, now: Instant, n: usize) -> Result<(), Duration> {
         let want = (n as f64).min(self.burst);
         let (tokens, at) = self.state.get();

@@ -130,13 +130,16 @@ pub async fn prepare_insert(
     let types = table_columns(session, &table.keyspace, &table.table).await?;
     let binder = Binder::for_table(table, fields, &types)?;
     let cql = binder.insert_cql(&table.keyspace, &table.table);
-    let insert = session
+    let mut insert = session
         .prepare(cql.as_str())
         .await
         .map_err(|e| StartError::Prepare {
             cql: cql.clone(),
             message: e.to_string(),
         })?;
+    // An INSERT of fixed values (and, by default, a fixed write timestamp) lands the same however
+    // often it runs: the driver may retry it and speculate, as it does its batches.
+    insert.set_is_idempotent(true);
     Ok((binder, insert))
 }
 
@@ -219,8 +222,8 @@ impl ScyllaWriter {
         &self.handle
     }
 
-    /// The `UNLOGGED` batch of `n` INSERTs. Idempotent like the INSERT itself (fixed write
-    /// timestamps), so the driver may retry it.
+    /// The `UNLOGGED` batch of `n` INSERTs. Idempotent like the INSERT itself (see
+    /// [`prepare_insert`]), so the driver may retry it.
     fn batch(&self, n: usize) -> Arc<Batch> {
         let mut cache = self.batches.borrow_mut();
         if cache.len() <= n {

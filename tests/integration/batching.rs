@@ -125,11 +125,19 @@ fn a_refused_row_in_a_full_batch_is_dead_lettered_alone() -> Result<()> {
         .collect();
     events[14].2.uid = String::new();
     produce_events(&p.topic, &events)?;
+    assert_eq!(
+        end_offsets(&p.topic, 1)?,
+        vec![30],
+        "all 30 records in the topic"
+    );
 
     let out = drain_ok(&p.config, Duration::from_secs(300), &[])?;
-    let summary = out.summary.expect("a summary is written at exit");
-    assert_eq!(summary["written"], 29);
-    assert_eq!(summary["dead_lettered"], 1);
+    let summary = out.summary.as_ref().expect("a summary is written at exit");
+    assert!(
+        summary["written"] == 29 && summary["dead_lettered"] == 1,
+        "29 written, 1 dead-lettered: {summary}\nlog:\n{}",
+        out.stderr
+    );
     let split = summary["batches"]["outcomes"]["split"]
         .as_u64()
         .unwrap_or(0);

@@ -656,17 +656,35 @@ pub fn produce_events(
     produce_framed(topic, schema_id, events)
 }
 
+/// Counts the deliveries the broker refused, so that a producer's flush proves every record landed.
+#[derive(Default)]
+pub struct DeliveryCount {
+    failed: AtomicU32,
+}
+
+impl rdkafka::ClientContext for DeliveryCount {}
+
+impl rdkafka::producer::ProducerContext for DeliveryCount {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if r.is_err() {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Produces navigation events framed with `schema_id` (any schema whose binary encoding is the
-/// navigation one), and waits for every acknowledgement.
+/// navigation one), and waits for every acknowledgement: a refused delivery fails the helper.
 pub fn produce_framed(
     topic: &str,
     schema_id: u32,
     events: &[(i32, i64, navigation::NavigationEvent)],
 ) -> Result<()> {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = ClientConfig::new()
+    let producer: BaseProducer<DeliveryCount> = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
-        .create()?;
+        .set("acks", "all")
+        .create_with_context(DeliveryCount::default())?;
     for (partition, ts_ms, ev) in events {
         let mut datum = Vec::new();
         ev.encode(&mut datum);
@@ -682,6 +700,10 @@ pub fn produce_framed(
         }
     }
     producer.flush(Duration::from_secs(30))?;
+    let failed = producer.context().failed.load(Ordering::SeqCst);
+    if failed > 0 {
+        bail!("{failed} of {} deliveries to {topic} refused", events.len());
+    }
     Ok(())
 }
 

@@ -2,10 +2,12 @@
 //! small handler; control (stop, kill) is read on the tick and at every yield.
 //!
 //! Guarantee: decoding stays in this loop (schema resolution once per id; a record whose schema the
-//! registry did not serve waits in its own future, so other partitions keep flowing); the loop yields
-//! to the reactor at least every [`YIELD_EVERY`] so timers (retry backoffs) fire and control is read
-//! under a backlog; a stop ends every backoff at once (the shard's [`Shutdown`](crate::retry::Shutdown)), finishes in-flight
-//! work within `shards.shutdown_deadline_ms`, then stores and commits the done prefix.
+//! registry did not serve waits in its own future, so other partitions keep flowing); under a
+//! backlog the loop yields its task queue at least every [`YIELD_EVERY`] (sending open batches and
+//! reading control), and the executor's preempt timer ([`crate::runtime::PREEMPT`]) lets glommio's
+//! reactor fire timers (retry backoffs) and take wake-ups from other threads; a stop ends every
+//! backoff at once (the shard's [`Shutdown`](crate::retry::Shutdown)), finishes in-flight work
+//! within `shards.shutdown_deadline_ms`, then stores and commits the done prefix.
 //! Precondition: [`super::setup`] built the resources; the executor is the shard's own.
 
 use std::future::poll_fn;
@@ -187,7 +189,7 @@ impl ShardLoop {
             match ev {
                 Event::Completion(c) => self.on_completion(c, &kafka),
                 Event::Message(m) => self.on_message(&m, &kafka),
-                Event::Eof(p) => self.res.book.mark_eof_partition(p),
+                Event::Eof(p) => self.on_eof(p, &consumer),
                 Event::ConsumerError(e) => self.on_consumer_error(&e, &kafka),
                 Event::Tick => {
                     tick = glommio::timer::Timer::new(TICK);
@@ -213,7 +215,13 @@ impl ShardLoop {
             }
         }
         drop(stream);
-        self.finish(&kafka)
+        let driver = self.res.driver.take();
+        let r = self.finish(&kafka);
+        // After the loop and its chain are gone: the driver's runtime goes with the shard.
+        if let Some(d) = driver {
+            d.stop().await;
+        }
+        r
     }
 
     /// Whether to take messages: not while stopping or failed, and not at the in-flight bound unless
@@ -452,6 +460,25 @@ impl ShardLoop {
             );
             self.stopping = Some(Instant::now());
             self.res.shutdown.stop();
+        }
+    }
+
+    /// Drain mode: a partition reached its end. Logged with the consumer's position, once per end, so
+    /// that a drain which consumed less than expected says where each partition stood.
+    fn on_eof(&mut self, partition: i32, consumer: &ShardConsumer) {
+        for (topic, consumed) in self.res.book.mark_eof_partition(partition) {
+            let position = consumer
+                .position()
+                .ok()
+                .and_then(|tpl| tpl.find_partition(&topic, partition).map(|e| e.offset()));
+            tracing::info!(
+                shard = self.spec.index,
+                topic,
+                partition,
+                consumed,
+                position = ?position,
+                "partition at its end"
+            );
         }
     }
 

@@ -25,7 +25,7 @@ use crate::pipeline::build::BuildInputs;
 use crate::pipeline::{self, Processor};
 use crate::retry::Shutdown;
 use crate::runtime::{RunError, RunOptions, ShardSpec, Siblings};
-use crate::sink::bridge::{self, TokioBridge};
+use crate::sink::bridge::{Driver, TokioBridge};
 use crate::sink::rate::WriteRate;
 use crate::sink::ScyllaWriter;
 
@@ -52,6 +52,8 @@ pub(super) struct ShardResources {
     pub client_id: String,
     /// The driver's runtime, driven by a task of this shard (see [`crate::sink::bridge`]).
     pub bridge: Rc<TokioBridge>,
+    /// That task; taken and stopped when the loop has finished (dropping it also ends the task).
+    pub driver: Option<Driver>,
 }
 
 /// Builds a shard's resources (see the module docs).
@@ -68,7 +70,7 @@ pub(super) async fn setup(
     })?);
     // Nothing else runs on this shard until its loop starts: the driver task may block in tokio.
     bridge.handle().set_idle(true);
-    glommio::spawn_local(bridge::drive(bridge.clone())).detach();
+    let driver = Driver::start(bridge.clone());
     let decoder = codec::decoder_for(config, config.needed_fields())?;
     let custom: Vec<Box<dyn Processor>> = siblings
         .custom
@@ -128,6 +130,7 @@ pub(super) async fn setup(
         metrics,
         client_id,
         bridge,
+        driver: Some(driver),
     };
     Ok((consumer, resources))
 }
