@@ -4,7 +4,9 @@
 Writes results/bench/report.json, results/bench/summary.md and results/bench/latency.svg.
 Every figure is measured here, in this run, on this machine; ratios compare runs of the same run.
 CPU per message is the process's user+system CPU between its first and last record, divided by the
-records in between (sampled from /proc/<pid>/stat), so start-up and idle time are left out.
+records in between (sampled from /proc/<pid>/stat), so start-up and idle time are left out. The Kafka
+broker's and Cassandra's CPU are sampled at the same moments (their pids are in scripts/services.sh's
+state folder), which gives the database's and the broker's cost per record for `shardline plan`.
 """
 import json
 import os
@@ -24,6 +26,7 @@ RATES = [int(r) for r in os.environ.get("RATES", "2000,5000").split(",")]
 RATE_SECONDS = int(os.environ.get("RATE_SECONDS", "20"))
 NULL_RATE = int(os.environ.get("NULL_RATE", "50000"))
 TICK = os.sysconf("SC_CLK_TCK")
+STATE = os.environ.get("SHARDLINE_STATE", os.path.join(ROOT, ".services"))
 STAMP = str(int(time.time()))
 PORT = 19898
 
@@ -50,6 +53,21 @@ def cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / TICK
     except (OSError, IndexError, ValueError):
         return None
+
+
+def service_pid(name):
+    try:
+        return int(open(os.path.join(STATE, f"{name}.pid")).read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+SERVICES = ("cassandra", "kafka")
+
+
+def services_cpu():
+    """CPU seconds of each service process now (None where its pid is unknown)."""
+    return {n: (cpu_seconds(service_pid(n)) if service_pid(n) else None) for n in SERVICES}
 
 
 def peak_rss_mib(pid):
@@ -105,25 +123,30 @@ def config(name, topic, cores, in_flight=512, batch_rows=None):
 
 
 def follow(proc, port, target, timeout):
-    """Polls metrics until `target` records are done; returns CPU seconds and records between the first
-    and the last sample that saw progress."""
+    """Polls metrics until `target` records are done; returns the CPU µs per record of shardline, the
+    database and the broker between the first and the last sample that saw progress (None if none)."""
     start = time.time()
     first = None
     last = None
     while time.time() - start < timeout and proc.poll() is None:
         t = scrape(port)
         done = metric(t, "shardline_messages_total", 'stage="written"') + metric(t, "shardline_messages_total", 'stage="dead_lettered"')
-        cpu = cpu_seconds(proc.pid)
+        sample = (done, cpu_seconds(proc.pid), services_cpu())
         if done > 0 and first is None:
-            first = (done, cpu)
+            first = sample
         if done > 0:
-            last = (done, cpu)
+            last = sample
         if done >= target:
             break
         time.sleep(0.05)
-    if first is None or last is None or last[0] <= first[0]:
-        return None
-    return (last[1] - first[1]) / (last[0] - first[0]) * 1e6
+    if first is None or last is None or last[0] <= first[0] or last[1] is None or first[1] is None:
+        return {}
+    n = last[0] - first[0]
+    out = {"shardline": (last[1] - first[1]) / n * 1e6}
+    for name in SERVICES:
+        a, b = first[2].get(name), last[2].get(name)
+        out[name] = (b - a) / n * 1e6 if a is not None and b is not None else None
+    return out
 
 
 def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count=0, batch_rows=None):
@@ -141,7 +164,8 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
         time.sleep(3.5)  # the start barrier lets both shards join before the paced producer starts
         producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate), "--quiet"],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    cpu_us = follow(proc, PORT, target, timeout=600)
+    cpu = follow(proc, PORT, target, timeout=600)
+    cpu_us = cpu.get("shardline")
     rss = peak_rss_mib(proc.pid)
     if producer:
         producer.wait()
@@ -151,7 +175,8 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
     r = {
         "name": name, "impl": "shardline", "shards": len(cores), "sink": "null" if null_sink else "cassandra",
         "offered_rate": rate or None, "messages": s["consumed"], "msgs_per_s": s["msgs_per_s"],
-        "cpu_us_per_msg": cpu_us, "peak_rss_mib": rss,
+        "cpu_us_per_msg": cpu_us, "db_us_per_msg": cpu.get("cassandra"), "broker_us_per_msg": cpu.get("kafka"),
+        "peak_rss_mib": rss,
         "end_to_end": s["end_to_end"], "write": s["write"], "decode_p50_us": (s["decode"]["p50_ms"] or 0) * 1000,
         "rows_per_batch": (s.get("batches") or {}).get("mean_rows"),
         "batch_max_rows": batch_rows or 10,
@@ -234,6 +259,45 @@ def null_only_summary(raw, results, msg_bytes):
     print("\n".join(lines))
 
 
+def moderate_write_p99(by):
+    r = by.get("cassandra-5000-per-s") or by.get("cassandra-2000-per-s") or {}
+    return (r.get("write") or {}).get("p99_ms")
+
+
+def costs_of(run, write_p99_ms, msg_bytes):
+    return {"cpu_us_per_msg": run.get("cpu_us_per_msg"), "db_us_per_msg": run.get("db_us_per_msg"),
+            "broker_us_per_msg": run.get("broker_us_per_msg"), "write_p99_ms": write_p99_ms, "msg_bytes": msg_bytes}
+
+
+def predict(costs, shards):
+    """The ceiling `shardline plan` predicts for `shards` shards on this box (everything colocated)."""
+    if costs.get("cpu_us_per_msg") is None:
+        return None, None
+    args = [B, "plan", "--json", "--colocated", "--cores-per-host", str(os.cpu_count()), "--shards", str(shards),
+            "--headroom", "0", "--msgs-per-s", "1", "--cpu-us-per-msg", str(costs["cpu_us_per_msg"]),
+            "--write-p99-ms", str(costs.get("write_p99_ms") or 1), "--msg-bytes", str(costs["msg_bytes"])]
+    for key in ("db_us_per_msg", "broker_us_per_msg"):
+        if costs.get(key) is not None:
+            args += ["--" + key.replace("_", "-"), str(costs[key])]
+    p = json.loads(sh(*args))
+    return p["ceiling_msgs_per_s"], p["bottleneck"]
+
+
+def planner_check(by, write_p99_ms, msg_bytes):
+    rows = []
+    for suffix in ("", "-nobatch"):
+        for shards, other in ((1, 2), (2, 1)):
+            run, src = by.get(f"cassandra-max-{shards}-shard{suffix}"), by.get(f"cassandra-max-{other}-shard{suffix}")
+            if not run or not src:
+                continue
+            predicted, bottleneck = predict(costs_of(src, write_p99_ms, msg_bytes), shards)
+            measured = run["msgs_per_s"]
+            rows.append({"run": run["name"], "costs_from": src["name"], "predicted": predicted, "measured": measured,
+                         "error_pct": (predicted / measured - 1) * 100 if predicted and measured else None,
+                         "bottleneck": bottleneck})
+    return rows
+
+
 def main():
     global HARNESS
     os.makedirs(OUT, exist_ok=True)
@@ -288,7 +352,6 @@ def main():
                              produce_count=NULL_RATE * 10))
 
     by = {r["name"]: r for r in results}
-    full = by.get("cassandra-max-2-shard") or {}
     report = {
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
         "raw": raw, "runs": results,
@@ -301,30 +364,32 @@ def main():
             "batched_1_shard_to_driver_batch_ceiling": by["cassandra-max-1-shard"]["msgs_per_s"] / by["driver-batch10-ceiling"]["msgs_per_s"],
             "batch_on_to_off_1_shard_cpu": by["cassandra-max-1-shard"]["cpu_us_per_msg"] / by["cassandra-max-1-shard-nobatch"]["cpu_us_per_msg"],
         },
-        # What `shardline plan --report` reads.
-        "costs": {"cpu_us_per_msg": full.get("cpu_us_per_msg"), "write_p99_ms": (full.get("write") or {}).get("p99_ms"),
-                  "msg_bytes": msg_bytes},
+        # What `shardline plan --report` reads: the costs of the default configuration (1 shard,
+        # batching on) at full load, and the write latency at a moderate load (not at saturation).
+        "costs": costs_of(by["cassandra-max-1-shard"], moderate_write_p99(by), msg_bytes),
     }
-    one = by["cassandra-max-1-shard"]
-    predicted = 2 * 1e6 / one["cpu_us_per_msg"] if one.get("cpu_us_per_msg") else None
-    measured = by["cassandra-max-2-shard"]["msgs_per_s"]
-    report["planner"] = {"predicted_2_shard": predicted, "measured_2_shard": measured,
-                         "error_pct": (predicted / measured - 1) * 100 if predicted else float("nan")}
+    report["planner"] = planner_check(by, moderate_write_p99(by), msg_bytes)
     json.dump(report, open(os.path.join(OUT, "report.json"), "w"), indent=2)
     svg(results, os.path.join(OUT, "latency.svg"))
     lines = ["# shardline benchmark", "", f"Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}; Kafka, Cassandra and the registry on the same machine.",
              f"Raw consume ceiling (one plain rdkafka consumer): **{fmt(raw['msgs_per_s'], ' msg/s', 0)}** over {raw['messages']:,} records of {msg_bytes:.0f} B, {fmt(raw.get('cpu_us_per_msg'), ' µs', 2)} CPU per record.", "",
-             "| run | impl | shards | sink | offered msg/s | achieved msg/s | CPU µs/msg | rows/batch | e2e p50 ms | e2e p99 ms | e2e p999 ms | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | impl | shards | sink | offered msg/s | achieved msg/s | CPU µs/msg | Cassandra µs/msg | Kafka µs/msg | rows/batch | e2e p50 ms | e2e p99 ms | e2e p999 ms | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         e = r.get("end_to_end") or {}
         lines.append(f"| {r['name']} | {r['impl']} | {r['shards']} | {r['sink']} | {fmt(r['offered_rate'], '', 0)} | {fmt(r['msgs_per_s'], '', 0)} | "
-                     f"{fmt(r['cpu_us_per_msg'], '', 2)} | {fmt(r.get('rows_per_batch'), '', 1)} | {fmt(e.get('p50_ms'), '', 2)} | {fmt(e.get('p99_ms'), '', 2)} | {fmt(e.get('p999_ms'), '', 2)} | {fmt(r.get('peak_rss_mib'), '', 0)} |")
+                     f"{fmt(r['cpu_us_per_msg'], '', 2)} | {fmt(r.get('db_us_per_msg'), '', 2)} | {fmt(r.get('broker_us_per_msg'), '', 2)} | {fmt(r.get('rows_per_batch'), '', 1)} | {fmt(e.get('p50_ms'), '', 2)} | {fmt(e.get('p99_ms'), '', 2)} | {fmt(e.get('p999_ms'), '', 2)} | {fmt(r.get('peak_rss_mib'), '', 0)} |")
     lines += ["", "Ratios (same run):", ""] + [f"- {k}: **{v:.2f}**" for k, v in report["ratios"].items()]
-    p = report["planner"]
-    lines += ["", f"Planner check: `shardline plan`'s CPU model gives 2 shards {fmt(p['predicted_2_shard'], ' msg/s', 0)} "
-              f"(2 × 10⁶ / the 1-shard CPU µs/msg); measured {fmt(p['measured_2_shard'], ' msg/s', 0)}: error {p['error_pct']:+.0f}% "
-              "(here the database, on the same 2 cores, is the bottleneck, which the CPU model does not see)."]
+    c = report["costs"]
+    lines += ["", f"Costs per record at full load, 1 shard, batching on (what `shardline plan --report` reads): shardline "
+              f"{fmt(c['cpu_us_per_msg'], ' µs', 2)}, Cassandra {fmt(c.get('db_us_per_msg'), ' µs', 2)}, Kafka broker "
+              f"{fmt(c.get('broker_us_per_msg'), ' µs', 2)}; write p99 at 5,000 msg/s {fmt(c['write_p99_ms'], ' ms', 2)}.", "",
+              f"Planner check (`shardline plan --colocated --cores-per-host {os.cpu_count()} --shards N`, costs from the run with "
+              "the other shard count, so no prediction sees its own run):", "",
+              "| run | costs from | predicted msg/s | measured msg/s | error | binding |", "|---|---|---|---|---|---|"]
+    for row in report["planner"]:
+        lines.append(f"| {row['run']} | {row['costs_from']} | {fmt(row['predicted'], '', 0)} | {fmt(row['measured'], '', 0)} | "
+                     f"{fmt(row['error_pct'], '%', 1)} | {row.get('bottleneck') or 'n/a'} |")
     lines += ["", "End-to-end latency of pre-produced backlogs (the max runs) measures queueing, not the pipeline: read the fixed-rate rows for latency.",
               "Latency quantiles are interpolated from the histogram buckets (10 µs … 15 s), as Prometheus does."]
     open(os.path.join(OUT, "summary.md"), "w").write("\n".join(lines) + "\n")

@@ -128,7 +128,13 @@ struct PlanArgs {
     /// Or explicit costs: shardline CPU µs per message on the full path.
     #[arg(long)]
     cpu_us_per_msg: Option<f64>,
-    /// Write latency p99 (ms).
+    /// Database CPU µs per message written.
+    #[arg(long)]
+    db_us_per_msg: Option<f64>,
+    /// Kafka broker CPU µs per message consumed.
+    #[arg(long)]
+    broker_us_per_msg: Option<f64>,
+    /// Write latency p99 (ms) at a moderate load, not at saturation.
     #[arg(long)]
     write_p99_ms: Option<f64>,
     /// Average record size (bytes).
@@ -144,6 +150,15 @@ struct PlanArgs {
     /// Partitions of the topic, if fixed.
     #[arg(long)]
     partitions: Option<u32>,
+    /// The database and the broker share the hosts' cores with shardline (one box, as in the bench).
+    #[arg(long)]
+    colocated: bool,
+    /// Plan this many shards (to predict a given layout's ceiling) instead of sizing from the rate.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Print the plan as JSON instead of the explained table and config fragment.
+    #[arg(long)]
+    json: bool,
     /// Write the per-host config fragment here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -329,12 +344,17 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let PlanArgs {
         report,
         cpu_us_per_msg,
+        db_us_per_msg,
+        broker_us_per_msg,
         write_p99_ms,
         msg_bytes,
         msgs_per_s,
         cores_per_host,
         headroom,
         partitions,
+        colocated,
+        shards,
+        json,
         out,
     } = args;
     let from_report: Option<serde_json::Value> = match &report {
@@ -353,8 +373,13 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
                 )
             })
     };
+    let optional = |explicit: Option<f64>, key: &str| {
+        explicit.or_else(|| from_report.as_ref().and_then(|r| r["costs"][key].as_f64()))
+    };
     let costs = shardline::plan::Costs {
         cpu_us_per_msg: pick(cpu_us_per_msg, "cpu_us_per_msg")?,
+        db_us_per_msg: optional(db_us_per_msg, "db_us_per_msg"),
+        broker_us_per_msg: optional(broker_us_per_msg, "broker_us_per_msg"),
         write_p99_ms: pick(write_p99_ms, "write_p99_ms")?,
         msg_bytes: pick(msg_bytes, "msg_bytes")?,
     };
@@ -363,8 +388,14 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
         cores_per_host,
         headroom,
         partitions,
+        colocated,
+        shards,
     };
     let plan = shardline::plan::plan(&costs, &target).map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
     print!("{}", plan.explain(&costs, &target));
     let fragment = plan.config_fragment();
     match out {

@@ -1,10 +1,20 @@
-//! The capacity planner behind `shardline plan`: from measured per-message costs (a bench report or
-//! explicit figures) and a target, the shards, hosts, partitions, in-flight budget, Kafka fetch settings
-//! and the write load on Scylla.
+//! The capacity planner behind `shardline plan`: a bottleneck model. Its inputs are measured costs per
+//! record of every resource on the path (shardline's CPU, the database's CPU per write, the broker's
+//! CPU per record, bytes per record, write latency at a moderate load); for a target rate it sizes
+//! each resource, says which one binds, predicts the ceiling of the planned layout, and derives the
+//! shard's in-flight window, write-rate cap and Kafka fetch settings.
+//!
+//! The model: a record costs `s` µs of shardline CPU, `d` µs of database CPU and `b` µs of broker
+//! CPU. A shard runs on one core, so a shard does at most `10⁶ / s` records/s. Where the database and
+//! the broker run on separate machines, each is sized to the target (`rate × cost / 10⁶` cores, plus
+//! headroom). Where they share the hosts (`colocated`, as on a one-box test rig), the host's cores are
+//! one pool: a host does at most `cores / (s + d + b) × 10⁶` records/s, and at most its shards' share.
 //!
 //! Guarantee: pure functions of their inputs (unit-tested with worked examples); every output states
 //! the formula it comes from in [`Plan::explain`]. Precondition: costs measured on the hardware being
-//! planned for (a 2-core CI box's figures do not transfer to a 64-core host without a rerun).
+//! planned for (a 2-core CI box's figures do not transfer to a 64-core host without a rerun), and the
+//! database's cost measured against the real database (Cassandra's cost per write here validates the
+//! model; ScyllaDB's is its own).
 
 use serde::{Deserialize, Serialize};
 
@@ -13,22 +23,56 @@ use serde::{Deserialize, Serialize};
 pub struct Costs {
     /// shardline CPU per message on the full Kafka → Scylla path, in µs (bench: `cpu_us_per_msg`).
     pub cpu_us_per_msg: f64,
-    /// Write latency p99 in ms (bench: `write_p99_ms`): sizes the in-flight budget (Little's law).
+    /// Database CPU per message written, in µs (bench: the database process's CPU over the same
+    /// window). None: unknown, the database is left out of the model (the plan warns).
+    #[serde(default)]
+    pub db_us_per_msg: Option<f64>,
+    /// Kafka broker CPU per message consumed, in µs. None: unknown (the plan warns).
+    #[serde(default)]
+    pub broker_us_per_msg: Option<f64>,
+    /// Write latency p99 in ms at a moderate load, not at saturation (bench: the 5,000 msg/s run):
+    /// sizes the in-flight window (Little's law). A p99 measured at saturation is queueing.
     pub write_p99_ms: f64,
     /// Average Kafka record size in bytes.
     pub msg_bytes: f64,
+}
+
+impl Costs {
+    /// CPU µs per message of every modelled resource together.
+    pub fn total_us(&self) -> f64 {
+        self.cpu_us_per_msg
+            + self.db_us_per_msg.unwrap_or(0.0)
+            + self.broker_us_per_msg.unwrap_or(0.0)
+    }
 }
 
 /// What the cluster must do.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Target {
     pub msgs_per_s: f64,
-    /// Usable cores per host for shards (leave some for IRQs, librdkafka and the tokio bridges).
+    /// Usable cores per host (for shards; with `colocated`, for everything on the host).
     pub cores_per_host: u32,
-    /// Fraction of each shard's CPU kept free for spikes and catch-up, e.g. 0.3.
+    /// Fraction of each resource kept free for spikes and catch-up, e.g. 0.3.
     pub headroom: f64,
     /// Partitions the topic has now, if fixed.
     pub partitions: Option<u32>,
+    /// The database and the broker run on the same hosts as shardline and share their cores.
+    #[serde(default)]
+    pub colocated: bool,
+    /// Plan exactly this many shards (to predict a given layout) instead of sizing from the rate.
+    #[serde(default)]
+    pub shards: Option<u32>,
+}
+
+/// The resource that limits the planned layout.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Bottleneck {
+    /// Each shard's core (one core per shard): more shards (and partitions) move it.
+    ShardCores,
+    /// The hosts' cores, shared by shardline, the database and the broker (colocated): more hosts,
+    /// or a cheaper cost per record of the largest consumer, move it.
+    HostCores,
 }
 
 /// The sizing decision.
@@ -40,6 +84,13 @@ pub struct Plan {
     pub partitions: u32,
     pub partitions_per_shard: f64,
     pub msgs_per_s_per_shard: f64,
+    /// Cores each resource needs for the target, headroom included.
+    pub shardline_cores: f64,
+    pub database_cores: Option<f64>,
+    pub broker_cores: Option<f64>,
+    /// The most the planned layout can do, at full CPU, and what limits it.
+    pub ceiling_msgs_per_s: f64,
+    pub bottleneck: Bottleneck,
     pub max_in_flight_per_shard: u32,
     /// `scylla.max_writes_per_s`: the per-shard rate with the headroom on top, so catch-up after an
     /// outage runs at most that much faster than the steady state.
@@ -56,6 +107,18 @@ pub fn shard_capacity(c: &Costs) -> f64 {
     1e6 / c.cpu_us_per_msg.max(1e-3)
 }
 
+/// The most `hosts` hosts of `shards_per_host` shards do, and what limits them (see the module docs).
+pub fn ceiling(c: &Costs, t: &Target, hosts: u32, shards_per_host: u32) -> (f64, Bottleneck) {
+    let shards = f64::from(shards_per_host) * shard_capacity(c);
+    let pool = f64::from(t.cores_per_host) * 1e6 / c.total_us().max(1e-3);
+    let (per_host, b) = if t.colocated && pool < shards {
+        (pool, Bottleneck::HostCores)
+    } else {
+        (shards, Bottleneck::ShardCores)
+    };
+    (f64::from(hosts) * per_host, b)
+}
+
 /// Computes the plan. Errors are inputs that cannot be planned for.
 pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
     if !(0.0..0.95).contains(&t.headroom) {
@@ -64,13 +127,40 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
     if t.cores_per_host == 0 || t.msgs_per_s <= 0.0 || c.cpu_us_per_msg <= 0.0 {
         return Err("cores_per_host, msgs_per_s and cpu_us_per_msg must be positive".into());
     }
-    let usable = shard_capacity(c) * (1.0 - t.headroom);
-    let shards = (t.msgs_per_s / usable).ceil().max(1.0) as u32;
-    let hosts = shards.div_ceil(t.cores_per_host);
+    if t.shards == Some(0) {
+        return Err("shards must be at least 1".into());
+    }
+    let spare = 1.0 - t.headroom;
+    let cores_for = |us: f64| t.msgs_per_s * us / 1e6 / spare;
+    let shardline_cores = cores_for(c.cpu_us_per_msg);
+    let shards = t
+        .shards
+        .unwrap_or_else(|| shardline_cores.ceil().max(1.0) as u32);
+    // Colocated, a host's cores also carry its share of the database and the broker.
+    let pooled = if t.colocated {
+        (cores_for(c.total_us()) / f64::from(t.cores_per_host)).ceil() as u32
+    } else {
+        0
+    };
+    let hosts = shards.div_ceil(t.cores_per_host).max(pooled).max(1);
     // Spread shards evenly over hosts.
     let shards_per_host = shards.div_ceil(hosts);
     let shards = shards_per_host * hosts;
+    let (ceiling_msgs_per_s, bottleneck) = ceiling(c, t, hosts, shards_per_host);
     let mut warnings = Vec::new();
+    if c.db_us_per_msg.is_none() || c.broker_us_per_msg.is_none() {
+        warnings.push(
+            "the database's or the broker's cost per record is unknown: the plan sizes shardline \
+             only (measure them with scripts/bench.sh, or give --db-us-per-msg and --broker-us-per-msg)"
+                .into(),
+        );
+    }
+    if t.msgs_per_s > ceiling_msgs_per_s {
+        warnings.push(format!(
+            "the target {:.0} msg/s is above this layout's ceiling of {ceiling_msgs_per_s:.0} msg/s",
+            t.msgs_per_s
+        ));
+    }
     // Partitions: at least one per shard, and a multiple of the shard count so each gets the same share.
     let partitions = match t.partitions {
         Some(p) if p >= shards => p,
@@ -90,8 +180,10 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
         ));
     }
     let per_shard = t.msgs_per_s / f64::from(shards);
-    // Little's law at the p99 write latency, doubled so a latency spike does not stall fetching.
-    let in_flight = (per_shard * c.write_p99_ms / 1000.0 * 2.0)
+    // Little's law at the moderate-load write latency, doubled so a latency spike does not stall
+    // fetching; never for more than the layout can absorb (a larger window only queues in the database).
+    let absorbed = per_shard.min(ceiling_msgs_per_s / f64::from(shards));
+    let in_flight = (absorbed * c.write_p99_ms / 1000.0 * 2.0)
         .ceil()
         .clamp(16.0, 65_536.0) as u32;
     let per_partition_bytes_s = t.msgs_per_s * c.msg_bytes / f64::from(partitions.max(1));
@@ -108,6 +200,11 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
         partitions,
         partitions_per_shard: f64::from(partitions) / f64::from(shards),
         msgs_per_s_per_shard: per_shard,
+        shardline_cores,
+        database_cores: c.db_us_per_msg.map(cores_for),
+        broker_cores: c.broker_us_per_msg.map(cores_for),
+        ceiling_msgs_per_s,
+        bottleneck,
         max_in_flight_per_shard: in_flight,
         max_writes_per_s: (per_shard * (1.0 + t.headroom))
             .ceil()
@@ -124,49 +221,114 @@ impl Plan {
     /// A human table with the formula behind each line.
     pub fn explain(&self, c: &Costs, t: &Target) -> String {
         let mut s = String::new();
+        let mut line = |l: String| {
+            s.push_str(&l);
+            s.push('\n');
+        };
         let cap = shard_capacity(c);
-        s.push_str(&format!(
-            "shard capacity        {cap:>12.0} msg/s   = 1e6 / {:.3} µs per message\n",
+        let spare = 1.0 - t.headroom;
+        line(format!(
+            "shard capacity        {cap:>12.0} msg/s   = 1e6 / {:.3} µs shardline CPU per message",
             c.cpu_us_per_msg
         ));
-        s.push_str(&format!(
-            "shards                {:>12}         = ceil({:.0} / ({cap:.0} × (1 − {:.2}))), rounded to fill hosts\n",
-            self.shards, t.msgs_per_s, t.headroom
+        line(format!(
+            "shardline cores       {:>12.2}         = {:.0} msg/s × {:.3} µs / 1e6 / (1 − {:.2})",
+            self.shardline_cores, t.msgs_per_s, c.cpu_us_per_msg, t.headroom
         ));
-        s.push_str(&format!(
-            "hosts                 {:>12}         = ceil(shards / {} cores per host)\n",
-            self.hosts, t.cores_per_host
+        for (name, cores, us) in [
+            ("database cores", self.database_cores, c.db_us_per_msg),
+            ("broker cores", self.broker_cores, c.broker_us_per_msg),
+        ] {
+            match (cores, us) {
+                (Some(n), Some(us)) => line(format!(
+                    "{name:<22}{n:>12.2}         = {:.0} msg/s × {us:.3} µs / 1e6 / {spare:.2}",
+                    t.msgs_per_s
+                )),
+                _ => line(format!("{name:<22}{:>12}         (cost unknown)", "?")),
+            }
+        }
+        line(format!(
+            "shards                {:>12}         = {}, rounded to fill hosts",
+            self.shards,
+            match t.shards {
+                Some(n) => format!("{n} (given)"),
+                None => "ceil(shardline cores)".into(),
+            }
         ));
-        s.push_str(&format!(
-            "shards per host       {:>12}\n",
+        let hosts = if t.colocated {
+            format!(
+                "= max(ceil(shards / {c}), ceil(cores for {:.3} µs of all three / {c})): colocated",
+                c.total_us(),
+                c = t.cores_per_host
+            )
+        } else {
+            format!("= ceil(shards / {} cores per host)", t.cores_per_host)
+        };
+        line(format!(
+            "hosts                 {:>12}         {hosts}",
+            self.hosts
+        ));
+        line(format!(
+            "shards per host       {:>12}",
             self.shards_per_host
         ));
-        s.push_str(&format!(
-            "partitions            {:>12}         ({:.2} per shard)\n",
+        let formula = match self.bottleneck {
+            Bottleneck::ShardCores => format!(
+                "= hosts × shards per host × {cap:.0}: one core per shard binds; more shards (and \
+                 partitions) move it"
+            ),
+            Bottleneck::HostCores => format!(
+                "= hosts × {} cores × 1e6 / {:.3} µs (shardline + database + broker): the shared \
+                 cores bind; more hosts, or a cheaper record for its largest consumer, move it",
+                t.cores_per_host,
+                c.total_us()
+            ),
+        };
+        line(format!(
+            "ceiling               {:>12.0} msg/s   {formula}",
+            self.ceiling_msgs_per_s
+        ));
+        if let Some((name, us)) = [
+            ("shardline", Some(c.cpu_us_per_msg)),
+            ("the database", c.db_us_per_msg),
+            ("the broker", c.broker_us_per_msg),
+        ]
+        .into_iter()
+        .filter_map(|(n, us)| Some((n, us?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        {
+            line(format!(
+                "largest cost          {name}: {us:.3} µs of {:.3} µs per message ({:.0}%)",
+                c.total_us(),
+                us / c.total_us().max(1e-9) * 100.0
+            ));
+        }
+        line(format!(
+            "partitions            {:>12}         ({:.2} per shard)",
             self.partitions, self.partitions_per_shard
         ));
-        s.push_str(&format!(
-            "msg/s per shard       {:>12.0}\n",
+        line(format!(
+            "msg/s per shard       {:>12.0}",
             self.msgs_per_s_per_shard
         ));
-        s.push_str(&format!(
-            "in-flight per shard   {:>12}         = 2 × msg/s per shard × write p99 {:.2} ms\n",
+        line(format!(
+            "in-flight per shard   {:>12}         = 2 × min(msg/s per shard, ceiling / shards) × write p99 {:.2} ms at moderate load",
             self.max_in_flight_per_shard, c.write_p99_ms
         ));
-        s.push_str(&format!(
-            "fetch.min.bytes       {:>12}         ≈ 10 ms of one partition\n",
+        line(format!(
+            "fetch.min.bytes       {:>12}         ≈ 10 ms of one partition",
             self.fetch_min_bytes
         ));
-        s.push_str(&format!(
-            "queued.max.messages.kbytes {:>7}         ≈ 1 s of one shard's input\n",
+        line(format!(
+            "queued.max.messages.kbytes {:>7}         ≈ 1 s of one shard's input",
             self.queued_max_messages_kbytes
         ));
-        s.push_str(&format!(
-            "Scylla writes         {:>12.0} /s      {:.1} MiB/s of values\n",
+        line(format!(
+            "Scylla writes         {:>12.0} /s      {:.1} MiB/s of values",
             self.scylla_writes_per_s, self.scylla_write_mib_per_s
         ));
         for w in &self.warnings {
-            s.push_str(&format!("warning: {w}\n"));
+            line(format!("warning: {w}"));
         }
         s
     }
@@ -194,20 +356,35 @@ mod tests {
     fn costs() -> Costs {
         Costs {
             cpu_us_per_msg: 5.0,
+            db_us_per_msg: Some(20.0),
+            broker_us_per_msg: Some(2.0),
             write_p99_ms: 4.0,
             msg_bytes: 240.0,
         }
     }
 
+    fn target(msgs_per_s: f64, cores_per_host: u32, headroom: f64) -> Target {
+        Target {
+            msgs_per_s,
+            cores_per_host,
+            headroom,
+            partitions: None,
+            colocated: false,
+            shards: None,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6 * b.abs().max(1.0)
+    }
+
     #[test]
     fn worked_example_motivating_case() {
-        // 200k msg/s at 5 µs per message: a shard does 200k msg/s flat out, 140k with 30% headroom,
-        // so 2 shards; 16 cores per host makes that 1 host.
+        // 200k msg/s at 5 µs per message: 1.43 shardline cores with 30% headroom, so 2 shards; 16 cores
+        // per host makes that 1 host. The database (20 µs) and the broker (2 µs) run elsewhere.
         let t = Target {
-            msgs_per_s: 200_000.0,
-            cores_per_host: 16,
-            headroom: 0.3,
             partitions: Some(20),
+            ..target(200_000.0, 16, 0.3)
         };
         let p = plan(&costs(), &t).expect("plannable");
         assert_eq!(
@@ -215,6 +392,13 @@ mod tests {
             (2, 1, 2, 20)
         );
         assert_eq!(p.msgs_per_s_per_shard, 100_000.0);
+        assert!(close(p.shardline_cores, 200_000.0 * 5.0 / 1e6 / 0.7));
+        // 200k × 20 µs = 4 cores of database, 5.71 with the headroom; broker 0.4 → 0.57.
+        assert!(close(p.database_cores.expect("known"), 4.0 / 0.7));
+        assert!(close(p.broker_cores.expect("known"), 0.4 / 0.7));
+        // Two shards of 200k msg/s each: the shard cores bind at 400k.
+        assert_eq!(p.bottleneck, Bottleneck::ShardCores);
+        assert!(close(p.ceiling_msgs_per_s, 400_000.0));
         // Catch-up cap: the per-shard rate plus the 30% headroom.
         assert_eq!(p.max_writes_per_s, 130_000);
         assert!(p.config_fragment().contains("max_writes_per_s = 130000"));
@@ -226,7 +410,124 @@ mod tests {
         assert!(p
             .config_fragment()
             .contains("max_in_flight_per_shard = 800"));
-        assert!(p.explain(&costs(), &t).contains("shards"));
+        let text = p.explain(&costs(), &t);
+        assert!(
+            text.contains("largest cost          the database"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn worked_example_one_colocated_box() {
+        // This project's bench box: 2 cores shared by shardline (4.2 µs), Cassandra (18 µs) and Kafka
+        // (2 µs). 24.2 µs per record over 2 cores: 82,645 msg/s, whatever the shard count, since one
+        // shard alone could do 238k.
+        let c = Costs {
+            cpu_us_per_msg: 4.2,
+            db_us_per_msg: Some(18.0),
+            broker_us_per_msg: Some(2.0),
+            write_p99_ms: 2.0,
+            msg_bytes: 240.0,
+        };
+        for shards in [1, 2] {
+            let t = Target {
+                colocated: true,
+                shards: Some(shards),
+                ..target(1.0, 2, 0.0)
+            };
+            let p = plan(&c, &t).expect("plannable");
+            assert_eq!((p.shards, p.hosts), (shards, 1));
+            assert_eq!(p.bottleneck, Bottleneck::HostCores);
+            assert!(
+                close(p.ceiling_msgs_per_s, 2e6 / 24.2),
+                "{}",
+                p.ceiling_msgs_per_s
+            );
+        }
+        // A fast database makes the one shard bind: 2e6 / (4.2 + 0.5 + 0.1) = 416k > 238k.
+        let cheap = Costs {
+            db_us_per_msg: Some(0.5),
+            broker_us_per_msg: Some(0.1),
+            ..c.clone()
+        };
+        let t = Target {
+            colocated: true,
+            shards: Some(1),
+            ..target(1.0, 2, 0.0)
+        };
+        let p = plan(&cheap, &t).expect("plannable");
+        assert_eq!(p.bottleneck, Bottleneck::ShardCores);
+        assert!(close(p.ceiling_msgs_per_s, 1e6 / 4.2));
+    }
+
+    #[test]
+    fn colocated_hosts_carry_the_database_and_the_broker_too() {
+        // 200k msg/s × 24.2 µs = 4.84 cores of work, 6.91 with 30% headroom: 4 hosts of 2 cores,
+        // though shardline alone would need 2 shards (1 host).
+        let c = Costs {
+            cpu_us_per_msg: 4.2,
+            db_us_per_msg: Some(18.0),
+            broker_us_per_msg: Some(2.0),
+            write_p99_ms: 2.0,
+            msg_bytes: 240.0,
+        };
+        let t = Target {
+            colocated: true,
+            ..target(200_000.0, 2, 0.3)
+        };
+        let p = plan(&c, &t).expect("plannable");
+        assert_eq!((p.hosts, p.shards_per_host, p.shards), (4, 1, 4));
+        assert_eq!(p.bottleneck, Bottleneck::HostCores);
+        assert!(close(p.ceiling_msgs_per_s, 4.0 * 2e6 / 24.2));
+        assert!(
+            p.ceiling_msgs_per_s >= t.msgs_per_s,
+            "the plan carries its target"
+        );
+    }
+
+    #[test]
+    fn the_in_flight_window_stops_at_what_the_layout_absorbs() {
+        // One shard of 4.2 µs (238,095 msg/s) asked for 500k msg/s: the plan warns, and the window is
+        // 2 × 238,095 × 2 ms = 953 records, not 2 × 500k × 2 ms = 2000 that would only queue.
+        let c = Costs {
+            cpu_us_per_msg: 4.2,
+            write_p99_ms: 2.0,
+            ..costs()
+        };
+        let t = Target {
+            shards: Some(1),
+            ..target(500_000.0, 1, 0.0)
+        };
+        let p = plan(&c, &t).expect("plannable");
+        assert_eq!((p.shards, p.hosts), (1, 1));
+        assert!(close(p.ceiling_msgs_per_s, 1e6 / 4.2));
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("above this layout's ceiling")),
+            "{:?}",
+            p.warnings
+        );
+        assert_eq!(p.max_in_flight_per_shard, 953);
+    }
+
+    #[test]
+    fn unknown_database_and_broker_costs_are_said() {
+        let c = Costs {
+            db_us_per_msg: None,
+            broker_us_per_msg: None,
+            ..costs()
+        };
+        let p = plan(&c, &target(10_000.0, 4, 0.3)).expect("plannable");
+        assert!(
+            p.warnings.iter().any(|w| w.contains("unknown")),
+            "{:?}",
+            p.warnings
+        );
+        assert_eq!((p.database_cores, p.broker_cores), (None, None));
+        assert!(p
+            .explain(&c, &target(10_000.0, 4, 0.3))
+            .contains("(cost unknown)"));
     }
 
     #[test]
@@ -237,12 +538,11 @@ mod tests {
             cpu_us_per_msg: 20.0,
             write_p99_ms: 10.0,
             msg_bytes: 1000.0,
+            ..costs()
         };
         let t = Target {
-            msgs_per_s: 2_000_000.0,
-            cores_per_host: 12,
-            headroom: 0.5,
             partitions: Some(64),
+            ..target(2_000_000.0, 12, 0.5)
         };
         let p = plan(&c, &t).expect("plannable");
         assert_eq!((p.shards, p.hosts, p.shards_per_host), (84, 7, 12));
@@ -257,12 +557,11 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_refused() {
-        let t = Target {
-            msgs_per_s: 1000.0,
-            cores_per_host: 4,
-            headroom: 1.0,
-            partitions: None,
+        assert!(plan(&costs(), &target(1000.0, 4, 1.0)).is_err());
+        let zero = Target {
+            shards: Some(0),
+            ..target(1000.0, 4, 0.3)
         };
-        assert!(plan(&costs(), &t).is_err());
+        assert!(plan(&costs(), &zero).is_err());
     }
 }

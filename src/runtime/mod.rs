@@ -15,12 +15,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 use prometheus::Registry;
 use thiserror::Error;
 
-/// The shard executor's preempt timer: how long its tasks may run before glommio's reactor fires
-/// due timers and takes wake-ups from other threads (a Kafka message, a dead-letter acknowledgement).
-/// glommio's default, 100 ms, would hold a retry backoff or a consumer wake-up that long behind a
-/// busy loop or the bridge's driver task; each preemption costs one `io_uring_enter`.
-pub const PREEMPT: std::time::Duration = std::time::Duration::from_millis(1);
-
 use crate::codec::CodecError;
 use crate::config::{Config, ConfigError};
 use crate::kafka::KafkaError;
@@ -251,7 +245,10 @@ pub fn start_with(
         let h = LocalExecutorBuilder::new(Placement::Fixed(spec.core))
             .name(&format!("shard{}", spec.index))
             .io_memory(config.shards.io_memory_bytes)
-            .preempt_timer(PREEMPT)
+            // glommio's preempt timer stays at its default (100 ms). A 1 ms timer starved shards on a
+            // shared core: when the kernel runs another thread for longer than the timer, glommio
+            // finds it expired before running any task, re-arms it and goes round again (measured:
+            // `faults::second_process_joins_then_first_leaves` hung a shard under two busy loops).
             .spawn(move || async move {
                 let r = shard::run(
                     cfg,

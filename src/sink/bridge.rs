@@ -14,9 +14,9 @@
 //! until a response arrives, a Kafka message wakes the loop (its waker is [`BridgeHandle::waker`]),
 //! or [`WAIT_MAX`] passes; then it sleeps on a glommio timer, so that glommio's reactor runs before
 //! its next turn: that is where glommio fires its timers and takes wake-ups from other threads
-//! (librdkafka's, for the consumer stream). The shard executor's preempt timer
-//! ([`crate::runtime::PREEMPT`]) bounds the same while the loop is busy, so glommio timers and
-//! foreign wake-ups are late by about a millisecond at most. With nothing in flight the task sleeps
+//! (librdkafka's, for the consumer stream), so while the loop is idle they are late by about
+//! [`WAIT_MAX`] at most. While the loop is busy (a backlog) the reactor runs at glommio's preempt
+//! timer; the loop does its tick's work itself then. With nothing in flight the task sleeps
 //! in glommio and pumps every [`IDLE_PUMP`], which keeps the driver's keep-alives and topology
 //! refreshes going. [`Driver::stop`] ends the task, so the runtime goes with the shard.
 //!

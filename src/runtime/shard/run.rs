@@ -3,9 +3,9 @@
 //!
 //! Guarantee: decoding stays in this loop (schema resolution once per id; a record whose schema the
 //! registry did not serve waits in its own future, so other partitions keep flowing); under a
-//! backlog the loop yields its task queue at least every [`YIELD_EVERY`] (sending open batches and
-//! reading control), and the executor's preempt timer ([`crate::runtime::PREEMPT`]) lets glommio's
-//! reactor fire timers (retry backoffs) and take wake-ups from other threads; a stop ends every
+//! backlog the loop yields its task queue at least every [`YIELD_EVERY`] (doing the tick's work,
+//! sending open batches and reading control), and glommio's reactor fires timers (retry backoffs)
+//! at its preempt timer; a stop ends every
 //! backoff at once (the shard's [`Shutdown`](crate::retry::Shutdown)), finishes in-flight work
 //! within `shards.shutdown_deadline_ms`, then stores and commits the done prefix.
 //! Precondition: [`super::setup`] built the resources; the executor is the shard's own.
