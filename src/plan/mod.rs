@@ -59,7 +59,8 @@ pub struct Target {
     /// The database and the broker run on the same hosts as shardline and share their cores.
     #[serde(default)]
     pub colocated: bool,
-    /// Plan exactly this many shards (to predict a given layout) instead of sizing from the rate.
+    /// Plan exactly this many shards, on the fewest hosts that hold them (to predict a given
+    /// layout), instead of sizing from the rate.
     #[serde(default)]
     pub shards: Option<u32>,
 }
@@ -107,16 +108,16 @@ pub fn shard_capacity(c: &Costs) -> f64 {
     1e6 / c.cpu_us_per_msg.max(1e-3)
 }
 
-/// The most `hosts` hosts of `shards_per_host` shards do, and what limits them (see the module docs).
-pub fn ceiling(c: &Costs, t: &Target, hosts: u32, shards_per_host: u32) -> (f64, Bottleneck) {
-    let shards = f64::from(shards_per_host) * shard_capacity(c);
-    let pool = f64::from(t.cores_per_host) * 1e6 / c.total_us().max(1e-3);
-    let (per_host, b) = if t.colocated && pool < shards {
+/// The most `shards` shards on `hosts` hosts do, and what limits them (see the module docs). Shards
+/// spread as evenly as they go; with an uneven spread the pooled bound is the hosts' total.
+pub fn ceiling(c: &Costs, t: &Target, hosts: u32, shards: u32) -> (f64, Bottleneck) {
+    let by_shards = f64::from(shards) * shard_capacity(c);
+    let pool = f64::from(hosts) * f64::from(t.cores_per_host) * 1e6 / c.total_us().max(1e-3);
+    if t.colocated && pool < by_shards {
         (pool, Bottleneck::HostCores)
     } else {
-        (shards, Bottleneck::ShardCores)
-    };
-    (f64::from(hosts) * per_host, b)
+        (by_shards, Bottleneck::ShardCores)
+    }
 }
 
 /// Computes the plan. Errors are inputs that cannot be planned for.
@@ -133,32 +134,52 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
     let spare = 1.0 - t.headroom;
     let cores_for = |us: f64| t.msgs_per_s * us / 1e6 / spare;
     let shardline_cores = cores_for(c.cpu_us_per_msg);
-    let shards = t
-        .shards
-        .unwrap_or_else(|| shardline_cores.ceil().max(1.0) as u32);
-    // Colocated, a host's cores also carry its share of the database and the broker.
-    let pooled = if t.colocated {
-        (cores_for(c.total_us()) / f64::from(t.cores_per_host)).ceil() as u32
-    } else {
-        0
+    let (shards, hosts, shards_per_host) = match t.shards {
+        // A given layout is planned as given: its hosts are the fewest that hold its shards.
+        Some(n) => {
+            let hosts = n.div_ceil(t.cores_per_host);
+            (n, hosts, n.div_ceil(hosts))
+        }
+        None => {
+            let needed = shardline_cores.ceil().max(1.0) as u32;
+            // Colocated, a host's cores also carry its share of the database and the broker.
+            let pooled = if t.colocated {
+                (cores_for(c.total_us()) / f64::from(t.cores_per_host)).ceil() as u32
+            } else {
+                0
+            };
+            let hosts = needed.div_ceil(t.cores_per_host).max(pooled).max(1);
+            // Spread shards evenly over hosts.
+            let per_host = needed.div_ceil(hosts);
+            (per_host * hosts, hosts, per_host)
+        }
     };
-    let hosts = shards.div_ceil(t.cores_per_host).max(pooled).max(1);
-    // Spread shards evenly over hosts.
-    let shards_per_host = shards.div_ceil(hosts);
-    let shards = shards_per_host * hosts;
-    let (ceiling_msgs_per_s, bottleneck) = ceiling(c, t, hosts, shards_per_host);
+    let (ceiling_msgs_per_s, bottleneck) = ceiling(c, t, hosts, shards);
     let mut warnings = Vec::new();
     if c.db_us_per_msg.is_none() || c.broker_us_per_msg.is_none() {
-        warnings.push(
-            "the database's or the broker's cost per record is unknown: the plan sizes shardline \
-             only (measure them with scripts/bench.sh, or give --db-us-per-msg and --broker-us-per-msg)"
-                .into(),
-        );
+        let missing: Vec<&str> = [
+            ("database", c.db_us_per_msg),
+            ("broker", c.broker_us_per_msg),
+        ]
+        .iter()
+        .filter(|(_, us)| us.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+        warnings.push(format!(
+            "the {} cost per record is unknown and left out of the model (measure it with \
+             scripts/bench.sh, or give --db-us-per-msg / --broker-us-per-msg)",
+            missing.join(" and the ")
+        ));
     }
     if t.msgs_per_s > ceiling_msgs_per_s {
         warnings.push(format!(
-            "the target {:.0} msg/s is above this layout's ceiling of {ceiling_msgs_per_s:.0} msg/s",
-            t.msgs_per_s
+            "the target {:.0} msg/s is above this layout's ceiling of {ceiling_msgs_per_s:.0} msg/s{}",
+            t.msgs_per_s,
+            if t.shards.is_some() {
+                " (leave out --shards to size the layout for the target)"
+            } else {
+                ""
+            }
         ));
     }
     // Partitions: at least one per shard, and a multiple of the shard count so each gets the same share.
@@ -255,9 +276,14 @@ impl Plan {
                 None => "ceil(shardline cores)".into(),
             }
         ));
-        let hosts = if t.colocated {
+        let hosts = if t.shards.is_some() {
             format!(
-                "= max(ceil(shards / {c}), ceil(cores for {:.3} µs of all three / {c})): colocated",
+                "= ceil(shards / {} cores per host): the given layout",
+                t.cores_per_host
+            )
+        } else if t.colocated {
+            format!(
+                "= max(ceil(shards / {c}), ceil(cores for {:.3} µs per message of everything modelled / {c})): colocated",
                 c.total_us(),
                 c = t.cores_per_host
             )
@@ -312,7 +338,7 @@ impl Plan {
             self.msgs_per_s_per_shard
         ));
         line(format!(
-            "in-flight per shard   {:>12}         = 2 × min(msg/s per shard, ceiling / shards) × write p99 {:.2} ms at moderate load",
+            "in-flight per shard   {:>12}         = 2 × min(msg/s per shard, ceiling / shards) × write p99 {:.2} ms at moderate load, within [16, 65536]",
             self.max_in_flight_per_shard, c.write_p99_ms
         ));
         line(format!(
@@ -509,6 +535,41 @@ mod tests {
             p.warnings
         );
         assert_eq!(p.max_in_flight_per_shard, 953);
+    }
+
+    #[test]
+    fn a_given_layout_is_planned_as_given() {
+        // 3 shards on 2-core hosts: 2 hosts, still 3 shards (not rounded up to 4).
+        let p = plan(
+            &costs(),
+            &Target {
+                shards: Some(3),
+                ..target(1000.0, 2, 0.3)
+            },
+        )
+        .expect("plannable");
+        assert_eq!((p.shards, p.hosts, p.shards_per_host), (3, 2, 2));
+        assert!(close(p.ceiling_msgs_per_s, 3.0 * 200_000.0));
+        // One colocated box asked for more than it can do stays one box, and says so.
+        let c = Costs {
+            cpu_us_per_msg: 4.2,
+            db_us_per_msg: Some(18.0),
+            broker_us_per_msg: Some(2.0),
+            ..costs()
+        };
+        let t = Target {
+            colocated: true,
+            shards: Some(1),
+            ..target(200_000.0, 2, 0.3)
+        };
+        let p = plan(&c, &t).expect("plannable");
+        assert_eq!((p.shards, p.hosts), (1, 1));
+        assert!(close(p.ceiling_msgs_per_s, 2e6 / 24.2));
+        assert!(
+            p.warnings.iter().any(|w| w.contains("leave out --shards")),
+            "{:?}",
+            p.warnings
+        );
     }
 
     #[test]

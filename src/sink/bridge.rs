@@ -9,8 +9,8 @@
 //! timers) runs only inside [`TokioBridge::pump`] and [`TokioBridge::wait`], which [`drive`] calls
 //! from a glommio task of the shard: a pump after the other tasks had their turn (it sends what they
 //! queued and reads what came back). When requests are in flight and a whole turn of the executor
-//! passed with nothing happening (the shard's loop said it is idle, [`BridgeHandle::set_idle`], and
-//! no request started and no bridge waker fired since), the task blocks the thread in tokio's poller
+//! passed with nothing happening (two turns in fact: the shard's loop said it is idle,
+//! [`BridgeHandle::set_idle`], and no request started and no bridge waker fired since), the task blocks the thread in tokio's poller
 //! until a response arrives, a Kafka message wakes the loop (its waker is [`BridgeHandle::waker`]),
 //! or [`WAIT_MAX`] passes; then it sleeps on a glommio timer, so that glommio's reactor runs before
 //! its next turn: that is where glommio fires its timers and takes wake-ups from other threads
@@ -37,7 +37,8 @@ use pin_project_lite::pin_project;
 use tokio::runtime::{Handle, Runtime};
 
 /// The longest the shard's thread blocks in tokio's poller while requests are in flight; glommio
-/// timers (retry backoffs, the loop's tick) and foreign wake-ups are at most this late meanwhile.
+/// timers (retry backoffs, the loop's tick) and foreign wake-ups are at most this late meanwhile
+/// (give or take tokio's timer resolution, 1 ms).
 pub const WAIT_MAX: Duration = Duration::from_millis(1);
 /// How often the runtime is pumped when nothing is in flight (driver keep-alives, topology refresh).
 pub const IDLE_PUMP: Duration = Duration::from_millis(100);
@@ -200,6 +201,12 @@ impl<F: Future> Future for InTokio<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let link = &this.bridge.link;
+        if link.closed.load(Ordering::Acquire) {
+            // The driver stopped and the runtime is going or gone: polling the driver's future
+            // could touch a tokio timer of a runtime that shuts down (tokio panics then). Nothing
+            // would ever complete it anyway; its task is dropped with the shard.
+            return Poll::Pending;
+        }
         if this.counted.is_none() {
             *this.counted = Some(InFlight::start(link));
         }
@@ -328,11 +335,20 @@ async fn drive(bridge: std::rc::Rc<TokioBridge>) {
             until_busy_or(&link, IDLE_PUMP).await;
             continue;
         }
-        let before = link.activity();
-        yield_once().await;
-        bridge.pump();
-        let quiet = link.activity() == before && link.idle.load(Ordering::Acquire);
-        if quiet && bridge.in_flight() > 0 && !link.closed.load(Ordering::Acquire) {
+        // Two executor turns with no sign of activity: a task spawned during the first (a batch
+        // sent by a linger timer) has had its turn and started its request by the second.
+        let mut quiet = true;
+        for _ in 0..2 {
+            let before = link.activity();
+            yield_once().await;
+            bridge.pump();
+            quiet &= link.activity() == before;
+        }
+        if quiet
+            && link.idle.load(Ordering::Acquire)
+            && bridge.in_flight() > 0
+            && !link.closed.load(Ordering::Acquire)
+        {
             bridge.wait(WAIT_MAX);
             // Not a plain yield: glommio reaches its reactor (timers, wake-ups from other threads)
             // only once no task is runnable, and this task would always be.

@@ -201,8 +201,9 @@ impl ShardLoop {
                 && self.last_yield.elapsed() >= YIELD_EVERY
             {
                 // Under a backlog no event is ever Pending, so the timer never gets polled: the tick's
-                // work runs here when it is due, and the task queue yields so that the reactor fires
-                // timers (retry backoffs) and serves I/O.
+                // work runs here when it is due, and the task queue yields so that the other tasks
+                // (batch writes, the bridge's driver) get their turn. glommio's reactor (timers such
+                // as retry backoffs) runs at its preempt timer meanwhile.
                 if self.last_tick.elapsed() >= TICK {
                     self.on_tick(&kafka);
                 }

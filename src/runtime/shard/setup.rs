@@ -100,14 +100,11 @@ pub(super) async fn setup(
     tracing::info!(shard = spec.index, steps = ?chain.step_names(), "processor chain");
     let book = partition_book(config, &metrics);
     let (consumer, signals) = consumer(config, spec, siblings, &metrics, &book, &client_id, opts)?;
-    let dead_letters = match &config.kafka.dead_letter_topic {
-        Some(t) => Some(DeadLetterProducer::new(
-            &config.kafka,
-            &client_id,
-            t.clone(),
-        )?),
-        None => None,
-    };
+    let dead_letters = config
+        .kafka
+        .dead_letter_topic
+        .as_ref()
+        .map(|t| DeadLetterProducer::new(&config.kafka, &client_id, t.clone()));
     let decoder = Rc::new(RefCell::new(decoder));
     let records = Rc::new(RecordContext {
         chain: Rc::new(chain),
