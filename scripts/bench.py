@@ -264,13 +264,13 @@ def moderate_run(by):
     return by.get("cassandra-5000-per-s") or by.get("cassandra-2000-per-s") or {}
 
 
-def moderate_write_p99(by):
-    return (moderate_run(by).get("write") or {}).get("p99_ms")
+def moderate_write_mean(by):
+    return (moderate_run(by).get("write") or {}).get("mean_ms")
 
 
-def costs_of(run, write_p99_ms, msg_bytes):
+def costs_of(run, write_mean_ms, msg_bytes):
     return {"cpu_us_per_msg": run.get("cpu_us_per_msg"), "db_us_per_msg": run.get("db_us_per_msg"),
-            "broker_us_per_msg": run.get("broker_us_per_msg"), "write_p99_ms": write_p99_ms, "msg_bytes": msg_bytes}
+            "broker_us_per_msg": run.get("broker_us_per_msg"), "write_mean_ms": write_mean_ms, "msg_bytes": msg_bytes}
 
 
 def predict(costs, shards):
@@ -279,7 +279,7 @@ def predict(costs, shards):
         return None, None
     args = [B, "plan", "--json", "--colocated", "--cores-per-host", str(os.cpu_count()), "--shards", str(shards),
             "--headroom", "0", "--msgs-per-s", "1", "--cpu-us-per-msg", str(costs["cpu_us_per_msg"]),
-            "--write-p99-ms", str(costs.get("write_p99_ms") or 1), "--msg-bytes", str(costs["msg_bytes"])]
+            "--write-mean-ms", str(costs.get("write_mean_ms") or 1), "--msg-bytes", str(costs["msg_bytes"])]
     for key in ("db_us_per_msg", "broker_us_per_msg"):
         if costs.get(key) is not None:
             args += ["--" + key.replace("_", "-"), str(costs[key])]
@@ -291,14 +291,14 @@ def predict(costs, shards):
     return p["ceiling_msgs_per_s"], p["bottleneck"]
 
 
-def planner_check(by, write_p99_ms, msg_bytes):
+def planner_check(by, write_mean_ms, msg_bytes):
     rows = []
     for suffix in ("", "-nobatch"):
         for shards, other in ((1, 2), (2, 1)):
             run, src = by.get(f"cassandra-max-{shards}-shard{suffix}"), by.get(f"cassandra-max-{other}-shard{suffix}")
             if not run or not src:
                 continue
-            predicted, bottleneck = predict(costs_of(src, write_p99_ms, msg_bytes), shards)
+            predicted, bottleneck = predict(costs_of(src, write_mean_ms, msg_bytes), shards)
             measured = run["msgs_per_s"]
             rows.append({"run": run["name"], "costs_from": src["name"], "predicted": predicted, "measured": measured,
                          "error_pct": (predicted / measured - 1) * 100 if predicted and measured else None,
@@ -374,9 +374,9 @@ def main():
         },
         # What `shardline plan --report` reads: the costs of the default configuration (1 shard,
         # batching on) at full load, and the write latency at a moderate load (not at saturation).
-        "costs": costs_of(by["cassandra-max-1-shard"], moderate_write_p99(by), msg_bytes),
+        "costs": costs_of(by["cassandra-max-1-shard"], moderate_write_mean(by), msg_bytes),
     }
-    report["planner"] = planner_check(by, moderate_write_p99(by), msg_bytes)
+    report["planner"] = planner_check(by, moderate_write_mean(by), msg_bytes)
     json.dump(report, open(os.path.join(OUT, "report.json"), "w"), indent=2)
     svg(results, os.path.join(OUT, "latency.svg"))
     lines = ["# shardline benchmark", "", f"Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}; Kafka, Cassandra and the registry on the same machine.",
@@ -391,8 +391,8 @@ def main():
     c = report["costs"]
     lines += ["", f"Costs per record at full load, 1 shard, batching on (what `shardline plan --report` reads): shardline "
               f"{fmt(c['cpu_us_per_msg'], ' µs', 2)}, Cassandra {fmt(c.get('db_us_per_msg'), ' µs', 2)}, Kafka broker "
-              f"{fmt(c.get('broker_us_per_msg'), ' µs', 2)}; write p99 at a moderate load ({moderate_run(by).get('name', 'n/a')}) "
-              f"{fmt(c['write_p99_ms'], ' ms', 2)}.", "",
+              f"{fmt(c.get('broker_us_per_msg'), ' µs', 2)}; mean write latency at a moderate load ({moderate_run(by).get('name', 'n/a')}) "
+              f"{fmt(c['write_mean_ms'], ' ms', 2)}.", "",
               f"Planner check (`shardline plan --colocated --cores-per-host {os.cpu_count()} --shards N`, costs from the run with "
               "the other shard count, so no prediction sees its own run):", "",
               "| run | costs from | predicted msg/s | measured msg/s | error | binding |", "|---|---|---|---|---|---|"]

@@ -13,6 +13,8 @@ use crate::metrics::{counter_sum, gather, gauge_range, histogram_buckets, quanti
 #[derive(Debug, Clone, Serialize)]
 pub struct Quantiles {
     pub count: u64,
+    /// The exact mean (the histogram's sum over its count): what Little's law takes.
+    pub mean_ms: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
@@ -135,8 +137,15 @@ fn step_latency(fams: &[prometheus::proto::MetricFamily]) -> BTreeMap<String, Qu
 fn quantiles(fams: &[prometheus::proto::MetricFamily], name: &str) -> Quantiles {
     let (b, n) = histogram_buckets(fams, name);
     let ms = |q| quantile(&b, n, q).map(|s| s * 1000.0);
+    let sum: f64 = fams
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_histogram().get_sample_sum())
+        .sum();
     Quantiles {
         count: n,
+        mean_ms: (n > 0).then(|| sum / n as f64 * 1000.0),
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
@@ -191,5 +200,31 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
         lookup_cache: by_labels(&fams, "shardline_lookup_cache_total", "step", "result"),
         step_latency: step_latency(&fams),
         batches: batches(&fams),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mean_is_the_histograms_sum_over_its_count_across_shards() {
+        let a = crate::metrics::ShardMetrics::new(0);
+        let b = crate::metrics::ShardMetrics::new(1);
+        for s in [0.001, 0.003] {
+            a.write_seconds.observe(s);
+        }
+        b.write_seconds.observe(0.008);
+        let fams = gather(&[a.registry.clone(), b.registry.clone()]);
+        let q = quantiles(&fams, "shardline_write_seconds");
+        assert_eq!(q.count, 3);
+        let mean = q.mean_ms.expect("samples");
+        assert!((mean - 4.0).abs() < 1e-9, "{mean}");
+        let empty = crate::metrics::ShardMetrics::new(2);
+        let none = quantiles(
+            &gather(std::slice::from_ref(&empty.registry)),
+            "shardline_write_seconds",
+        );
+        assert_eq!((none.count, none.mean_ms), (0, None));
     }
 }

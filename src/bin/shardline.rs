@@ -134,9 +134,9 @@ struct PlanArgs {
     /// Kafka broker CPU µs per message consumed.
     #[arg(long)]
     broker_us_per_msg: Option<f64>,
-    /// Write latency p99 (ms) at a moderate load, not at saturation.
+    /// Mean write latency (ms) at a moderate load, not at saturation.
     #[arg(long)]
-    write_p99_ms: Option<f64>,
+    write_mean_ms: Option<f64>,
     /// Average record size (bytes).
     #[arg(long)]
     msg_bytes: Option<f64>,
@@ -346,7 +346,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
         cpu_us_per_msg,
         db_us_per_msg,
         broker_us_per_msg,
-        write_p99_ms,
+        write_mean_ms,
         msg_bytes,
         msgs_per_s,
         cores_per_host,
@@ -380,7 +380,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
         cpu_us_per_msg: pick(cpu_us_per_msg, "cpu_us_per_msg")?,
         db_us_per_msg: optional(db_us_per_msg, "db_us_per_msg"),
         broker_us_per_msg: optional(broker_us_per_msg, "broker_us_per_msg"),
-        write_p99_ms: pick(write_p99_ms, "write_p99_ms")?,
+        write_mean_ms: pick(write_mean_ms, "write_mean_ms")?,
         msg_bytes: pick(msg_bytes, "msg_bytes")?,
     };
     let target = shardline::plan::Target {

@@ -30,9 +30,11 @@ pub struct Costs {
     /// Kafka broker CPU per message consumed, in µs. None: unknown (the plan warns).
     #[serde(default)]
     pub broker_us_per_msg: Option<f64>,
-    /// Write latency p99 in ms at a moderate load, not at saturation (bench: the 5,000 msg/s run):
-    /// sizes the in-flight window (Little's law). A p99 measured at saturation is queueing.
-    pub write_p99_ms: f64,
+    /// Mean write latency in ms at a moderate load, not at saturation (bench: the 5,000 msg/s run):
+    /// sizes the in-flight window by Little's law (records in flight = rate × mean time in flight).
+    /// A latency measured at saturation is queueing; a p99 would size the window for the tail (on
+    /// the bench box, JVM pauses), ten times what the database needs.
+    pub write_mean_ms: f64,
     /// Average Kafka record size in bytes.
     pub msg_bytes: f64,
 }
@@ -201,10 +203,10 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
         ));
     }
     let per_shard = t.msgs_per_s / f64::from(shards);
-    // Little's law at the moderate-load write latency, doubled so a latency spike does not stall
+    // Little's law at the moderate-load mean write latency, doubled so a latency spike does not stall
     // fetching; never for more than the layout can absorb (a larger window only queues in the database).
     let absorbed = per_shard.min(ceiling_msgs_per_s / f64::from(shards));
-    let in_flight = (absorbed * c.write_p99_ms / 1000.0 * 2.0)
+    let in_flight = (absorbed * c.write_mean_ms / 1000.0 * 2.0)
         .ceil()
         .clamp(16.0, 65_536.0) as u32;
     let per_partition_bytes_s = t.msgs_per_s * c.msg_bytes / f64::from(partitions.max(1));
@@ -338,8 +340,8 @@ impl Plan {
             self.msgs_per_s_per_shard
         ));
         line(format!(
-            "in-flight per shard   {:>12}         = 2 × min(msg/s per shard, ceiling / shards) × write p99 {:.2} ms at moderate load, within [16, 65536]",
-            self.max_in_flight_per_shard, c.write_p99_ms
+            "in-flight per shard   {:>12}         = 2 × min(msg/s per shard, ceiling / shards) × mean write {:.2} ms at moderate load, within [16, 65536]",
+            self.max_in_flight_per_shard, c.write_mean_ms
         ));
         line(format!(
             "fetch.min.bytes       {:>12}         ≈ 10 ms of one partition",
@@ -384,7 +386,7 @@ mod tests {
             cpu_us_per_msg: 5.0,
             db_us_per_msg: Some(20.0),
             broker_us_per_msg: Some(2.0),
-            write_p99_ms: 4.0,
+            write_mean_ms: 4.0,
             msg_bytes: 240.0,
         }
     }
@@ -452,7 +454,7 @@ mod tests {
             cpu_us_per_msg: 4.2,
             db_us_per_msg: Some(18.0),
             broker_us_per_msg: Some(2.0),
-            write_p99_ms: 2.0,
+            write_mean_ms: 2.0,
             msg_bytes: 240.0,
         };
         for shards in [1, 2] {
@@ -494,7 +496,7 @@ mod tests {
             cpu_us_per_msg: 4.2,
             db_us_per_msg: Some(18.0),
             broker_us_per_msg: Some(2.0),
-            write_p99_ms: 2.0,
+            write_mean_ms: 2.0,
             msg_bytes: 240.0,
         };
         let t = Target {
@@ -517,7 +519,7 @@ mod tests {
         // 2 × 238,095 × 2 ms = 953 records, not 2 × 500k × 2 ms = 2000 that would only queue.
         let c = Costs {
             cpu_us_per_msg: 4.2,
-            write_p99_ms: 2.0,
+            write_mean_ms: 2.0,
             ..costs()
         };
         let t = Target {
@@ -597,7 +599,7 @@ mod tests {
         // 12 cores per host → 7 hosts; rounded to fill them evenly: 7 × 12 = 84 shards.
         let c = Costs {
             cpu_us_per_msg: 20.0,
-            write_p99_ms: 10.0,
+            write_mean_ms: 10.0,
             msg_bytes: 1000.0,
             ..costs()
         };
