@@ -399,35 +399,47 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
-    #[test]
-    fn tokio_timers_and_sockets_work_when_polled_from_glommio() {
-        let out = glommio::LocalExecutorBuilder::default()
+    /// Runs `f` on a fresh glommio executor with a bridge whose driver runs (the loop idle), stops
+    /// the driver, and returns `f`'s result with the bridge's remaining owners.
+    fn on_bridge<T, F, Fut>(f: F) -> (T, usize)
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<TokioBridge>) -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+    {
+        glommio::LocalExecutorBuilder::default()
             .spawn(|| async move {
                 let bridge = Rc::new(TokioBridge::new().expect("runtime builds"));
                 bridge.handle().set_idle(true);
                 let driver = Driver::start(bridge.clone());
-                let h = bridge.handle().clone();
-                let t = std::time::Instant::now();
-                let port = h
-                    .wrap(async {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                        let addr = l.local_addr()?;
-                        let (accepted, connected) =
-                            tokio::join!(l.accept(), tokio::net::TcpStream::connect(addr));
-                        accepted?;
-                        connected?;
-                        std::io::Result::Ok(addr.port())
-                    })
-                    .await;
-                let took = t.elapsed();
+                let out = f(bridge.clone()).await;
                 driver.stop().await;
-                (port, took, bridge.in_flight(), Rc::strong_count(&bridge))
+                (out, Rc::strong_count(&bridge))
             })
             .expect("executor starts")
             .join()
-            .expect("executor thread joins");
-        let (port, took, in_flight, owners) = out;
+            .expect("executor thread joins")
+    }
+
+    #[test]
+    fn tokio_timers_and_sockets_work_when_polled_from_glommio() {
+        let ((port, took, in_flight), owners) = on_bridge(|bridge| async move {
+            let h = bridge.handle().clone();
+            let t = std::time::Instant::now();
+            let port = h
+                .wrap(async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    let addr = l.local_addr()?;
+                    let (accepted, connected) =
+                        tokio::join!(l.accept(), tokio::net::TcpStream::connect(addr));
+                    accepted?;
+                    connected?;
+                    std::io::Result::Ok(addr.port())
+                })
+                .await;
+            (port, t.elapsed(), bridge.in_flight())
+        });
         assert_eq!(owners, 1, "the stopped driver task let go of the bridge");
         assert!(port.expect("tokio resources work inside InTokio") > 0);
         assert!(took >= Duration::from_millis(20), "{took:?}");
@@ -440,42 +452,34 @@ mod tests {
     /// at glommio's preempt timer (100 ms by default, kept here on purpose).
     #[test]
     fn glommio_timers_and_foreign_wakes_stay_prompt_while_a_request_is_in_flight() {
-        let out = glommio::LocalExecutorBuilder::default()
-            .spawn(|| async move {
-                let bridge = Rc::new(TokioBridge::new().expect("runtime builds"));
-                bridge.handle().set_idle(true);
-                let driver = Driver::start(bridge.clone());
-                let h = bridge.handle().clone();
-                let slow = glommio::spawn_local(async move {
-                    h.wrap(async { tokio::time::sleep(Duration::from_millis(400)).await })
-                        .await;
-                })
-                .detach();
-                // Let the request start and the driver settle into its wait.
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-                let mut timer_late = Vec::new();
-                let mut wake_late = Vec::new();
-                for _ in 0..5 {
-                    let t = std::time::Instant::now();
-                    glommio::timer::sleep(Duration::from_millis(5)).await;
-                    timer_late.push(t.elapsed().saturating_sub(Duration::from_millis(5)));
-                    let (tx, rx) = futures::channel::oneshot::channel::<std::time::Instant>();
-                    std::thread::spawn(move || {
-                        std::thread::sleep(Duration::from_millis(5));
-                        let _ = tx.send(std::time::Instant::now());
-                    });
-                    if let Ok(sent) = rx.await {
-                        wake_late.push(sent.elapsed());
-                    }
-                }
-                let in_flight = bridge.in_flight();
-                slow.await;
-                driver.stop().await;
-                (timer_late, wake_late, in_flight)
+        let (out, _) = on_bridge(|bridge| async move {
+            let h = bridge.handle().clone();
+            let slow = glommio::spawn_local(async move {
+                h.wrap(async { tokio::time::sleep(Duration::from_millis(400)).await })
+                    .await;
             })
-            .expect("executor starts")
-            .join()
-            .expect("executor thread joins");
+            .detach();
+            // Let the request start and the driver settle into its wait.
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            let mut timer_late = Vec::new();
+            let mut wake_late = Vec::new();
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+                timer_late.push(t.elapsed().saturating_sub(Duration::from_millis(5)));
+                let (tx, rx) = futures::channel::oneshot::channel::<std::time::Instant>();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(5));
+                    let _ = tx.send(std::time::Instant::now());
+                });
+                if let Ok(sent) = rx.await {
+                    wake_late.push(sent.elapsed());
+                }
+            }
+            let in_flight = bridge.in_flight();
+            slow.await;
+            (timer_late, wake_late, in_flight)
+        });
         let (timer_late, wake_late, in_flight) = out;
         assert_eq!(wake_late.len(), 5, "every wake-up arrived");
         let worst_timer = timer_late.iter().max().copied().unwrap_or_default();
