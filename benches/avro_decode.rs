@@ -2,6 +2,8 @@
 //! - apache-avro `from_avro_datum` (re-resolves the schema on every call),
 //! - apache-avro with a reused `GenericDatumReader` into a `Value`, and its `from_value` path into a struct,
 //! - apache-avro's reused reader deserialising straight into a struct (`read_deser`),
+//! - serde_avro_fast (`from_datum_slice` with a parsed schema) into an owned struct and into a struct
+//!   that borrows its strings from the datum: the fastest general Rust Avro decoder, as a yardstick,
 //! - shardline's compiled `Plan` into a reused `Row` (the path shardline runs).
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::Schema;
@@ -26,6 +28,34 @@ struct Navigation {
     event_type: String,
     duration_ms: i32,
     tags: Vec<String>,
+}
+
+/// The navigation enum's symbols, so the borrowing struct allocates nothing.
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum EventType {
+    PageView,
+    Click,
+    Scroll,
+    Purchase,
+}
+
+/// The same record, its strings borrowed from the datum (serde_avro_fast's zero-copy path).
+#[allow(dead_code)]
+#[derive(Deserialize)]
+struct NavigationRef<'a> {
+    event_id: &'a str,
+    uid: &'a str,
+    url: &'a str,
+    referer: Option<&'a str>,
+    user_agent: &'a str,
+    ts: i64,
+    ip: &'a str,
+    country: Option<&'a str>,
+    event_type: EventType,
+    duration_ms: i32,
+    tags: Vec<&'a str>,
 }
 
 #[allow(deprecated)]
@@ -55,6 +85,20 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("apache_avro_read_deser", |b| {
         b.iter(|| reader.read_deser::<Navigation>(&mut black_box(datum.as_slice())))
+    });
+    let fast: serde_avro_fast::Schema = navigation::SCHEMA.parse().expect("schema parses");
+    let owned = serde_avro_fast::from_datum_slice::<Navigation>(&datum, &fast);
+    assert!(owned.is_ok(), "serde_avro_fast decodes the datum");
+    let borrowed = serde_avro_fast::from_datum_slice::<NavigationRef>(&datum, &fast);
+    assert!(
+        borrowed.is_ok(),
+        "serde_avro_fast decodes the datum, borrowing"
+    );
+    g.bench_function("serde_avro_fast_owned", |b| {
+        b.iter(|| serde_avro_fast::from_datum_slice::<Navigation>(black_box(&datum), &fast))
+    });
+    g.bench_function("serde_avro_fast_borrowed", |b| {
+        b.iter(|| serde_avro_fast::from_datum_slice::<NavigationRef>(black_box(&datum), &fast))
     });
     let mut row = Row::default();
     g.bench_function("shardline_plan", |b| {
