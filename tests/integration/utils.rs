@@ -322,16 +322,8 @@ pub async fn read_rows(s: &Session, ks: &str) -> Result<HashMap<String, NavRow>>
         "SELECT uid, event_id, url, referer, user_agent, ts, ip, country, event_type, duration_ms, tags, WRITETIME(url) \
          FROM {ks}.navigation_events"
     );
-    let mut stmt = scylla::statement::Statement::new(q);
-    stmt.set_page_size(5000);
-    stmt.set_request_timeout(Some(Duration::from_secs(30)));
-    let mut rows = s
-        .query_iter(stmt, &[])
-        .await?
-        .rows_stream::<scylla::value::Row>()?;
     let mut out = HashMap::new();
-    while let Some(r) = rows.try_next().await? {
-        let c = r.columns;
+    for c in rows(s, &q).await? {
         let text = |i: usize| match c.get(i) {
             Some(Some(CqlValue::Text(s))) => Some(s.clone()),
             Some(Some(CqlValue::Inet(a))) => Some(a.to_string()),
@@ -724,6 +716,7 @@ pub async fn rows(
 ) -> Result<Vec<Vec<Option<CqlValue>>>> {
     let mut st = scylla::statement::Statement::new(q);
     st.set_page_size(5000);
+    st.set_request_timeout(Some(Duration::from_secs(30)));
     let mut it = s
         .query_iter(st, &[])
         .await?
