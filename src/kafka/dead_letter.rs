@@ -96,7 +96,8 @@ impl DeadLetterProducer {
     }
 
     /// Whether the producer exists (a dead letter was sent).
-    pub fn is_started(&self) -> bool {
+    #[cfg(test)]
+    fn is_started(&self) -> bool {
         self.producer.get().is_some()
     }
 

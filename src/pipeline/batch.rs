@@ -192,16 +192,14 @@ impl Batcher {
         let i = match open.iter().position(|g| g.owner == owner) {
             Some(i) => i,
             None => {
-                open.push(Group::new(owner, self.limits.max_rows));
-                self.arm_linger();
+                open.push(self.open_group(owner));
                 open.len() - 1
             }
         };
         // A row that would take its group past the byte limit sends the group first.
         if open[i].bytes + bytes > self.limits.max_bytes && !open[i].rows.is_empty() {
-            let full = std::mem::replace(&mut open[i], Group::new(owner, self.limits.max_rows));
+            let full = std::mem::replace(&mut open[i], self.open_group(owner));
             self.send(full);
-            self.arm_linger();
         }
         let g = &mut open[i];
         g.rows.push(row);
@@ -238,6 +236,12 @@ impl Batcher {
                 i += 1;
             }
         }
+    }
+
+    /// A new, empty group for `owner`, with its linger armed.
+    fn open_group(self: &Rc<Self>, owner: Owner) -> Group {
+        self.arm_linger();
+        Group::new(owner, self.limits.max_rows)
     }
 
     /// With a linger, a new group is sent at the latest `linger` later even if the shard stays busy.
@@ -392,6 +396,15 @@ mod tests {
         max_bytes: 1 << 20,
         linger: Duration::ZERO,
     };
+
+    /// `fut`'s output, or a panic saying `what` if it takes longer than `limit`.
+    async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+        let give_up = glommio::timer::sleep(limit);
+        match futures::future::select(std::pin::pin!(fut), std::pin::pin!(give_up)).await {
+            futures::future::Either::Left((out, _)) => out,
+            futures::future::Either::Right(_) => panic!("{what}"),
+        }
+    }
 
     /// Runs `f`'s future on a fresh glommio executor (built there: it holds `Rc`s).
     fn run<T, Fut>(f: impl FnOnce() -> Fut + Send + 'static) -> T
@@ -573,13 +586,13 @@ mod tests {
                 // The first group's linger fires before the replacement is old enough.
                 glommio::timer::sleep(Duration::from_millis(3)).await;
                 tickets.push(b.submit(row(3, 1)));
-                let give_up = glommio::timer::sleep(Duration::from_secs(2));
-                let all = join_all(tickets);
-                if let futures::future::Either::Right(_) =
-                    futures::future::select(all, std::pin::pin!(give_up)).await
-                {
-                    panic!("the replacement group never went out");
-                }
+                let limit = Duration::from_secs(2);
+                within(
+                    limit,
+                    "the replacement group never went out",
+                    join_all(tickets),
+                )
+                .await;
                 w.requests.borrow().clone()
             }
         });
@@ -601,11 +614,13 @@ mod tests {
                 b.flush();
                 let start = Instant::now();
                 b.write.shutdown.stop();
-                let give_up = glommio::timer::sleep(Duration::from_secs(5));
-                match futures::future::select(t, std::pin::pin!(give_up)).await {
-                    futures::future::Either::Left((r, _)) => r.expect("written on the stop"),
-                    futures::future::Either::Right(_) => panic!("the lingering row never went out"),
-                }
+                within(
+                    Duration::from_secs(5),
+                    "the lingering row never went out",
+                    t,
+                )
+                .await
+                .expect("written on the stop");
                 (w.requests.borrow().clone(), start.elapsed())
             }
         });

@@ -413,6 +413,14 @@ mod tests {
         }
     }
 
+    fn assert_warns(p: &Plan, needle: &str) {
+        assert!(
+            p.warnings.iter().any(|w| w.contains(needle)),
+            "no warning with {needle:?}: {:?}",
+            p.warnings
+        );
+    }
+
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-6 * b.abs().max(1.0)
     }
@@ -528,13 +536,7 @@ mod tests {
         let p = plan(&c, &t).expect("plannable");
         assert_eq!((p.shards, p.hosts), (1, 1));
         assert!(close(p.ceiling_msgs_per_s, 1e6 / 4.2));
-        assert!(
-            p.warnings
-                .iter()
-                .any(|w| w.contains("above this layout's ceiling")),
-            "{:?}",
-            p.warnings
-        );
+        assert_warns(&p, "above this layout's ceiling");
         assert_eq!(p.max_in_flight_per_shard, 953);
     }
 
@@ -561,11 +563,7 @@ mod tests {
         let p = plan(&c, &t).expect("plannable");
         assert_eq!((p.shards, p.hosts), (1, 1));
         assert!(close(p.ceiling_msgs_per_s, 2e6 / 24.2));
-        assert!(
-            p.warnings.iter().any(|w| w.contains("leave out --shards")),
-            "{:?}",
-            p.warnings
-        );
+        assert_warns(&p, "leave out --shards");
     }
 
     #[test]
@@ -576,11 +574,7 @@ mod tests {
             ..costs()
         };
         let p = plan(&c, &target(10_000.0, 4, 0.3)).expect("plannable");
-        assert!(
-            p.warnings.iter().any(|w| w.contains("unknown")),
-            "{:?}",
-            p.warnings
-        );
+        assert_warns(&p, "unknown");
         assert_eq!((p.database_cores, p.broker_cores), (None, None));
         assert!(p
             .explain(&c, &target(10_000.0, 4, 0.3))
@@ -603,13 +597,7 @@ mod tests {
         };
         let p = plan(&c, &t).expect("plannable");
         assert_eq!((p.shards, p.hosts, p.shards_per_host), (84, 7, 12));
-        assert!(
-            p.warnings
-                .iter()
-                .any(|w| w.contains("20 shards would idle")),
-            "{:?}",
-            p.warnings
-        );
+        assert_warns(&p, "20 shards would idle");
     }
 
     #[test]

@@ -8,17 +8,18 @@
 //! and counts them in flight. The runtime itself (the driver's connection tasks, its sockets and
 //! timers) runs only inside [`TokioBridge::pump`] and [`TokioBridge::wait`], which [`drive`] calls
 //! from a glommio task of the shard: a pump after the other tasks had their turn (it sends what they
-//! queued and reads what came back). When requests are in flight and a whole turn of the executor
-//! passed with nothing happening (two turns in fact: the shard's loop said it is idle,
-//! [`BridgeHandle::set_idle`], and no request started and no bridge waker fired since), the task blocks the thread in tokio's poller
-//! until a response arrives, a Kafka message wakes the loop (its waker is [`BridgeHandle::waker`]),
-//! or [`WAIT_MAX`] passes; then it sleeps on a glommio timer, so that glommio's reactor runs before
-//! its next turn: that is where glommio fires its timers and takes wake-ups from other threads
-//! (librdkafka's, for the consumer stream), so while the loop is idle they are late by about
-//! [`WAIT_MAX`] at most. While the loop is busy (a backlog) the reactor runs at glommio's preempt
-//! timer; the loop does its tick's work itself then. With nothing in flight the task sleeps
-//! in glommio and pumps every [`IDLE_PUMP`], which keeps the driver's keep-alives and topology
-//! refreshes going. [`Driver::stop`] ends the task, so the runtime goes with the shard.
+//! queued and reads what came back). When requests are in flight and two whole turns of the
+//! executor passed with nothing happening (the shard's loop said it is idle,
+//! [`BridgeHandle::set_idle`], and no request started and no bridge waker fired since), the task
+//! blocks the thread in tokio's poller until a response arrives, a Kafka message wakes the loop (its
+//! waker is [`BridgeHandle::waker`]), or [`WAIT_MAX`] passes; then it sleeps on a glommio timer, so
+//! that glommio's reactor runs before its next turn: that is where glommio fires its timers and
+//! takes wake-ups from other threads (librdkafka's, for the consumer stream), so while the loop is
+//! idle they are late by about [`WAIT_MAX`] at most. While the loop is busy (a backlog) the reactor
+//! runs at glommio's preempt timer; the loop does its tick's work itself then. With nothing in
+//! flight the task sleeps in glommio and pumps every [`IDLE_PUMP`], which keeps the driver's
+//! keep-alives and topology refreshes going. [`Driver::stop`] ends the task, so the runtime goes
+//! with the shard.
 //!
 //! Precondition: create tokio resources (the Session, sockets, timers) inside [`TokioBridge::block_on`]
 //! or an [`InTokio`] future, never outside one (there is no runtime context there and tokio panics);

@@ -132,7 +132,7 @@ mod faults {
 
     use anyhow::{ensure, Result};
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::producer::BaseRecord;
     use rdkafka::ClientConfig;
 
     use crate::utils::*;
@@ -313,10 +313,7 @@ mod faults {
     fn a_dead_letter_too_large_for_the_broker_is_truncated_and_committed() -> Result<()> {
         let p = pipeline_with("bigpoison", 1, "", ALL_COLUMNS)?;
         produce(&p.topic, 50, 81, 0)?;
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", BROKERS)
-            .set("message.max.bytes", "1048000")
-            .create()?;
+        let producer = checked_producer(&[("message.max.bytes", "1048000")])?;
         let poison = vec![b'x'; 1_000_000];
         let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&p.topic)
             .partition(0)
@@ -324,7 +321,7 @@ mod faults {
         if let Err((e, _)) = producer.send(rec) {
             anyhow::bail!("produce the poison record: {e}");
         }
-        producer.flush(Duration::from_secs(30))?;
+        flush_checked(&producer)?;
         produce(&p.topic, 50, 82, 0)?;
         let out = drain_ok(&p.config, Duration::from_secs(300), &[])?;
         let s = out.summary.expect("summary");

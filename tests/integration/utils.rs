@@ -665,6 +665,30 @@ impl rdkafka::producer::ProducerContext for DeliveryCount {
     }
 }
 
+/// A producer to `BROKERS` (acks=all, plus `extra` settings) whose deliveries [`flush_checked`]
+/// proves.
+pub fn checked_producer(
+    extra: &[(&str, &str)],
+) -> Result<rdkafka::producer::BaseProducer<DeliveryCount>> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", BROKERS).set("acks", "all");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    Ok(c.create_with_context(DeliveryCount::default())?)
+}
+
+/// Waits for every queued record of `producer`; an error if the broker refused any of them.
+pub fn flush_checked(producer: &rdkafka::producer::BaseProducer<DeliveryCount>) -> Result<()> {
+    use rdkafka::producer::Producer;
+    producer.flush(Duration::from_secs(30))?;
+    let failed = producer.context().failed.load(Ordering::SeqCst);
+    if failed > 0 {
+        bail!("{failed} deliveries refused by the broker");
+    }
+    Ok(())
+}
+
 /// Produces navigation events framed with `schema_id` (any schema whose binary encoding is the
 /// navigation one), and waits for every acknowledgement: a refused delivery fails the helper.
 pub fn produce_framed(
@@ -672,11 +696,8 @@ pub fn produce_framed(
     schema_id: u32,
     events: &[(i32, i64, navigation::NavigationEvent)],
 ) -> Result<()> {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer<DeliveryCount> = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set("acks", "all")
-        .create_with_context(DeliveryCount::default())?;
+    use rdkafka::producer::BaseRecord;
+    let producer = checked_producer(&[])?;
     for (partition, ts_ms, ev) in events {
         let mut datum = Vec::new();
         ev.encode(&mut datum);
@@ -691,12 +712,8 @@ pub fn produce_framed(
             bail!("produce: {e}");
         }
     }
-    producer.flush(Duration::from_secs(30))?;
-    let failed = producer.context().failed.load(Ordering::SeqCst);
-    if failed > 0 {
-        bail!("{failed} of {} deliveries to {topic} refused", events.len());
-    }
-    Ok(())
+    flush_checked(&producer)
+        .with_context(|| format!("producing {} events to {topic}", events.len()))
 }
 
 /// Resident memory of a process in KiB (Linux /proc).

@@ -5,9 +5,9 @@
 //! registry did not serve waits in its own future, so other partitions keep flowing); under a
 //! backlog the loop yields its task queue at least every [`YIELD_EVERY`] (doing the tick's work,
 //! sending open batches and reading control), and glommio's reactor fires timers (retry backoffs)
-//! at its preempt timer; a stop ends every
-//! backoff at once (the shard's [`Shutdown`](crate::retry::Shutdown)), finishes in-flight work
-//! within `shards.shutdown_deadline_ms`, then stores and commits the done prefix.
+//! at its preempt timer; a stop ends every backoff at once (the shard's
+//! [`Shutdown`](crate::retry::Shutdown)), finishes in-flight work within
+//! `shards.shutdown_deadline_ms`, then stores and commits the done prefix.
 //! Precondition: [`super::setup`] built the resources; the executor is the shard's own.
 
 use std::future::poll_fn;
@@ -467,10 +467,14 @@ impl ShardLoop {
     /// Drain mode: a partition reached its end. Logged with the consumer's position, once per end, so
     /// that a drain which consumed less than expected says where each partition stood.
     fn on_eof(&mut self, partition: i32, consumer: &ShardConsumer) {
-        for (topic, consumed) in self.res.book.mark_eof_partition(partition) {
-            let position = consumer
-                .position()
-                .ok()
+        let ended = self.res.book.mark_eof_partition(partition);
+        if ended.is_empty() {
+            return;
+        }
+        let positions = consumer.position().ok();
+        for (topic, consumed) in ended {
+            let position = positions
+                .as_ref()
                 .and_then(|tpl| tpl.find_partition(&topic, partition).map(|e| e.offset()));
             tracing::info!(
                 shard = self.spec.index,
