@@ -14,7 +14,7 @@ fn bench(c: &mut Criterion) {
     let plan = Plan::compile(&schema, &fields).expect("plan compiles");
     let binder = common::binder(&fields);
     let mut row = Row::default();
-    plan.decode(&datum, &mut row).expect("decodes");
+    plan.decode_copy(&datum, &mut row).expect("decodes");
     let mut g = c.benchmark_group("bind");
     g.throughput(Throughput::Elements(1));
     g.bench_function("navigation_row", |b| {

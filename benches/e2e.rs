@@ -26,10 +26,20 @@ use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use scylla::value::{CqlValue, MaybeUnset};
 use shardline::codec::{Decoder, RegistryClient, Row};
 use shardline::config::Config;
 use shardline::kafka::tracker::PartitionTracker;
 use shardline::metrics::{gather, histogram_buckets, quantile, ShardMetrics};
+use shardline::sink::Cell;
+
+/// A bound value in the driver's own (owned, `Send`) type.
+fn owned(v: MaybeUnset<Option<Cell>>) -> MaybeUnset<Option<CqlValue>> {
+    match v {
+        MaybeUnset::Set(c) => MaybeUnset::Set(c.map(Cell::into_cql)),
+        MaybeUnset::Unset => MaybeUnset::Unset,
+    }
+}
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -340,6 +350,9 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
                     let ts = m.timestamp().to_millis();
                     decoder.decode_blocking(m.payload().unwrap_or_default(), &mut row)?;
                     let values = binder.bind(&mut row.values, ts, m.offset())?;
+                    // Owned values, to cross threads: what a task-per-write design must hold.
+                    let values: Vec<MaybeUnset<Option<CqlValue>>> =
+                        values.into_iter().map(owned).collect();
                     let (s, ins, tx, m2) = (session.clone(), insert.clone(), done_tx.clone(), metrics.clone());
                     // The conventional design: a task per write on the multi-threaded runtime.
                     tokio::spawn(async move {

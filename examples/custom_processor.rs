@@ -39,7 +39,7 @@ impl Processor for UrlHost {
         record: &'a mut Record,
     ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>> {
         let host = match record.get("url") {
-            Some(Value::Str(u)) => host_of(u).map(|h| Value::Str(h.to_string())),
+            Some(Value::Str(u)) => host_of(u.as_str()).map(|h| Value::Str(h.into())),
             _ => None,
         };
         if let Some(h) = host {

@@ -14,9 +14,12 @@
 //! names and references).
 
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use apache_avro::schema::{InnerDecimalSchema, Schema, UuidSchema};
 
+use super::shared::{Blob, Text};
 use super::CodecError;
 
 /// Deepest nesting of records/arrays/maps/unions a datum may have: recursive schemas cannot make the
@@ -38,10 +41,12 @@ pub enum Value {
     Long(i64),
     Float(f32),
     Double(f64),
-    Bytes(Vec<u8>),
-    Str(String),
-    /// An enum symbol (its name).
-    Enum(String),
+    /// Bytes, fixed and decimal: a range of the payload (see [`super::shared`]).
+    Bytes(Blob),
+    /// A string: a range of the payload.
+    Str(Text),
+    /// An enum symbol (its name, shared with the plan).
+    Enum(Text),
     /// Days since the epoch.
     Date(i32),
     TimeMillis(i32),
@@ -51,9 +56,9 @@ pub enum Value {
     /// Nanoseconds since the epoch (`timestamp-nanos`, `local-timestamp-nanos`): its own variant, so
     /// the CQL mapping scales it instead of taking it for milliseconds.
     TimestampNanos(i64),
-    Uuid(String),
+    Uuid(Text),
     Array(Vec<Value>),
-    Map(Vec<(String, Value)>),
+    Map(Vec<(Text, Value)>),
     /// A nested record, its fields in writer order.
     Record(Vec<(String, Value)>),
 }
@@ -129,7 +134,8 @@ enum Node {
     Bytes,
     Str,
     Fixed(usize),
-    Enum(Vec<String>),
+    /// Symbols shared by every value decoded with this plan (`Arc`: plans cross from the fetch thread).
+    Enum(Vec<Arc<str>>),
     Date,
     TimeMillis,
     TimeMicros,
@@ -254,15 +260,20 @@ impl Plan {
             (Node::Double, Value::Float(f)) => out.extend_from_slice(&f64::from(*f).to_le_bytes()),
             (Node::Bytes, Value::Bytes(b)) => {
                 write_long(out, b.len() as i64);
-                out.extend_from_slice(b);
+                out.extend_from_slice(b.as_bytes());
             }
-            (Node::Fixed(n), Value::Bytes(b)) if b.len() == *n => out.extend_from_slice(b),
+            (Node::Fixed(n), Value::Bytes(b)) if b.len() == *n => {
+                out.extend_from_slice(b.as_bytes())
+            }
             (Node::Str | Node::UuidStr, Value::Str(s) | Value::Enum(s) | Value::Uuid(s)) => {
                 write_long(out, s.len() as i64);
                 out.extend_from_slice(s.as_bytes());
             }
             (Node::Enum(symbols), Value::Enum(s) | Value::Str(s)) => {
-                let i = symbols.iter().position(|x| x == s).ok_or_else(mismatch)?;
+                let i = symbols
+                    .iter()
+                    .position(|x| s == x.as_ref())
+                    .ok_or_else(mismatch)?;
                 write_long(out, i as i64);
             }
             (Node::Array(item), Value::Array(items)) => {
@@ -372,30 +383,54 @@ impl Plan {
         &self.kinds
     }
 
-    /// Decodes one datum into `row` (its values are replaced; the allocation is reused).
-    pub fn decode(&self, datum: &[u8], row: &mut Row) -> Result<(), CodecError> {
-        row.values.clear();
-        row.values.resize(self.slots, Value::Null);
+    /// Decodes the datum `payload[start..]` into `row` (its values are replaced; the vector is
+    /// reused). Strings and bytes point into `payload`: nothing is copied, nothing allocated per
+    /// field (see [`super::shared`]).
+    pub fn decode(
+        &self,
+        payload: &Rc<[u8]>,
+        start: usize,
+        row: &mut Row,
+    ) -> Result<(), CodecError> {
+        if start > payload.len() {
+            return Err(CodecError::Truncated);
+        }
         let mut r = Reader {
-            buf: datum,
-            pos: 0,
-            items_left: (datum.len() as u64).saturating_add(ITEM_ALLOWANCE),
+            payload,
+            buf: payload,
+            pos: start,
+            items_left: (payload.len() as u64).saturating_add(ITEM_ALLOWANCE),
         };
+        // Every slot is some step's (compile checks it), so each is overwritten: no clearing first.
+        if row.values.len() != self.slots {
+            row.values.clear();
+            row.values.resize_with(self.slots, || Value::Null);
+        }
+        let read = self.read_steps(&mut r, row);
+        if read.is_err() {
+            // Later slots still hold the previous record's values: never leave a half-decoded row.
+            row.values.clear();
+        }
+        read
+    }
+
+    fn read_steps(&self, r: &mut Reader<'_>, row: &mut Row) -> Result<(), CodecError> {
         for step in &self.steps {
-            match step.slot {
-                Some(slot) => {
-                    let v = self.read(step.node, &mut r, 1)?;
-                    if let Some(cell) = row.values.get_mut(slot) {
-                        *cell = v;
-                    }
-                }
-                None => self.skip(step.node, &mut r, 1)?,
+            match step.slot.and_then(|slot| row.values.get_mut(slot)) {
+                Some(cell) => self.read(step.node, r, 1, cell)?,
+                None => self.skip(step.node, r, 1)?,
             }
         }
-        if r.pos != datum.len() {
-            return Err(CodecError::TrailingBytes(datum.len() - r.pos));
+        if r.pos != r.buf.len() {
+            return Err(CodecError::TrailingBytes(r.buf.len() - r.pos));
         }
         Ok(())
+    }
+
+    /// [`Plan::decode`] of a datum that is not in a shared payload yet: copies it into one (tests,
+    /// the fuzz target, checks off the hot path).
+    pub fn decode_copy(&self, datum: &[u8], row: &mut Row) -> Result<(), CodecError> {
+        self.decode(&Rc::from(datum), 0, row)
     }
 
     fn node(&self, i: usize) -> Result<&Node, CodecError> {
@@ -404,28 +439,40 @@ impl Plan {
             .ok_or_else(|| CodecError::Resolution("dangling schema reference".into()))
     }
 
-    fn read(&self, node: usize, r: &mut Reader<'_>, depth: usize) -> Result<Value, CodecError> {
+    /// Reads one value of `node` into `out`. In place rather than returned: a returned `Value` went
+    /// through the stack and was copied into its slot, and those copies were the decoder's hottest
+    /// instructions (perf: store-forwarding stalls on the reloaded enum).
+    fn read(
+        &self,
+        node: usize,
+        r: &mut Reader<'_>,
+        depth: usize,
+        out: &mut Value,
+    ) -> Result<(), CodecError> {
         if depth > MAX_DEPTH {
             return Err(CodecError::TooDeep);
         }
-        Ok(match self.node(node)? {
+        *out = match self.node(node)? {
             Node::Null => Value::Null,
             Node::Bool => Value::Bool(r.bool()?),
             Node::Int => Value::Int(r.int()?),
             Node::Long => Value::Long(r.long()?),
             Node::Float => Value::Float(f32::from_le_bytes(r.fixed::<4>()?)),
             Node::Double => Value::Double(f64::from_le_bytes(r.fixed::<8>()?)),
-            Node::Bytes => Value::Bytes(r.bytes()?.to_vec()),
-            Node::Str => Value::Str(r.str()?.to_owned()),
-            Node::UuidStr => Value::Uuid(r.str()?.to_owned()),
-            Node::Fixed(n) => Value::Bytes(r.take(*n)?.to_vec()),
+            Node::Bytes => {
+                let n = r.len()?;
+                Value::Bytes(r.blob(n)?)
+            }
+            Node::Str => Value::Str(r.text()?),
+            Node::UuidStr => Value::Uuid(r.text()?),
+            Node::Fixed(n) => Value::Bytes(r.blob(*n)?),
             Node::Enum(symbols) => {
                 let i = r.long()?;
                 let s = usize::try_from(i)
                     .ok()
                     .and_then(|i| symbols.get(i))
                     .ok_or(CodecError::BadIndex(i))?;
-                Value::Enum(s.clone())
+                Value::Enum(Text::symbol(s))
             }
             Node::Date => Value::Date(r.int()?),
             Node::TimeMillis => Value::TimeMillis(r.int()?),
@@ -435,26 +482,31 @@ impl Plan {
             Node::TimestampNanos => Value::TimestampNanos(r.long()?),
             Node::Array(item) => {
                 let item = *item;
-                let mut out = Vec::new();
+                let mut items = Vec::new();
                 while let Some(n) = r.block()? {
-                    out.reserve(n.min(r.remaining()));
+                    items.reserve(n.min(r.remaining()));
                     for _ in 0..n {
-                        out.push(self.read(item, r, depth + 1)?);
+                        items.push(Value::Null);
+                        if let Some(last) = items.last_mut() {
+                            self.read(item, r, depth + 1, last)?;
+                        }
                     }
                 }
-                Value::Array(out)
+                Value::Array(items)
             }
             Node::Map(val) => {
                 let val = *val;
-                let mut out = Vec::new();
+                let mut entries = Vec::new();
                 while let Some(n) = r.block()? {
-                    out.reserve(n.min(r.remaining()));
+                    entries.reserve(n.min(r.remaining()));
                     for _ in 0..n {
-                        let k = r.str()?.to_owned();
-                        out.push((k, self.read(val, r, depth + 1)?));
+                        entries.push((r.text()?, Value::Null));
+                        if let Some((_, last)) = entries.last_mut() {
+                            self.read(val, r, depth + 1, last)?;
+                        }
                     }
                 }
-                Value::Map(out)
+                Value::Map(entries)
             }
             Node::Union(branches) => {
                 let i = r.long()?;
@@ -462,17 +514,21 @@ impl Plan {
                     .ok()
                     .and_then(|i| branches.get(i))
                     .ok_or(CodecError::BadIndex(i))?;
-                self.read(*b, r, depth + 1)?
+                return self.read(*b, r, depth + 1, out);
             }
             Node::Record(fields) => {
-                let mut out = Vec::with_capacity(fields.len());
+                let mut values = Vec::with_capacity(fields.len());
                 for (name, f) in fields {
-                    out.push((name.clone(), self.read(*f, r, depth + 1)?));
+                    values.push((name.clone(), Value::Null));
+                    if let Some((_, last)) = values.last_mut() {
+                        self.read(*f, r, depth + 1, last)?;
+                    }
                 }
-                Value::Record(out)
+                Value::Record(values)
             }
             Node::Pending => return Err(CodecError::Resolution("unresolved named type".into())),
-        })
+        };
+        Ok(())
     }
 
     fn skip(&self, node: usize, r: &mut Reader<'_>, depth: usize) -> Result<(), CodecError> {
@@ -591,7 +647,8 @@ impl Compiler {
                 return Ok(i);
             }
             Schema::Enum(e) => {
-                let i = self.push(Node::Enum(e.symbols.clone()));
+                let symbols = e.symbols.iter().map(|s| Arc::from(s.as_str())).collect();
+                let i = self.push(Node::Enum(symbols));
                 self.named.insert(e.name.fullname(None), i);
                 return Ok(i);
             }
@@ -681,6 +738,8 @@ impl Compiler {
 
 /// A cursor over one datum. Every read is bounds-checked.
 struct Reader<'a> {
+    /// The buffer strings and bytes are ranges of.
+    payload: &'a Rc<[u8]>,
     buf: &'a [u8],
     pos: usize,
     /// Array and map items the datum may still claim, whatever their size: see `ITEM_ALLOWANCE`.
@@ -749,9 +808,32 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
+    /// A length prefix.
     #[inline]
-    fn str(&mut self) -> Result<&'a str, CodecError> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| CodecError::BadUtf8)
+    fn len(&mut self) -> Result<usize, CodecError> {
+        let n = self.long()?;
+        usize::try_from(n).map_err(|_| CodecError::BadLength(n))
+    }
+
+    /// The next `n` bytes, as a range of the payload.
+    #[inline]
+    fn blob(&mut self, n: usize) -> Result<Blob, CodecError> {
+        let b = Blob::in_payload(self.payload, self.pos, n).ok_or(CodecError::Truncated)?;
+        self.pos += n;
+        Ok(b)
+    }
+
+    /// A length-prefixed UTF-8 string, as a range of the payload.
+    #[inline]
+    fn text(&mut self) -> Result<Text, CodecError> {
+        let n = self.len()?;
+        let end = self.pos.checked_add(n).ok_or(CodecError::Truncated)?;
+        if end > self.buf.len() {
+            return Err(CodecError::Truncated);
+        }
+        let t = Text::in_payload(self.payload, self.pos, n).ok_or(CodecError::BadUtf8)?;
+        self.pos = end;
+        Ok(t)
     }
 
     /// The item count of the next array/map block, `None` at the end marker. A negative count is
@@ -846,7 +928,8 @@ mod tests {
             .to_vec();
         let plan = Plan::compile(&schema, &fields).expect("compiles");
         let mut row = Row::default();
-        plan.decode(&sample(&schema), &mut row).expect("decodes");
+        plan.decode_copy(&sample(&schema), &mut row)
+            .expect("decodes");
         assert_eq!(
             row.values,
             vec![
@@ -884,7 +967,7 @@ mod tests {
         let reader = Plan::compile(&schema, &names).expect("compiles");
         let mut row = Row::default();
         reader
-            .decode(&out, &mut row)
+            .decode_copy(&out, &mut row)
             .expect("decodes what was encoded");
         assert_eq!(row.values[4], Value::Enum("B".into()));
         assert_eq!(row.values[2], Value::Int(-42));
@@ -910,15 +993,20 @@ mod tests {
         let bytes = sample(&schema);
         let mut row = Row::default();
         for cut in 0..bytes.len() {
+            // A full row first: a failed decode must not leave its values behind in later slots.
+            plan.decode_copy(&bytes, &mut row)
+                .expect("whole datum decodes");
+            assert_eq!(row.values.len(), 2);
             assert!(
-                plan.decode(&bytes[..cut], &mut row).is_err(),
+                plan.decode_copy(&bytes[..cut], &mut row).is_err(),
                 "prefix of {cut} bytes decoded"
             );
+            assert!(row.values.is_empty(), "prefix of {cut}: half a row left");
         }
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(
-            plan.decode(&longer, &mut row),
+            plan.decode_copy(&longer, &mut row),
             Err(CodecError::TrailingBytes(1))
         );
     }
@@ -960,7 +1048,7 @@ mod tests {
         assert_eq!(bomb.len(), 49);
         for plan in [plan_for(NULL_ARRAY, &["a"]), plan_for(NULL_ARRAY, &[])] {
             assert!(matches!(
-                plan.decode(&bomb, &mut row),
+                plan.decode_copy(&bomb, &mut row),
                 Err(CodecError::BadLength(_))
             ));
             // One block of 2^40, several of 2^31 - 1, a negative (sized) 2^40: refused before any item.
@@ -970,7 +1058,7 @@ mod tests {
                 &[-(1i64 << 40)][..],
             ] {
                 assert!(matches!(
-                    plan.decode(&blocks(counts), &mut row),
+                    plan.decode_copy(&blocks(counts), &mut row),
                     Err(CodecError::BadLength(_))
                 ));
             }
@@ -991,12 +1079,12 @@ mod tests {
             plan_for(NULL_RECORD_ARRAY, &[]),
         ] {
             assert!(matches!(
-                plan.decode(&bomb, &mut row),
+                plan.decode_copy(&bomb, &mut row),
                 Err(CodecError::BadLength(_))
             ));
         }
         let plan = plan_for(NULL_RECORD_ARRAY, &["a"]);
-        plan.decode(&blocks(&[2]), &mut row)
+        plan.decode_copy(&blocks(&[2]), &mut row)
             .expect("a few records of nulls decode");
         let rec = Value::Record(vec![("x".into(), Value::Null), ("y".into(), Value::Null)]);
         assert_eq!(row.values, vec![Value::Array(vec![rec.clone(), rec])]);
@@ -1019,7 +1107,10 @@ mod tests {
                 plan_for(NESTED_NULL_ARRAY, &[]),
             ] {
                 assert!(
-                    matches!(plan.decode(&d, &mut row), Err(CodecError::BadLength(_))),
+                    matches!(
+                        plan.decode_copy(&d, &mut row),
+                        Err(CodecError::BadLength(_))
+                    ),
                     "ten inner arrays of {inner} nulls in {} bytes",
                     d.len()
                 );
@@ -1038,13 +1129,13 @@ mod tests {
                 &[-(1i64 << 40)][..],
             ] {
                 assert!(matches!(
-                    plan.decode(&blocks(counts), &mut row),
+                    plan.decode_copy(&blocks(counts), &mut row),
                     Err(CodecError::BadLength(_))
                 ));
             }
         }
         let plan = plan_for(NULL_MAP, &["m"]);
-        plan.decode(&[4, 2, b'a', 2, b'b', 0], &mut row)
+        plan.decode_copy(&[4, 2, b'a', 2, b'b', 0], &mut row)
             .expect("a small map of nulls decodes");
         assert_eq!(
             row.values,
@@ -1064,7 +1155,7 @@ mod tests {
         let fits = ITEM_ALLOWANCE + 3;
         let d = blocks(&[i64::try_from(fits).expect("small count")]);
         assert_eq!(d.len(), 3);
-        plan.decode(&d, &mut row)
+        plan.decode_copy(&d, &mut row)
             .expect("a datum at its budget decodes");
         assert!(
             matches!(&row.values[..], [Value::Array(items)] if items.len() as u64 == fits),
@@ -1074,7 +1165,7 @@ mod tests {
         let d = blocks(&[i64::try_from(fits + 1).expect("small count")]);
         assert_eq!(d.len(), 3);
         assert!(matches!(
-            plan.decode(&d, &mut row),
+            plan.decode_copy(&d, &mut row),
             Err(CodecError::BadLength(_))
         ));
     }
@@ -1105,7 +1196,7 @@ mod tests {
         assert_eq!(plan.kinds(), &[Kind::TimestampNanos, Kind::TimestampNanos]);
         assert_eq!(plan.kinds()[0].to_string(), "timestamp-nanos");
         let mut row = Row::default();
-        plan.decode(&datum, &mut row).expect("decodes");
+        plan.decode_copy(&datum, &mut row).expect("decodes");
         assert_eq!(
             row.values,
             vec![
@@ -1134,19 +1225,19 @@ mod tests {
         // 1000 levels of `next` (union index 1), then null: deeper than MAX_DEPTH.
         let mut deep = vec![2u8; 1000];
         deep.push(0);
-        assert_eq!(plan.decode(&deep, &mut row), Err(CodecError::TooDeep));
+        assert_eq!(plan.decode_copy(&deep, &mut row), Err(CodecError::TooDeep));
         let nulls = r#"{"type":"record","name":"N","fields":[{"name":"a","type":{"type":"array","items":"null"}}]}"#;
         let schema = Schema::parse_str(nulls).expect("parses");
         let plan = Plan::compile(&schema, &["a".to_string()]).expect("compiles");
         // A block claiming 2^62 null items, encoded as a zig-zag varint.
         let huge = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00];
         assert!(matches!(
-            plan.decode(&huge, &mut row),
+            plan.decode_copy(&huge, &mut row),
             Err(CodecError::BadLength(_))
         ));
         // Eleven continuation bytes: not a varint.
         assert_eq!(
-            plan.decode(&[0xff; 11], &mut row),
+            plan.decode_copy(&[0xff; 11], &mut row),
             Err(CodecError::BadVarint)
         );
     }

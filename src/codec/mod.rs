@@ -17,6 +17,7 @@
 pub mod avro;
 pub mod frame;
 pub mod registry;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,6 +38,7 @@ pub use crate::retry::Retryable;
 
 pub use avro::{Kind, Plan, Row, Value};
 pub use registry::{RegistryClient, SchemaResolver};
+pub use shared::{Blob, Text};
 
 /// How long an id the registry answers 404 for is asked for again (a producer may register a schema
 /// just before using it, a registry replica may lag) before its records are dead-lettered.
@@ -204,22 +206,23 @@ impl<R: SchemaResolver + Send + Sync + 'static> Decoder<R> {
         &self.fields
     }
 
-    /// Decodes one Kafka payload into `row`. Returns the schema id (0 for raw Avro).
+    /// Decodes one Kafka payload into `row`; its strings and bytes point into `payload` (see
+    /// [`shared`]). Returns the schema id (0 for raw Avro).
     /// Never blocks: an id whose schema is not compiled yet starts (or joins) its fetch and returns a
     /// retryable error; see [`Decoder::schema_wait`].
-    pub fn decode(&mut self, payload: &[u8], row: &mut Row) -> Result<u32, CodecError> {
+    pub fn decode(&mut self, payload: &Rc<[u8]>, row: &mut Row) -> Result<u32, CodecError> {
         match &mut self.mode {
             Mode::Raw(plan) => {
-                plan.decode(payload, row)?;
+                plan.decode(payload, 0, row)?;
                 Ok(0)
             }
             Mode::Framed(schemas) => {
-                let (id, datum) = frame::split(payload)?;
+                let (id, _) = frame::split(payload)?;
                 if let Some(Entry::Ready(plan)) = schemas.ids.get(&id) {
-                    plan.decode(datum, row)?;
+                    plan.decode(payload, frame::HEADER_LEN, row)?;
                     return Ok(id);
                 }
-                schemas.miss(id)?.decode(datum, row)?;
+                schemas.miss(id)?.decode(payload, frame::HEADER_LEN, row)?;
                 Ok(id)
             }
         }
@@ -247,15 +250,16 @@ impl<R: SchemaResolver + Send + Sync + 'static> Decoder<R> {
     /// comes back as its (retryable) error; no backoff is slept here.
     /// Precondition: never on a shard's executor thread: it blocks.
     pub fn decode_blocking(&mut self, payload: &[u8], row: &mut Row) -> Result<u32, CodecError> {
-        let mut decoded = self.decode(payload, row);
+        let payload: Rc<[u8]> = Rc::from(payload);
+        let mut decoded = self.decode(&payload, row);
         // Each wait ends with an answer that the next decode settles: one round is the rule, the
         // bound only guards the loop.
         for _ in 0..3 {
             if !matches!(decoded, Err(CodecError::SchemaPending(_))) {
                 break;
             }
-            futures::executor::block_on(self.schema_wait(payload));
-            decoded = self.decode(payload, row);
+            futures::executor::block_on(self.schema_wait(&payload));
+            decoded = self.decode(&payload, row);
         }
         decoded
     }
@@ -521,6 +525,11 @@ mod tests {
     const WITHOUT_A: &str = r#"{"type":"record","name":"r","fields":[{"name":"b","type":"long"}]}"#;
     /// Framed with schema id 7 and 9; the datum is a = 42.
     const MSG7: [u8; 6] = [0, 0, 0, 0, 7, 0x54];
+
+    /// A payload as the shard holds it (decoded values point into it).
+    fn shared(b: &[u8]) -> Rc<[u8]> {
+        Rc::from(b)
+    }
     const MSG9: [u8; 6] = [0, 0, 0, 0, 9, 0x54];
     /// Far above what any test needs; only ends a loop that would otherwise hang.
     const LIMIT: Duration = Duration::from_secs(10);
@@ -598,7 +607,7 @@ mod tests {
     ) -> Result<u32, CodecError> {
         let start = Instant::now();
         loop {
-            match d.decode(msg, row) {
+            match d.decode(&shared(msg), row) {
                 Err(e) if e.is_retryable() && start.elapsed() < LIMIT => {
                     block_on(d.schema_wait(msg))
                 }
@@ -614,10 +623,13 @@ mod tests {
             Decoder::<StandIn>::raw(schema, vec!["b".into(), "a".into()]).expect("schema compiles");
         let mut row = Row::default();
         // a = 42 (zig-zag 0x54), b = "hi"
-        assert_eq!(d.decode(&[0x54, 0x04, b'h', b'i'], &mut row), Ok(0));
+        assert_eq!(
+            d.decode(&shared(&[0x54, 0x04, b'h', b'i']), &mut row),
+            Ok(0)
+        );
         assert_eq!(row.values, vec![Value::Str("hi".into()), Value::Long(42)]);
         // A framed payload is not raw Avro: its bytes do not decode as this schema.
-        assert!(d.decode(&[0, 0, 0, 0, 7, 0x54], &mut row).is_err());
+        assert!(d.decode(&shared(&[0, 0, 0, 0, 7, 0x54]), &mut row).is_err());
         // Nothing to wait for in raw mode.
         block_on(d.schema_wait(&[0, 0, 0, 0, 7, 0x54]));
         let err = Decoder::<StandIn>::raw(schema, vec!["zz".into()])
@@ -633,20 +645,24 @@ mod tests {
         let (r, calls) = scripted(&[Down, Serve, Missing, Serve], Duration::ZERO);
         let mut d = Decoder::framed(r, vec!["a".into()]).with_refetch(FAST);
         let mut row = Row::default();
-        let first = d.decode(&MSG7, &mut row).expect_err("not fetched yet");
+        let first = d
+            .decode(&shared(&MSG7), &mut row)
+            .expect_err("not fetched yet");
         assert_eq!(
             (first.class(), first.is_retryable()),
             ("schema_pending", true)
         );
         block_on(d.schema_wait(&MSG7));
-        let down = d.decode(&MSG7, &mut row).expect_err("registry down");
+        let down = d
+            .decode(&shared(&MSG7), &mut row)
+            .expect_err("registry down");
         assert_eq!(
             (down.class(), down.is_retryable()),
             ("registry_unavailable", true)
         );
         assert_eq!(decode_when_ready(&mut d, &MSG7, &mut row), Ok(7));
         for _ in 0..3 {
-            assert_eq!(d.decode(&MSG7, &mut row), Ok(7));
+            assert_eq!(d.decode(&shared(&MSG7), &mut row), Ok(7));
             assert_eq!(row.values, vec![Value::Long(42)]);
         }
         assert_eq!(
@@ -656,12 +672,12 @@ mod tests {
         );
 
         assert!(d
-            .decode(&MSG9, &mut row)
+            .decode(&shared(&MSG9), &mut row)
             .expect_err("new id")
             .is_retryable());
         block_on(d.schema_wait(&MSG9));
         let unknown = d
-            .decode(&MSG9, &mut row)
+            .decode(&shared(&MSG9), &mut row)
             .expect_err("the registry said 404");
         assert_eq!(
             (unknown.class(), unknown.is_retryable()),
@@ -674,7 +690,7 @@ mod tests {
         );
         assert_eq!(calls.load(SeqCst), 4);
         assert_eq!(
-            d.decode(&[1, 0, 0, 0, 7, 0], &mut row)
+            d.decode(&shared(&[1, 0, 0, 0, 7, 0]), &mut row)
                 .map_err(|e| e.class()),
             Err("bad_magic")
         );
@@ -687,12 +703,12 @@ mod tests {
         let mut d = Decoder::framed(r, vec!["a".into()]);
         let mut row = Row::default();
         assert!(d
-            .decode(&MSG7, &mut row)
+            .decode(&shared(&MSG7), &mut row)
             .expect_err("first sight")
             .is_retryable());
         block_on(d.schema_wait(&MSG7));
         let e = d
-            .decode(&MSG7, &mut row)
+            .decode(&shared(&MSG7), &mut row)
             .expect_err("the registry said 404");
         assert!(
             e.is_retryable(),
@@ -715,7 +731,7 @@ mod tests {
         let (mut slowest, mut saw_outage) = (Duration::ZERO, false);
         let decoded = loop {
             let t = Instant::now();
-            let r = d.decode(&MSG7, &mut row);
+            let r = d.decode(&shared(&MSG7), &mut row);
             slowest = slowest.max(t.elapsed());
             match r {
                 Err(e) if e.is_retryable() && start.elapsed() < LIMIT => {
@@ -742,12 +758,14 @@ mod tests {
         let mut row = Row::default();
         let mut waits = Vec::new();
         for _ in 0..100 {
-            let e = d.decode(&MSG7, &mut row).expect_err("still fetching");
+            let e = d
+                .decode(&shared(&MSG7), &mut row)
+                .expect_err("still fetching");
             assert_eq!(e, CodecError::SchemaPending(7));
             waits.push(d.schema_wait(&MSG7));
         }
         block_on(futures::future::join_all(waits));
-        assert_eq!(d.decode(&MSG7, &mut row), Ok(7));
+        assert_eq!(d.decode(&shared(&MSG7), &mut row), Ok(7));
         assert_eq!(calls.load(SeqCst), 1);
     }
 
@@ -761,7 +779,7 @@ mod tests {
         for _ in 0..3 {
             // Nothing to wait for, nothing asked again.
             block_on(d.schema_wait(&MSG7));
-            assert_eq!(d.decode(&MSG7, &mut row), Err(e.clone()));
+            assert_eq!(d.decode(&shared(&MSG7), &mut row), Err(e.clone()));
         }
         assert_eq!(
             calls.load(SeqCst),
@@ -803,7 +821,10 @@ mod tests {
         );
         assert!(calls.load(SeqCst) >= 2, "asked again within the grace");
         // Until the next ask, later records of the id are dead-lettered at once.
-        assert_eq!(d.decode(&MSG9, &mut row), Err(CodecError::UnknownSchema(9)));
+        assert_eq!(
+            d.decode(&shared(&MSG9), &mut row),
+            Err(CodecError::UnknownSchema(9))
+        );
         // Not cached for ever: once registered, the next ask serves it.
         serving.store(true, SeqCst);
         std::thread::sleep(every * 2);
@@ -821,16 +842,19 @@ mod tests {
         };
         let mut d = Decoder::framed(r, vec!["a".into()]).with_refetch(slow);
         let mut row = Row::default();
-        assert!(d.decode(&MSG9, &mut row).is_err());
+        assert!(d.decode(&shared(&MSG9), &mut row).is_err());
         block_on(d.schema_wait(&MSG9));
-        let down = d.decode(&MSG9, &mut row).expect_err("down");
+        let down = d.decode(&shared(&MSG9), &mut row).expect_err("down");
         assert_eq!(down.class(), "registry_unavailable");
         // Queues the next ask for id 9, due in 1 to 3 s.
         drop(d.schema_wait(&MSG9));
         let t = Instant::now();
-        assert_eq!(d.decode(&MSG7, &mut row), Err(CodecError::SchemaPending(7)));
+        assert_eq!(
+            d.decode(&shared(&MSG7), &mut row),
+            Err(CodecError::SchemaPending(7))
+        );
         block_on(d.schema_wait(&MSG7));
-        assert_eq!(d.decode(&MSG7, &mut row), Ok(7));
+        assert_eq!(d.decode(&shared(&MSG7), &mut row), Ok(7));
         assert!(
             t.elapsed() < Duration::from_millis(500),
             "{:?}",
@@ -844,7 +868,7 @@ mod tests {
         let mut d = Decoder::framed(r, vec!["a".into()]);
         let mut row = Row::default();
         assert!(
-            d.decode(&MSG7, &mut row).is_err(),
+            d.decode(&shared(&MSG7), &mut row).is_err(),
             "starts the thread and a fetch"
         );
         drop(d);

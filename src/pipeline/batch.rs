@@ -313,6 +313,7 @@ mod tests {
     use super::*;
     use crate::metrics::ShardMetrics;
     use crate::retry::Shutdown;
+    use crate::sink::Cell as Bound;
     use crate::sink::{RowWriter, WriteError};
     use futures::future::LocalBoxFuture;
     use scylla::value::{CqlValue, MaybeUnset};
@@ -330,7 +331,7 @@ mod tests {
 
     fn key(row: &BoundRow) -> i32 {
         match row.first() {
-            Some(MaybeUnset::Set(Some(CqlValue::Int(k)))) => *k,
+            Some(MaybeUnset::Set(Some(Bound::Cql(CqlValue::Int(k))))) => *k,
             _ => -1,
         }
     }
@@ -362,7 +363,7 @@ mod tests {
         }
         fn owner(&self, row: &BoundRow) -> Owner {
             match row.get(1) {
-                Some(MaybeUnset::Set(Some(CqlValue::Int(o)))) => {
+                Some(MaybeUnset::Set(Some(Bound::Cql(CqlValue::Int(o))))) => {
                     Owner::new(uuid::Uuid::from_u128(*o as u128), None)
                 }
                 _ => Owner::ANY,
@@ -372,8 +373,8 @@ mod tests {
 
     fn row(k: i32, owner: i32) -> BoundRow {
         vec![
-            MaybeUnset::Set(Some(CqlValue::Int(k))),
-            MaybeUnset::Set(Some(CqlValue::Int(owner))),
+            MaybeUnset::Set(Some(Bound::Cql(CqlValue::Int(k)))),
+            MaybeUnset::Set(Some(Bound::Cql(CqlValue::Int(owner)))),
         ]
     }
 

@@ -161,11 +161,11 @@ fn toml_text(v: &toml::Value) -> String {
 
 fn toml_value(v: &toml::Value) -> Value {
     match v {
-        toml::Value::String(s) => Value::Str(s.clone()),
+        toml::Value::String(s) => Value::Str(s.as_str().into()),
         toml::Value::Integer(i) => Value::Long(*i),
         toml::Value::Float(f) => Value::Double(*f),
         toml::Value::Boolean(b) => Value::Bool(*b),
-        other => Value::Str(other.to_string()),
+        other => Value::Str(other.to_string().into()),
     }
 }
 

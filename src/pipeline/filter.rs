@@ -11,7 +11,7 @@ use crate::codec::Value;
 /// A field's value as text (enums by symbol, numbers in decimal), for `equals` and `in`.
 pub(crate) fn text(v: &Value) -> Option<String> {
     Some(match v {
-        Value::Str(s) | Value::Enum(s) | Value::Uuid(s) => s.clone(),
+        Value::Str(s) | Value::Enum(s) | Value::Uuid(s) => s.to_string(),
         Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => i.to_string(),
         Value::Long(l)
         | Value::TimestampMillis(l)

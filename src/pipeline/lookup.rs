@@ -51,7 +51,7 @@ pub struct Lookup {
 
 fn to_cql(v: &Value) -> Option<CqlValue> {
     Some(match v {
-        Value::Str(s) | Value::Enum(s) | Value::Uuid(s) => CqlValue::Text(s.clone()),
+        Value::Str(s) | Value::Enum(s) | Value::Uuid(s) => CqlValue::Text(s.to_string()),
         Value::Int(i) => CqlValue::Int(*i),
         Value::Long(l) => CqlValue::BigInt(*l),
         Value::TimestampMillis(ms) => CqlValue::Timestamp(CqlTimestamp(*ms)),
@@ -63,7 +63,7 @@ fn to_cql(v: &Value) -> Option<CqlValue> {
 
 fn from_cql(v: CqlValue) -> Value {
     match v {
-        CqlValue::Text(s) | CqlValue::Ascii(s) => Value::Str(s),
+        CqlValue::Text(s) | CqlValue::Ascii(s) => Value::Str(s.into()),
         CqlValue::Int(i) => Value::Int(i),
         CqlValue::BigInt(l) => Value::Long(l),
         CqlValue::SmallInt(i) => Value::Int(i32::from(i)),
@@ -72,17 +72,17 @@ fn from_cql(v: CqlValue) -> Value {
         CqlValue::Double(d) => Value::Double(d),
         CqlValue::Float(f) => Value::Float(f),
         CqlValue::Timestamp(t) => Value::TimestampMillis(t.0),
-        CqlValue::Uuid(u) => Value::Uuid(u.to_string()),
-        CqlValue::Timeuuid(u) => Value::Uuid(u.to_string()),
-        CqlValue::Inet(a) => Value::Str(a.to_string()),
-        CqlValue::Blob(b) => Value::Bytes(b),
+        CqlValue::Uuid(u) => Value::Uuid(u.to_string().into()),
+        CqlValue::Timeuuid(u) => Value::Uuid(u.to_string().into()),
+        CqlValue::Inet(a) => Value::Str(a.to_string().into()),
+        CqlValue::Blob(b) => Value::Bytes(b.into()),
         CqlValue::List(l) | CqlValue::Set(l) => Value::Array(l.into_iter().map(from_cql).collect()),
         CqlValue::Map(m) => Value::Map(
             m.into_iter()
-                .map(|(k, v)| (text(&from_cql(k)).unwrap_or_default(), from_cql(v)))
+                .map(|(k, v)| (text(&from_cql(k)).unwrap_or_default().into(), from_cql(v)))
                 .collect(),
         ),
-        other => Value::Str(format!("{other:?}")),
+        other => Value::Str(format!("{other:?}").into()),
     }
 }
 

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use scylla::value::{CqlDate, CqlTime, CqlTimestamp, CqlValue};
 
-use super::StartError;
+use super::{Cell, StartError};
 use crate::codec::{Kind, Value};
 
 /// A CQL column type, parsed from `system_schema.columns.type`.
@@ -168,17 +168,48 @@ fn narrow<T: TryFrom<i64>>(v: i64) -> Result<T, &'static str> {
     T::try_from(v).map_err(|_| "integer out of range for the column type")
 }
 
-/// Converts one decoded value for a column of type `ty`. `Null` becomes `None` (a CQL null).
-pub fn convert(v: Value, ty: &CqlType) -> Result<Option<CqlValue>, &'static str> {
+/// Converts one decoded value for a column of type `ty`. `Null` becomes `None` (a CQL null). Text
+/// and bytes stay ranges of the record's payload ([`Cell::Text`], [`Cell::Blob`]): no copy here.
+pub fn convert(v: Value, ty: &CqlType) -> Result<Option<Cell>, &'static str> {
     use CqlType as C;
     Ok(Some(match (v, ty) {
         (Value::Null, _) => return Ok(None),
-        (Value::Str(s) | Value::Enum(s) | Value::Uuid(s), C::Text) => CqlValue::Text(s),
-        (Value::Str(s) | Value::Enum(s), C::Ascii) if s.is_ascii() => CqlValue::Ascii(s),
+        (Value::Str(s) | Value::Enum(s) | Value::Uuid(s), C::Text) => Cell::Text(s),
+        (Value::Str(s) | Value::Enum(s), C::Ascii) if s.is_ascii() => Cell::Text(s),
         (Value::Str(_), C::Ascii) => return Err("string is not ASCII"),
-        (Value::Str(s) | Value::Uuid(s), C::Uuid) => uuid(&s)?,
-        (Value::Str(s) | Value::Uuid(s), C::TimeUuid) => timeuuid(&s)?,
-        (Value::Str(s), C::Inet) => inet(&s)?,
+        (Value::Bytes(b), C::Blob) => Cell::Blob(b),
+        (Value::Array(items), C::List(t) | C::Set(t)) => Cell::List(convert_items(items, t)?),
+        (Value::Map(entries), C::Map(k, t)) => {
+            let mut out = Vec::with_capacity(entries.len());
+            for (key, val) in entries {
+                let kc = convert(Value::Str(key), k)?.ok_or("null map key")?;
+                let vc = convert(val, t)?.ok_or("null map value")?;
+                out.push((cql_for(kc, k), cql_for(vc, t)));
+            }
+            Cell::Cql(CqlValue::Map(out))
+        }
+        (v, ty) => Cell::Cql(convert_scalar(v, ty)?),
+    }))
+}
+
+/// A cell as the driver's own value for a column of type `ty` (text and bytes copied): a map's
+/// entries, which the driver's `Map` holds. A text cell for an `ascii` column is an `Ascii`, a list
+/// for a `set` column a `Set` (the same bytes on the wire; the names keep the value exact).
+fn cql_for(c: Cell, ty: &CqlType) -> CqlValue {
+    match (c.into_cql(), ty) {
+        (CqlValue::Text(s), CqlType::Ascii) => CqlValue::Ascii(s),
+        (CqlValue::List(items), CqlType::Set(_)) => CqlValue::Set(items),
+        (v, _) => v,
+    }
+}
+
+/// The conversions into the driver's own scalar types.
+fn convert_scalar(v: Value, ty: &CqlType) -> Result<CqlValue, &'static str> {
+    use CqlType as C;
+    Ok(match (v, ty) {
+        (Value::Str(s) | Value::Uuid(s), C::Uuid) => uuid(s.as_str())?,
+        (Value::Str(s) | Value::Uuid(s), C::TimeUuid) => timeuuid(s.as_str())?,
+        (Value::Str(s), C::Inet) => inet(s.as_str())?,
         (Value::Bool(b), C::Boolean) => CqlValue::Boolean(b),
         (Value::Int(i), C::Int) => CqlValue::Int(i),
         (Value::Int(i), C::BigInt) => CqlValue::BigInt(i64::from(i)),
@@ -193,7 +224,6 @@ pub fn convert(v: Value, ty: &CqlType) -> Result<Option<CqlValue>, &'static str>
         (Value::Float(f), C::Float) => CqlValue::Float(f),
         (Value::Float(f), C::Double) => CqlValue::Double(f64::from(f)),
         (Value::Double(d), C::Double) => CqlValue::Double(d),
-        (Value::Bytes(b), C::Blob) => CqlValue::Blob(b),
         (Value::TimestampMillis(ms), C::Timestamp) => CqlValue::Timestamp(CqlTimestamp(ms)),
         (Value::TimestampMillis(ms), C::BigInt) => CqlValue::BigInt(ms),
         (Value::TimestampMicros(us), C::Timestamp) => {
@@ -212,19 +242,8 @@ pub fn convert(v: Value, ty: &CqlType) -> Result<Option<CqlValue>, &'static str>
         (Value::TimeMicros(us), C::Time) => time_of_day(us.checked_mul(1000))?,
         (Value::TimeMillis(ms), C::BigInt) => CqlValue::BigInt(i64::from(ms)),
         (Value::TimeMicros(us), C::BigInt) => CqlValue::BigInt(us),
-        (Value::Array(items), C::List(t)) => CqlValue::List(convert_items(items, t)?),
-        (Value::Array(items), C::Set(t)) => CqlValue::Set(convert_items(items, t)?),
-        (Value::Map(entries), C::Map(k, t)) => {
-            let mut out = Vec::with_capacity(entries.len());
-            for (key, val) in entries {
-                let k = convert(Value::Str(key), k)?.ok_or("null map key")?;
-                let v = convert(val, t)?.ok_or("null map value")?;
-                out.push((k, v));
-            }
-            CqlValue::Map(out)
-        }
         _ => return Err("value type does not convert to the column type"),
-    }))
+    })
 }
 
 // The parsing conversions live out of line: inlined, they tripled `convert`'s stack frame and cost
@@ -254,7 +273,7 @@ fn inet(s: &str) -> Result<CqlValue, &'static str> {
     ))
 }
 
-fn convert_items(items: Vec<Value>, t: &CqlType) -> Result<Vec<CqlValue>, &'static str> {
+fn convert_items(items: Vec<Value>, t: &CqlType) -> Result<Vec<Cell>, &'static str> {
     let mut out = Vec::with_capacity(items.len());
     for i in items {
         out.push(convert(i, t)?.ok_or("null inside a collection")?);
@@ -291,6 +310,31 @@ pub fn check(columns: &[ColumnMap], kinds: &[Kind]) -> Result<(), StartError> {
 mod tests {
     use super::*;
 
+    /// [`convert`] in the driver's own type, to compare with the expected `CqlValue`.
+    fn cql(v: Value, ty: &CqlType) -> Result<Option<CqlValue>, &'static str> {
+        convert(v, ty).map(|c| c.map(|c| cql_for(c, ty)))
+    }
+
+    #[test]
+    fn text_and_bytes_are_bound_as_ranges_of_the_payload() {
+        let payload: std::rc::Rc<[u8]> = std::rc::Rc::from(&b"abc"[..]);
+        let t = crate::codec::Text::in_payload(&payload, 0, 3).expect("valid");
+        let b = crate::codec::Blob::in_payload(&payload, 1, 2).expect("in range");
+        assert_eq!(
+            convert(Value::Str(t.clone()), &CqlType::Text),
+            Ok(Some(Cell::Text(t)))
+        );
+        assert_eq!(
+            convert(Value::Bytes(b.clone()), &CqlType::Blob),
+            Ok(Some(Cell::Blob(b)))
+        );
+        assert_eq!(
+            std::rc::Rc::strong_count(&payload),
+            1,
+            "no value kept a reference"
+        );
+    }
+
     #[test]
     fn parses_nested_types() {
         assert_eq!(
@@ -308,31 +352,31 @@ mod tests {
     #[test]
     fn conversions_are_exact() {
         assert_eq!(
-            convert(Value::Long(7), &CqlType::Int),
+            cql(Value::Long(7), &CqlType::Int),
             Ok(Some(CqlValue::Int(7)))
         );
-        assert!(convert(Value::Long(1 << 40), &CqlType::Int).is_err());
+        assert!(cql(Value::Long(1 << 40), &CqlType::Int).is_err());
         assert_eq!(
-            convert(Value::TimestampMillis(1500), &CqlType::Timestamp),
+            cql(Value::TimestampMillis(1500), &CqlType::Timestamp),
             Ok(Some(CqlValue::Timestamp(CqlTimestamp(1500))))
         );
-        assert_eq!(convert(Value::Null, &CqlType::Int), Ok(None));
+        assert_eq!(cql(Value::Null, &CqlType::Int), Ok(None));
         assert_eq!(
-            convert(Value::Str("10.0.0.1".into()), &CqlType::Inet),
+            cql(Value::Str("10.0.0.1".into()), &CqlType::Inet),
             Ok(Some(CqlValue::Inet(
                 "10.0.0.1".parse().expect("literal ip")
             )))
         );
-        assert!(convert(Value::Str("nope".into()), &CqlType::Inet).is_err());
+        assert!(cql(Value::Str("nope".into()), &CqlType::Inet).is_err());
         assert_eq!(
-            convert(
+            cql(
                 Value::Array(vec![Value::Str("a".into())]),
                 &CqlType::List(Box::new(CqlType::Text))
             ),
             Ok(Some(CqlValue::List(vec![CqlValue::Text("a".into())])))
         );
         assert_eq!(
-            convert(Value::Date(0), &CqlType::Date),
+            cql(Value::Date(0), &CqlType::Date),
             Ok(Some(CqlValue::Date(CqlDate(1 << 31))))
         );
     }
@@ -471,13 +515,13 @@ mod tests {
             (
                 K::Bytes,
                 C::Blob,
-                Value::Bytes(vec![0, 1, 255]),
+                Value::Bytes(vec![0, 1, 255].into()),
                 Q::Blob(vec![0, 1, 255]),
             ),
             (
                 K::Fixed,
                 C::Blob,
-                Value::Bytes(vec![9; 4]),
+                Value::Bytes(vec![9; 4].into()),
                 Q::Blob(vec![9; 4]),
             ),
             (
@@ -706,7 +750,7 @@ mod tests {
                 "the check refuses listed {kind} -> {ty}"
             );
             assert_eq!(
-                convert(value.clone(), ty),
+                cql(value.clone(), ty),
                 Ok(Some(expected.clone())),
                 "{kind} -> {ty}"
             );
@@ -733,7 +777,7 @@ mod tests {
         assert_eq!(accepted, table.len(), "a pair is listed twice");
         for ty in &types {
             assert!(compatible(&Kind::Null, ty), "null -> {ty}");
-            assert_eq!(convert(Value::Null, ty), Ok(None), "null -> {ty}");
+            assert_eq!(cql(Value::Null, ty), Ok(None), "null -> {ty}");
         }
     }
 
@@ -813,17 +857,17 @@ mod tests {
         .expect("test value matches its schema");
         let plan = crate::codec::Plan::compile(&schema, &["t".to_string()]).expect("compiles");
         let mut row = crate::codec::Row::default();
-        plan.decode(&datum, &mut row).expect("decodes");
+        plan.decode_copy(&datum, &mut row).expect("decodes");
         let kind = plan.kinds().first().expect("one slot");
         assert!(compatible(kind, &CqlType::Timestamp), "{kind} -> timestamp");
         let v = row.values.pop().expect("one value");
         assert_eq!(
-            convert(v, &CqlType::Timestamp),
+            cql(v, &CqlType::Timestamp),
             Ok(Some(CqlValue::Timestamp(CqlTimestamp(1_700_000_000_123))))
         );
         // Before the epoch the instant is rounded down, as for micros, not toward zero.
         assert_eq!(
-            convert(Value::TimestampNanos(-1), &CqlType::Timestamp),
+            cql(Value::TimestampNanos(-1), &CqlType::Timestamp),
             Ok(Some(CqlValue::Timestamp(CqlTimestamp(-1))))
         );
     }
@@ -854,12 +898,12 @@ mod tests {
         ];
         for (v, ty) in cases {
             let shown = format!("{v:?} -> {ty}");
-            let reason = convert(v, &ty).expect_err(&shown);
+            let reason = cql(v, &ty).expect_err(&shown);
             // Reasons are static: they never carry the value.
             assert!(!reason.contains("256") && !reason.contains('é'), "{reason}");
         }
         assert_eq!(
-            convert(Value::TimeMicros(86_399_999_999), &CqlType::Time),
+            cql(Value::TimeMicros(86_399_999_999), &CqlType::Time),
             Ok(Some(CqlValue::Time(CqlTime(86_399_999_999_000))))
         );
     }

@@ -12,9 +12,11 @@
 //!
 //! Layout: [`error`] (start-up and per-write errors), [`session`] (connect, TLS, table columns, prepared
 //! statements, [`ScyllaWriter`]), [`bridge`] (the driver's tokio runtime on the shard's own thread),
-//! [`mapping`] (CQL types and conversions).
+//! [`mapping`] (CQL types and conversions), [`cell`] (bound values that still point into the
+//! record's payload).
 
 pub mod bridge;
+pub mod cell;
 pub mod error;
 pub mod mapping;
 pub mod rate;
@@ -27,13 +29,14 @@ use scylla::value::{CqlValue, MaybeUnset};
 
 use crate::codec::Value;
 use crate::config::{NullValues, TableConfig, WriteTimestamp};
+pub use cell::Cell;
 pub use error::{Scope, StartError, WriteError};
 pub use mapping::{ColumnMap, CqlType};
 pub use session::{connect, table_columns, ScyllaWriter};
 
 /// Statement values for one row: the mapped columns, then TTL, then write timestamp (µs).
 /// `Unset` leaves a column untouched (no tombstone); `Set(None)` writes a CQL null (a tombstone).
-pub type BoundRow = Vec<MaybeUnset<Option<CqlValue>>>;
+pub type BoundRow = Vec<MaybeUnset<Option<Cell>>>;
 
 /// The replica that owns a row's partition (its first replica: node and, on ScyllaDB, shard). Rows of
 /// one owner can share a batch that the driver routes to it.
@@ -87,13 +90,13 @@ impl RowWriter for NullWriter {
 pub fn approx_row_bytes(row: &BoundRow) -> usize {
     row.iter()
         .map(|v| match v {
-            MaybeUnset::Set(Some(v)) => 4 + approx_value_bytes(v),
+            MaybeUnset::Set(Some(v)) => 4 + v.approx_bytes(),
             _ => 4,
         })
         .sum()
 }
 
-fn approx_value_bytes(v: &CqlValue) -> usize {
+pub(crate) fn approx_value_bytes(v: &CqlValue) -> usize {
     match v {
         CqlValue::Text(s) | CqlValue::Ascii(s) => s.len(),
         CqlValue::Blob(b) => b.len(),
@@ -293,8 +296,8 @@ impl Binder {
                 v => MaybeUnset::Set(v),
             });
         }
-        out.push(MaybeUnset::Set(Some(CqlValue::Int(ttl))));
-        out.push(MaybeUnset::Set(Some(CqlValue::BigInt(ts_us))));
+        out.push(MaybeUnset::Set(Some(Cell::Cql(CqlValue::Int(ttl)))));
+        out.push(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(ts_us)))));
         Ok(out)
     }
 }
@@ -372,7 +375,7 @@ columns = {{ a = "fa", b = "fb" }}
         assert_eq!(bound.len(), expect.len());
         for (b, e) in bound.iter().zip(expect) {
             assert!(
-                matches!(b, MaybeUnset::Set(Some(v)) if *v == e),
+                matches!(b, MaybeUnset::Set(Some(v)) if v.clone().into_cql() == e),
                 "{b:?} != {e:?}"
             );
         }
@@ -389,7 +392,7 @@ columns = {{ a = "fa", b = "fb" }}
         let bound = b.bind(&mut row.values, None, 0).expect("binds");
         assert!(matches!(
             bound.last(),
-            Some(MaybeUnset::Set(Some(CqlValue::BigInt(2000))))
+            Some(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(2000)))))
         ));
         assert!(
             matches!(bound.first(), Some(MaybeUnset::Unset)),
@@ -427,7 +430,9 @@ columns = {{ a = "fa", b = "fb" }}
         let bound = b.bind(&mut row.values, Some(99), 0).expect("binds");
         assert!(matches!(
             bound.last(),
-            Some(MaybeUnset::Set(Some(CqlValue::BigInt(1_234_567))))
+            Some(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(
+                1_234_567
+            )))))
         ));
         let err = config("timestamp_source = \"fixed\"")
             .validate()
@@ -449,11 +454,11 @@ columns = {{ a = "fa", b = "fb" }}
         let bound = b.bind(&mut row.values, None, 0).expect("binds");
         assert!(matches!(
             bound.get(1),
-            Some(MaybeUnset::Set(Some(CqlValue::Timestamp(_))))
+            Some(MaybeUnset::Set(Some(Cell::Cql(CqlValue::Timestamp(_)))))
         ));
         assert!(matches!(
             bound.last(),
-            Some(MaybeUnset::Set(Some(CqlValue::BigInt(7000))))
+            Some(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(7000)))))
         ));
     }
 
@@ -483,7 +488,7 @@ columns = {{ a = "fa", b = "fb" }}
             };
             match b.bind(&mut row.values, Some(1_700_000_000_123), offset) {
                 Ok(bound) => match bound.last() {
-                    Some(MaybeUnset::Set(Some(CqlValue::BigInt(us)))) => *us,
+                    Some(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(us))))) => *us,
                     other => panic!("no timestamp bound: {other:?}"),
                 },
                 Err(e) => panic!("binds: {e}"),

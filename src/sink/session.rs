@@ -19,10 +19,10 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, MaybeUnset};
+use scylla::value::MaybeUnset;
 
 use super::bridge::{BridgeHandle, InTokio};
-use super::{Binder, BoundRow, CqlType, Owner, RowWriter, StartError, WriteError};
+use super::{Binder, BoundRow, Cell, CqlType, Owner, RowWriter, StartError, WriteError};
 use crate::config::{Config, TableConfig};
 
 /// Builds a session from config. Runs inside the bridge.
@@ -284,7 +284,7 @@ impl RowWriter for ScyllaWriter {
             return Owner::ANY;
         };
         let (ks, name) = (table.ks_name(), table.table_name());
-        let pk: Vec<&MaybeUnset<Option<CqlValue>>> =
+        let pk: Vec<&MaybeUnset<Option<Cell>>> =
             self.pk_slots.iter().filter_map(|&i| row.get(i)).collect();
         let (Ok(token), Some(keyspace)) =
             (state.compute_token(ks, name, &pk), state.get_keyspace(ks))

@@ -379,7 +379,7 @@ fn poison_records_of_every_class_go_to_the_dead_letter_topic() -> Result<()> {
             let mut row = Row::default();
             if decoder.decode_blocking(v, &mut row).is_ok() {
                 if let Some(Value::Str(id)) = row.values.first() {
-                    let i = navigation::index_of(id).unwrap_or(u64::MAX);
+                    let i = navigation::index_of(id.as_str()).unwrap_or(u64::MAX);
                     let expected =
                         loadgen::poison_class_of(i, EVERY).map(loadgen::expected_dead_letter_class);
                     ensure!(
@@ -465,7 +465,7 @@ fn sigterm_exits_zero_within_the_deadline_with_exact_commits() -> Result<()> {
                 anyhow::bail!("no event id")
             };
             ensure!(
-                rows.contains_key(id),
+                rows.contains_key(id.as_str()),
                 "{id} at {part}@{} is committed but not in the table",
                 m.offset()
             );

@@ -62,9 +62,9 @@ fn registry_kafka_cassandra_round_trip() -> Result<()> {
             };
             let tags: Vec<String> = tags
                 .into_iter()
-                .filter_map(|t| if let Value::Str(s) = t { Some(s) } else { None })
+                .filter_map(|t| if let Value::Str(s) = t { Some(s.to_string()) } else { None })
                 .collect();
-            s.execute_unpaged(&insert, (id, uid, url, CqlTimestamp(ts), tags)).await?;
+            s.execute_unpaged(&insert, (id.as_str(), uid.as_str(), url.as_str(), CqlTimestamp(ts), tags)).await?;
         }
         let rows = read_rows(&s, &ks).await?;
         assert_eq!(rows.len(), 500);

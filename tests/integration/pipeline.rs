@@ -395,11 +395,17 @@ fn produce_reencodes_the_enriched_record() -> Result<()> {
         };
         let e = by_id.get(id.as_str()).expect("produced event");
         ensure!(key.as_deref() == Some(e.uid.as_bytes()), "key of {id}");
-        ensure!(v[1] == Value::Str(e.uid.clone()) && v[2] == Value::Str(e.url.clone()));
+        ensure!(
+            v[1] == Value::Str(e.uid.clone().into()) && v[2] == Value::Str(e.url.clone().into())
+        );
         ensure!(v[3] == Value::TimestampMillis(e.ts_ms));
-        ensure!(v[4] == Value::Enum(navigation::EVENT_TYPES[e.event_type].to_string()));
+        ensure!(v[4] == Value::Enum(navigation::EVENT_TYPES[e.event_type].into()));
         let seg = segment_of(&e.uid).unwrap_or_else(|| "unknown".into());
-        ensure!(v[5] == Value::Str(seg), "segment of {id}: {:?}", v[5]);
+        ensure!(
+            v[5] == Value::Str(seg.into()),
+            "segment of {id}: {:?}",
+            v[5]
+        );
         seen.insert(id.clone());
     }
     ensure!(seen.len() as u64 == N, "duplicates or gaps in the output");

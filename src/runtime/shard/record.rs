@@ -110,7 +110,8 @@ pub(super) struct Origin {
     pub offset: i64,
     pub kafka_ts_ms: Option<i64>,
     pub key: Option<Rc<[u8]>>,
-    pub value: Option<Vec<u8>>,
+    /// The payload; the record's decoded strings and bytes point into it (one copy per record).
+    pub value: Option<Rc<[u8]>>,
 }
 
 /// How a record ended.
@@ -209,7 +210,8 @@ async fn await_schema(
     ctx: &RecordContext,
     origin: &Origin,
 ) -> Result<Vec<Value>, RetryError<CodecError>> {
-    let payload = origin.value.as_deref().unwrap_or_default();
+    let empty: Rc<[u8]> = Rc::from(&[][..]);
+    let payload = origin.value.as_ref().unwrap_or(&empty);
     let decoded = retry(
         &RetryPolicy::UNTIL_STOPPED,
         &ctx.shutdown,
@@ -271,7 +273,7 @@ async fn fail(
     };
     let letter = DeadLetter {
         key: origin.key.as_deref().map(<[u8]>::to_vec),
-        value: origin.value.clone(),
+        value: origin.value.as_deref().map(<[u8]>::to_vec),
         class,
         message,
         topic: topic.clone(),

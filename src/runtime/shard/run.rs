@@ -285,11 +285,13 @@ impl ShardLoop {
         if let Some(s) = stage {
             s.consumed.inc();
         }
+        // The record's one copy of its payload: decoded strings point into it, a dead letter sends it.
+        let payload: Rc<[u8]> = Rc::from(msg.payload().unwrap_or_default());
         let decoded = self
             .res
             .decoder
             .borrow_mut()
-            .decode(msg.payload().unwrap_or_default(), &mut self.row);
+            .decode(&payload, &mut self.row);
         let start = match decoded {
             Ok(_) => {
                 metrics.decode_seconds.observe(now.elapsed().as_secs_f64());
@@ -312,7 +314,7 @@ impl ShardLoop {
             offset,
             kafka_ts_ms: msg.timestamp().to_millis(),
             key: msg.key().map(Rc::from),
-            value: msg.payload().map(<[u8]>::to_vec),
+            value: msg.payload().is_some().then_some(payload),
         };
         let fut = record::process(self.res.records.clone(), origin, start);
         self.inflight.push(fut.boxed_local());
