@@ -174,7 +174,7 @@ fn bound_rows(
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             let m = m?;
             decoder.decode_blocking(m.payload().unwrap_or_default(), &mut row)?;
-            rows.push(binder.bind(&mut row.values, m.timestamp().to_millis(), m.offset())?);
+            rows.push(binder.bind(&row.values, m.timestamp().to_millis(), m.offset())?);
         }
     }
     Ok(rows)
@@ -349,7 +349,7 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
                     trackers.entry(p).or_default().begin(o, std::time::Instant::now());
                     let ts = m.timestamp().to_millis();
                     decoder.decode_blocking(m.payload().unwrap_or_default(), &mut row)?;
-                    let values = binder.bind(&mut row.values, ts, m.offset())?;
+                    let values = binder.bind(&row.values, ts, m.offset())?;
                     // Owned values, to cross threads: what a task-per-write design must hold.
                     let values: Vec<MaybeUnset<Option<CqlValue>>> =
                         values.into_iter().map(owned).collect();

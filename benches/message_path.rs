@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
                 let payload: Rc<[u8]> = Rc::from(m.as_slice());
                 decoder.decode(&payload, &mut row).expect("decodes");
                 let v = binder
-                    .bind(&mut row.values, Some(1_767_225_600_000), 42)
+                    .bind(&row.values, Some(1_767_225_600_000), 42)
                     .expect("binds");
                 criterion::black_box(v);
             }

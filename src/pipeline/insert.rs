@@ -124,7 +124,7 @@ impl Processor for Insert {
         Box::pin(async move {
             let row = self
                 .binder
-                .bind(&mut rec.values, rec.kafka_ts_ms, rec.offset)
+                .bind(&rec.values, rec.kafka_ts_ms, rec.offset)
                 .map_err(|e| self.write.step_error(RetryError::Permanent(e)))?;
             match &self.batcher {
                 Some(b) => b.submit(row).await?,

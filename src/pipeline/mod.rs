@@ -235,8 +235,7 @@ impl Chain {
     }
 
     /// Runs a record through the chain. `Ok(false)`: dropped on purpose. The record stays the
-    /// caller's (its value slots may have been moved out by an insert), so its allocation can be
-    /// reused for the next record.
+    /// caller's, so its allocation can be reused for the next record.
     pub async fn run(&self, rec: &mut Record) -> Result<bool, StepError> {
         let (changing, sinks) = self.steps.split_at(self.first_sink);
         for step in changing {
@@ -249,7 +248,8 @@ impl Chain {
             self.timed(only, rec).await?;
             return Ok(true);
         }
-        // Each sink gets its own copy (an insert moves the values it binds) and they run concurrently.
+        // Each sink gets its own copy (a sink may change its record) and they run concurrently; a
+        // copy shares the record's text and bytes (reference counts), it copies no string.
         let mut copies: Vec<Record> = (1..sinks.len()).map(|_| rec.clone()).collect();
         let results = join_all(
             sinks

@@ -241,15 +241,14 @@ impl Binder {
     }
 
     /// Binds one decoded record's `values` (by slot); `kafka_ts_ms` is the record timestamp (None if
-    /// the record has none) and `offset` its Kafka offset. The mapped values are moved out.
+    /// the record has none) and `offset` its Kafka offset. The values stay in the record: text and
+    /// bytes are shared with it (a reference count on the payload), nothing is copied.
     pub fn bind(
         &self,
-        values: &mut [Value],
+        values: &[Value],
         kafka_ts_ms: Option<i64>,
         offset: i64,
     ) -> Result<BoundRow, WriteError> {
-        // TTL and timestamp first: a field may be both a column and the timestamp, and binding the
-        // columns moves their values out of the row.
         let ttl = match self.ttl {
             Ttl::Fixed(s) => s,
             Ttl::Slot(i) => match values.get(i) {
@@ -283,18 +282,21 @@ impl Binder {
         };
         let mut out = Vec::with_capacity(self.columns.len() + 2);
         for c in &self.columns {
-            let v = values
-                .get_mut(c.slot)
-                .map(|v| std::mem::replace(v, Value::Null))
-                .unwrap_or(Value::Null);
-            let v = mapping::convert(v, &c.ty).map_err(|reason| WriteError::Mapping {
+            let v = values.get(c.slot).unwrap_or(&Value::Null);
+            // Converted in place, into the value's own slot of `out` (see `mapping::convert_into`).
+            out.push(MaybeUnset::Set(None));
+            let Some(MaybeUnset::Set(cell)) = out.last_mut() else {
+                continue;
+            };
+            mapping::convert_into(v, &c.ty, cell).map_err(|reason| WriteError::Mapping {
                 column: c.column.clone(),
                 reason,
             })?;
-            out.push(match v {
-                None if !self.write_nulls => MaybeUnset::Unset,
-                v => MaybeUnset::Set(v),
-            });
+            if cell.is_none() && !self.write_nulls {
+                if let Some(last) = out.last_mut() {
+                    *last = MaybeUnset::Unset;
+                }
+            }
         }
         out.push(MaybeUnset::Set(Some(Cell::Cql(CqlValue::Int(ttl)))));
         out.push(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(ts_us)))));
@@ -360,11 +362,11 @@ columns = {{ a = "fa", b = "fb" }}
             b.insert_cql("ks", "tb"),
             "INSERT INTO \"ks\".\"tb\" (\"a\", \"b\") VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"
         );
-        let mut row = Vals {
+        let row = Vals {
             values: vec![Value::Str("x".into()), Value::Int(5)],
         };
         let bound = b
-            .bind(&mut row.values, Some(1_700_000_000_123), 0)
+            .bind(&row.values, Some(1_700_000_000_123), 0)
             .expect("binds");
         let expect = [
             CqlValue::Text("x".into()),
@@ -386,10 +388,10 @@ columns = {{ a = "fa", b = "fb" }}
         let c = config("timestamp_source = \"field\"\ntimestamp_field = \"ts\"");
         let fields = c.needed_fields();
         let b = Binder::for_table(&c.table, &fields, &types()).expect("binder");
-        let mut row = Vals {
+        let row = Vals {
             values: vec![Value::Null, Value::Long(1), Value::TimestampMillis(2)],
         };
-        let bound = b.bind(&mut row.values, None, 0).expect("binds");
+        let bound = b.bind(&row.values, None, 0).expect("binds");
         assert!(matches!(
             bound.last(),
             Some(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(2000)))))
@@ -402,11 +404,11 @@ columns = {{ a = "fa", b = "fb" }}
             "timestamp_source = \"field\"\ntimestamp_field = \"ts\"\nnull_values = \"null\"",
         );
         let b2 = Binder::for_table(&c2.table, &fields, &types()).expect("binder");
-        let mut row = Vals {
+        let row = Vals {
             values: vec![Value::Null, Value::Long(1), Value::TimestampMillis(2)],
         };
         assert!(matches!(
-            b2.bind(&mut row.values, None, 0).expect("binds").first(),
+            b2.bind(&row.values, None, 0).expect("binds").first(),
             Some(MaybeUnset::Set(None))
         ));
 
@@ -424,10 +426,10 @@ columns = {{ a = "fa", b = "fb" }}
         let c = config("timestamp_source = \"fixed\"\ntimestamp_fixed_us = 1234567");
         c.validate().expect("valid");
         let b = Binder::for_table(&c.table, &c.needed_fields(), &types()).expect("binder");
-        let mut row = Vals {
+        let row = Vals {
             values: vec![Value::Str("x".into()), Value::Int(5)],
         };
-        let bound = b.bind(&mut row.values, Some(99), 0).expect("binds");
+        let bound = b.bind(&row.values, Some(99), 0).expect("binds");
         assert!(matches!(
             bound.last(),
             Some(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(
@@ -448,10 +450,10 @@ columns = {{ a = "fa", b = "fb" }}
         let mut t = types();
         t.insert("b".into(), CqlType::Timestamp);
         let b = Binder::for_table(&c.table, &fields, &t).expect("binder");
-        let mut row = Vals {
+        let row = Vals {
             values: vec![Value::Str("x".into()), Value::TimestampMillis(7)],
         };
-        let bound = b.bind(&mut row.values, None, 0).expect("binds");
+        let bound = b.bind(&row.values, None, 0).expect("binds");
         assert!(matches!(
             bound.get(1),
             Some(MaybeUnset::Set(Some(Cell::Cql(CqlValue::Timestamp(_)))))
@@ -467,12 +469,10 @@ columns = {{ a = "fa", b = "fb" }}
         let c = config("");
         let fields = c.needed_fields();
         let b = Binder::for_table(&c.table, &fields, &types()).expect("binder");
-        let mut row = Vals {
+        let row = Vals {
             values: vec![Value::Int(1), Value::Int(5)],
         };
-        let err = b
-            .bind(&mut row.values, Some(0), 0)
-            .expect_err("int into text");
+        let err = b.bind(&row.values, Some(0), 0).expect_err("int into text");
         assert_eq!((err.class(), err.is_retryable()), ("mapping", false));
     }
 
@@ -483,10 +483,10 @@ columns = {{ a = "fa", b = "fb" }}
         let c = config("");
         let b = Binder::for_table(&c.table, &c.needed_fields(), &types()).expect("binder");
         let ts = |offset: i64| {
-            let mut row = Vals {
+            let row = Vals {
                 values: vec![Value::Str("x".into()), Value::Int(5)],
             };
-            match b.bind(&mut row.values, Some(1_700_000_000_123), offset) {
+            match b.bind(&row.values, Some(1_700_000_000_123), offset) {
                 Ok(bound) => match bound.last() {
                     Some(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(us))))) => *us,
                     other => panic!("no timestamp bound: {other:?}"),
