@@ -14,13 +14,15 @@
 //! - [`kafka`]: consumer and producer configuration, the consumer context (rebalances, commits, lag),
 //!   [`kafka::partitions`] (the `PartitionBook`: trackers, pause reasons, end-of-partition, stored and
 //!   final offsets), the dead-letter producer, rdkafka's async hooks on glommio.
-//! - [`codec`]: the Confluent wire frame, the schema registry client, the per-shard schema cache and the
-//!   compiled Avro decoder (writer schema resolved once per schema id).
+//! - [`codec`]: the Confluent wire frame, the schema registry client, the per-shard schema cache, the
+//!   compiled Avro decoder (writer schema resolved once per schema id) and [`codec::shared`] (decoded
+//!   strings and bytes as ranges of the record's one payload copy).
 //! - [`pipeline`]: the `Chain` every record goes through and one file per step (filter, lookup, insert,
 //!   produce), the insert sink's owner-grouped batching (`batch`), `build` (config → chain) and the
 //!   `Processor` trait for custom steps.
-//! - [`sink`]: the database: errors per phase, session and statement preparation, binding, writers, the
-//!   tokio runtime the driver needs, driven on the shard's own thread.
+//! - [`sink`]: the database: errors per phase, session and statement preparation, binding into
+//!   [`sink::Cell`]s (text and bytes still in the payload until the driver serialises them), writers,
+//!   the tokio runtime the driver needs, driven on the shard's own thread.
 //! - [`retry`]: the one retry policy, the `Retryable` trait and the shard's `Shutdown` signal.
 //! - [`metrics`]: per-shard prometheus registries, named events, the `/metrics` endpoint.
 //! - [`check`]: the live start-up check (topics, subject, table, types).
@@ -32,7 +34,8 @@
 //! # The path of one record
 //!
 //! The shard's consumer (`runtime::shard::run`) hands a message to `on_message`, which registers its
-//! offset in the `kafka::partitions::PartitionBook` and decodes it right there in the loop with the
+//! offset in the `kafka::partitions::PartitionBook`, copies the payload once (shared by every value
+//! decoded from it and by a dead letter) and decodes it right there in the loop with the
 //! `codec::Decoder` (the `Plan` of its schema id). The decoded values go into a future
 //! (`runtime::shard::record::process`) that runs the `pipeline::Chain`: filters and lookups in order,
 //! then the sinks; the insert sink (`pipeline::insert`) binds the values with a `sink::Binder` and
