@@ -32,7 +32,9 @@ pub const MAX_DEPTH: usize = 64;
 /// still carry a few zero-byte items.
 const ITEM_ALLOWANCE: u64 = 1024;
 
-/// A decoded value. Logical types keep their meaning so the CQL mapping can be exact.
+/// A decoded value. Logical types keep their meaning so the CQL mapping can be exact. Text and bytes
+/// are ranges of the record's payload (see [`super::shared`]): a value keeps that payload alive, and is
+/// not `Send` (it stays on its shard; convert it, e.g. to a `CqlValue`, to hand it to another thread).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
@@ -384,22 +386,29 @@ impl Plan {
     }
 
     /// Decodes the datum `payload[start..]` into `row` (its values are replaced; the vector is
-    /// reused). Strings and bytes point into `payload`: nothing is copied, nothing allocated per
-    /// field (see [`super::shared`]).
+    /// reused). Strings and bytes point into `payload`: no string or byte value is copied or
+    /// allocated (see [`super::shared`]); arrays, maps and nested records still allocate their
+    /// vectors. A payload of 4 GiB or more is a [`CodecError::BadLength`] (ranges are `u32`).
     pub fn decode(
         &self,
         payload: &Rc<[u8]>,
         start: usize,
         row: &mut Row,
     ) -> Result<(), CodecError> {
-        if start > payload.len() {
-            return Err(CodecError::Truncated);
+        if u32::try_from(payload.len()).is_err() {
+            return Err(CodecError::BadLength(
+                i64::try_from(payload.len()).unwrap_or(i64::MAX),
+            ));
         }
+        let Some(datum_len) = payload.len().checked_sub(start) else {
+            return Err(CodecError::Truncated);
+        };
         let mut r = Reader {
             payload,
             buf: payload,
             pos: start,
-            items_left: (payload.len() as u64).saturating_add(ITEM_ALLOWANCE),
+            // The datum's own length (not the frame's), so the budget is the same framed or raw.
+            items_left: (datum_len as u64).saturating_add(ITEM_ALLOWANCE),
         };
         // Every slot is some step's (compile checks it), so each is overwritten: no clearing first.
         if row.values.len() != self.slots {
@@ -948,6 +957,30 @@ mod tests {
     }
 
     #[test]
+    fn a_datum_after_a_header_decodes_into_ranges_of_the_payload() {
+        let schema = Schema::parse_str(SCHEMA).expect("test schema parses");
+        let plan =
+            Plan::compile(&schema, &["id".to_string(), "tags".to_string()]).expect("compiles");
+        let mut framed = vec![0, 0, 0, 0, 7];
+        framed.extend(sample(&schema));
+        let payload: Rc<[u8]> = Rc::from(framed.as_slice());
+        let mut row = Row::default();
+        plan.decode(&payload, 5, &mut row)
+            .expect("decodes after the header");
+        let Some(Value::Str(id)) = row.values.first() else {
+            panic!("id is a string: {:?}", row.values);
+        };
+        assert_eq!(id, "e1");
+        // "e1" follows the header and its length byte: the value is those payload bytes, not a copy.
+        assert_eq!(id.as_bytes().as_ptr(), payload[6..].as_ptr());
+        assert_eq!(plan.decode(&payload, 6, &mut row).map_err(|_| ()), Err(()));
+        assert_eq!(
+            plan.decode(&payload, payload.len() + 1, &mut row),
+            Err(CodecError::Truncated)
+        );
+    }
+
+    #[test]
     fn encode_then_decode_round_trips() {
         let schema = Schema::parse_str(SCHEMA).expect("test schema parses");
         let (plan, names) = Plan::for_encoding(&schema).expect("compiles");
@@ -1166,6 +1199,13 @@ mod tests {
         assert_eq!(d.len(), 3);
         assert!(matches!(
             plan.decode_copy(&d, &mut row),
+            Err(CodecError::BadLength(_))
+        ));
+        // After a header the budget is the datum's, not the payload's: the header buys no items.
+        let mut framed = vec![0, 0, 0, 0, 7];
+        framed.extend(&d);
+        assert!(matches!(
+            plan.decode(&Rc::from(framed.as_slice()), 5, &mut row),
             Err(CodecError::BadLength(_))
         ));
     }

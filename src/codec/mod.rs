@@ -245,7 +245,8 @@ impl<R: SchemaResolver + Send + Sync + 'static> Decoder<R> {
         }
     }
 
-    /// [`Decoder::decode`] for callers off the shard thread (checks, tests, benches): if the schema
+    /// [`Decoder::decode`] of a payload copied into a shared buffer first, for callers off the shard
+    /// thread (checks, tests, benches): if the schema
     /// is being fetched, blocks until the registry answers once, then decodes. An outage or a 404
     /// comes back as its (retryable) error; no backoff is slept here.
     /// Precondition: never on a shard's executor thread: it blocks.

@@ -7,8 +7,8 @@
 //! [`StepError::Record`] (dead-letter), an error about the table or session a [`StepError::Systemic`]
 //! (stop uncommitted), a stop during a backoff [`StepError::Stopped`]. The latency of each successful
 //! request (a batch is one) goes to `shardline_write_seconds`, the same for every insert sink.
-//! Precondition: the step owns its copy of the record (the chain gives each sink one): binding moves
-//! the mapped values out of it.
+//! Precondition: none on the record: binding reads its values in place and shares their text and
+//! bytes (reference counts on the payload), so the record is unchanged.
 
 use std::cell::Cell;
 use std::rc::Rc;

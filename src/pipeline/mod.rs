@@ -248,8 +248,9 @@ impl Chain {
             self.timed(only, rec).await?;
             return Ok(true);
         }
-        // Each sink gets its own copy (a sink may change its record) and they run concurrently; a
-        // copy shares the record's text and bytes (reference counts), it copies no string.
+        // Each sink gets its own copy (a custom sink may change its record; the built-in ones do
+        // not) and they run concurrently; a copy shares the record's text and bytes (reference
+        // counts), it copies no string.
         let mut copies: Vec<Record> = (1..sinks.len()).map(|_| rec.clone()).collect();
         let results = join_all(
             sinks

@@ -9,7 +9,8 @@
 //! Guarantee: a cell is type-checked against the prepared statement's column type when it is
 //! serialised, as `CqlValue` is: text only into `text`/`varchar` (and `ascii` when it is ASCII), bytes
 //! only into `blob`, lists into `list`/`set`; anything else is a serialisation error, never bytes
-//! of the wrong type on the wire.
+//! of the wrong type on the wire. Precondition: none beyond [`Text`]'s own (UTF-8 by construction).
+//! A cell keeps its record's payload alive, and is not `Send`: it is serialised on its shard.
 
 use scylla::cluster::metadata::{ColumnType, NativeType};
 use scylla::serialize::value::SerializeValue;

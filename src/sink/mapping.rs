@@ -193,13 +193,13 @@ pub fn convert_into(v: &Value, ty: &CqlType, out: &mut Option<Cell>) -> Result<(
         (Value::Bytes(b), C::Blob) => Cell::Blob(b.clone()),
         (Value::Array(items), C::List(t) | C::Set(t)) => Cell::List(convert_items(items, t)?),
         (Value::Map(entries), C::Map(k, t)) => {
-            let mut out = Vec::with_capacity(entries.len());
+            let mut pairs = Vec::with_capacity(entries.len());
             for (key, val) in entries {
                 let kc = convert(&Value::Str(key.clone()), k)?.ok_or("null map key")?;
                 let vc = convert(val, t)?.ok_or("null map value")?;
-                out.push((cql_for(kc, k), cql_for(vc, t)));
+                pairs.push((cql_for(kc, k), cql_for(vc, t)));
             }
-            Cell::Cql(CqlValue::Map(out))
+            Cell::Cql(CqlValue::Map(pairs))
         }
         (v, ty) => Cell::Cql(convert_scalar(v, ty)?),
     });
@@ -210,10 +210,12 @@ pub fn convert_into(v: &Value, ty: &CqlType, out: &mut Option<Cell>) -> Result<(
 /// entries, which the driver's `Map` holds. A text cell for an `ascii` column is an `Ascii`, a list
 /// for a `set` column a `Set` (the same bytes on the wire; the names keep the value exact).
 fn cql_for(c: Cell, ty: &CqlType) -> CqlValue {
-    match (c.into_cql(), ty) {
-        (CqlValue::Text(s), CqlType::Ascii) => CqlValue::Ascii(s),
-        (CqlValue::List(items), CqlType::Set(_)) => CqlValue::Set(items),
-        (v, _) => v,
+    let each = |items: Vec<Cell>, t: &CqlType| items.into_iter().map(|i| cql_for(i, t)).collect();
+    match (c, ty) {
+        (Cell::Text(s), CqlType::Ascii) => CqlValue::Ascii(s.as_str().to_owned()),
+        (Cell::List(items), CqlType::Set(t)) => CqlValue::Set(each(items, t)),
+        (Cell::List(items), CqlType::List(t)) => CqlValue::List(each(items, t)),
+        (c, _) => c.into_cql(),
     }
 }
 
@@ -334,19 +336,19 @@ mod tests {
         let payload: std::rc::Rc<[u8]> = std::rc::Rc::from(&b"abc"[..]);
         let t = crate::codec::Text::in_payload(&payload, 0, 3).expect("valid");
         let b = crate::codec::Blob::in_payload(&payload, 1, 2).expect("in range");
-        assert_eq!(
-            convert(&Value::Str(t.clone()), &CqlType::Text),
-            Ok(Some(Cell::Text(t)))
-        );
-        assert_eq!(
-            convert(&Value::Bytes(b.clone()), &CqlType::Blob),
-            Ok(Some(Cell::Blob(b)))
-        );
-        assert_eq!(
-            std::rc::Rc::strong_count(&payload),
-            1,
-            "no value kept a reference"
-        );
+        let (text, bytes) = (Value::Str(t), Value::Bytes(b));
+        let (Ok(Some(Cell::Text(tc))), Ok(Some(Cell::Blob(bc)))) = (
+            convert(&text, &CqlType::Text),
+            convert(&bytes, &CqlType::Blob),
+        ) else {
+            panic!("text and bytes bind as text and blob cells");
+        };
+        // The cells are the payload's own bytes (same address), held by one more reference each.
+        assert_eq!(tc.as_bytes().as_ptr(), payload.as_ptr());
+        assert_eq!(bc.as_bytes().as_ptr(), payload[1..].as_ptr());
+        assert_eq!(std::rc::Rc::strong_count(&payload), 5);
+        drop((text, bytes, tc, bc));
+        assert_eq!(std::rc::Rc::strong_count(&payload), 1);
     }
 
     #[test]

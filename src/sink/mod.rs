@@ -444,7 +444,8 @@ columns = {{ a = "fa", b = "fb" }}
 
     #[test]
     fn a_field_can_be_both_a_column_and_the_write_timestamp() {
-        // Regression: binding moved the column's value out before the timestamp was read from it.
+        // Regression (binding once moved the column's value out before the timestamp was read from
+        // it): the column and the timestamp both get the field's value.
         let c = config("timestamp_source = \"field\"\ntimestamp_field = \"fb\"");
         let fields = c.needed_fields();
         let mut t = types();
