@@ -210,8 +210,8 @@ async fn await_schema(
     ctx: &RecordContext,
     origin: &Origin,
 ) -> Result<Vec<Value>, RetryError<CodecError>> {
-    let empty: Rc<[u8]> = Rc::from(&[][..]);
-    let payload = origin.value.as_ref().unwrap_or(&empty);
+    // A null payload (a tombstone) decodes as empty bytes; only it needs a buffer of its own.
+    let payload = &origin.value.clone().unwrap_or_else(|| Rc::from(&[][..]));
     let decoded = retry(
         &RetryPolicy::UNTIL_STOPPED,
         &ctx.shutdown,
