@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 bash scripts/bootstrap.sh
-bash scripts/services.sh up
+bash scripts/services.sh up kafka cassandra registry
 cargo build --release --quiet
 cargo bench --bench e2e --no-run --quiet
 python3 scripts/bench.py "$@"

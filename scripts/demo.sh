@@ -28,7 +28,7 @@ sed -e "s/\"navigation\"/\"$TOPIC\"/; s/\"navigation.dlq\"/\"$TOPIC.dlq\"/; s/\"
 CONFIG=$OUT/config.toml
 
 bash scripts/bootstrap.sh
-bash scripts/services.sh up
+bash scripts/services.sh up kafka cassandra registry
 echo "== building shardline (release)"
 cargo build --release --quiet
 B=target/release/shardline

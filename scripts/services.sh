@@ -3,8 +3,14 @@
 #   Apache Kafka (KRaft, single node) on 127.0.0.1:9092
 #   Apache Cassandra 5.0 (stands in for ScyllaDB: same CQL protocol, same driver) on 127.0.0.1:9042
 #   Apicurio Registry 3 (Confluent-compatible API under /apis/ccompat/v7) on 127.0.0.1:8081
+# and, for the security tests, the same broker's second listener and a second Cassandra:
+#   Kafka SASL_SSL (SCRAM-SHA-512, user `shardline`) on 127.0.0.1:9094, beside the plaintext listener
+#   Cassandra "cassandra-tls": TLS only, client certificates required, PasswordAuthenticator, on 127.0.0.1:9142
+#     (its own small instance, so the plaintext suite and the benchmarks never pay for authentication)
+# The CA, certificates, key stores and passwords are made at first start under $SHARDLINE_STATE/secrets
+# (never committed; see make_secrets).
 #
-# usage: scripts/services.sh up|down|status|logs [kafka|cassandra|registry ...]
+# usage: scripts/services.sh up|down|status|logs [kafka|cassandra|registry|cassandra-tls ...]
 #
 # Jars come from Maven Central into $SHARDLINE_CACHE (default ~/.cache/shardline), outside the work tree, so
 # later runs start without downloading. Data, logs and pid files live in $SHARDLINE_STATE (default
@@ -25,7 +31,10 @@ CASSANDRA_VERSION=5.0.6
 APICURIO_VERSION=3.0.9
 REGISTRY_PORT=8081
 WAIT_S=${SHARDLINE_SERVICE_WAIT_S:-180}
-ALL=(kafka cassandra registry)
+TLS_CQL_PORT=9142
+TLS_STORAGE_PORT=7010
+SECRETS=$STATE/secrets
+ALL=(kafka cassandra registry cassandra-tls)
 
 die() { echo "services.sh: $*" >&2; exit 1; }
 
@@ -81,9 +90,53 @@ fetch() {
   mkdir -p "$CACHE"
   case $1 in
     kafka) fetch_libs "kafka-$KAFKA_VERSION" "org.apache.kafka:kafka_2.13:$KAFKA_VERSION org.apache.kafka:kafka-tools:$KAFKA_VERSION org.apache.logging.log4j:log4j-slf4j2-impl:$LOG4J_VERSION org.apache.logging.log4j:log4j-core:$LOG4J_VERSION" ;;
-    cassandra) fetch_libs "cassandra-$CASSANDRA_VERSION" "org.apache.cassandra:cassandra-all:$CASSANDRA_VERSION" ;;
+    cassandra|cassandra-tls) fetch_libs "cassandra-$CASSANDRA_VERSION" "org.apache.cassandra:cassandra-all:$CASSANDRA_VERSION" ;;
     registry) fetch_registry ;;
   esac
+}
+
+# The test PKI and passwords, made once under $SECRETS (mode 700; .services/ is ignored by git):
+#   ca.crt/.key            the CA the brokers' and nodes' certificate and the client certificate come from
+#   server.crt/.key        for 127.0.0.1 and localhost (both services), also as server.p12 for the JVMs
+#   client.crt/.key        CN=shardline, for mutual TLS to cassandra-tls
+#   other-ca.crt, other-client.crt/.key   a second CA and a client certificate from it (refusal tests)
+#   truststore.p12         ca.crt, which cassandra-tls checks client certificates against
+#   store-password         the PKCS#12 stores' password
+#   kafka-password         SCRAM-SHA-512 password of Kafka user `shardline`
+#   cassandra-password     password of cassandra-tls role `shardline` (the tests create the role)
+# Random passwords: a test greps shardline's output for them, so they must not be guessable words.
+make_secrets() {
+  [ -f "$SECRETS/.complete" ] && return 0
+  command -v openssl >/dev/null || die "openssl is needed to make the test certificates (apt-get install openssl)"
+  command -v keytool >/dev/null || die "keytool (from the JDK) is needed to make the trust store"
+  echo "services.sh: making the test CA, certificates and passwords in $SECRETS (once)"
+  rm -rf "$SECRETS"; mkdir -p "$SECRETS"; chmod 700 "$SECRETS"
+  (
+    set -e
+    cd "$SECRETS"
+    umask 077
+    for f in store-password kafka-password cassandra-password; do openssl rand -hex 16 | tr -d '\n' >"$f"; done
+    local pw; pw=$(cat store-password)
+    ca() { openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$2" -keyout "$1.key" -out "$1.crt" 2>/dev/null; }
+    leaf() { # leaf NAME CA CN [SAN]
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=$3" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+      printf '%s\n' "${4:+subjectAltName=$4}" "basicConstraints=CA:FALSE" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -days 3650 \
+        -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    ca ca "shardline test CA"
+    ca other-ca "another CA"
+    leaf server ca localhost "IP:127.0.0.1,DNS:localhost"
+    leaf client ca shardline
+    leaf other-client other-ca shardline
+    openssl pkcs12 -export -in server.crt -inkey server.key -certfile ca.crt -name server \
+      -out server.p12 -passout "pass:$pw"
+    keytool -importcert -noprompt -alias ca -file ca.crt -keystore truststore.p12 -storetype PKCS12 \
+      -storepass "$pw" >/dev/null 2>&1
+    chmod 644 ./*.crt
+  ) || die "making the test certificates in $SECRETS failed"
+  touch "$SECRETS/.complete"
 }
 
 pidfile() { echo "$STATE/$1.pid"; }
@@ -94,13 +147,14 @@ running() {
   local pf pid
   pf=$(pidfile "$1"); [ -f "$pf" ] || return 1
   pid=$(cat "$pf"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-Dshardline.service=$1" || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-Dshardline.service=$1 " || return 1
 }
 
 probe() {
   case $1 in
     kafka) python3 "$HERE/probe.py" kafka 127.0.0.1:9092 ;;
     cassandra) python3 "$HERE/probe.py" cql 127.0.0.1:9042 ;;
+    cassandra-tls) python3 "$HERE/probe.py" cql-tls "127.0.0.1:$TLS_CQL_PORT" "$SECRETS" ;;
     registry) curl -fsS -m 3 "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" >/dev/null && echo "registry: ccompat API answers" ;;
   esac
 }
@@ -110,6 +164,7 @@ ports() {
   case $1 in
     kafka) sed -nE 's/^listeners=//p' "$HERE/kafka.properties" | grep -oE ':[0-9]+' | tr -d : ;;
     cassandra) sed -nE 's/^(native_transport_port|storage_port): *([0-9]+).*/\2/p' "$HERE/cassandra.yaml" ;;
+    cassandra-tls) printf '%s\n' "$TLS_CQL_PORT" "$TLS_STORAGE_PORT" ;;
     registry) echo "$REGISTRY_PORT" ;;
   esac
 }
@@ -135,25 +190,84 @@ launch() { # launch NAME cmd... : detached, own session, output only to the log 
   echo $! >"$(pidfile "$name")"
 }
 
+kafka_java() { java -Dlog4j2.configurationFile="$HERE/kafka-log4j2.properties" -cp "$CACHE/kafka-$KAFKA_VERSION/lib/*" "$@"; }
+
+# The SCRAM user is added when the storage is formatted; scram.done holds a digest of the password it was
+# given, so a storage formatted before this listener existed (or new secrets) gets it through the plaintext
+# listener once the broker is up (kafka_scram_user).
+scram_digest() { sha256sum "$SECRETS/kafka-password" | cut -d' ' -f1; }
+
 start_kafka() {
-  local lib="$CACHE/kafka-$KAFKA_VERSION/lib" dir="$STATE/kafka"
+  local dir="$STATE/kafka"
   mkdir -p "$dir"
-  sed "s#@STATE@#$dir#g" "$HERE/kafka.properties" >"$dir/server.properties"
-  local cp="$lib/*" jopts=(-Dlog4j2.configurationFile="$HERE/kafka-log4j2.properties")
+  (umask 077; sed -e "s#@STATE@#$dir#g" -e "s#@SECRETS@#$SECRETS#g" -e "s#@STOREPASS@#$(cat "$SECRETS/store-password")#g" \
+    "$HERE/kafka.properties" >"$dir/server.properties")
+  local jopts=(-Dlog4j2.configurationFile="$HERE/kafka-log4j2.properties") cp="$CACHE/kafka-$KAFKA_VERSION/lib/*"
   if [ ! -f "$dir/data/meta.properties" ]; then
     local id
-    id=$(java "${jopts[@]}" -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)
-    java "${jopts[@]}" -cp "$cp" kafka.tools.StorageTool format --standalone -t "$id" -c "$dir/server.properties" \
+    id=$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)
+    kafka_java kafka.tools.StorageTool format --standalone -t "$id" -c "$dir/server.properties" \
+      --add-scram "SCRAM-SHA-512=[name=shardline,password=$(cat "$SECRETS/kafka-password")]" \
       >"$STATE/kafka-format.log" 2>&1 || { cat "$STATE/kafka-format.log" >&2; die "kafka storage format failed"; }
+    scram_digest >"$dir/scram.done"
   fi
   launch kafka java -Dshardline.service=kafka -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     "${jopts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties"
 }
 
+kafka_scram_user() {
+  local dir="$STATE/kafka" pw
+  [ "$(cat "$dir/scram.done" 2>/dev/null)" = "$(scram_digest)" ] && return 0
+  pw=$(cat "$SECRETS/kafka-password")
+  # (--add-config-file would keep the password off the command line, but 4.1's parser reads the
+  # mechanism's name from a file as SCRAM_SHA_512 and refuses it.)
+  kafka_java kafka.admin.ConfigCommand --bootstrap-server 127.0.0.1:9092 --alter --entity-type users \
+    --entity-name shardline --add-config "SCRAM-SHA-512=[password=$pw]" >"$STATE/kafka-scram.log" 2>&1 \
+    || { sed "s/$pw/<password>/g" "$STATE/kafka-scram.log" >&2; die "adding the SCRAM user to kafka failed"; }
+  scram_digest >"$dir/scram.done"
+  echo "services.sh: kafka SCRAM user 'shardline' set"
+}
+
 start_cassandra() {
-  local lib="$CACHE/cassandra-$CASSANDRA_VERSION/lib" dir="$STATE/cassandra"
-  mkdir -p "$dir/conf" "$dir/logs"
+  local dir="$STATE/cassandra"
+  mkdir -p "$dir/conf"
   sed "s#@STATE@#$dir#g" "$HERE/cassandra.yaml" >"$dir/conf/cassandra.yaml"
+  launch_cassandra cassandra "$dir" -Xms2g -Xmx2g -Xmn512m
+}
+
+# The secured instance: the same config with its own ports and cluster name, PasswordAuthenticator, and
+# client_encryption_options (TLS only, a client certificate from ca.crt required). A small heap: it only
+# ever holds the security tests' few rows.
+start_cassandra-tls() {
+  local dir="$STATE/cassandra-tls" pw
+  pw=$(cat "$SECRETS/store-password")
+  mkdir -p "$dir/conf"
+  (
+    umask 077
+    sed -e "s#@STATE@#$dir#g" -e 's/^cluster_name: .*/cluster_name: shardline-tls/' \
+      -e "s/^native_transport_port: .*/native_transport_port: $TLS_CQL_PORT/" \
+      -e "s/^storage_port: .*/storage_port: $TLS_STORAGE_PORT/" \
+      -e "s/127.0.0.1:7000/127.0.0.1:$TLS_STORAGE_PORT/" \
+      -e 's/^authenticator: .*/authenticator: PasswordAuthenticator/' "$HERE/cassandra.yaml"
+    cat <<YAML
+client_encryption_options:
+  enabled: true
+  optional: false
+  keystore: $SECRETS/server.p12
+  keystore_password: $pw
+  truststore: $SECRETS/truststore.p12
+  truststore_password: $pw
+  store_type: PKCS12
+  require_client_auth: true
+YAML
+  ) >"$dir/conf/cassandra.yaml"
+  launch_cassandra cassandra-tls "$dir" -Xms768m -Xmx768m -Xmn192m
+}
+
+launch_cassandra() { # launch_cassandra NAME DIR HEAP-OPTIONS...
+  local name=$1 dir=$2; shift 2
+  local lib="$CACHE/cassandra-$CASSANDRA_VERSION/lib"
+  mkdir -p "$dir/logs"
   local agent=() jamm
   jamm=$(ls "$lib"/jamm-*.jar 2>/dev/null | head -n1 || true)
   [ -n "$jamm" ] && agent=(-javaagent:"$jamm")
@@ -175,7 +289,7 @@ start_cassandra() {
     --add-opens java.base/java.lang=ALL-UNNAMED --add-opens java.base/java.math=ALL-UNNAMED
     --add-opens java.base/java.lang.reflect=ALL-UNNAMED --add-opens java.base/java.net=ALL-UNNAMED
   )
-  launch cassandra java -Dshardline.service=cassandra -Xms2g -Xmx2g -Xmn512m -XX:+UseG1GC -Xss512k \
+  launch "$name" java -Dshardline.service="$name" "$@" -XX:+UseG1GC -Xss512k \
     "${jpms[@]}" "${agent[@]}" \
     -Dcassandra.config="file://$dir/conf/cassandra.yaml" -Dcassandra.storagedir="$dir" \
     -Dcassandra.logdir="$dir/logs" -Dlogback.configurationFile="$HERE/cassandra-logback.xml" \
@@ -240,6 +354,7 @@ up() {
   need_tools
   local n waiting=() taken="" t
   for n in "$@"; do fetch "$n"; done
+  make_secrets
   # Before starting anything: a port held by another process (another checkout's services, a leftover
   # of a pid file's lost process, anything else) would make the new process exit while the holder answers
   # the probe.
@@ -258,6 +373,8 @@ up() {
     waiting+=("$n")
   done
   for n in "${waiting[@]}"; do wait_ready "$n" || exit 1; done
+  for n in "${waiting[@]}"; do [ "$n" = kafka ] && kafka_scram_user; done
+  return 0
 }
 
 down() {
@@ -289,12 +406,12 @@ status() {
 
 cmd=${1:-}; shift || true
 names=("$@"); [ ${#names[@]} -eq 0 ] && names=("${ALL[@]}")
-for n in "${names[@]}"; do case $n in kafka|cassandra|registry) ;; *) die "unknown service '$n' (kafka, cassandra, registry)";; esac; done
+for n in "${names[@]}"; do case $n in kafka|cassandra|registry|cassandra-tls) ;; *) die "unknown service '$n' (kafka, cassandra, registry, cassandra-tls)";; esac; done
 case $cmd in
   up) up "${names[@]}" ;;
   down) down "${names[@]}" ;;
   status) status "${names[@]}" ;;
   logs) for n in "${names[@]}"; do echo "== $(logfile "$n")"; tail -n 40 "$(logfile "$n")" 2>/dev/null || echo "(no log)"; done ;;
   fetch) need_tools; for n in "${names[@]}"; do fetch "$n"; done ;;
-  *) die "usage: scripts/services.sh up|down|status|logs|fetch [kafka|cassandra|registry ...]" ;;
+  *) die "usage: scripts/services.sh up|down|status|logs|fetch [kafka|cassandra|registry|cassandra-tls ...]" ;;
 esac

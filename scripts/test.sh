@@ -20,7 +20,7 @@ echo "== unit tests (no services)"
 cargo test --all-targets
 
 echo "== services"
-for s in kafka cassandra registry; do
+for s in kafka cassandra registry cassandra-tls; do
   if ! bash scripts/services.sh status "$s" >/dev/null 2>&1; then started+=("$s"); fi
 done
 bash scripts/services.sh up

@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::codec::{CodecError, Plan, RegistryClient, SchemaResolver};
 use crate::config::{Config, SchemaSource};
-use crate::kafka::{consumer_config, KafkaError};
+use crate::kafka::{consumer_config, start_up_error, KafkaError, LastError};
 use crate::runtime::RunError;
 use crate::sink::bridge::TokioBridge;
 use crate::sink::{self, mapping, Binder, StartError};
@@ -45,14 +45,15 @@ pub fn reference_schema(config: &Config) -> Result<(Option<u32>, String), RunErr
 /// Runs every live check.
 pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
     // Topics.
-    let consumer: BaseConsumer = consumer_config(&config.kafka, "shardline-check")
-        .create()
+    crate::kafka::check_client_files(&config.kafka)?;
+    let consumer: BaseConsumer<LastError> = consumer_config(&config.kafka, "shardline-check")
+        .create_with_context(LastError::default())
         .map_err(KafkaError::from)?;
     let mut partitions = Vec::new();
     for t in &config.kafka.topics {
         let md = consumer
             .fetch_metadata(Some(t), Duration::from_secs(10))
-            .map_err(KafkaError::from)?;
+            .map_err(|e| start_up_error(&consumer, &config.kafka.brokers, e))?;
         let n = md
             .topics()
             .iter()

@@ -3,8 +3,11 @@
 
   probe.py kafka HOST:PORT   -> a Kafka Metadata request (v0); exit 0 when a broker answers with itself
   probe.py cql HOST:PORT     -> CQL v4 STARTUP + `SELECT release_version FROM system.local`; prints it
+  probe.py cql-tls HOST:PORT SECRETS -> over TLS with SECRETS' client certificate: CQL v4 STARTUP, answered
+                                with AUTHENTICATE, then a login as the default superuser
 """
 import socket
+import ssl
 import struct
 import sys
 
@@ -45,13 +48,38 @@ def cql_read(s):
     return opcode, recv_exact(s, length)
 
 
+def startup_body():
+    opts = b"CQL_VERSION"
+    val = b"3.0.0"
+    return struct.pack(">H", 1) + struct.pack(">H", len(opts)) + opts + struct.pack(">H", len(val)) + val
+
+
+def cql_tls(addr, secrets):
+    host, port = addr.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=f"{secrets}/ca.crt")
+    ctx.load_cert_chain(f"{secrets}/client.crt", f"{secrets}/client.key")
+    with socket.create_connection((host, int(port)), timeout=3) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(cql_frame(0, 0x01, startup_body()))
+            op, body = cql_read(s)
+            if op != 0x03:  # AUTHENTICATE: TLS works and the node asks for credentials
+                raise RuntimeError(f"STARTUP answered opcode {op}, not AUTHENTICATE")
+            n = struct.unpack(">H", body[:2])[0]
+            authenticator = body[2:2 + n].decode()
+            # Ready means the default superuser exists (it is made just after start-up); the tests log in
+            # with it to create their own role.
+            token = b"\x00cassandra\x00cassandra"
+            s.sendall(cql_frame(1, 0x0F, struct.pack(">i", len(token)) + token))
+            op, body = cql_read(s)
+            if op != 0x10:  # AUTH_SUCCESS
+                raise RuntimeError(f"the default superuser cannot log in yet (opcode {op})")
+            print("cassandra-tls: TLS up, authenticator", authenticator, "and its superuser answer")
+
+
 def cql(addr):
     host, port = addr.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=3) as s:
-        opts = b"CQL_VERSION"
-        val = b"3.0.0"
-        body = struct.pack(">H", 1) + struct.pack(">H", len(opts)) + opts + struct.pack(">H", len(val)) + val
-        s.sendall(cql_frame(0, 0x01, body))
+        s.sendall(cql_frame(0, 0x01, startup_body()))
         op, _ = cql_read(s)
         if op != 0x02:
             raise RuntimeError(f"STARTUP answered opcode {op}")
@@ -81,7 +109,7 @@ def cql(addr):
 
 if __name__ == "__main__":
     try:
-        {"kafka": kafka, "cql": cql}[sys.argv[1]](sys.argv[2])
+        {"kafka": kafka, "cql": cql, "cql-tls": cql_tls}[sys.argv[1]](*sys.argv[2:])
     except Exception as e:  # a probe reports, it never hangs
         print(f"not ready: {e}", file=sys.stderr)
         sys.exit(1)

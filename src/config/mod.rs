@@ -1534,6 +1534,7 @@ columns = { uid = "uid", url = "url" }
             ("latency", include_str!("../../tuning/latency.toml")),
             ("throughput", include_str!("../../tuning/throughput.toml")),
             ("enrichment", include_str!("../../tuning/enrichment.toml")),
+            ("secured", include_str!("../../tuning/secured.toml")),
         ] {
             let c = Config::parse(text).unwrap_or_else(|e| panic!("tuning/{name}.toml: {e}"));
             c.validate()
@@ -1544,6 +1545,33 @@ columns = { uid = "uid", url = "url" }
             Config::parse(include_str!("../../tuning/throughput.toml")).expect("parses");
         assert!(latency.scylla.max_in_flight_per_shard < throughput.scylla.max_in_flight_per_shard);
         assert_eq!(latency.shards.cores, Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn the_secured_profile_takes_its_passwords_from_the_shipped_environment_file_only() {
+        let text = include_str!("../../tuning/secured.toml");
+        let mut c = Config::parse(text).expect("parses");
+        assert_eq!(c.scylla.password, None, "no password in the file");
+        assert!(!c.kafka.librdkafka.contains_key("sasl.password"));
+        // The variables tuning/secrets.env sets, read the way apply_env reads the environment.
+        let env: std::collections::HashMap<String, String> =
+            include_str!("../../tuning/secrets.env")
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        c.apply_env(|k| env.get(k).cloned());
+        c.validate().expect("valid with its secrets");
+        assert_eq!(c.scylla.password.as_deref(), Some("change-me"));
+        assert_eq!(
+            c.kafka.librdkafka.get("sasl.password").map(String::as_str),
+            Some("change-me")
+        );
+        assert_eq!(c.kafka.librdkafka["security.protocol"], "SASL_SSL");
+        assert!(c.scylla.tls_ca_file.is_some() && c.scylla.tls_cert_file.is_some());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("change-me"), "Debug redacts both passwords");
     }
 
     #[test]

@@ -32,6 +32,45 @@ pub enum KafkaError {
     /// Producing one record (a dead letter, the produce step) failed; see [`KafkaError::scope`].
     #[error("produce failed: {0}")]
     Produce(rdkafka::error::KafkaError),
+    /// A start-up request to the brokers failed, and the client had said why: `reason` is librdkafka's
+    /// own account of its last connection error (a TLS handshake that failed, SASL credentials that
+    /// were refused, no broker answering), which names the broker and the mechanism, never a secret.
+    /// Retryable only when no broker answered (`code` is a transport error).
+    #[error("kafka brokers {brokers} refused or did not answer ({code:?}): {reason}{hint}")]
+    Unreachable {
+        brokers: String,
+        code: rdkafka::types::RDKafkaErrorCode,
+        reason: String,
+        hint: &'static str,
+    },
+}
+
+/// A file the client needs (a CA, a certificate, a key) is not there. librdkafka's own message
+/// ("ssl.ca.location failed: x509 certificate routines::system lib") names neither the file nor why.
+#[derive(Debug, Error)]
+#[error("kafka.librdkafka.\"{key}\" = {path}: {reason}")]
+pub struct MissingFile {
+    pub key: String,
+    pub path: String,
+    pub reason: String,
+}
+
+/// Checks that every file the passthrough settings name (`*.location` keys) can be read; `probe`
+/// (librdkafka's "find the system's CA") is not a file.
+pub fn check_client_files(k: &KafkaConfig) -> Result<(), MissingFile> {
+    for (key, path) in &k.librdkafka {
+        if !key.ends_with(".location") || path == "probe" {
+            continue;
+        }
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(MissingFile {
+                key: key.clone(),
+                path: path.clone(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl KafkaError {
@@ -41,6 +80,7 @@ impl KafkaError {
         use rdkafka::types::RDKafkaErrorCode as C;
         let code = match self {
             KafkaError::Client(e) | KafkaError::Produce(e) => e.rdkafka_error_code(),
+            KafkaError::Unreachable { code, .. } => Some(*code),
         };
         match code {
             Some(
@@ -54,6 +94,7 @@ impl KafkaError {
                 | C::ClusterAuthorizationFailed
                 | C::SaslAuthenticationFailed
                 | C::Authentication
+                | C::SSL
                 | C::InvalidConfig
                 | C::Fatal
                 | C::UnknownTopic
@@ -78,6 +119,74 @@ impl Retryable for KafkaError {
             Scope::Record => "kafka_record",
             Scope::Systemic => "kafka_client",
             Scope::Transient => "kafka_transient",
+        }
+    }
+}
+
+/// A client context that keeps the client's last connection error. librdkafka reports a refused TLS
+/// handshake or SASL login only as an error event; the request that needed the connection fails with a
+/// bare "broker transport failure". [`LastError::explain`] puts the two together, for start-up errors
+/// that say what failed.
+#[derive(Default)]
+pub struct LastError(std::sync::Mutex<Option<(rdkafka::types::RDKafkaErrorCode, String)>>);
+
+impl rdkafka::ClientContext for LastError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        tracing::warn!(error = %error, "kafka client: {reason}");
+        let Some(code) = error.rdkafka_error_code() else {
+            return;
+        };
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // "All brokers down" follows the error that brought them down: keep the cause.
+        if code != C::AllBrokersDown || last.is_none() {
+            *last = Some((code, reason.to_string()));
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
+/// The error of a failed start-up request of `consumer` (see [`LastError::explain`]). librdkafka queues
+/// error events for the next poll, so they are served first; a record polled here is dropped, which is
+/// harmless because start-up consumers never subscribe.
+pub fn start_up_error(
+    consumer: &rdkafka::consumer::BaseConsumer<LastError>,
+    brokers: &str,
+    request: rdkafka::error::KafkaError,
+) -> KafkaError {
+    let _ = consumer.poll(std::time::Duration::from_millis(100));
+    rdkafka::consumer::Consumer::context(consumer).explain(brokers, request)
+}
+
+impl LastError {
+    /// The error of a failed start-up request: the client's last connection error when it had one
+    /// (with a hint at the setting to check), else the request's own.
+    pub fn explain(&self, brokers: &str, request: rdkafka::error::KafkaError) -> KafkaError {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some((code, reason)) = last else {
+            return KafkaError::Client(request);
+        };
+        let hint = match code {
+            C::Authentication | C::SaslAuthenticationFailed => {
+                " (check sasl.mechanism, sasl.username and SHARDLINE_KAFKA_SASL_PASSWORD)"
+            }
+            C::SSL => " (check ssl.ca.location and, for mutual TLS, ssl.certificate.location)",
+            _ => "",
+        };
+        KafkaError::Unreachable {
+            brokers: brokers.to_string(),
+            code,
+            reason,
+            hint,
         }
     }
 }
@@ -219,6 +328,93 @@ mod tests {
     use super::*;
     use rdkafka::error::KafkaError as Rd;
     use rdkafka::types::RDKafkaErrorCode as C;
+    use rdkafka::ClientContext;
+
+    fn request_failed() -> Rd {
+        Rd::MetadataFetch(C::BrokerTransportFailure)
+    }
+
+    #[test]
+    fn a_start_up_failure_names_the_connection_error_that_caused_it() {
+        let ctx = LastError::default();
+        ctx.error(
+            Rd::Global(C::Authentication),
+            "sasl_ssl://b:9094/bootstrap: SASL authentication error: invalid credentials",
+        );
+        // librdkafka follows the cause with "all brokers down"; the cause is kept.
+        ctx.error(Rd::Global(C::AllBrokersDown), "1/1 brokers are down");
+        let e = ctx.explain("b:9094", request_failed());
+        let text = e.to_string();
+        assert!(
+            matches!(
+                e,
+                KafkaError::Unreachable {
+                    code: C::Authentication,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(text.contains("kafka brokers b:9094"), "{text}");
+        assert!(text.contains("SASL authentication error"), "{text}");
+        assert!(
+            text.contains("SHARDLINE_KAFKA_SASL_PASSWORD"),
+            "the hint names the setting: {text}"
+        );
+        assert_eq!(
+            e.scope(),
+            Scope::Systemic,
+            "wrong credentials never heal by retrying"
+        );
+
+        let tls = LastError::default();
+        tls.error(
+            Rd::Global(C::SSL),
+            "SSL handshake failed: certificate verify failed",
+        );
+        let e = tls.explain("b:9094", request_failed());
+        assert!(e.to_string().contains("check ssl.ca.location"), "{e}");
+        assert_eq!(e.scope(), Scope::Systemic);
+
+        let down = LastError::default();
+        down.error(Rd::Global(C::AllBrokersDown), "1/1 brokers are down");
+        let e = down.explain("b:9094", request_failed());
+        assert!(matches!(
+            e,
+            KafkaError::Unreachable {
+                code: C::AllBrokersDown,
+                hint: "",
+                ..
+            }
+        ));
+        assert_eq!(e.scope(), Scope::Transient, "no broker answering may heal");
+
+        let silent = LastError::default();
+        assert!(matches!(
+            silent.explain("b:9094", request_failed()),
+            KafkaError::Client(_)
+        ));
+    }
+
+    #[test]
+    fn a_missing_client_file_is_named_with_its_key() {
+        let mut k: KafkaConfig = toml::from_str(
+            "brokers = \"b:9094\"\ngroup_id = \"g\"\ntopics = [\"t\"]\ndead_letter_topic = \"t.dlq\"",
+        )
+        .expect("a minimal kafka section parses");
+        k.librdkafka
+            .insert("ssl.ca.location".into(), "probe".into());
+        check_client_files(&k).expect("probe is not a file");
+        k.librdkafka
+            .insert("ssl.key.location".into(), "/nonexistent/key.pem".into());
+        let e = check_client_files(&k)
+            .expect_err("no such key file")
+            .to_string();
+        assert!(
+            e.contains("ssl.key.location") && e.contains("/nonexistent/key.pem"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn produce_errors_are_scoped_record_client_or_transient() {

@@ -30,6 +30,9 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// A file named by the Kafka client settings cannot be read (start-up check).
+    #[error(transparent)]
+    KafkaFile(#[from] crate::kafka::MissingFile),
     #[error(transparent)]
     Codec(#[from] CodecError),
     /// The database session or a table is not usable.

@@ -50,10 +50,28 @@ pub async fn connect(config: &Config) -> Result<Session, StartError> {
     if let Some(user) = &s.username {
         builder = builder.user(user.clone(), s.password.clone().unwrap_or_default());
     }
-    builder.build().await.map_err(|e| StartError::Connect {
-        nodes: s.nodes.join(","),
-        message: e.to_string(),
+    builder.build().await.map_err(|e| {
+        let message = e.to_string();
+        StartError::Connect {
+            nodes: s.nodes.join(","),
+            message: format!("{message}{}", connect_hint(&message)),
+        }
     })
+}
+
+/// The setting to check for the usual reasons a node refuses a session. The driver's message names the
+/// failed step (TLS, AUTH_RESPONSE) in words an operator may not map to a key of the config file.
+fn connect_hint(message: &str) -> &'static str {
+    if message.contains("certificate verify failed") {
+        " (the node's certificate is not from scylla.tls_ca_file's CA)"
+    } else if message.contains("SSL alert") || message.contains("alert handshake failure") {
+        " (the node ended the TLS handshake: it may require a client certificate \
+         (scylla.tls_cert_file) or not trust its issuer)"
+    } else if message.contains("Authentication failed") || message.contains("AUTH_RESPONSE") {
+        " (check scylla.username and SHARDLINE_SCYLLA_PASSWORD)"
+    } else {
+        ""
+    }
 }
 
 /// An OpenSSL context that verifies the nodes against `ca` and, with both given, presents a client cert.
@@ -305,6 +323,20 @@ impl RowWriter for ScyllaWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_sessions_name_the_setting_to_check() {
+        let hint = |m: &str| connect_hint(m);
+        assert!(hint("error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed")
+            .contains("scylla.tls_ca_file"));
+        assert!(
+            hint("ssl3_read_bytes:tlsv1 alert internal error:..:SSL alert number 80")
+                .contains("scylla.tls_cert_file")
+        );
+        assert!(hint("Request: AUTH_RESPONSE, reason: Database returned an error: Authentication failed - bad credentials")
+            .contains("SHARDLINE_SCYLLA_PASSWORD"));
+        assert_eq!(hint("Connection refused (os error 111)"), "");
+    }
 
     #[test]
     fn tls_context_reports_a_missing_ca_file() {

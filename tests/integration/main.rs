@@ -10,4 +10,5 @@ mod harness;
 mod pipeline;
 mod processor;
 mod reliability;
+mod security;
 mod utils;

@@ -207,6 +207,16 @@ pub struct RunOutput {
 
 /// Runs `shardline run --drain` to completion (or `timeout`).
 pub fn run_drain(config: &Path, timeout: Duration, extra: &[&str]) -> Result<RunOutput> {
+    run_drain_env(config, timeout, extra, &[])
+}
+
+/// [`run_drain`] with extra environment variables (the secrets of the security tests).
+pub fn run_drain_env(
+    config: &Path,
+    timeout: Duration,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Result<RunOutput> {
     let summary = config.with_extension("summary.json");
     let _ = std::fs::remove_file(&summary);
     let log = config.with_extension(format!("log{}", SEQ.fetch_add(1, Ordering::SeqCst)));
@@ -218,6 +228,7 @@ pub fn run_drain(config: &Path, timeout: Duration, extra: &[&str]) -> Result<Run
         .arg(&summary)
         .args(extra)
         .env("RUST_LOG", "info,scylla=warn,rdkafka=warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(logf)
@@ -396,6 +407,11 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(config: &Path, extra: &[&str]) -> Result<Proc> {
+        Proc::spawn_env(config, extra, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_env(config: &Path, extra: &[&str], env: &[(&str, String)]) -> Result<Proc> {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let log = config.with_extension(format!("bg{n}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_shardline"))
@@ -403,6 +419,7 @@ impl Proc {
             .arg(config)
             .args(extra)
             .env("RUST_LOG", "info,scylla=warn,rdkafka=warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
