@@ -9,10 +9,14 @@ missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v python3 >/dev/null || missing+=(python3)
+# venv + ensurepip: scripts/bench.sh installs matplotlib into a virtual environment.
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v curl >/dev/null || missing+=(curl)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v c++ >/dev/null || missing+=(build-essential)
 [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+# The openssl command makes the test CA and certificates (scripts/services.sh).
+command -v openssl >/dev/null || missing+=(openssl)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -107,39 +107,54 @@ fetch() {
 # Random passwords: a test greps shardline's output for them, so they must not be guessable words.
 make_secrets() {
   [ -f "$SECRETS/.complete" ] && return 0
+  local n
+  for n in kafka cassandra-tls; do
+    running "$n" && die "$SECRETS is incomplete while $n runs with the old certificates: stop it first (services.sh down $n)"
+  done
   command -v openssl >/dev/null || die "openssl is needed to make the test certificates (apt-get install openssl)"
   command -v keytool >/dev/null || die "keytool (from the JDK) is needed to make the trust store"
   echo "services.sh: making the test CA, certificates and passwords in $SECRETS (once)"
   rm -rf "$SECRETS"; mkdir -p "$SECRETS"; chmod 700 "$SECRETS"
-  (
-    set -e
-    cd "$SECRETS"
-    umask 077
-    for f in store-password kafka-password cassandra-password; do openssl rand -hex 16 | tr -d '\n' >"$f"; done
-    local pw; pw=$(cat store-password)
-    ca() { openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$2" -keyout "$1.key" -out "$1.crt" 2>/dev/null; }
-    leaf() { # leaf NAME CA CN [SAN]
-      openssl req -newkey rsa:2048 -nodes -subj "/CN=$3" -keyout "$1.key" -out "$1.csr" 2>/dev/null
-      printf '%s\n' "${4:+subjectAltName=$4}" "basicConstraints=CA:FALSE" >"$1.ext"
-      openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -days 3650 \
-        -extfile "$1.ext" -out "$1.crt" 2>/dev/null
-      rm -f "$1.csr" "$1.ext"
-    }
-    ca ca "shardline test CA"
-    ca other-ca "another CA"
-    leaf server ca localhost "IP:127.0.0.1,DNS:localhost"
-    leaf client ca shardline
-    leaf other-client other-ca shardline
-    openssl pkcs12 -export -in server.crt -inkey server.key -certfile ca.crt -name server \
-      -out server.p12 -passout "pass:$pw"
-    keytool -importcert -noprompt -alias ca -file ca.crt -keystore truststore.p12 -storetype PKCS12 \
-      -storepass "$pw" >/dev/null 2>&1
-    chmod 644 ./*.crt
-  ) || die "making the test certificates in $SECRETS failed"
+  # A subshell on the left of || runs with `set -e` off whatever it says: every step checks itself.
+  (cd "$SECRETS" && umask 077 && secrets_here) || die "making the test certificates in $SECRETS failed"
+  for n in ca.crt server.p12 truststore.p12 client.crt client.key other-ca.crt other-client.crt other-client.key \
+    store-password kafka-password cassandra-password; do
+    [ -s "$SECRETS/$n" ] || die "making the test certificates: $SECRETS/$n is missing or empty"
+  done
   touch "$SECRETS/.complete"
 }
 
+# The steps of make_secrets, in the secrets folder. Passwords go to the tools as files, never on a
+# command line (where `ps` would show them).
+secrets_here() {
+  local f
+  for f in store-password kafka-password cassandra-password; do
+    openssl rand -hex 16 | tr -d '\n' >"$f" || return 1
+  done
+  ca() { openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$2" -keyout "$1.key" -out "$1.crt" 2>/dev/null; }
+  leaf() { # leaf NAME CA CN [SAN]
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$3" -keyout "$1.key" -out "$1.csr" 2>/dev/null || return 1
+    printf '%s\n' "basicConstraints=CA:FALSE" ${4:+"subjectAltName=$4"} >"$1.ext" || return 1
+    openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -days 3650 \
+      -extfile "$1.ext" -out "$1.crt" 2>/dev/null || return 1
+    rm -f "$1.csr" "$1.ext"
+  }
+  ca ca "shardline test CA" || return 1
+  ca other-ca "another CA" || return 1
+  leaf server ca localhost "IP:127.0.0.1,DNS:localhost" || return 1
+  leaf client ca shardline || return 1
+  leaf other-client other-ca shardline || return 1
+  openssl pkcs12 -export -in server.crt -inkey server.key -certfile ca.crt -name server \
+    -out server.p12 -passout file:store-password || return 1
+  keytool -importcert -noprompt -alias ca -file ca.crt -keystore truststore.p12 -storetype PKCS12 \
+    -storepass:file store-password >/dev/null 2>&1 || return 1
+  chmod 644 ./*.crt
+}
+
 pidfile() { echo "$STATE/$1.pid"; }
+# Every stop of the JVM's threads (GC pauses and other safepoints), with wall-clock times, so the
+# benchmark can tell a latency tail that is the JVMs' from one that is shardline's (scripts/bench.py).
+safepoint_log() { echo "-Xlog:safepoint:file=$STATE/$1-safepoints.log:time:filecount=2,filesize=20M"; }
 logfile() { echo "$STATE/$1.log"; }
 
 # Running means: our pid file, a live process, and that process carries our marker (no pid reuse surprises).
@@ -152,7 +167,7 @@ running() {
 
 probe() {
   case $1 in
-    kafka) python3 "$HERE/probe.py" kafka 127.0.0.1:9092 ;;
+    kafka) python3 "$HERE/probe.py" kafka 127.0.0.1:9092 && python3 "$HERE/probe.py" tls 127.0.0.1:9094 "$SECRETS/ca.crt" ;;
     cassandra) python3 "$HERE/probe.py" cql 127.0.0.1:9042 ;;
     cassandra-tls) python3 "$HERE/probe.py" cql-tls "127.0.0.1:$TLS_CQL_PORT" "$SECRETS" ;;
     registry) curl -fsS -m 3 "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" >/dev/null && echo "registry: ccompat API answers" ;;
@@ -192,7 +207,8 @@ launch() { # launch NAME cmd... : detached, own session, output only to the log 
 
 kafka_java() { java -Dlog4j2.configurationFile="$HERE/kafka-log4j2.properties" -cp "$CACHE/kafka-$KAFKA_VERSION/lib/*" "$@"; }
 
-# The SCRAM user is added when the storage is formatted; scram.done holds a digest of the password it was
+# The SCRAM user is added when the storage is formatted (StorageTool takes it on its command line only:
+# briefly visible in `ps` on this test machine); scram.done holds a digest of the password it was
 # given, so a storage formatted before this listener existed (or new secrets) gets it through the plaintext
 # listener once the broker is up (kafka_scram_user).
 scram_digest() { sha256sum "$SECRETS/kafka-password" | cut -d' ' -f1; }
@@ -200,18 +216,25 @@ scram_digest() { sha256sum "$SECRETS/kafka-password" | cut -d' ' -f1; }
 start_kafka() {
   local dir="$STATE/kafka"
   mkdir -p "$dir"
-  (umask 077; sed -e "s#@STATE@#$dir#g" -e "s#@SECRETS@#$SECRETS#g" -e "s#@STOREPASS@#$(cat "$SECRETS/store-password")#g" \
-    "$HERE/kafka.properties" >"$dir/server.properties")
+  local text
+  text=$(<"$HERE/kafka.properties")
+  text=${text//@STATE@/$dir}
+  text=${text//@SECRETS@/$SECRETS}
+  text=${text//@STOREPASS@/$(<"$SECRETS/store-password")}
+  # It holds the key store's password: readable by its owner only (an older file may be 0644).
+  rm -f "$dir/server.properties"
+  (umask 077 && printf '%s\n' "$text" >"$dir/server.properties")
   local jopts=(-Dlog4j2.configurationFile="$HERE/kafka-log4j2.properties") cp="$CACHE/kafka-$KAFKA_VERSION/lib/*"
   if [ ! -f "$dir/data/meta.properties" ]; then
     local id
     id=$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)
     kafka_java kafka.tools.StorageTool format --standalone -t "$id" -c "$dir/server.properties" \
-      --add-scram "SCRAM-SHA-512=[name=shardline,password=$(cat "$SECRETS/kafka-password")]" \
-      >"$STATE/kafka-format.log" 2>&1 || { cat "$STATE/kafka-format.log" >&2; die "kafka storage format failed"; }
+      --add-scram "SCRAM-SHA-512=[name=shardline,password=$(<"$SECRETS/kafka-password")]" \
+      >"$STATE/kafka-format.log" 2>&1 \
+      || { sed "s/$(<"$SECRETS/kafka-password")/<password>/g" "$STATE/kafka-format.log" >&2; die "kafka storage format failed"; }
     scram_digest >"$dir/scram.done"
   fi
-  launch kafka java -Dshardline.service=kafka -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  launch kafka java -Dshardline.service=kafka -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 "$(safepoint_log kafka)" \
     "${jopts[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties"
 }
 
@@ -236,14 +259,19 @@ start_cassandra() {
 }
 
 # The secured instance: the same config with its own ports and cluster name, PasswordAuthenticator, and
-# client_encryption_options (TLS only, a client certificate from ca.crt required). A small heap: it only
+# client_encryption_options (TLS only, a client certificate from ca.crt required: 5.0's
+# require_client_auth is a boolean, so every client of this node presents one; the tests show that a
+# client without one, or with one from another CA, is refused). A small heap: it only
 # ever holds the security tests' few rows.
-start_cassandra-tls() {
+start_cassandra_tls() {
   local dir="$STATE/cassandra-tls" pw
   pw=$(cat "$SECRETS/store-password")
   mkdir -p "$dir/conf"
+  rm -f "$dir/conf/cassandra.yaml"
+  # It holds the stores' password: created 0600 (the redirect inside the umask's subshell).
   (
     umask 077
+    {
     sed -e "s#@STATE@#$dir#g" -e 's/^cluster_name: .*/cluster_name: shardline-tls/' \
       -e "s/^native_transport_port: .*/native_transport_port: $TLS_CQL_PORT/" \
       -e "s/^storage_port: .*/storage_port: $TLS_STORAGE_PORT/" \
@@ -260,7 +288,8 @@ client_encryption_options:
   store_type: PKCS12
   require_client_auth: true
 YAML
-  ) >"$dir/conf/cassandra.yaml"
+    } >"$dir/conf/cassandra.yaml"
+  )
   launch_cassandra cassandra-tls "$dir" -Xms768m -Xmx768m -Xmn192m
 }
 
@@ -289,7 +318,7 @@ launch_cassandra() { # launch_cassandra NAME DIR HEAP-OPTIONS...
     --add-opens java.base/java.lang=ALL-UNNAMED --add-opens java.base/java.math=ALL-UNNAMED
     --add-opens java.base/java.lang.reflect=ALL-UNNAMED --add-opens java.base/java.net=ALL-UNNAMED
   )
-  launch "$name" java -Dshardline.service="$name" "$@" -XX:+UseG1GC -Xss512k \
+  launch "$name" java -Dshardline.service="$name" "$@" -XX:+UseG1GC -Xss512k "$(safepoint_log "$name")" \
     "${jpms[@]}" "${agent[@]}" \
     -Dcassandra.config="file://$dir/conf/cassandra.yaml" -Dcassandra.storagedir="$dir" \
     -Dcassandra.logdir="$dir/logs" -Dlogback.configurationFile="$HERE/cassandra-logback.xml" \
@@ -369,7 +398,7 @@ up() {
   fi
   for n in "$@"; do
     if running "$n"; then echo "services.sh: $n already running (pid $(cat "$(pidfile "$n")"))"
-    else "start_$n"; fi
+    else "start_${n//-/_}"; fi
     waiting+=("$n")
   done
   for n in "${waiting[@]}"; do wait_ready "$n" || exit 1; done

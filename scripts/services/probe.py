@@ -3,6 +3,7 @@
 
   probe.py kafka HOST:PORT   -> a Kafka Metadata request (v0); exit 0 when a broker answers with itself
   probe.py cql HOST:PORT     -> CQL v4 STARTUP + `SELECT release_version FROM system.local`; prints it
+  probe.py tls HOST:PORT CAFILE  -> a TLS handshake that verifies the server against CAFILE (SASL_SSL listener)
   probe.py cql-tls HOST:PORT SECRETS -> over TLS with SECRETS' client certificate: CQL v4 STARTUP, answered
                                 with AUTHENTICATE, then a login as the default superuser
 """
@@ -52,6 +53,14 @@ def startup_body():
     opts = b"CQL_VERSION"
     val = b"3.0.0"
     return struct.pack(">H", 1) + struct.pack(">H", len(opts)) + opts + struct.pack(">H", len(val)) + val
+
+
+def tls(addr, cafile):
+    host, port = addr.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection((host, int(port)), timeout=3) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as s:
+            print(f"tls: {addr} {s.version()}")
 
 
 def cql_tls(addr, secrets):
@@ -109,7 +118,7 @@ def cql(addr):
 
 if __name__ == "__main__":
     try:
-        {"kafka": kafka, "cql": cql, "cql-tls": cql_tls}[sys.argv[1]](*sys.argv[2:])
+        {"kafka": kafka, "cql": cql, "tls": tls, "cql-tls": cql_tls}[sys.argv[1]](*sys.argv[2:])
     except Exception as e:  # a probe reports, it never hangs
         print(f"not ready: {e}", file=sys.stderr)
         sys.exit(1)

@@ -35,7 +35,9 @@ pub enum KafkaError {
     /// A start-up request to the brokers failed, and the client had said why: `reason` is librdkafka's
     /// own account of its last connection error (a TLS handshake that failed, SASL credentials that
     /// were refused, no broker answering), which names the broker and the mechanism, never a secret.
-    /// Retryable only when no broker answered (`code` is a transport error).
+    /// Not retryable when the brokers refused the credentials or the TLS handshake; retryable
+    /// otherwise (no broker answering, a name that did not resolve: those may heal, and a restart
+    /// with backoff is what a supervisor does).
     #[error("kafka brokers {brokers} refused or did not answer ({code:?}): {reason}{hint}")]
     Unreachable {
         brokers: String,
@@ -55,14 +57,19 @@ pub struct MissingFile {
     pub reason: String,
 }
 
-/// Checks that every file the passthrough settings name (`*.location` keys) can be read; `probe`
-/// (librdkafka's "find the system's CA") is not a file.
+/// Checks that every file the passthrough settings name (`*.location` keys) can be read by this
+/// process (a key owned by another user is the usual mistake); `probe` (librdkafka's "find the
+/// system's CA") is not a file, and a CA location may be a directory.
 pub fn check_client_files(k: &KafkaConfig) -> Result<(), MissingFile> {
     for (key, path) in &k.librdkafka {
         if !key.ends_with(".location") || path == "probe" {
             continue;
         }
-        if let Err(e) = std::fs::metadata(path) {
+        let readable = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => std::fs::read_dir(path).map(drop),
+            _ => std::fs::File::open(path).map(drop),
+        };
+        if let Err(e) = readable {
             return Err(MissingFile {
                 key: key.clone(),
                 path: path.clone(),
@@ -132,7 +139,6 @@ pub struct LastError(std::sync::Mutex<Option<(rdkafka::types::RDKafkaErrorCode, 
 
 impl rdkafka::ClientContext for LastError {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        use rdkafka::types::RDKafkaErrorCode as C;
         tracing::warn!(error = %error, "kafka client: {reason}");
         let Some(code) = error.rdkafka_error_code() else {
             return;
@@ -141,14 +147,26 @@ impl rdkafka::ClientContext for LastError {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // "All brokers down" follows the error that brought them down: keep the cause.
-        if code != C::AllBrokersDown || last.is_none() {
+        // The most telling event wins (the latest among equals): a refused login or handshake over
+        // the transport failure librdkafka reports for the same connection (sometimes first) and the
+        // "all brokers down" that follows both.
+        if last.as_ref().is_none_or(|(c, _)| rank(code) >= rank(*c)) {
             *last = Some((code, reason.to_string()));
         }
     }
 }
 
 impl rdkafka::consumer::ConsumerContext for LastError {}
+
+/// How much an error event says about why a connection failed.
+fn rank(code: rdkafka::types::RDKafkaErrorCode) -> u8 {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match code {
+        C::Authentication | C::SaslAuthenticationFailed | C::SSL => 3,
+        C::AllBrokersDown => 1,
+        _ => 2,
+    }
+}
 
 /// The error of a failed start-up request of `consumer` (see [`LastError::explain`]). librdkafka queues
 /// error events for the next poll, so they are served first; a record polled here is dropped, which is
@@ -158,7 +176,15 @@ pub fn start_up_error(
     brokers: &str,
     request: rdkafka::error::KafkaError,
 ) -> KafkaError {
-    let _ = consumer.poll(std::time::Duration::from_millis(100));
+    // A poll returns after one error event: poll until the queue is empty (bounded).
+    for _ in 0..20 {
+        if consumer
+            .poll(std::time::Duration::from_millis(20))
+            .is_none()
+        {
+            break;
+        }
+    }
     rdkafka::consumer::Consumer::context(consumer).explain(brokers, request)
 }
 
@@ -299,12 +325,26 @@ pub mod admin {
         topic: &str,
         partitions: i32,
     ) -> Result<(), super::KafkaError> {
+        create_topic_with(brokers, topic, partitions, &[]).await
+    }
+
+    /// [`create_topic`] with topic configs (for example `message.timestamp.type=LogAppendTime`,
+    /// which the benchmark uses to split a record's latency at the broker's append).
+    pub async fn create_topic_with(
+        brokers: &str,
+        topic: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<(), super::KafkaError> {
         let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .create()?;
         let res = admin
             .create_topics(
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &[configs.iter().fold(
+                    NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+                    |t, (k, v)| t.set(k, v),
+                )],
                 &AdminOptions::new(),
             )
             .await?;
@@ -343,6 +383,10 @@ mod tests {
         );
         // librdkafka follows the cause with "all brokers down"; the cause is kept.
         ctx.error(Rd::Global(C::AllBrokersDown), "1/1 brokers are down");
+        ctx.error(
+            Rd::Global(C::BrokerTransportFailure),
+            "b:9094/bootstrap: Disconnected",
+        );
         let e = ctx.explain("b:9094", request_failed());
         let text = e.to_string();
         assert!(
@@ -367,7 +411,13 @@ mod tests {
             "wrong credentials never heal by retrying"
         );
 
+        // librdkafka sometimes reports the failed handshake as a transport failure first.
         let tls = LastError::default();
+        tls.error(
+            Rd::Global(C::BrokerTransportFailure),
+            "certificate verify failed",
+        );
+        tls.error(Rd::Global(C::AllBrokersDown), "1/1 brokers are down");
         tls.error(
             Rd::Global(C::SSL),
             "SSL handshake failed: certificate verify failed",
@@ -423,6 +473,8 @@ mod tests {
         assert_eq!(scope(C::TopicAuthorizationFailed), Scope::Systemic);
         assert_eq!(scope(C::MessageTimedOut), Scope::Transient);
         assert_eq!(scope(C::QueueFull), Scope::Transient);
+        // A dead letter whose producer cannot pass the TLS handshake stops the shard uncommitted.
+        assert_eq!(scope(C::SSL), Scope::Systemic);
         assert!(!KafkaError::Produce(Rd::MessageProduction(C::MessageSizeTooLarge)).is_retryable());
     }
 }

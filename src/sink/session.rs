@@ -54,17 +54,28 @@ pub async fn connect(config: &Config) -> Result<Session, StartError> {
         let message = e.to_string();
         StartError::Connect {
             nodes: s.nodes.join(","),
-            message: format!("{message}{}", connect_hint(&message)),
+            message: format!(
+                "{message}{}",
+                connect_hint(&message, s.tls_ca_file.is_some())
+            ),
         }
     })
 }
 
 /// The setting to check for the usual reasons a node refuses a session. The driver's message names the
 /// failed step (TLS, AUTH_RESPONSE) in words an operator may not map to a key of the config file.
-fn connect_hint(message: &str) -> &'static str {
+/// A node that refuses the client's certificate ends the TLS session: the driver reports either the
+/// TLS alert or, depending on which of its tasks notices first, only a broken connection.
+fn connect_hint(message: &str, tls: bool) -> &'static str {
+    let broken_in_setup =
+        message.contains("connection setup request") && message.contains("Connection broken");
     if message.contains("certificate verify failed") {
-        " (the node's certificate is not from scylla.tls_ca_file's CA)"
-    } else if message.contains("SSL alert") || message.contains("alert handshake failure") {
+        " (the node's certificate is not from scylla.tls_ca_file's CA, has expired, or does not name \
+         the node's IP address, which the driver checks)"
+    } else if message.contains("SSL alert")
+        || message.contains("alert handshake failure")
+        || (tls && broken_in_setup)
+    {
         " (the node ended the TLS handshake: it may require a client certificate \
          (scylla.tls_cert_file) or not trust its issuer)"
     } else if message.contains("Authentication failed") || message.contains("AUTH_RESPONSE") {
@@ -326,7 +337,7 @@ mod tests {
 
     #[test]
     fn refused_sessions_name_the_setting_to_check() {
-        let hint = |m: &str| connect_hint(m);
+        let hint = |m: &str| connect_hint(m, true);
         assert!(hint("error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed")
             .contains("scylla.tls_ca_file"));
         assert!(
@@ -336,6 +347,14 @@ mod tests {
         assert!(hint("Request: AUTH_RESPONSE, reason: Database returned an error: Authentication failed - bad credentials")
             .contains("SHARDLINE_SCYLLA_PASSWORD"));
         assert_eq!(hint("Connection refused (os error 111)"), "");
+        let broken = "Failed to perform a connection setup request. Request: OPTIONS, reason: \
+                      Connection broken, reason: Failed to send/receive data";
+        assert!(hint(broken).contains("scylla.tls_cert_file"), "with TLS on");
+        assert_eq!(
+            connect_hint(broken, false),
+            "",
+            "without TLS it says nothing of certificates"
+        );
     }
 
     #[test]

@@ -185,10 +185,20 @@ fn a_pipeline_over_sasl_ssl_and_mutual_tls_writes_every_row_and_shows_no_secret(
     let seed = 71;
     let sent = produce(&t.topic, 400, seed, 40)?;
     ensure!(sent.poison == 10, "{} poison records produced", sent.poison);
-    let config = t.config("run", |c| c)?;
+    // Logs at their most talkative, librdkafka's security, broker and config debug included: the
+    // places a secret would leak first.
+    let config = t.config("run", |c| {
+        c.replacen(
+            "\"sasl.username\"",
+            "\"debug\" = \"security,broker,conf\"\n\"sasl.username\"",
+            1,
+        )
+    })?;
     let port = free_port()?;
     with_metrics_port(&config, port)?;
     let summary = config.with_extension("summary.json");
+    let mut env = t.env();
+    env.push(("RUST_LOG", "debug".to_string()));
     let mut run = Proc::spawn_env(
         &config,
         &[
@@ -198,7 +208,7 @@ fn a_pipeline_over_sasl_ssl_and_mutual_tls_writes_every_row_and_shows_no_secret(
             "--summary",
             &summary.display().to_string(),
         ],
-        &t.env(),
+        &env,
     )?;
     // Scrape while it runs: every record is written or dead-lettered before the drain ends.
     let mut metrics = String::new();
@@ -233,6 +243,10 @@ fn a_pipeline_over_sasl_ssl_and_mutual_tls_writes_every_row_and_shows_no_secret(
         metrics.contains("shardline_messages_total"),
         "metrics scraped"
     );
+    assert!(
+        log.contains("SASL") && log.contains("DEBUG"),
+        "the log is the debug log, librdkafka's security lines included"
+    );
     t.secrets.assert_absent("the log", &log);
     t.secrets.assert_absent("/metrics", &metrics);
     t.secrets.assert_absent("the run summary", &summary_text);
@@ -262,8 +276,13 @@ fn refused(
         "{name}: the run was not refused; log:\n{}",
         out.stderr
     );
-    let last = out.stderr.lines().last().unwrap_or_default().to_string();
-    // The error itself (the last line), not librdkafka's or the driver's log lines, must say it.
+    // The error itself: from the line shardline prints it on to the end (a driver message may span lines).
+    let last = out
+        .stderr
+        .rfind("shardline: ")
+        .map(|i| out.stderr[i..].to_string())
+        .unwrap_or_default();
+    // The error, not librdkafka's or the driver's log lines, must say it.
     for e in expect {
         ensure!(
             last.to_lowercase().contains(&e.to_lowercase()),
@@ -283,7 +302,7 @@ fn refused(
             "{name}: a given password is in the log"
         );
     }
-    eprintln!("{name}: {last}");
+    eprintln!("{name}: {}", last.lines().next().unwrap_or_default());
     Ok(())
 }
 
