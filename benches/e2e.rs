@@ -348,6 +348,10 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
                     let (p, o) = (m.partition(), m.offset());
                     trackers.entry(p).or_default().begin(o, std::time::Instant::now());
                     let ts = m.timestamp().to_millis();
+                    if let Some(ms) = ts {
+                        let fetch = shardline::clock::now_us() / 1000 - ms;
+                        metrics.stage_fetch.observe(fetch.max(0) as f64 / 1000.0);
+                    }
                     decoder.decode_blocking(m.payload().unwrap_or_default(), &mut row)?;
                     let values = binder.bind(&row.values, ts, m.offset())?;
                     // Owned values, to cross threads: what a task-per-write design must hold.
@@ -374,12 +378,17 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
         let fams = gather(std::slice::from_ref(&metrics.registry));
         let (b, n) = histogram_buckets(&fams, "shardline_end_to_end_seconds");
         let q = |x| quantile(&b, n, x).map(|s| s * 1000.0);
+        let buckets: Vec<(f64, u64)> = b.iter().map(|&(le, c)| (le * 1000.0, c)).collect();
+        let (fb, fnn) = histogram_buckets(&fams, "shardline_stage_seconds");
+        let fq = |x| quantile(&fb, fnn, x).map(|s| s * 1000.0);
         println!(
             "{}",
             serde_json::json!({"mode": "tokio", "threads": threads, "messages": done, "seconds": secs,
                 "msgs_per_s": done as f64 / secs.max(1e-9),
                 "cpu_us_per_msg": (self_cpu(tick) - cpu0) / (done.max(1) as f64) * 1e6,
-                "end_to_end": {"p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999)}})
+                "end_to_end": {"p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999)},
+                "end_to_end_buckets": buckets,
+                "stages": {"fetch": {"p50_ms": fq(0.5), "p99_ms": fq(0.99), "p999_ms": fq(0.999)}}})
         );
         anyhow::Ok(())
     })

@@ -1,14 +1,25 @@
 #!/usr/bin/env python3
 """End-to-end benchmark of shardline against the real services (scripts/bench.sh runs this).
 
-Writes results/bench/report.json, results/bench/summary.md and results/bench/latency.svg.
+Writes results/bench/report.json, results/bench/summary.md, results/bench/latency.svg and, with
+matplotlib (scripts/bench.sh installs it into a virtual environment), the plots
+latency_percentiles, stages and cpu_per_record as PNG and SVG.
 Every figure is measured here, in this run, on this machine; ratios compare runs of the same run.
 CPU per message is the process's user+system CPU between its first and last record, divided by the
 records in between (sampled from /proc/<pid>/stat), so start-up and idle time are left out. The Kafka
 broker's and Cassandra's CPU are sampled at the same moments (their pids are in scripts/services.sh's
 state folder), which gives the database's and the broker's cost per record for `shardline plan`.
+Context switches per record are summed over every thread of the process (/proc/<pid>/task/*/status).
+
+The fixed-rate runs use topics with message.timestamp.type=LogAppendTime, so a record's latency splits
+into stages: send → broker append (measured by the producer from its acknowledgements), append →
+consumed by a shard (`fetch`), consumed → write sent (`queue`), the write; the JVMs' safepoint logs
+(scripts/services.sh) give their stop-the-world pauses inside each run's window.
 """
+import datetime
+import glob
 import json
+import re
 import os
 import subprocess
 import sys
@@ -22,7 +33,8 @@ B = os.environ.get("SHARDLINE_BIN", os.path.join(ROOT, "target", "release", "sha
 ONLY = os.environ.get("ONLY", "")
 N_FAST = int(os.environ.get("N_FAST", "400000"))   # raw ceiling and null sink
 N_DB = int(os.environ.get("N_DB", "100000"))       # max rate into Cassandra
-RATES = [int(r) for r in os.environ.get("RATES", "2000,5000").split(",")]
+RATES = [int(r) for r in os.environ.get("RATES", "2000,5000,20000").split(",")]
+IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "10"))
 RATE_SECONDS = int(os.environ.get("RATE_SECONDS", "20"))
 NULL_RATE = int(os.environ.get("NULL_RATE", "50000"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -70,6 +82,52 @@ def services_cpu():
     return {n: (cpu_seconds(service_pid(n)) if service_pid(n) else None) for n in SERVICES}
 
 
+def ctx_switches(pid):
+    """Voluntary + involuntary context switches of every thread of `pid` so far (None if gone)."""
+    total = 0
+    try:
+        for status in glob.glob(f"/proc/{pid}/task/*/status"):
+            try:
+                for line in open(status):
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+            except OSError:
+                pass  # a thread ended between the listing and the read
+    except OSError:
+        return None
+    return total if total else None
+
+
+SAFEPOINT = re.compile(r"^\[([^\]]+)\].*Total: (\d+) ns")
+
+
+def jvm_pauses(name, t0, t1):
+    """Stop-the-world pauses (safepoints: GC and other VM operations) of service `name` between the Unix
+    times t0 and t1, from its -Xlog:safepoint file: count, total and longest in ms."""
+    count, total, longest = 0, 0.0, 0.0
+    for path in sorted(glob.glob(os.path.join(STATE, f"{name}-safepoints.log*"))):
+        try:
+            lines = open(path, errors="replace").readlines()
+        except OSError:
+            continue
+        for line in lines:
+            m = SAFEPOINT.match(line)
+            if not m:
+                continue
+            try:
+                t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+            except ValueError:
+                continue
+            if t0 <= t <= t1:
+                ms = int(m.group(2)) / 1e6
+                count, total, longest = count + 1, total + ms, max(longest, ms)
+    return {"count": count, "total_ms": total, "max_ms": longest}
+
+
+def pauses_in(t0, t1):
+    return {n: jvm_pauses(n, t0, t1) for n in SERVICES}
+
+
 def peak_rss_mib(pid):
     try:
         for line in open(f"/proc/{pid}/status"):
@@ -103,8 +161,8 @@ def produce(topic, count, rate=0, seed=1):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def create(topic, partitions=8):
-    sh(B, "create-topic", "--topic", topic, "--partitions", str(partitions))
+def create(topic, partitions=8, log_append_time=False):
+    sh(B, "create-topic", "--topic", topic, "--partitions", str(partitions), *(["--log-append-time"] if log_append_time else []))
     sh(B, "create-topic", "--topic", topic + ".dlq", "--partitions", "1")
 
 
@@ -132,7 +190,7 @@ def follow(proc, port, target, timeout):
     while time.time() - start < timeout and proc.poll() is None:
         t = scrape(port)
         done = metric(t, "shardline_messages_total", 'stage="written"') + metric(t, "shardline_messages_total", 'stage="dead_lettered"')
-        sample = (done, cpu_seconds(proc.pid), services_cpu())
+        sample = (done, cpu_seconds(proc.pid), services_cpu(), ctx_switches(proc.pid), time.time())
         if done > 0 and first is None:
             first = sample
         if done > 0:
@@ -143,7 +201,9 @@ def follow(proc, port, target, timeout):
     if first is None or last is None or last[0] <= first[0] or last[1] is None or first[1] is None:
         return {}
     n = last[0] - first[0]
-    out = {"shardline": (last[1] - first[1]) / n * 1e6}
+    out = {"shardline": (last[1] - first[1]) / n * 1e6, "window": (first[4], last[4])}
+    if first[3] is not None and last[3] is not None:
+        out["ctx_per_msg"] = (last[3] - first[3]) / n
     for name in SERVICES:
         a, b = first[2].get(name), last[2].get(name)
         out[name] = (b - a) / n * 1e6 if a is not None and b is not None else None
@@ -168,8 +228,10 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
     cpu = follow(proc, PORT, target, timeout=600)
     cpu_us = cpu.get("shardline")
     rss = peak_rss_mib(proc.pid)
+    produced = {}
     if producer:
-        producer.wait()
+        out, _ = producer.communicate()
+        produced = last_json(out)
     proc.terminate()
     proc.wait(timeout=60)
     s = json.load(open(summary))
@@ -179,6 +241,9 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
         "cpu_us_per_msg": cpu_us, "db_us_per_msg": cpu.get("cassandra"), "broker_us_per_msg": cpu.get("kafka"),
         "peak_rss_mib": rss,
         "end_to_end": s["end_to_end"], "write": s["write"], "decode_p50_us": (s["decode"]["p50_ms"] or 0) * 1000,
+        "end_to_end_buckets": s.get("end_to_end_buckets"), "stages": s.get("stages") or {},
+        "send_to_append": produced.get("send_to_append"), "ctx_per_msg": cpu.get("ctx_per_msg"),
+        "jvm_pauses": pauses_in(*cpu["window"]) if cpu.get("window") else None,
         "rows_per_batch": (s.get("batches") or {}).get("mean_rows"),
         "batch_max_rows": batch_rows or 10,
     }
@@ -199,32 +264,173 @@ def driver(name, topic, count, batch, bridge=False):
     return r
 
 
+def last_json(text):
+    """The JSON object on the last line of a command's output ({} if there is none)."""
+    try:
+        return json.loads((text or "").strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {}
+
+
 def tokio(name, topic, target, rate=0, produce_count=0, threads=2):
     cfg = config(name, topic, [0, 1])
     proc = subprocess.Popen([HARNESS, "tokio", "--config", cfg, "--count", str(target), "--threads", str(threads)],
                             stdout=subprocess.PIPE, stderr=open(os.path.join(OUT, f"{name}.log"), "w"), text=True)
     time.sleep(4)
     producer = None
+    t0 = time.time()
     if produce_count:
         producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate), "--quiet"],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     rss = 0.0
+    ctx0 = ctx_switches(proc.pid)
+    ctx1 = ctx0
     while proc.poll() is None:
         rss = max(rss, peak_rss_mib(proc.pid) or 0.0)
+        ctx1 = ctx_switches(proc.pid) or ctx1
         time.sleep(0.1)
+    t1 = time.time()
     out = proc.stdout.read().strip().splitlines()
+    produced = {}
     if producer:
-        producer.wait()
+        produced = last_json(producer.communicate()[0])
     res = json.loads(out[-1])
     # The harness measures its own CPU between its first and its last record.
     cpu_us = res.get("cpu_us_per_msg")
     r = {
         "name": name, "impl": "tokio-multi-thread", "shards": threads, "sink": "cassandra", "offered_rate": rate or None,
         "messages": res["messages"], "msgs_per_s": res["msgs_per_s"], "cpu_us_per_msg": cpu_us, "peak_rss_mib": rss or None,
-        "end_to_end": res["end_to_end"],
+        "end_to_end": res["end_to_end"], "end_to_end_buckets": res.get("end_to_end_buckets"),
+        "stages": res.get("stages") or {}, "send_to_append": produced.get("send_to_append"),
+        # Counted from the harness's start (it idles a few seconds before the first record).
+        "ctx_per_msg": (ctx1 - ctx0) / res["messages"] if ctx0 and ctx1 and res["messages"] else None,
+        "jvm_pauses": pauses_in(t0, t1) if produce_count else None,
     }
     print(json.dumps(r), flush=True)
     return r
+
+
+def idle(name, topic, tokio_impl=False):
+    """An idle process: started on an empty topic, measured for IDLE_SECONDS after it settled. CPU per
+    second and context switches per second are what it costs to wait."""
+    cfg = config(name, topic, [0, 1])
+    log = open(os.path.join(OUT, f"{name}.log"), "w")
+    args = [HARNESS, "tokio", "--config", cfg, "--count", "1", "--threads", "2"] if tokio_impl else [B, "run", "--config", cfg]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+    time.sleep(5)
+    c0, x0, t0 = cpu_seconds(proc.pid), ctx_switches(proc.pid), time.time()
+    time.sleep(IDLE_SECONDS)
+    c1, x1, t1 = cpu_seconds(proc.pid), ctx_switches(proc.pid), time.time()
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    ok = None not in (c0, c1, x0, x1)
+    r = {"name": name, "impl": "tokio-multi-thread" if tokio_impl else "shardline", "shards": 2, "sink": "cassandra",
+         "offered_rate": 0, "messages": 0, "msgs_per_s": 0, "cpu_us_per_msg": None, "peak_rss_mib": None, "end_to_end": {},
+         "cpu_ms_per_s": (c1 - c0) / (t1 - t0) * 1000 if ok else None,
+         "ctx_per_s": (x1 - x0) / (t1 - t0) if ok else None}
+    print(json.dumps(r), flush=True)
+    return r
+
+
+def percentile_from_buckets(buckets, total, q):
+    """The q-quantile (ms) of cumulative (upper bound ms, count) buckets, interpolated inside the bucket
+    as Prometheus does; None past the top bucket (then it is only known to be above it)."""
+    rank, lo, below = q * total, 0.0, 0
+    for le, cum in buckets:
+        if cum >= rank and cum > below:
+            return lo + (le - lo) * (rank - below) / (cum - below)
+        lo, below = le, cum
+    return None
+
+
+PERCENTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999)
+
+
+def plots(results, out):
+    """latency_percentiles, stages and cpu_per_record, as PNG and SVG, with matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench.py: matplotlib is not installed (scripts/bench.sh installs it): no plots", file=sys.stderr)
+        return []
+    import math
+    written = []
+
+    def save(fig, stem):
+        for ext in ("png", "svg"):
+            path = os.path.join(out, f"{stem}.{ext}")
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            written.append(path)
+        plt.close(fig)
+
+    # 1. End-to-end latency percentile curves per fixed rate, HDR style: x in "nines", y log scale.
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r in results:
+        b, total = r.get("end_to_end_buckets"), (r.get("end_to_end") or {}).get("count") or (r.get("end_to_end_buckets") or [[0, 0]])[-1][1]
+        if not r.get("offered_rate") or not b or not total:
+            continue
+        xs, ys = [], []
+        for q in PERCENTILES:
+            v = percentile_from_buckets(b, total, q)
+            if v is not None:
+                xs.append(-math.log10(1 - q))
+                ys.append(max(v, 1e-3))
+        style = "-" if r["impl"] == "shardline" else "--"
+        ax.plot(xs, ys, style, marker="o", markersize=3, label=r["name"])
+    ax.set_yscale("log")
+    ax.set_xticks([-math.log10(1 - q) for q in PERCENTILES])
+    ax.set_xticklabels([f"p{q * 100:g}" for q in PERCENTILES], rotation=30)
+    ax.set_ylabel("append → written (ms, log)")
+    ax.set_title("End-to-end latency percentiles at fixed offered rates (from histogram buckets)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, "latency_percentiles")
+
+    # 2. Where the time goes, per fixed-rate shardline run: stacked means (means add up; quantiles do not).
+    runs = [r for r in results if r["impl"] == "shardline" and r.get("offered_rate") and r.get("stages")]
+    if runs:
+        fig, ax = plt.subplots(figsize=(9, 5))
+        parts = [("send → append", lambda r: (r.get("send_to_append") or {}).get("mean_ms")),
+                 ("fetch (append → consumed)", lambda r: (r["stages"].get("fetch") or {}).get("mean_ms")),
+                 ("queue (consumed → write sent)", lambda r: (r["stages"].get("queue") or {}).get("mean_ms")),
+                 ("write", lambda r: (r.get("write") or {}).get("mean_ms"))]
+        bottom = [0.0] * len(runs)
+        for label, get in parts:
+            vals = [get(r) or 0.0 for r in runs]
+            ax.bar([r["name"] for r in runs], vals, bottom=bottom, label=label)
+            bottom = [a + b for a, b in zip(bottom, vals)]
+        ax.set_ylabel("mean ms per record")
+        ax.set_title("Stages of a record's latency (means, fixed-rate runs)")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=7)
+        ax.legend(fontsize=8)
+        save(fig, "stages")
+
+    # 3. CPU per record against the rate.
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series = {}
+    for r in results:
+        if r.get("sink") != "cassandra" or r.get("cpu_us_per_msg") is None or r["impl"].startswith("driver"):
+            continue
+        key = r["impl"] + (" (batching off)" if r["name"].endswith("nobatch") else "") + f", {r['shards']} shard(s)"
+        x = r.get("offered_rate") or r["msgs_per_s"]
+        series.setdefault(key, []).append((x, r["cpu_us_per_msg"]))
+    for key, pts in series.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("msg/s (offered; achieved for the max runs)")
+    ax.set_ylabel("CPU µs per record (log)")
+    ax.set_title("CPU per record against the rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, "cpu_per_record")
+    return written
 
 
 def svg(rows, path):
@@ -340,23 +546,29 @@ def main():
         results.append(shardline(f"cassandra-max-{len(cores)}-shard", db, cores, N_DB))
         results.append(shardline(f"cassandra-max-{len(cores)}-shard-nobatch", db, cores, N_DB, batch_rows=1))
     results.append(tokio("tokio-cassandra-max", db, N_DB))
+    quiet = f"bench_idle_{STAMP}"
+    create(quiet)
+    produce(quiet, 0)  # registers the subject: the start-up check needs it
+    results.append(idle("cassandra-idle", quiet))
+    results.append(idle("tokio-cassandra-idle", quiet, tokio_impl=True))
+    # Fixed rates on LogAppendTime topics: latency splits at the broker's append (see the docstring).
     for rate in RATES:
         count = rate * RATE_SECONDS
         t = f"bench_rate{rate}_{STAMP}"
-        create(t)
+        create(t, log_append_time=True)
         produce(t, 0)
         results.append(shardline(f"cassandra-{rate}-per-s", t, [0, 1], count, rate=rate, produce_count=count))
         tn = f"bench_nrate{rate}_{STAMP}"
-        create(tn)
+        create(tn, log_append_time=True)
         produce(tn, 0)
         results.append(shardline(f"cassandra-{rate}-per-s-nobatch", tn, [0, 1], count, rate=rate, produce_count=count,
                                  batch_rows=1))
         t2 = f"bench_trate{rate}_{STAMP}"
-        create(t2)
+        create(t2, log_append_time=True)
         produce(t2, 0)
         results.append(tokio(f"tokio-cassandra-{rate}-per-s", t2, count, rate=rate, produce_count=count))
     t = f"bench_nullrate_{STAMP}"
-    create(t)
+    create(t, log_append_time=True)
     produce(t, 0)
     results.append(shardline(f"null-sink-1-shard-{NULL_RATE}-per-s", t, [0], NULL_RATE * 10, null_sink=True, rate=NULL_RATE,
                              produce_count=NULL_RATE * 10))
@@ -381,6 +593,7 @@ def main():
     report["planner"] = planner_check(by, moderate_write_mean(by), msg_bytes)
     json.dump(report, open(os.path.join(OUT, "report.json"), "w"), indent=2)
     svg(results, os.path.join(OUT, "latency.svg"))
+    plotted = plots(results, OUT)
     lines = ["# shardline benchmark", "", f"Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}; Kafka, Cassandra and the registry on the same machine.",
              f"Raw consume ceiling (one plain rdkafka consumer): **{fmt(raw['msgs_per_s'], ' msg/s', 0)}** over {raw['messages']:,} records of {msg_bytes:.0f} B, {fmt(raw.get('cpu_us_per_msg'), ' µs', 2)} CPU per record.", "",
              "| run | impl | shards | sink | offered msg/s | achieved msg/s | CPU µs/msg | Cassandra µs/msg | Kafka µs/msg | rows/batch | e2e p50 ms | e2e p99 ms | e2e p999 ms | peak RSS MiB |",
@@ -406,6 +619,28 @@ def main():
     lines += ["", "The own-costs column checks the model's arithmetic (cores / Σ costs); the cross column checks that costs "
               "measured at one layout transfer to another: on a box where the shards share the database's cores they do not "
               "quite (every component's cost per record rises with a second shard)."]
+    lines += ["", "Fixed rates, stage by stage (LogAppendTime topics; e2e = broker append → write acknowledged; send → append from "
+              "the producer's acknowledgements; fetch = append → consumed by a shard; queue = consumed → write sent; JVM pauses = "
+              "safepoints of the broker and Cassandra inside the run's window, from their -Xlog:safepoint files):", "",
+              "| run | CPU µs/msg | ctx switches/msg | send→append p99 ms | fetch p99 | queue p99 | write p99 | e2e p50 | e2e p99 | e2e p999 | "
+              "Kafka pauses: n, max ms | Cassandra pauses: n, max ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if not r.get("offered_rate"):
+            continue
+        e, st = r.get("end_to_end") or {}, r.get("stages") or {}
+        p = r.get("jvm_pauses") or {}
+        pause = lambda n: f"{p[n]['count']}, {p[n]['max_ms']:.1f}" if p.get(n) else "n/a"
+        lines.append(f"| {r['name']} | {fmt(r['cpu_us_per_msg'], '', 1)} | {fmt(r.get('ctx_per_msg'), '', 2)} | "
+                     f"{fmt((r.get('send_to_append') or {}).get('p99_ms'), '', 1)} | {fmt((st.get('fetch') or {}).get('p99_ms'), '', 1)} | "
+                     f"{fmt((st.get('queue') or {}).get('p99_ms'), '', 2)} | {fmt((r.get('write') or {}).get('p99_ms'), '', 1)} | "
+                     f"{fmt(e.get('p50_ms'), '', 2)} | {fmt(e.get('p99_ms'), '', 1)} | {fmt(e.get('p999_ms'), '', 1)} | {pause('kafka')} | {pause('cassandra')} |")
+    idles = [r for r in results if r.get("offered_rate") == 0]
+    if idles:
+        lines += ["", "Idle (no records, " + str(IDLE_SECONDS) + " s after start-up): " + "; ".join(
+            f"{r['name']} {fmt(r.get('cpu_ms_per_s'), ' ms CPU/s', 1)}, {fmt(r.get('ctx_per_s'), ' context switches/s', 0)}" for r in idles) + "."]
+    if plotted:
+        lines += ["", "Plots: " + ", ".join(os.path.basename(p) for p in plotted) + "."]
     lines += ["", "End-to-end latency of pre-produced backlogs (the max runs) measures queueing, not the pipeline: read the fixed-rate rows for latency.",
               "Latency quantiles are interpolated from the histogram buckets (10 µs … 15 s), as Prometheus does."]
     open(os.path.join(OUT, "summary.md"), "w").write("\n".join(lines) + "\n")

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # End-to-end benchmark against the real services: raw consume ceiling, null sink, Cassandra at its
-# maximum and at fixed rates, 1 vs 2 shards, and the same pipeline on tokio's multi-threaded runtime.
-# Writes results/bench/{report.json,summary.md,latency.svg}. Criterion micro-benches: cargo bench.
+# maximum, idle and at fixed rates (stage by stage), 1 vs 2 shards, and the same pipeline on tokio's
+# multi-threaded runtime. Writes results/bench/{report.json,summary.md,latency.svg} and the matplotlib
+# plots (latency_percentiles, stages, cpu_per_record; PNG and SVG). Criterion micro-benches: cargo bench.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 bash scripts/bootstrap.sh
+# matplotlib from PyPI in a virtual environment of its own (Debian's python refuses pip installs into
+# the system; the tests never need it): made once under the services' cache.
+VENV=${SHARDLINE_CACHE:-$HOME/.cache/shardline}/bench-venv
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  python3 -m venv "$VENV" || { echo "bench.sh: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'
+fi
 bash scripts/services.sh up kafka cassandra registry
 cargo build --release --quiet
 cargo bench --bench e2e --no-run --quiet
-python3 scripts/bench.py "$@"
+"$VENV/bin/python" scripts/bench.py "$@"

@@ -34,6 +34,12 @@ pub struct RunSummary {
     /// That active span in seconds.
     pub active_seconds: f64,
     pub end_to_end: Quantiles,
+    /// `end_to_end`'s cumulative buckets, (upper bound in ms, records at or below it): the whole
+    /// distribution, for percentile curves beyond p999 (the bench's plots).
+    pub end_to_end_buckets: Vec<(f64, u64)>,
+    /// Where the time before the write goes: `fetch` (Kafka timestamp → consumed) and `queue`
+    /// (consumed → write request sent); see `shardline_stage_seconds`.
+    pub stages: BTreeMap<String, Quantiles>,
     pub write: Quantiles,
     pub decode: Quantiles,
     /// "topic/partition" → shard → messages consumed.
@@ -112,24 +118,27 @@ fn by_labels(
     out
 }
 
-fn step_latency(fams: &[prometheus::proto::MetricFamily]) -> BTreeMap<String, Quantiles> {
-    let mut by_step: BTreeMap<String, Vec<prometheus::proto::Metric>> = BTreeMap::new();
-    for f in fams.iter().filter(|f| f.name() == "shardline_step_seconds") {
+/// The quantiles of histogram `name` per value of its label `label` (over all shards).
+fn latency_by(
+    fams: &[prometheus::proto::MetricFamily],
+    name: &str,
+    label: &str,
+) -> BTreeMap<String, Quantiles> {
+    let mut by: BTreeMap<String, Vec<prometheus::proto::Metric>> = BTreeMap::new();
+    for f in fams.iter().filter(|f| f.name() == name) {
         for m in f.get_metric() {
-            let step = label_value(m, "step");
-            by_step.entry(step).or_default().push(m.clone());
+            by.entry(label_value(m, label)).or_default().push(m.clone());
         }
     }
-    by_step
-        .into_iter()
-        .map(|(step, ms)| {
+    by.into_iter()
+        .map(|(value, ms)| {
             let mut fam = prometheus::proto::MetricFamily::default();
-            fam.set_name("step".into());
+            fam.set_name("one".into());
             fam.set_field_type(prometheus::proto::MetricType::HISTOGRAM);
             for m in ms {
                 fam.mut_metric().push(m);
             }
-            (step, quantiles(&[fam], "step"))
+            (value, quantiles(&[fam], "one"))
         })
         .collect()
 }
@@ -193,12 +202,18 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
             0.0
         },
         end_to_end: quantiles(&fams, "shardline_end_to_end_seconds"),
+        end_to_end_buckets: histogram_buckets(&fams, "shardline_end_to_end_seconds")
+            .0
+            .into_iter()
+            .map(|(le, n)| (le * 1000.0, n))
+            .collect(),
+        stages: latency_by(&fams, "shardline_stage_seconds", "stage"),
         write: quantiles(&fams, "shardline_write_seconds"),
         decode: quantiles(&fams, "shardline_decode_seconds"),
         partitions,
         steps: by_labels(&fams, "shardline_step_outcomes_total", "step", "outcome"),
         lookup_cache: by_labels(&fams, "shardline_lookup_cache_total", "step", "result"),
-        step_latency: step_latency(&fams),
+        step_latency: latency_by(&fams, "shardline_step_seconds", "step"),
         batches: batches(&fams),
     }
 }
@@ -206,6 +221,32 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stages_are_summarised_per_stage_over_every_shard() {
+        let a = crate::metrics::ShardMetrics::new(0);
+        let b = crate::metrics::ShardMetrics::new(1);
+        a.stage_fetch.observe(0.002);
+        b.stage_fetch.observe(0.004);
+        a.stage_queue.observe(0.0001);
+        a.end_to_end_seconds.observe(0.003);
+        let s = summarize(&[a.registry.clone(), b.registry.clone()], 1.0);
+        assert_eq!(s.stages["fetch"].count, 2);
+        assert!((s.stages["fetch"].mean_ms.expect("samples") - 3.0).abs() < 1e-9);
+        assert_eq!(s.stages["queue"].count, 1);
+        let last = s.end_to_end_buckets.last().expect("buckets");
+        assert_eq!(
+            last.1, 1,
+            "cumulative: every sample is at or below the top bucket"
+        );
+        assert!(
+            s.end_to_end_buckets
+                .iter()
+                .any(|&(le, n)| (le - 5.0).abs() < 1e-9 && n == 1),
+            "bounds in ms: {:?}",
+            s.end_to_end_buckets
+        );
+    }
 
     #[test]
     fn the_mean_is_the_histograms_sum_over_its_count_across_shards() {

@@ -63,6 +63,10 @@ enum Cmd {
         topic: String,
         #[arg(long, default_value_t = 8)]
         partitions: i32,
+        /// Stamp records with the broker's append time (`message.timestamp.type=LogAppendTime`):
+        /// `produce` then reports send → append, and shardline's stages start at the append.
+        #[arg(long)]
+        log_append_time: bool,
     },
     /// Size a deployment from measured costs: shards, hosts, partitions, in-flight, fetch settings.
     Plan(PlanArgs),
@@ -214,7 +218,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             brokers,
             topic,
             partitions,
-        } => create_topic(&brokers, &topic, partitions),
+            log_append_time,
+        } => create_topic(&brokers, &topic, partitions, log_append_time),
         Cmd::Plan(args) => plan(args),
         Cmd::Cql { nodes, statements } => cql(&nodes, &statements),
     }
@@ -329,12 +334,22 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    log_append_time: bool,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(shardline::kafka::admin::create_topic(
-        brokers, topic, partitions,
+    let configs: &[(&str, &str)] = if log_append_time {
+        &[("message.timestamp.type", "LogAppendTime")]
+    } else {
+        &[]
+    };
+    rt.block_on(shardline::kafka::admin::create_topic_with(
+        brokers, topic, partitions, configs,
     ))?;
     println!("topic {topic} ready ({partitions} partitions)");
     Ok(())

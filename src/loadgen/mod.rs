@@ -4,13 +4,17 @@
 //!
 //! Guarantee: the summary counts only records the broker acknowledged; failures are counted apart.
 //! Poison records (for dead-letter tests) are produced only when asked, one class after another.
+//! On a topic with `message.timestamp.type=LogAppendTime` the summary also gives the first stage of a
+//! record's latency, send → appended by the broker (the acknowledgement carries the append time),
+//! which shardline cannot see: its own stages start at that timestamp.
 
 pub mod navigation;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::Serialize;
@@ -52,22 +56,89 @@ pub struct ProduceSummary {
     pub seed: u64,
     pub base_ts_ms: i64,
     pub schema_id: u32,
+    /// Send → broker append of the acknowledged records sent after the first acknowledgement, on a
+    /// LogAppendTime topic only (exact quantiles, millisecond resolution: the append time is in ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_to_append: Option<AppendLatency>,
+}
+
+/// Exact quantiles of the send → append latency.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AppendLatency {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl AppendLatency {
+    /// From the samples in µs (sorted here); None without any.
+    pub fn of(mut us: Vec<u32>) -> Option<AppendLatency> {
+        if us.is_empty() {
+            return None;
+        }
+        us.sort_unstable();
+        let n = us.len();
+        let at = |q: f64| us[((q * n as f64).ceil() as usize).clamp(1, n) - 1] as f64 / 1000.0;
+        Some(AppendLatency {
+            count: n as u64,
+            mean_ms: us.iter().map(|&v| v as f64).sum::<f64>() / n as f64 / 1000.0,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            max_ms: at(1.0),
+        })
+    }
 }
 
 struct Counting {
     acked: AtomicU64,
     failed: AtomicU64,
+    /// Send → append in µs, per acknowledged record of a LogAppendTime topic sent after the first
+    /// acknowledgement: the records queued while the producer connects (its first few hundred ms) say
+    /// how long a producer takes to start, not how long a send takes.
+    append_us: Mutex<Vec<u32>>,
+    /// When the first acknowledgement came, µs since the Unix epoch (0: none yet).
+    first_ack_us: AtomicU64,
 }
 
 struct Ctx(Arc<Counting>);
 
 impl ClientContext for Ctx {}
 impl ProducerContext for Ctx {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+    /// The record's send time, µs since the Unix epoch.
+    type DeliveryOpaque = usize;
+    fn delivery(&self, r: &DeliveryResult<'_>, sent_us: usize) {
         match r {
-            Ok(_) => self.0.acked.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.0.failed.fetch_add(1, Ordering::Relaxed),
+            Ok(m) => {
+                self.0.acked.fetch_add(1, Ordering::Relaxed);
+                let now = crate::clock::now_us().max(1) as u64;
+                let first = match self.0.first_ack_us.compare_exchange(
+                    0,
+                    now,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => now,
+                    Err(earlier) => earlier,
+                };
+                if let (Timestamp::LogAppendTime(ms), true) =
+                    (m.timestamp(), sent_us as u64 >= first)
+                {
+                    let us = (ms * 1000 - sent_us as i64).clamp(0, u32::MAX as i64) as u32;
+                    let mut v = self
+                        .0
+                        .append_us
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    v.push(us);
+                }
+            }
+            Err(_) => {
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
+            }
         };
     }
 }
@@ -123,6 +194,8 @@ pub fn produce(
     let counting = Arc::new(Counting {
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        append_us: Mutex::new(Vec::new()),
+        first_ack_us: AtomicU64::new(0),
     });
     let producer: ThreadedProducer<Ctx> = cfg.create_with_context(Ctx(counting.clone()))?;
     let start = Instant::now();
@@ -162,7 +235,8 @@ pub fn produce(
             }
             sum.poison += 1;
         }
-        let mut rec = BaseRecord::to(&spec.topic)
+        let sent_us = crate::clock::now_us().max(0) as usize;
+        let mut rec = BaseRecord::with_opaque_to(&spec.topic, sent_us)
             .key(key.as_bytes())
             .payload(framed.as_slice());
         loop {
@@ -191,6 +265,13 @@ pub fn produce(
     producer.flush(Duration::from_secs(120))?;
     sum.acked = counting.acked.load(Ordering::Relaxed);
     sum.failed = counting.failed.load(Ordering::Relaxed);
+    let samples = std::mem::take(
+        &mut *counting
+            .append_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    sum.send_to_append = AppendLatency::of(samples);
     sum.seconds = start.elapsed().as_secs_f64();
     sum.rate_per_s = if sum.seconds > 0.0 {
         sum.sent as f64 / sum.seconds
@@ -273,4 +354,21 @@ fn progress_line(spec: &ProduceSpec, sum: &ProduceSummary, elapsed: Duration) {
         sum.sent,
         rate
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_latency_quantiles_are_exact_ranks() {
+        assert_eq!(AppendLatency::of(Vec::new()), None);
+        let us: Vec<u32> = (1..=1000).rev().map(|i| i * 1000).collect(); // 1 … 1000 ms
+        let a = AppendLatency::of(us).expect("samples");
+        assert_eq!(
+            (a.count, a.p50_ms, a.p99_ms, a.p999_ms, a.max_ms),
+            (1000, 500.0, 990.0, 999.0, 1000.0)
+        );
+        assert!((a.mean_ms - 500.5).abs() < 1e-9);
+    }
 }

@@ -39,6 +39,13 @@ pub struct ShardMetrics {
     pub decode_seconds: Histogram,
     pub write_seconds: Histogram,
     pub end_to_end_seconds: Histogram,
+    /// Where a record's time goes before its write (`shardline_stage_seconds{stage}`): `fetch`, its
+    /// Kafka timestamp → consumed by the shard (with CreateTime that includes the producer's batching
+    /// and the broker's append; with a LogAppendTime topic only broker → shard), and `queue`, consumed
+    /// → its write request sent (decode, processor steps, its batch closing). The write itself is
+    /// `write_seconds`; all three add up to `end_to_end_seconds`.
+    pub stage_fetch: Histogram,
+    pub stage_queue: Histogram,
     pub messages: IntCounterVec,
     pub partition_messages: IntCounterVec,
     pub errors: IntCounterVec,
@@ -187,6 +194,12 @@ impl ShardMetrics {
         let r = &registry;
         let (first_record_time, last_done_time, oldest_pending_seconds) = time_gauges(r, &s);
         let (step_seconds, step_outcomes, lookup_cache) = step_metrics(r);
+        let stages = latency_histogram(
+            r,
+            "shardline_stage_seconds",
+            "Record time by stage before the write: fetch (Kafka timestamp to consumed), queue (consumed to write sent).",
+            &["shard", "stage"],
+        );
         // `registry` and `shard` move in last: every field before them borrows them.
         ShardMetrics {
             decode_seconds: histogram(
@@ -209,6 +222,8 @@ impl ShardMetrics {
                 "shardline_end_to_end_seconds",
                 "Kafka record timestamp to write acknowledged.",
             ),
+            stage_fetch: stages.with_label_values(&[s.as_str(), "fetch"]),
+            stage_queue: stages.with_label_values(&[s.as_str(), "queue"]),
             messages: counter(
                 r,
                 "shardline_messages_total",

@@ -102,6 +102,8 @@ pub(super) struct Batcher {
 struct Group {
     owner: Owner,
     rows: Vec<BoundRow>,
+    /// When each row's record was consumed: the `queue` stage ends when the group is sent.
+    consumed: Vec<Instant>,
     bytes: usize,
     opened: Instant,
     outcome: Rc<Outcome>,
@@ -113,6 +115,7 @@ impl Group {
             owner,
             // Most groups stay small at moderate rates: no need to reserve the largest size.
             rows: Vec::with_capacity(max_rows.min(16)),
+            consumed: Vec::with_capacity(max_rows.min(16)),
             bytes: 0,
             opened: Instant::now(),
             outcome: Rc::default(),
@@ -183,9 +186,9 @@ impl Batcher {
         }
     }
 
-    /// Adds a bound row to its owner's group (sending the group when full) and returns the wait
-    /// for its result.
-    pub(super) fn submit(self: &Rc<Self>, row: BoundRow) -> RowTicket {
+    /// Adds a bound row (of a record consumed at `consumed`) to its owner's group (sending the group
+    /// when full) and returns the wait for its result.
+    pub(super) fn submit(self: &Rc<Self>, row: BoundRow, consumed: Instant) -> RowTicket {
         let owner = self.write.writer.owner(&row);
         let bytes = approx_row_bytes(&row);
         let mut open = self.open.borrow_mut();
@@ -203,6 +206,7 @@ impl Batcher {
         }
         let g = &mut open[i];
         g.rows.push(row);
+        g.consumed.push(consumed);
         g.bytes += bytes;
         let ticket = RowTicket {
             outcome: g.outcome.clone(),
@@ -261,6 +265,11 @@ impl Batcher {
     }
 
     fn send(self: &Rc<Self>, g: Group) {
+        let now = Instant::now();
+        for c in &g.consumed {
+            let queued = now.saturating_duration_since(*c).as_secs_f64();
+            self.write.metrics.stage_queue.observe(queued);
+        }
         let me = self.clone();
         glommio::spawn_local(async move {
             let results = me.write_group(g.rows).await;
@@ -445,7 +454,7 @@ mod tests {
                 let tickets: Vec<RowTicket> =
                     [(1, 1), (2, 2), (3, 1), (4, 1), (5, 2), (6, 1), (7, 1)]
                         .into_iter()
-                        .map(|(k, o)| b.submit(row(k, o)))
+                        .map(|(k, o)| b.submit(row(k, o), Instant::now()))
                         .collect();
                 b.flush();
                 let results = join_all(tickets).await;
@@ -459,12 +468,35 @@ mod tests {
     }
 
     #[test]
+    fn each_row_is_queued_from_its_consumption_until_its_batch_is_sent() {
+        let (count, sum) = run(move || {
+            let w = Rc::new(FakeWriter::default());
+            async move {
+                let b = batcher(w.clone(), LIMITS);
+                let early = Instant::now() - Duration::from_millis(50);
+                let mut tickets: Vec<RowTicket> =
+                    (1..=3).map(|k| b.submit(row(k, 1), early)).collect();
+                tickets.push(b.submit(row(4, 2), Instant::now()));
+                b.flush();
+                join_all(tickets).await;
+                let q = &b.write.metrics.stage_queue;
+                (q.get_sample_count(), q.get_sample_sum())
+            }
+        });
+        assert_eq!(count, 4, "one observation per row, at its batch's send");
+        assert!(
+            (0.15..0.5).contains(&sum),
+            "three rows queued 50 ms, one ~0: {sum}"
+        );
+    }
+
+    #[test]
     fn a_lone_row_is_sent_on_flush_as_a_single_write() {
         let (before, after) = run(move || {
             let w = Rc::new(FakeWriter::default());
             async move {
                 let b = batcher(w.clone(), LIMITS);
-                let t = b.submit(row(1, 1));
+                let t = b.submit(row(1, 1), Instant::now());
                 glommio::yield_if_needed().await;
                 let before = w.requests.borrow().len();
                 b.flush();
@@ -487,7 +519,9 @@ mod tests {
             let w = Rc::new(writer());
             async move {
                 let b = batcher(w.clone(), LIMITS);
-                let tickets: Vec<RowTicket> = (1..=4).map(|k| b.submit(row(k, 1))).collect();
+                let tickets: Vec<RowTicket> = (1..=4)
+                    .map(|k| b.submit(row(k, 1), Instant::now()))
+                    .collect();
                 let results = join_all(tickets).await;
                 (w.requests.borrow().clone(), results)
             }
@@ -537,7 +571,9 @@ mod tests {
             let w = Rc::new(FakeWriter::default());
             async move {
                 let b = batcher(w.clone(), limits);
-                let tickets: Vec<RowTicket> = (1..=5).map(|k| b.submit(row(k, 1))).collect();
+                let tickets: Vec<RowTicket> = (1..=5)
+                    .map(|k| b.submit(row(k, 1), Instant::now()))
+                    .collect();
                 b.flush();
                 join_all(tickets).await;
                 w.requests.borrow().clone()
@@ -556,7 +592,7 @@ mod tests {
             let w = Rc::new(FakeWriter::default());
             async move {
                 let b = batcher(w.clone(), limits);
-                let t = b.submit(row(1, 1));
+                let t = b.submit(row(1, 1), Instant::now());
                 // Too young to go on a flush.
                 b.flush();
                 glommio::yield_if_needed().await;
@@ -583,10 +619,12 @@ mod tests {
             let w = Rc::new(FakeWriter::default());
             async move {
                 let b = batcher(w.clone(), limits);
-                let mut tickets: Vec<RowTicket> = (1..=2).map(|k| b.submit(row(k, 1))).collect();
+                let mut tickets: Vec<RowTicket> = (1..=2)
+                    .map(|k| b.submit(row(k, 1), Instant::now()))
+                    .collect();
                 // The first group's linger fires before the replacement is old enough.
                 glommio::timer::sleep(Duration::from_millis(3)).await;
-                tickets.push(b.submit(row(3, 1)));
+                tickets.push(b.submit(row(3, 1), Instant::now()));
                 let limit = Duration::from_secs(2);
                 within(
                     limit,
@@ -611,7 +649,7 @@ mod tests {
             let w = Rc::new(FakeWriter::default());
             async move {
                 let b = batcher(w.clone(), limits);
-                let t = b.submit(row(1, 1));
+                let t = b.submit(row(1, 1), Instant::now());
                 b.flush();
                 let start = Instant::now();
                 b.write.shutdown.stop();

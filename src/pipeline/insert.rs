@@ -127,8 +127,10 @@ impl Processor for Insert {
                 .bind(&rec.values, rec.kafka_ts_ms, rec.offset)
                 .map_err(|e| self.write.step_error(RetryError::Permanent(e)))?;
             match &self.batcher {
-                Some(b) => b.submit(row).await?,
+                Some(b) => b.submit(row, rec.consumed).await?,
                 None => {
+                    let queued = rec.consumed.elapsed().as_secs_f64();
+                    self.write.metrics.stage_queue.observe(queued);
                     let rows = Rc::new(vec![row]);
                     let r = self.write.write_retrying(&rows).await;
                     self.singles.ended(1, r.is_ok());

@@ -41,6 +41,8 @@ pub struct Record {
     pub offset: i64,
     /// The Kafka key, shared with the record's origin (one copy per record).
     pub key: Option<Rc<[u8]>>,
+    /// When the shard consumed it (the start of the `queue` stage, see [`crate::metrics`]).
+    pub consumed: std::time::Instant,
 }
 
 impl Record {

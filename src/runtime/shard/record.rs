@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::pin::pin;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures::future::select;
 use prometheus::IntCounter;
@@ -98,6 +99,7 @@ impl RecordContext {
             kafka_ts_ms: origin.kafka_ts_ms,
             offset: origin.offset,
             key: origin.key.clone(),
+            consumed: origin.consumed,
         }
     }
 }
@@ -109,6 +111,8 @@ pub(super) struct Origin {
     pub partition: i32,
     pub offset: i64,
     pub kafka_ts_ms: Option<i64>,
+    /// When the shard consumed it.
+    pub consumed: Instant,
     pub key: Option<Rc<[u8]>>,
     /// The payload; the record's decoded strings and bytes point into it (one copy per record).
     pub value: Option<Rc<[u8]>>,

@@ -285,6 +285,11 @@ impl ShardLoop {
         if let Some(s) = stage {
             s.consumed.inc();
         }
+        let kafka_ts_ms = msg.timestamp().to_millis();
+        if let Some(ts) = kafka_ts_ms {
+            let fetch_ms = crate::clock::now_ms() - ts;
+            metrics.stage_fetch.observe(fetch_ms.max(0) as f64 / 1000.0);
+        }
         // The record's one copy of its payload: decoded strings point into it, a dead letter sends it.
         let payload: Rc<[u8]> = Rc::from(msg.payload().unwrap_or_default());
         let decoded = self
@@ -312,7 +317,8 @@ impl ShardLoop {
             topic,
             partition,
             offset,
-            kafka_ts_ms: msg.timestamp().to_millis(),
+            kafka_ts_ms,
+            consumed: now,
             key: msg.key().map(Rc::from),
             value: msg.payload().is_some().then_some(payload),
         };
