@@ -3,7 +3,8 @@
 //!
 //!   cargo bench --bench e2e -- raw   --topic T --count N
 //!       the raw consume ceiling: one plain rdkafka consumer reading the topic, nothing else.
-//!   cargo bench --bench e2e -- tokio --config FILE --count N [--threads K]
+//!   cargo bench --bench e2e -- tokio --config FILE --count N [--threads K] [--skip S]
+//!     (latencies of the first S records are not observed: the warm-up of a fixed-rate run)
 //!       the same pipeline (decode, bind, INSERT, in-order offset tracking, at most max_in_flight
 //!       writes) on a conventional tokio multi-threaded runtime: one consumer, a task per write.
 //!   cargo bench --bench e2e -- driver --config FILE --count N [--batch K] [--bridge]
@@ -105,10 +106,11 @@ fn main() -> Result<()> {
         }
         "tokio" => {
             let threads: usize = arg(&args, "--threads").unwrap_or("2".into()).parse()?;
+            let skip: u64 = arg(&args, "--skip").unwrap_or("0".into()).parse()?;
             let cfg = Config::load(std::path::Path::new(
                 &arg(&args, "--config").context("--config")?,
             ))?;
-            tokio_pipeline(cfg, count, threads)
+            tokio_pipeline(cfg, count, threads, skip)
         }
         other => bail!("unknown mode '{other}': raw, driver or tokio"),
     }
@@ -299,7 +301,7 @@ fn driver(cfg: Config, count: u64, batch: usize, bridge: bool) -> Result<()> {
     Ok(())
 }
 
-fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
+fn tokio_pipeline(cfg: Config, count: u64, threads: usize, skip: u64) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -345,10 +347,11 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
                         cpu0 = self_cpu(tick);
                     }
                     received += 1;
+                    let observe = received > skip;
                     let (p, o) = (m.partition(), m.offset());
                     trackers.entry(p).or_default().begin(o, std::time::Instant::now());
                     let ts = m.timestamp().to_millis();
-                    if let Some(ms) = ts {
+                    if let (Some(ms), true) = (ts, observe) {
                         let fetch = shardline::clock::now_us() / 1000 - ms;
                         metrics.stage_fetch.observe(fetch.max(0) as f64 / 1000.0);
                     }
@@ -361,7 +364,7 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize) -> Result<()> {
                     // The conventional design: a task per write on the multi-threaded runtime.
                     tokio::spawn(async move {
                         let t = Instant::now();
-                        if s.execute_unpaged(&ins, &values).await.is_ok() {
+                        if s.execute_unpaged(&ins, &values).await.is_ok() && observe {
                             m2.write_seconds.observe(t.elapsed().as_secs_f64());
                             if let Some(ms) = ts {
                                 let e2e = shardline::clock::now_us() / 1000 - ms;

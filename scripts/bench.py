@@ -35,6 +35,10 @@ N_FAST = int(os.environ.get("N_FAST", "400000"))   # raw ceiling and null sink
 N_DB = int(os.environ.get("N_DB", "100000"))       # max rate into Cassandra
 RATES = [int(r) for r in os.environ.get("RATES", "2000,5000,20000").split(",")]
 IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "10"))
+# The first seconds of a fixed-rate run are its warm-up (the group joins, the producer connects, the
+# first fetches): the "steady" columns leave them out (shardline: histograms scraped when the warm-up's
+# records are done, subtracted from the final scrape; the tokio harness: --skip).
+WARMUP_SECONDS = int(os.environ.get("WARMUP_SECONDS", "5"))
 RATE_SECONDS = int(os.environ.get("RATE_SECONDS", "20"))
 NULL_RATE = int(os.environ.get("NULL_RATE", "50000"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -180,16 +184,60 @@ def config(name, topic, cores, in_flight=512, batch_rows=None):
     return path
 
 
-def follow(proc, port, target, timeout):
+HIST = re.compile(r'^(shardline_\w+_seconds)_(bucket|sum|count)\{([^}]*)\} (\S+)$')
+
+
+def histograms(text):
+    """{(name, stage or ""): {"buckets": {le_ms: cumulative}, "sum": s, "count": n}} summed over shards."""
+    out = {}
+    for line in text.splitlines():
+        m = HIST.match(line)
+        if not m:
+            continue
+        name, kind, labels, value = m.groups()
+        lab = dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
+        key = (name, lab.get("stage", "").strip('"'))
+        h = out.setdefault(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        if kind == "bucket":
+            le = lab["le"].strip('"')
+            if le != "+Inf":
+                h["buckets"][float(le) * 1000] = h["buckets"].get(float(le) * 1000, 0.0) + float(value)
+        else:
+            h[kind] += float(value)
+    return out
+
+
+def steady(warm, final):
+    """Quantiles (ms) of what the histograms gathered between two scrapes: the run after its warm-up."""
+    a, b = histograms(warm), histograms(final)
+    out = {}
+    for key, hb in b.items():
+        ha = a.get(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        n = hb["count"] - ha["count"]
+        if n <= 0:
+            continue
+        buckets = sorted((le, c - ha["buckets"].get(le, 0.0)) for le, c in hb["buckets"].items())
+        name = key[1] or key[0].replace("shardline_", "").replace("_seconds", "")
+        out[name] = {"count": n, "mean_ms": (hb["sum"] - ha["sum"]) / n * 1000,
+                     **{f"p{k}_ms": percentile_from_buckets(buckets, n, q) for k, q in (("50", 0.5), ("99", 0.99), ("999", 0.999))}}
+        if name == "end_to_end":
+            out[name]["buckets"] = buckets
+    return out
+
+
+def follow(proc, port, target, timeout, skip=None):
     """Polls metrics until `target` records are done; returns the CPU µs per record of shardline, the
     database and the broker between the first and the last sample that saw progress ({} if none).
     The database's flushes and compactions after the window are not in it: its figure is a floor."""
     start = time.time()
     first = None
     last = None
+    warm, t = None, ""
     while time.time() - start < timeout and proc.poll() is None:
         t = scrape(port)
         done = metric(t, "shardline_messages_total", 'stage="written"') + metric(t, "shardline_messages_total", 'stage="dead_lettered"')
+        if skip is not None and warm is None and done >= skip:
+            warm = t
         sample = (done, cpu_seconds(proc.pid), services_cpu(), ctx_switches(proc.pid), time.time())
         if done > 0 and first is None:
             first = sample
@@ -202,6 +250,8 @@ def follow(proc, port, target, timeout):
         return {}
     n = last[0] - first[0]
     out = {"shardline": (last[1] - first[1]) / n * 1e6, "window": (first[4], last[4])}
+    if warm is not None and t:
+        out["steady"] = steady(warm, t)
     if first[3] is not None and last[3] is not None:
         out["ctx_per_msg"] = (last[3] - first[3]) / n
     for name in SERVICES:
@@ -225,7 +275,7 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
         time.sleep(3.5)  # the start barrier lets both shards join before the paced producer starts
         producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate), "--quiet"],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    cpu = follow(proc, PORT, target, timeout=600)
+    cpu = follow(proc, PORT, target, timeout=600, skip=rate * WARMUP_SECONDS if produce_count else None)
     cpu_us = cpu.get("shardline")
     rss = peak_rss_mib(proc.pid)
     produced = {}
@@ -243,6 +293,7 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
         "end_to_end": s["end_to_end"], "write": s["write"], "decode_p50_us": (s["decode"]["p50_ms"] or 0) * 1000,
         "end_to_end_buckets": s.get("end_to_end_buckets"), "stages": s.get("stages") or {},
         "send_to_append": produced.get("send_to_append"), "ctx_per_msg": cpu.get("ctx_per_msg"),
+        "steady": cpu.get("steady"),
         "jvm_pauses": pauses_in(*cpu["window"]) if cpu.get("window") else None,
         "rows_per_batch": (s.get("batches") or {}).get("mean_rows"),
         "batch_max_rows": batch_rows or 10,
@@ -274,7 +325,8 @@ def last_json(text):
 
 def tokio(name, topic, target, rate=0, produce_count=0, threads=2):
     cfg = config(name, topic, [0, 1])
-    proc = subprocess.Popen([HARNESS, "tokio", "--config", cfg, "--count", str(target), "--threads", str(threads)],
+    skip = rate * WARMUP_SECONDS if produce_count else 0
+    proc = subprocess.Popen([HARNESS, "tokio", "--config", cfg, "--count", str(target), "--threads", str(threads), "--skip", str(skip)],
                             stdout=subprocess.PIPE, stderr=open(os.path.join(OUT, f"{name}.log"), "w"), text=True)
     time.sleep(4)
     producer = None
@@ -300,10 +352,14 @@ def tokio(name, topic, target, rate=0, produce_count=0, threads=2):
     r = {
         "name": name, "impl": "tokio-multi-thread", "shards": threads, "sink": "cassandra", "offered_rate": rate or None,
         "messages": res["messages"], "msgs_per_s": res["msgs_per_s"], "cpu_us_per_msg": cpu_us, "peak_rss_mib": rss or None,
-        "end_to_end": res["end_to_end"], "end_to_end_buckets": res.get("end_to_end_buckets"),
+        # With a warm-up skipped, the harness's latencies are the steady ones only (no whole-run figure).
+        "end_to_end": {} if skip else res["end_to_end"], "end_to_end_buckets": res.get("end_to_end_buckets"),
         "stages": res.get("stages") or {}, "send_to_append": produced.get("send_to_append"),
         # Counted from the harness's start (it idles a few seconds before the first record).
         "ctx_per_msg": (ctx1 - ctx0) / res["messages"] if ctx0 and ctx1 and res["messages"] else None,
+        # The harness observed no latency of the warm-up's records: its quantiles are the steady ones.
+        "steady": {"end_to_end": {**res["end_to_end"], "buckets": res.get("end_to_end_buckets")},
+                   **(res.get("stages") or {})} if skip else None,
         "jvm_pauses": pauses_in(t0, t1) if produce_count else None,
     }
     print(json.dumps(r), flush=True)
@@ -371,7 +427,10 @@ def plots(results, out):
     # 1. End-to-end latency percentile curves per fixed rate, HDR style: x in "nines", y log scale.
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in results:
-        b, total = r.get("end_to_end_buckets"), (r.get("end_to_end") or {}).get("count") or (r.get("end_to_end_buckets") or [[0, 0]])[-1][1]
+        # After the warm-up (WARMUP_SECONDS), for every implementation alike.
+        e = (r.get("steady") or {}).get("end_to_end") or {}
+        b = e.get("buckets")
+        total = e.get("count") or (b[-1][1] if b else 0)
         if not r.get("offered_rate") or not b or not total:
             continue
         xs, ys = [], []
@@ -386,7 +445,7 @@ def plots(results, out):
     ax.set_xticks([-math.log10(1 - q) for q in PERCENTILES])
     ax.set_xticklabels([f"p{q * 100:g}" for q in PERCENTILES], rotation=30)
     ax.set_ylabel("append → written (ms, log)")
-    ax.set_title("End-to-end latency percentiles at fixed offered rates (from histogram buckets)")
+    ax.set_title(f"End-to-end latency percentiles at fixed rates, after a {WARMUP_SECONDS} s warm-up (histogram buckets)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     save(fig, "latency_percentiles")
@@ -623,18 +682,21 @@ def main():
               "the producer's acknowledgements; fetch = append → consumed by a shard; queue = consumed → write sent; JVM pauses = "
               "safepoints of the broker and Cassandra inside the run's window, from their -Xlog:safepoint files):", "",
               "| run | CPU µs/msg | ctx switches/msg | send→append p99 ms | fetch p99 | queue p99 | write p99 | e2e p50 | e2e p99 | e2e p999 | "
-              "Kafka pauses: n, max ms | Cassandra pauses: n, max ms |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"after {WARMUP_SECONDS} s warm-up: e2e p50 / p99 / p999 | fetch p99 | Kafka pauses: n, max ms | Cassandra pauses: n, max ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if not r.get("offered_rate"):
             continue
         e, st = r.get("end_to_end") or {}, r.get("stages") or {}
         p = r.get("jvm_pauses") or {}
         pause = lambda n: f"{p[n]['count']}, {p[n]['max_ms']:.1f}" if p.get(n) else "n/a"
+        sd = r.get("steady") or {}
+        se = sd.get("end_to_end") or {}
+        steady_cols = f"{fmt(se.get('p50_ms'), '', 2)} / {fmt(se.get('p99_ms'), '', 1)} / {fmt(se.get('p999_ms'), '', 1)} | {fmt((sd.get('fetch') or {}).get('p99_ms'), '', 1)}"
         lines.append(f"| {r['name']} | {fmt(r['cpu_us_per_msg'], '', 1)} | {fmt(r.get('ctx_per_msg'), '', 2)} | "
                      f"{fmt((r.get('send_to_append') or {}).get('p99_ms'), '', 1)} | {fmt((st.get('fetch') or {}).get('p99_ms'), '', 1)} | "
                      f"{fmt((st.get('queue') or {}).get('p99_ms'), '', 2)} | {fmt((r.get('write') or {}).get('p99_ms'), '', 1)} | "
-                     f"{fmt(e.get('p50_ms'), '', 2)} | {fmt(e.get('p99_ms'), '', 1)} | {fmt(e.get('p999_ms'), '', 1)} | {pause('kafka')} | {pause('cassandra')} |")
+                     f"{fmt(e.get('p50_ms'), '', 2)} | {fmt(e.get('p99_ms'), '', 1)} | {fmt(e.get('p999_ms'), '', 1)} | {steady_cols} | {pause('kafka')} | {pause('cassandra')} |")
     idles = [r for r in results if r.get("offered_rate") == 0]
     if idles:
         lines += ["", "Idle (no records, " + str(IDLE_SECONDS) + " s after start-up): " + "; ".join(
