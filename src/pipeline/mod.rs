@@ -160,7 +160,13 @@ pub struct Chain {
     steps: Vec<Step>,
     /// Index of the first sink: steps before it change the record, steps from it on only read it.
     first_sink: usize,
+    /// Records run so far: one in [`STEP_SAMPLE`] is timed per step (two clock reads per step per
+    /// record cost more than a sampled histogram loses; outcomes are counted for every record).
+    runs: std::cell::Cell<u32>,
 }
+
+/// One record in this many is timed for `shardline_step_seconds`.
+const STEP_SAMPLE: u32 = 16;
 
 /// A step with its metric handles, resolved once so the per-record path does no label lookups.
 struct Step {
@@ -203,7 +209,11 @@ impl Chain {
             .iter()
             .position(|s| s.processor.is_sink())
             .unwrap_or(steps.len());
-        Chain { steps, first_sink }
+        Chain {
+            steps,
+            first_sink,
+            runs: std::cell::Cell::new(0),
+        }
     }
 
     /// Sends every step's held-back work (see [`Processor::flush`]).
@@ -220,10 +230,17 @@ impl Chain {
             .collect()
     }
 
-    async fn timed(&self, step: &Step, rec: &mut Record) -> Result<StepOutcome, StepError> {
-        let t = Instant::now();
+    async fn timed(
+        &self,
+        step: &Step,
+        rec: &mut Record,
+        sampled: bool,
+    ) -> Result<StepOutcome, StepError> {
+        let t = sampled.then(Instant::now);
         let r = step.processor.process(rec).await;
-        step.seconds.observe(t.elapsed().as_secs_f64());
+        if let Some(t) = t {
+            step.seconds.observe(t.elapsed().as_secs_f64());
+        }
         let i = match &r {
             Ok(StepOutcome::Passed) => 0,
             Ok(StepOutcome::Missed) => 1,
@@ -239,15 +256,18 @@ impl Chain {
     /// Runs a record through the chain. `Ok(false)`: dropped on purpose. The record stays the
     /// caller's, so its allocation can be reused for the next record.
     pub async fn run(&self, rec: &mut Record) -> Result<bool, StepError> {
+        let n = self.runs.get().wrapping_add(1);
+        self.runs.set(n);
+        let sampled = n.is_multiple_of(STEP_SAMPLE);
         let (changing, sinks) = self.steps.split_at(self.first_sink);
         for step in changing {
-            if self.timed(step, rec).await? == StepOutcome::Dropped {
+            if self.timed(step, rec, sampled).await? == StepOutcome::Dropped {
                 return Ok(false);
             }
         }
         if let [only] = sinks {
             // The common case (insert-only): the one sink takes the record, nothing is copied.
-            self.timed(only, rec).await?;
+            self.timed(only, rec, sampled).await?;
             return Ok(true);
         }
         // Each sink gets its own copy (a custom sink may change its record; the built-in ones do
@@ -258,7 +278,7 @@ impl Chain {
             sinks
                 .iter()
                 .zip(copies.iter_mut().chain(std::iter::once(rec)))
-                .map(|(s, r)| self.timed(s, r)),
+                .map(|(s, r)| self.timed(s, r, sampled)),
         )
         .await;
         for r in results {

@@ -135,6 +135,9 @@ pub(super) struct Completion {
     pub epoch: u64,
     pub key: PartitionKey,
     pub offset: i64,
+    /// For the end-to-end latency of a written record, observed by the loop with the clock it reads
+    /// at completion anyway.
+    pub kafka_ts_ms: Option<i64>,
     pub outcome: RecordOutcome,
 }
 
@@ -144,6 +147,7 @@ impl Origin {
             epoch: self.epoch,
             key: (self.topic, self.partition),
             offset: self.offset,
+            kafka_ts_ms: self.kafka_ts_ms,
             outcome,
         }
     }
@@ -185,10 +189,7 @@ pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start
     let result = ctx.chain.run(&mut rec).await;
     ctx.give_back(std::mem::take(&mut rec.values));
     match result {
-        Ok(true) => {
-            observe_end_to_end(&ctx.metrics, origin.kafka_ts_ms);
-            origin.done(RecordOutcome::Written)
-        }
+        Ok(true) => origin.done(RecordOutcome::Written),
         Ok(false) => origin.done(RecordOutcome::Dropped),
         Err(StepError::Record { class, message }) => {
             Box::pin(fail(&ctx, origin, "process", class, message)).await
@@ -235,16 +236,6 @@ async fn await_schema(
         s.decoded.inc();
     }
     Ok(decoded)
-}
-
-/// Kafka record timestamp → now, for a record that was written.
-fn observe_end_to_end(metrics: &ShardMetrics, ts_ms: Option<i64>) {
-    if let Some(ms) = ts_ms {
-        let e2e_ms = crate::clock::now_ms() - ms;
-        metrics
-            .end_to_end_seconds
-            .observe(e2e_ms.max(0) as f64 / 1000.0);
-    }
 }
 
 /// A record that cannot be processed: counted, logged, then dead-lettered (or fatal without a topic).
