@@ -95,6 +95,7 @@ mod tests {
             kafka_ts_ms: None,
             offset: 0,
             key: None,
+            consumed: std::time::Instant::now(),
         };
         let out = futures::executor::block_on(UrlHost.process(&mut rec)).expect("never fails");
         assert_eq!(out, StepOutcome::Passed);
