@@ -133,7 +133,10 @@ impl ProducerContext for Ctx {
                         .append_us
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner);
-                    v.push(us);
+                    // Bounded: a long --duration run keeps its first 10 M samples (40 MB).
+                    if v.len() < 10_000_000 {
+                        v.push(us);
+                    }
                 }
             }
             Err(_) => {

@@ -43,7 +43,9 @@ pub struct ShardMetrics {
     /// Kafka timestamp → consumed by the shard (with CreateTime that includes the producer's batching
     /// and the broker's append; with a LogAppendTime topic only broker → shard), and `queue`, consumed
     /// → its write request sent (decode, processor steps, its batch closing). The write itself is
-    /// `write_seconds`; all three add up to `end_to_end_seconds`.
+    /// `write_seconds` (per request, last attempt). Together they make up most of
+    /// `end_to_end_seconds`; rate-cap waits, retry backoffs and the loop picking up the completion
+    /// are in none of them. `fetch` and end to end have the Kafka timestamp's resolution (1 ms).
     pub stage_fetch: Histogram,
     pub stage_queue: Histogram,
     pub messages: IntCounterVec,

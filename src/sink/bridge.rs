@@ -340,12 +340,16 @@ async fn drive(bridge: std::rc::Rc<TokioBridge>) {
         // sent by a linger timer) has had its turn and started its request by the second. No pump
         // in between: a turn that started a request is not quiet and the loop pumps at its top, and
         // the wait below runs the runtime's ready tasks (the request's write) before it blocks.
-        // Each pump costs two polls of tokio's driver (an epoll_wait each).
+        // Each pump costs two polls of tokio's driver (an epoll_wait each). A turn with activity
+        // ends the check at once: what it started is pumped now, not after another turn.
         let mut quiet = true;
         for _ in 0..2 {
             let before = link.activity();
             yield_once().await;
-            quiet &= link.activity() == before;
+            if link.activity() != before {
+                quiet = false;
+                break;
+            }
         }
         if quiet
             && link.idle.load(Ordering::Acquire)

@@ -303,6 +303,12 @@ impl ShardLoop {
         }
         // The record's one copy of its payload: decoded strings point into it, a dead letter sends it.
         let payload: Rc<[u8]> = Rc::from(msg.payload().unwrap_or_default());
+        self.decodes = self.decodes.wrapping_add(1);
+        // The decode alone, on the sampled records only.
+        let timed = self
+            .decodes
+            .is_multiple_of(DECODE_SAMPLE)
+            .then(Instant::now);
         let decoded = self
             .res
             .decoder
@@ -310,9 +316,8 @@ impl ShardLoop {
             .decode(&payload, &mut self.row);
         let start = match decoded {
             Ok(_) => {
-                self.decodes = self.decodes.wrapping_add(1);
-                if self.decodes.is_multiple_of(DECODE_SAMPLE) {
-                    metrics.decode_seconds.observe(now.elapsed().as_secs_f64());
+                if let Some(t) = timed {
+                    metrics.decode_seconds.observe(t.elapsed().as_secs_f64());
                 }
                 if let Some(s) = stage {
                     s.decoded.inc();
