@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end: services up, topic (8 partitions) and table created, navigation events
 # produced at a steady rate while `shardline run` consumes them, then a graceful stop and a summary.
+# A warm-up (WARM events, default 2 s of RATE) goes first and is not measured: on a fresh machine the
+# first seconds meet a cold Cassandra and JVMs that are still compiling, and their latencies would be
+# the summary's. The summary's latencies come from /metrics scraped before and after the measured part.
 #
 #   scripts/demo.sh                 # 300k events at 20k msg/s, the insert-only pipeline
 #   EVENTS=500000 RATE=0 scripts/demo.sh   # as fast as the producer goes
@@ -18,6 +21,7 @@ case $PIPELINE in
   *) echo "demo.sh: PIPELINE is insert or enrichment" >&2; exit 1 ;;
 esac
 UIDS=${UIDS:-4000}
+WARM=${WARM:-$(( RATE > 0 ? RATE * 2 : 20000 ))}
 # A topic and group of its own per run, so the summary counts exactly what this run produced.
 RUN_ID=$(date +%s)
 TOPIC=navigation_$RUN_ID
@@ -67,17 +71,34 @@ sleep 5
 written() {
   curl -fs http://127.0.0.1:9898/metrics | awk '/^shardline_messages_total/ && /stage="(written|dead_lettered|dropped)"/ {s+=$2} END {printf "%d\n", s}'
 }
+# Waits (up to 5 min) until `written` reaches $1.
+wait_written() {
+  local w
+  for _ in $(seq 1 600); do
+    w=$(written)
+    [ "${w%.*}" -ge "$1" ] && return 0
+    sleep 0.5
+  done
+  return 1
+}
+if [ "$WARM" -gt 0 ]; then
+  echo "== warming up: $WARM events at ${RATE} msg/s (not measured)"
+  base=$(written)
+  $B produce --topic $TOPIC --count "$WARM" --rate "$RATE" --seed $RANDOM --uids "$UIDS" --quiet >/dev/null
+  wait_written $((base + WARM)) || echo "demo.sh: the warm-up was not written within 5 min" >&2
+fi
+curl -fs http://127.0.0.1:9898/metrics >"$OUT/metrics.before"
 base=$(written)
 echo "== producing $EVENTS events at ${RATE} msg/s (0 = as fast as possible)"
 $B produce --topic $TOPIC --count "$EVENTS" --rate "$RATE" --seed $RANDOM --uids "$UIDS" >"$OUT/produce.json"
-
-echo "== waiting until shardline has written everything"
+# Kept up: what was left to write when the producer finished, and how long it took.
+produced_at=$(date +%s.%N)
 target=$((base + EVENTS))
-for _ in $(seq 1 600); do
-  w=$(written)
-  [ "${w%.*}" -ge "$target" ] && break
-  sleep 0.5
-done
+left=$((target - $(written)))
+echo "== waiting until shardline has written everything ($left records to go)"
+wait_written "$target" || echo "demo.sh: not everything was written within 5 min" >&2
+caught_up=$(python3 -c "import time; print(f'{time.time() - $produced_at:.1f}')")
+curl -fs http://127.0.0.1:9898/metrics >"$OUT/metrics.after"
 echo "== metrics excerpt"
 curl -fs http://127.0.0.1:9898/metrics | grep -E '^shardline_(messages_total|end_to_end_seconds_count|partition_assigned|commits_total|in_flight_writes)' | head -30
 kill -TERM $RUN_PID
@@ -89,23 +110,60 @@ if [ "$PIPELINE" = enrichment ]; then
 else
   rows=$($B cql "SELECT COUNT(*) FROM shardline.navigation_events")
 fi
-python3 - "$OUT/summary.json" "$OUT/produce.json" "$rows" <<'PY'
-import json, sys
+python3 - "$OUT/summary.json" "$OUT/produce.json" "$rows" "$OUT/metrics.before" "$OUT/metrics.after" "$left" "$caught_up" "$WARM" <<'PY'
+import collections, json, re, sys
 s = json.load(open(sys.argv[1]))
 p = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
 rows = sys.argv[3].strip()
-e = s["end_to_end"]
+left, caught_up, warm = int(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8])
+rate = p["rate_per_s"] or 0.0
 fmt = lambda v: "n/a" if v is None else f"{v:.2f} ms"
+H = re.compile(r'^(shardline_\w+_seconds)_(bucket|count)\{([^}]*)\} (\S+)$')
+def hist(path):
+    out = collections.defaultdict(lambda: {"b": collections.defaultdict(float), "count": 0.0})
+    for line in open(path):
+        m = H.match(line.strip())
+        if m and "stage=" not in m.group(3) and "step=" not in m.group(3):
+            name, kind, labels, v = m.groups()
+            if kind == "count":
+                out[name]["count"] += float(v)
+            else:
+                le = dict(x.split("=", 1) for x in labels.split(",") if "=" in x)["le"].strip('"')
+                if le != "+Inf":
+                    out[name]["b"][float(le) * 1000] += float(v)
+    return out
+h0, h1 = hist(sys.argv[4]), hist(sys.argv[5])
+def measured(name, unit=("ms", 1.0)):
+    """p50/p99/p999 of what `name` gathered during the measured part; "> top" past the top bucket."""
+    a, b = h0[name], h1[name]
+    n = b["count"] - a["count"]
+    if n <= 0:
+        return "n/a"
+    bk = sorted((le, c - a["b"].get(le, 0.0)) for le, c in b["b"].items())
+    def q(x):
+        r, lo, below = x * n, 0.0, 0.0
+        for le, c in bk:
+            if c >= r and c > below:
+                return f"{(lo + (le - lo) * (r - below) / (c - below)) * unit[1]:.2f} {unit[0]}"
+            lo, below = le, c
+        return f"> {lo:.0f} ms"  # above the histogram's top bucket: only a bound is known
+    return f"p50 {q(0.5)}  p99 {q(0.99)}  p999 {q(0.999)}"
 print()
 print("== shardline demo summary")
-print(f"  produced          {p['acked']} events at {p['rate_per_s']:.0f} msg/s")
+print(f"  produced          {p['acked']} events at {p['rate_per_s']:.0f} msg/s (after {warm} warm-up events, not measured)")
 print(f"  consumed          {s['consumed']}  (written {s['written']}, dead-lettered {s['dead_lettered']}) by {s['shards']} shards")
 print(f"  throughput        {s['msgs_per_s']:.0f} msg/s from first record to last write ({s['active_seconds']:.1f} s; paced by the producer at RATE)")
-print(f"  end to end        p50 {fmt(e['p50_ms'])}  p99 {fmt(e['p99_ms'])}  p999 {fmt(e['p999_ms'])}  (Kafka timestamp -> write acked)")
-if not s.get("steps"):
-    print(f"  insert            p50 {fmt(s['write']['p50_ms'])}  p99 {fmt(s['write']['p99_ms'])}")
-print(f"  decode            p50 {fmt(s['decode']['p50_ms'])}")
-print(f"  rows in table     {rows}")
+# Kept up: at most 0.2 s of the offered rate was still unwritten when the producer finished (the
+# records in flight and in the last fetches), and it was written within 2 s.
+backlog_s = left / rate if rate > 0 else 0.0
+kept = backlog_s <= 0.2 and caught_up <= 2.0
+print(f"  kept up           {'yes' if kept else 'NO'}: {left} records ({backlog_s:.2f} s of the offered rate) were unwritten "
+      f"when the producer finished, all written {caught_up:.1f} s later"
+      + ("" if kept else "; the offered rate is above what this machine sustains now (see scripts/bench.sh)"))
+print(f"  end to end        {measured('shardline_end_to_end_seconds')}  (Kafka timestamp -> write acked, measured part)")
+print(f"  insert            {measured('shardline_write_seconds')}  (per write request, measured part)")
+print(f"  decode            {measured('shardline_decode_seconds', ('µs', 1000.0))}  (one decode in 16 is timed)")
+print(f"  rows in table     {rows}  (warm-up included)")
 print(f"  metrics           http://127.0.0.1:9898/metrics (while shardline runs)")
 if s.get("steps"):
     print("  processor steps   " + "; ".join(f"{k}: {v}" for k, v in s["steps"].items()))

@@ -18,6 +18,27 @@ pub struct Quantiles {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
+    /// The top finite bucket's bound and the samples above it. A quantile that falls among those is
+    /// reported as the bound, which is then only a lower bound: print it as "> top" (see
+    /// [`Quantiles::shown`]), never as a measurement.
+    pub top_ms: Option<f64>,
+    pub over_top: u64,
+}
+
+impl Quantiles {
+    /// A quantile for people: "12.34 ms", "> 15000 ms" when it lies above the top bucket, "n/a".
+    pub fn shown(&self, q: f64, value: Option<f64>) -> String {
+        match (value, self.top_ms) {
+            (None, _) => "n/a".into(),
+            (Some(_), Some(top)) if self.beyond_top(q) => format!("> {top:.0} ms"),
+            (Some(v), _) => format!("{v:.2} ms"),
+        }
+    }
+
+    /// Whether quantile `q` falls among the samples above the top bucket.
+    pub fn beyond_top(&self, q: f64) -> bool {
+        self.over_top > 0 && q * self.count as f64 > (self.count - self.over_top) as f64
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,12 +173,15 @@ fn quantiles(fams: &[prometheus::proto::MetricFamily], name: &str) -> Quantiles 
         .flat_map(|f| f.get_metric())
         .map(|m| m.get_histogram().get_sample_sum())
         .sum();
+    let top = b.last().copied();
     Quantiles {
         count: n,
         mean_ms: (n > 0).then(|| sum / n as f64 * 1000.0),
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
+        top_ms: top.map(|(bound, _)| bound * 1000.0),
+        over_top: top.map_or(0, |(_, below)| n.saturating_sub(below)),
     }
 }
 
@@ -221,6 +245,30 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quantile_above_the_top_bucket_is_shown_as_a_bound_not_a_measurement() {
+        let m = crate::metrics::ShardMetrics::new(0);
+        for _ in 0..90 {
+            m.end_to_end_seconds.observe(0.004);
+        }
+        for _ in 0..10 {
+            m.end_to_end_seconds.observe(40.0); // a cold start: past the 15 s top bucket
+        }
+        let s = summarize(std::slice::from_ref(&m.registry), 1.0);
+        let e = &s.end_to_end;
+        assert_eq!((e.count, e.over_top, e.top_ms), (100, 10, Some(15_000.0)));
+        assert_eq!(e.shown(0.99, e.p99_ms), "> 15000 ms");
+        assert!(
+            e.shown(0.5, e.p50_ms).ends_with(" ms") && !e.shown(0.5, e.p50_ms).starts_with('>')
+        );
+        assert!(!e.beyond_top(0.9) && e.beyond_top(0.91));
+        let empty = summarize(
+            &[crate::metrics::ShardMetrics::new(1).registry.clone()],
+            1.0,
+        );
+        assert_eq!(empty.end_to_end.shown(0.99, empty.end_to_end.p99_ms), "n/a");
+    }
 
     #[test]
     fn stages_are_summarised_per_stage_over_every_shard() {
