@@ -26,6 +26,8 @@ import sys
 import time
 import urllib.request
 
+import metrics_window  # scripts/metrics_window.py: the one reader of scraped histograms
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.environ.get("OUT", os.path.join(ROOT, "results", "bench"))
 B = os.environ.get("SHARDLINE_BIN", os.path.join(ROOT, "target", "release", "shardline"))
@@ -188,45 +190,13 @@ def config(name, topic, cores, in_flight=512, batch_rows=None):
     return path
 
 
-HIST = re.compile(r'^(shardline_\w+_seconds)_(bucket|sum|count)\{([^}]*)\} (\S+)$')
-
-
-def histograms(text):
-    """{(name, stage or ""): {"buckets": {le_ms: cumulative}, "sum": s, "count": n}} summed over shards."""
-    out = {}
-    for line in text.splitlines():
-        m = HIST.match(line)
-        if not m:
-            continue
-        name, kind, labels, value = m.groups()
-        lab = dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
-        key = (name, lab.get("stage", "").strip('"'))
-        h = out.setdefault(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
-        if kind == "bucket":
-            le = lab["le"].strip('"')
-            if le != "+Inf":
-                h["buckets"][float(le) * 1000] = h["buckets"].get(float(le) * 1000, 0.0) + float(value)
-        else:
-            h[kind] += float(value)
-    return out
-
-
 def steady(warm, final):
     """Quantiles (ms) of what the histograms gathered between two scrapes: the run after its warm-up."""
-    a, b = histograms(warm), histograms(final)
-    out = {}
-    for key, hb in b.items():
-        ha = a.get(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
-        n = hb["count"] - ha["count"]
-        if n <= 0:
-            continue
-        buckets = sorted((le, c - ha["buckets"].get(le, 0.0)) for le, c in hb["buckets"].items())
-        name = key[1] or key[0].replace("shardline_", "").replace("_seconds", "")
-        out[name] = {"count": n, "mean_ms": (hb["sum"] - ha["sum"]) / n * 1000,
-                     **{f"p{k}_ms": percentile_from_buckets(buckets, n, q) for k, q in (("50", 0.5), ("99", 0.99), ("999", 0.999))}}
-        if name == "end_to_end":
-            out[name]["buckets"] = buckets
-    return out
+    w = metrics_window.window(warm, final)
+    for name, h in w.items():
+        if name != "end_to_end":
+            del h["buckets"]
+    return w
 
 
 def follow(proc, port, target, timeout, skip=None):
@@ -396,17 +366,6 @@ def idle(name, topic, tokio_impl=False):
     return r
 
 
-def percentile_from_buckets(buckets, total, q):
-    """The q-quantile (ms) of cumulative (upper bound ms, count) buckets, interpolated inside the bucket
-    as Prometheus does; None past the top bucket (then it is only known to be above it)."""
-    rank, lo, below = q * total, 0.0, 0
-    for le, cum in buckets:
-        if cum >= rank and cum > below:
-            return lo + (le - lo) * (rank - below) / (cum - below)
-        lo, below = le, cum
-    return None
-
-
 PERCENTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999)
 
 
@@ -440,7 +399,7 @@ def plots(results, out):
             continue
         xs, ys = [], []
         for q in PERCENTILES:
-            v = percentile_from_buckets(b, total, q)
+            v = metrics_window.percentile_from_buckets(b, total, q)
             if v is not None:
                 xs.append(-math.log10(1 - q))
                 ys.append(max(v, 1e-3))

@@ -111,43 +111,18 @@ else
   rows=$($B cql "SELECT COUNT(*) FROM shardline.navigation_events")
 fi
 python3 - "$OUT/summary.json" "$OUT/produce.json" "$rows" "$OUT/metrics.before" "$OUT/metrics.after" "$left" "$caught_up" "$WARM" <<'PY'
-import collections, json, re, sys
+import json, sys
+sys.path.insert(0, "scripts")
+from metrics_window import summary_line, window
 s = json.load(open(sys.argv[1]))
 p = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
 rows = sys.argv[3].strip()
 left, caught_up, warm = int(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8])
 rate = p["rate_per_s"] or 0.0
 fmt = lambda v: "n/a" if v is None else f"{v:.2f} ms"
-H = re.compile(r'^(shardline_\w+_seconds)_(bucket|count)\{([^}]*)\} (\S+)$')
-def hist(path):
-    out = collections.defaultdict(lambda: {"b": collections.defaultdict(float), "count": 0.0})
-    for line in open(path):
-        m = H.match(line.strip())
-        if m and "stage=" not in m.group(3) and "step=" not in m.group(3):
-            name, kind, labels, v = m.groups()
-            if kind == "count":
-                out[name]["count"] += float(v)
-            else:
-                le = dict(x.split("=", 1) for x in labels.split(",") if "=" in x)["le"].strip('"')
-                if le != "+Inf":
-                    out[name]["b"][float(le) * 1000] += float(v)
-    return out
-h0, h1 = hist(sys.argv[4]), hist(sys.argv[5])
-def measured(name, unit=("ms", 1.0)):
-    """p50/p99/p999 of what `name` gathered during the measured part; "> top" past the top bucket."""
-    a, b = h0[name], h1[name]
-    n = b["count"] - a["count"]
-    if n <= 0:
-        return "n/a"
-    bk = sorted((le, c - a["b"].get(le, 0.0)) for le, c in b["b"].items())
-    def q(x):
-        r, lo, below = x * n, 0.0, 0.0
-        for le, c in bk:
-            if c >= r and c > below:
-                return f"{(lo + (le - lo) * (r - below) / (c - below)) * unit[1]:.2f} {unit[0]}"
-            lo, below = le, c
-        return f"> {lo:.0f} ms"  # above the histogram's top bucket: only a bound is known
-    return f"p50 {q(0.5)}  p99 {q(0.99)}  p999 {q(0.999)}"
+# The measured part: what the histograms gathered between the two scrapes; "> top" past the top bucket.
+w = window(open(sys.argv[4]).read(), open(sys.argv[5]).read())
+measured = lambda name, unit="ms", scale=1.0: summary_line(w[name], unit, scale) if name in w else "n/a"
 print()
 print("== shardline demo summary")
 print(f"  produced          {p['acked']} events at {p['rate_per_s']:.0f} msg/s (after {warm} warm-up events, not measured)")
@@ -160,9 +135,9 @@ kept = backlog_s <= 0.2 and caught_up <= 2.0
 print(f"  kept up           {'yes' if kept else 'NO'}: {left} records ({backlog_s:.2f} s of the offered rate) were unwritten "
       f"when the producer finished, all written {caught_up:.1f} s later"
       + ("" if kept else "; the offered rate is above what this machine sustains now (see scripts/bench.sh)"))
-print(f"  end to end        {measured('shardline_end_to_end_seconds')}  (Kafka timestamp -> write acked, measured part)")
-print(f"  insert            {measured('shardline_write_seconds')}  (per write request, measured part)")
-print(f"  decode            {measured('shardline_decode_seconds', ('µs', 1000.0))}  (one decode in 16 is timed)")
+print(f"  end to end        {measured('end_to_end')}  (Kafka timestamp -> write acked, measured part)")
+print(f"  insert            {measured('write')}  (per write request, measured part)")
+print(f"  decode            {measured('decode', 'µs', 1000.0)}  (one decode in 16 is timed)")
 print(f"  rows in table     {rows}  (warm-up included)")
 print(f"  metrics           http://127.0.0.1:9898/metrics (while shardline runs)")
 if s.get("steps"):

@@ -46,7 +46,7 @@ sleep $((SECS - WARMUP - 2))
 snap >"$DIR/b"; t1=$(date +%s.%N); curl -fsS "127.0.0.1:$PORT/metrics" >"$DIR/m1"
 wait $PP
 python3 - "$DIR" "$t0" "$t1" "$RATE" "$(getconf CLK_TCK)" <<'PY'
-import collections, re, sys
+import collections, sys
 d, t0, t1, rate, tick = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rows = lambda f: {l.split()[0]: l.split() for l in open(f"{d}/{f}") if len(l.split()) == 5}
 a, b = rows("a"), rows("b")
@@ -69,37 +69,6 @@ for name, (k, u, s, c) in sorted(agg.items(), key=lambda kv: -(kv[1][1] + kv[1][
     tot = [tot[0] + u, tot[1] + s, tot[2] + c]
 print(f"  {'all threads':18s}     user {tot[0] / n * 1e6:6.1f} µs  sys {tot[1] / n * 1e6:6.1f} µs  ctx {tot[2] / n:5.2f}"
       f"  = {(tot[0] + tot[1]) / n * 1e6:.1f} µs CPU per record")
-H = re.compile(r'^(shardline_(?:stage|write|end_to_end)_seconds)_(bucket|sum|count)\{([^}]*)\} (\S+)$')
-def hist(f):
-    out = collections.defaultdict(lambda: {"b": collections.defaultdict(float), "sum": 0.0, "count": 0.0})
-    for l in open(f"{d}/{f}"):
-        m = H.match(l.strip())
-        if not m:
-            continue
-        name, kind, labels, v = m.groups()
-        lab = dict(x.split("=", 1) for x in labels.split(",") if "=" in x)
-        key = name + (":" + lab["stage"].strip('"') if "stage" in lab else "")
-        if kind == "bucket":
-            le = lab["le"].strip('"')
-            if le != "+Inf":
-                out[key]["b"][float(le)] += float(v)
-        else:
-            out[key][kind] += float(v)
-    return out
-h0, h1 = hist("m0"), hist("m1")
 print("histograms over the window (e2e and fetch have the Kafka timestamp's 1 ms resolution):")
-for k in sorted(h1):
-    c = h1[k]["count"] - h0[k]["count"]
-    if c <= 0:
-        continue
-    bk = sorted((le, v - h0[k]["b"].get(le, 0.0)) for le, v in h1[k]["b"].items())
-    def q(x):
-        r, lo, below = x * c, 0.0, 0.0
-        for le, v in bk:
-            if v >= r and v > below:
-                return (lo + (le - lo) * (r - below) / (v - below)) * 1000
-            lo, below = le, v
-        return float("inf")
-    mean = (h1[k]["sum"] - h0[k]["sum"]) / c * 1000
-    print(f"  {k:36s} n={c:8.0f}  mean {mean:8.3f} ms  p50 {q(.5):8.3f}  p99 {q(.99):8.3f}  p999 {q(.999):8.3f}")
 PY
+python3 "$ROOT/scripts/metrics_window.py" "$DIR/m0" "$DIR/m1"
