@@ -31,6 +31,8 @@ pub const MAX_DEPTH: usize = 64;
 /// items in all, which keeps decode time and allocation linear in the input while a small datum can
 /// still carry a few zero-byte items.
 const ITEM_ALLOWANCE: u64 = 1024;
+/// Kinds a start-up check expands for one field at most (see `Compiler::kind`).
+const KIND_BUDGET: usize = 10_000;
 
 /// A decoded value. Logical types keep their meaning so the CQL mapping can be exact. Text and bytes
 /// are ranges of the record's payload (see [`super::shared`]): a value keeps that payload alive, and is
@@ -59,6 +61,15 @@ pub enum Value {
     /// the CQL mapping scales it instead of taking it for milliseconds.
     TimestampNanos(i64),
     Uuid(Text),
+    /// A `decimal` (bytes or fixed): the unscaled value in big-endian two's complement, a range of
+    /// the payload, and the schema's scale (digits right of the point).
+    Decimal(Blob, i32),
+    /// An Avro `duration` (fixed 12): months, days and milliseconds, each unsigned.
+    Duration {
+        months: u32,
+        days: u32,
+        millis: u32,
+    },
     Array(Vec<Value>),
     Map(Vec<(Text, Value)>),
     /// A nested record, its fields in writer order.
@@ -85,13 +96,22 @@ pub enum Kind {
     TimestampMicros,
     TimestampNanos,
     Uuid,
+    /// `decimal` with the schema's precision and scale.
+    Decimal {
+        precision: usize,
+        scale: usize,
+    },
+    Duration,
     Array(Box<Kind>),
     Map(Box<Kind>),
-    Record,
+    /// A record: its fields' names and kinds, in writer order.
+    Record(Vec<(String, Kind)>),
+    /// A record that refers back to itself, or nests past what a check expands: written nowhere.
+    Opaque,
     /// `["null", T]` in either order.
     Nullable(Box<Kind>),
-    /// Any other union.
-    Union,
+    /// Any other union: its branches in writer order (`null` included where it is one).
+    Union(Vec<Kind>),
 }
 
 impl std::fmt::Display for Kind {
@@ -117,8 +137,25 @@ impl std::fmt::Display for Kind {
             Kind::TimestampMicros => f.write_str("timestamp-micros"),
             Kind::TimestampNanos => f.write_str("timestamp-nanos"),
             Kind::Uuid => f.write_str("uuid"),
-            Kind::Record => f.write_str("record"),
-            Kind::Union => f.write_str("union"),
+            Kind::Decimal { precision, scale } => write!(f, "decimal({precision}, {scale})"),
+            Kind::Duration => f.write_str("duration"),
+            Kind::Record(fields) => {
+                f.write_str("record{")?;
+                for (i, (name, kind)) in fields.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{name}: {kind}")?;
+                }
+                f.write_str("}")
+            }
+            Kind::Opaque => f.write_str("record (recursive)"),
+            Kind::Union(branches) => {
+                f.write_str("union[")?;
+                for (i, kind) in branches.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{kind}")?;
+                }
+                f.write_str("]")
+            }
         }
     }
 }
@@ -145,6 +182,14 @@ enum Node {
     TimestampMicros,
     TimestampNanos,
     UuidStr,
+    /// `decimal` over bytes (`size: None`) or a fixed of `size` bytes.
+    Decimal {
+        precision: usize,
+        scale: i32,
+        size: Option<usize>,
+    },
+    /// Avro `duration`: a fixed of 12 bytes.
+    Duration,
     Array(usize),
     Map(usize),
     Union(Vec<usize>),
@@ -157,8 +202,17 @@ enum Node {
 #[derive(Debug, Clone, Copy)]
 struct Step {
     node: usize,
-    /// The reader slot it fills, or `None` to skip it.
+    /// The reader slot it fills, or `None` to skip it (unless `nested` reads it).
     slot: Option<usize>,
+    /// Index into [`Plan::nested`]: the field paths below this field that fill slots (`geo.lat`).
+    nested: Option<usize>,
+}
+
+/// A nested field read into a slot: the field indices from a top-level field's value down to it.
+#[derive(Debug, Clone)]
+struct Path {
+    at: Vec<usize>,
+    slot: usize,
 }
 
 /// A writer schema resolved against the fields the pipeline reads.
@@ -166,6 +220,7 @@ struct Step {
 pub struct Plan {
     nodes: Vec<Node>,
     steps: Vec<Step>,
+    nested: Vec<Vec<Path>>,
     slots: usize,
     kinds: Vec<Kind>,
 }
@@ -207,6 +262,8 @@ impl Plan {
                 | (Some(Node::Float), Value::Float(_))
                 | (Some(Node::Double), Value::Double(_) | Value::Float(_))
                 | (Some(Node::Bytes | Node::Fixed(_)), Value::Bytes(_))
+                | (Some(Node::Decimal { .. }), Value::Decimal(..))
+                | (Some(Node::Duration), Value::Duration { .. })
                 | (
                     Some(Node::Str),
                     Value::Str(_) | Value::Enum(_) | Value::Uuid(_)
@@ -266,6 +323,37 @@ impl Plan {
             }
             (Node::Fixed(n), Value::Bytes(b)) if b.len() == *n => {
                 out.extend_from_slice(b.as_bytes())
+            }
+            // A decimal is written with the output schema's scale: a value of another scale would
+            // change its meaning, so it does not fit.
+            (
+                Node::Decimal {
+                    scale, size: None, ..
+                },
+                Value::Decimal(b, s),
+            ) if s == scale => {
+                write_long(out, b.len() as i64);
+                out.extend_from_slice(b.as_bytes());
+            }
+            (
+                Node::Decimal {
+                    scale,
+                    size: Some(n),
+                    ..
+                },
+                Value::Decimal(b, s),
+            ) if s == scale && b.len() == *n => out.extend_from_slice(b.as_bytes()),
+            (
+                Node::Duration,
+                Value::Duration {
+                    months,
+                    days,
+                    millis,
+                },
+            ) => {
+                for part in [months, days, millis] {
+                    out.extend_from_slice(&part.to_le_bytes());
+                }
             }
             (Node::Str | Node::UuidStr, Value::Str(s) | Value::Enum(s) | Value::Uuid(s)) => {
                 write_long(out, s.len() as i64);
@@ -342,7 +430,9 @@ pub struct Row {
 
 impl Plan {
     /// Resolves `writer` (a record schema) against `fields`, the record fields the pipeline reads.
-    /// A field absent from the writer schema is a [`CodecError::Resolution`].
+    /// A field is a top-level field's name or a path below one (`geo.lat`: Avro names hold no dot),
+    /// through records and nullable records; a path that meets a null reads as null. A field absent
+    /// from the writer schema is a [`CodecError::Resolution`].
     pub fn compile(writer: &Schema, fields: &[String]) -> Result<Plan, CodecError> {
         let mut c = Compiler {
             nodes: Vec::new(),
@@ -354,27 +444,61 @@ impl Plan {
                 "the writer schema is not a record".into(),
             ));
         };
+        let schema_name = || writer.name().map(|n| n.fullname(None)).unwrap_or_default();
         let mut steps = Vec::with_capacity(top.len());
+        let mut nested: Vec<Vec<Path>> = Vec::new();
         let mut kinds = vec![Kind::Null; fields.len()];
         let mut found = vec![false; fields.len()];
         for (name, node) in &top {
-            let slot = fields.iter().position(|f| f == name);
-            if let Some(s) = slot {
+            let mut step = Step {
+                node: *node,
+                slot: None,
+                nested: None,
+            };
+            let mut paths = Vec::new();
+            for (s, field) in fields.iter().enumerate() {
+                let mut parts = field.split('.');
+                if parts.next() != Some(name.as_str()) {
+                    continue;
+                }
+                let below: Vec<&str> = parts.collect();
                 found[s] = true;
-                kinds[s] = c.kind(*node, 0);
+                if below.is_empty() {
+                    step.slot = Some(s);
+                    kinds[s] = c.kind_of(*node);
+                    continue;
+                }
+                let (at, leaf, nullable) = c.path(*node, name, &below).map_err(|missing| {
+                    CodecError::Resolution(format!(
+                        "field '{field}' is not in writer schema {}: {missing}",
+                        schema_name()
+                    ))
+                })?;
+                let kind = c.kind_of(leaf);
+                kinds[s] = match kind {
+                    k @ (Kind::Null | Kind::Nullable(_)) => k,
+                    k if nullable => Kind::Nullable(Box::new(k)),
+                    k => k,
+                };
+                paths.push(Path { at, slot: s });
             }
-            steps.push(Step { node: *node, slot });
+            if !paths.is_empty() {
+                step.nested = Some(nested.len());
+                nested.push(paths);
+            }
+            steps.push(step);
         }
         if let Some(missing) = found.iter().position(|f| !f) {
             return Err(CodecError::Resolution(format!(
                 "field '{}' is not in writer schema {}",
                 fields.get(missing).map(String::as_str).unwrap_or("?"),
-                writer.name().map(|n| n.fullname(None)).unwrap_or_default()
+                schema_name()
             )));
         }
         Ok(Plan {
             nodes: c.nodes,
             steps,
+            nested,
             slots: fields.len(),
             kinds,
         })
@@ -426,14 +550,48 @@ impl Plan {
     fn read_steps(&self, r: &mut Reader<'_>, row: &mut Row) -> Result<(), CodecError> {
         for step in &self.steps {
             match step.slot.and_then(|slot| row.values.get_mut(slot)) {
-                Some(cell) => self.read(step.node, r, 1, cell)?,
-                None => self.skip(step.node, r, 1)?,
+                Some(cell) => {
+                    self.read(step.node, r, 1, cell)?;
+                    if let Some(n) = step.nested {
+                        // Mapped whole and by path: rare, so the copy stays simple.
+                        let top = cell.clone();
+                        self.extract(n, &top, row);
+                    }
+                }
+                None => match step.nested {
+                    Some(n) => {
+                        let mut top = Value::Null;
+                        self.read(step.node, r, 1, &mut top)?;
+                        self.extract(n, &top, row);
+                    }
+                    None => self.skip(step.node, r, 1)?,
+                },
             }
         }
         if r.pos != r.buf.len() {
             return Err(CodecError::TrailingBytes(r.buf.len() - r.pos));
         }
         Ok(())
+    }
+
+    /// Fills the slots of the paths below one top-level field from its decoded value `top`. A path
+    /// through a null (a nullable record that is null) reads as null.
+    fn extract(&self, nested: usize, top: &Value, row: &mut Row) {
+        let Some(paths) = self.nested.get(nested) else {
+            return;
+        };
+        for p in paths {
+            let mut v = Some(top);
+            for i in &p.at {
+                v = match v {
+                    Some(Value::Record(fields)) => fields.get(*i).map(|(_, x)| x),
+                    _ => None,
+                };
+            }
+            if let Some(slot) = row.values.get_mut(p.slot) {
+                *slot = v.cloned().unwrap_or(Value::Null);
+            }
+        }
     }
 
     /// [`Plan::decode`] of a datum that is not in a shared payload yet: copies it into one (tests,
@@ -475,6 +633,21 @@ impl Plan {
             Node::Str => Value::Str(r.text()?),
             Node::UuidStr => Value::Uuid(r.text()?),
             Node::Fixed(n) => Value::Bytes(r.blob(*n)?),
+            Node::Decimal { scale, size, .. } => {
+                let n = match size {
+                    Some(n) => *n,
+                    None => r.len()?,
+                };
+                Value::Decimal(r.blob(n)?, *scale)
+            }
+            Node::Duration => {
+                let [m0, m1, m2, m3, d0, d1, d2, d3, s0, s1, s2, s3] = r.fixed::<12>()?;
+                Value::Duration {
+                    months: u32::from_le_bytes([m0, m1, m2, m3]),
+                    days: u32::from_le_bytes([d0, d1, d2, d3]),
+                    millis: u32::from_le_bytes([s0, s1, s2, s3]),
+                }
+            }
             Node::Enum(symbols) => {
                 let i = r.long()?;
                 let s = usize::try_from(i)
@@ -569,8 +742,14 @@ impl Plan {
             Node::Bytes | Node::Str | Node::UuidStr => {
                 r.bytes()?;
             }
-            Node::Fixed(n) => {
+            Node::Fixed(n) | Node::Decimal { size: Some(n), .. } => {
                 r.take(*n)?;
+            }
+            Node::Decimal { size: None, .. } => {
+                r.bytes()?;
+            }
+            Node::Duration => {
+                r.take(12)?;
             }
             Node::Array(item) => {
                 let item = *item;
@@ -641,15 +820,41 @@ impl Compiler {
             Schema::TimestampNanos | Schema::LocalTimestampNanos => Node::TimestampNanos,
             Schema::Uuid(UuidSchema::String) => Node::UuidStr,
             Schema::Uuid(UuidSchema::Bytes) => Node::Bytes,
-            Schema::Uuid(UuidSchema::Fixed(f)) | Schema::Duration(f) => {
+            Schema::Uuid(UuidSchema::Fixed(f)) => {
                 let i = self.push(Node::Fixed(f.size));
                 self.named.insert(f.name.fullname(None), i);
                 return Ok(i);
             }
-            Schema::Decimal(d) => match &d.inner {
-                InnerDecimalSchema::Bytes => Node::Bytes,
-                InnerDecimalSchema::Fixed(f) => Node::Fixed(f.size),
-            },
+            Schema::Duration(f) => {
+                if f.size != 12 {
+                    return Err(CodecError::Resolution(format!(
+                        "duration {} is a fixed of {} bytes, not 12",
+                        f.name.fullname(None),
+                        f.size
+                    )));
+                }
+                let i = self.push(Node::Duration);
+                self.named.insert(f.name.fullname(None), i);
+                return Ok(i);
+            }
+            Schema::Decimal(d) => {
+                let scale = i32::try_from(d.scale).map_err(|_| {
+                    CodecError::Resolution(format!("decimal scale {} is too large", d.scale))
+                })?;
+                let size = match &d.inner {
+                    InnerDecimalSchema::Bytes => None,
+                    InnerDecimalSchema::Fixed(f) => Some(f.size),
+                };
+                let i = self.push(Node::Decimal {
+                    precision: d.precision,
+                    scale,
+                    size,
+                });
+                if let InnerDecimalSchema::Fixed(f) = &d.inner {
+                    self.named.insert(f.name.fullname(None), i);
+                }
+                return Ok(i);
+            }
             Schema::Fixed(f) => {
                 let i = self.push(Node::Fixed(f.size));
                 self.named.insert(f.name.fullname(None), i);
@@ -705,12 +910,87 @@ impl Compiler {
         Ok(self.push(n))
     }
 
-    fn kind(&self, node: usize, depth: usize) -> Kind {
-        if depth > MAX_DEPTH {
-            return Kind::Record;
+    /// Resolves the field names `below` a node: the field index at each level, the leaf node, and
+    /// whether a nullable record (or a union holding a record) was passed on the way. `Err` says
+    /// which name is missing.
+    fn path<'n>(
+        &self,
+        mut node: usize,
+        top: &'n str,
+        below: &[&'n str],
+    ) -> Result<(Vec<usize>, usize, bool), String> {
+        let mut at = Vec::with_capacity(below.len());
+        let mut nullable = false;
+        let mut parent = top;
+        for name in below {
+            let record = self.record_in(node, &mut nullable).ok_or_else(|| {
+                format!("'{parent}' is not a record, so it has no field '{name}'")
+            })?;
+            let Some(Node::Record(fields)) = self.nodes.get(record) else {
+                return Err(format!("'{parent}' is not a record"));
+            };
+            let (i, (_, child)) = fields
+                .iter()
+                .enumerate()
+                .find(|(_, (n, _))| n == name)
+                .ok_or_else(|| format!("the record has no field '{name}'"))?;
+            at.push(i);
+            node = *child;
+            parent = name;
         }
+        Ok((at, node, nullable))
+    }
+
+    /// `node` if it is a record, or the one record branch of a union (which makes the path
+    /// nullable: another branch reads as null).
+    fn record_in(&self, node: usize, nullable: &mut bool) -> Option<usize> {
+        match self.nodes.get(node)? {
+            Node::Record(_) => Some(node),
+            Node::Union(branches) => {
+                let mut records = branches
+                    .iter()
+                    .filter(|b| matches!(self.nodes.get(**b), Some(Node::Record(_))));
+                let one = *records.next()?;
+                if records.next().is_some() {
+                    return None;
+                }
+                *nullable = true;
+                Some(one)
+            }
+            _ => None,
+        }
+    }
+
+    /// The kind of `node`, expanded within [`KIND_BUDGET`].
+    fn kind_of(&self, node: usize) -> Kind {
+        let mut budget = KIND_BUDGET;
+        self.kind(node, &mut Vec::new(), &mut budget)
+    }
+
+    /// The kind of `node`, for start-up checks. Records expand into their fields, except a record
+    /// already being expanded (a recursive type) and anything past `budget` expanded kinds (a schema
+    /// that reuses a wide named type at many places): those are [`Kind::Opaque`], which no column
+    /// accepts.
+    fn kind(&self, node: usize, open: &mut Vec<usize>, budget: &mut usize) -> Kind {
+        if open.len() > MAX_DEPTH || *budget == 0 {
+            return Kind::Opaque;
+        }
+        *budget -= 1;
+        let mut sub = |i: usize, open: &mut Vec<usize>| self.kind(i, open, budget);
         match self.nodes.get(node) {
-            None | Some(Node::Pending) | Some(Node::Record(_)) => Kind::Record,
+            None | Some(Node::Pending) => Kind::Opaque,
+            Some(Node::Record(fields)) => {
+                if open.contains(&node) {
+                    return Kind::Opaque;
+                }
+                open.push(node);
+                let kinds = fields
+                    .iter()
+                    .map(|(name, f)| (name.clone(), sub(*f, open)))
+                    .collect();
+                open.pop();
+                Kind::Record(kinds)
+            }
             Some(Node::Null) => Kind::Null,
             Some(Node::Bool) => Kind::Bool,
             Some(Node::Int) => Kind::Int,
@@ -728,8 +1008,15 @@ impl Compiler {
             Some(Node::TimestampMicros) => Kind::TimestampMicros,
             Some(Node::TimestampNanos) => Kind::TimestampNanos,
             Some(Node::UuidStr) => Kind::Uuid,
-            Some(Node::Array(i)) => Kind::Array(Box::new(self.kind(*i, depth + 1))),
-            Some(Node::Map(i)) => Kind::Map(Box::new(self.kind(*i, depth + 1))),
+            Some(Node::Decimal {
+                precision, scale, ..
+            }) => Kind::Decimal {
+                precision: *precision,
+                scale: usize::try_from(*scale).unwrap_or(0),
+            },
+            Some(Node::Duration) => Kind::Duration,
+            Some(Node::Array(i)) => Kind::Array(Box::new(sub(*i, open))),
+            Some(Node::Map(i)) => Kind::Map(Box::new(sub(*i, open))),
             Some(Node::Union(b)) => {
                 let non_null: Vec<usize> = b
                     .iter()
@@ -737,8 +1024,8 @@ impl Compiler {
                     .filter(|i| !matches!(self.nodes.get(*i), Some(Node::Null)))
                     .collect();
                 match (b.len(), non_null.as_slice()) {
-                    (2, [one]) => Kind::Nullable(Box::new(self.kind(*one, depth + 1))),
-                    _ => Kind::Union,
+                    (2, [one]) => Kind::Nullable(Box::new(sub(*one, open))),
+                    _ => Kind::Union(b.iter().map(|i| sub(*i, open)).collect()),
                 }
             }
         }
@@ -1280,5 +1567,224 @@ mod tests {
             plan.decode_copy(&[0xff; 11], &mut row),
             Err(CodecError::BadVarint)
         );
+    }
+
+    const WIDE: &str = r#"{"type":"record","name":"order","namespace":"t","fields":[
+        {"name":"id","type":"string"},
+        {"name":"geo","type":["null",{"type":"record","name":"geo","fields":[
+            {"name":"lat","type":"double"},
+            {"name":"lon","type":["null","double"]}]}]},
+        {"name":"amount","type":{"type":"bytes","logicalType":"decimal","precision":9,"scale":2}},
+        {"name":"price","type":{"type":"fixed","name":"p8","size":8,"logicalType":"decimal","precision":18,"scale":0}},
+        {"name":"wait","type":{"type":"fixed","name":"d12","size":12,"logicalType":"duration"}},
+        {"name":"items","type":{"type":"array","items":{"type":"record","name":"item","fields":[
+            {"name":"sku","type":"string"},{"name":"qty","type":"int"}]}}},
+        {"name":"u","type":["null","string","long"]}
+    ]}"#;
+
+    fn wide_datum(schema: &Schema, geo: Option<(f64, Option<f64>)>, u: AvroValue) -> Vec<u8> {
+        use apache_avro::{Days, Decimal, Duration, Millis, Months};
+        let geo = match geo {
+            None => AvroValue::Union(0, Box::new(AvroValue::Null)),
+            Some((lat, lon)) => AvroValue::Union(
+                1,
+                Box::new(AvroValue::Record(vec![
+                    ("lat".into(), AvroValue::Double(lat)),
+                    (
+                        "lon".into(),
+                        match lon {
+                            None => AvroValue::Union(0, Box::new(AvroValue::Null)),
+                            Some(x) => AvroValue::Union(1, Box::new(AvroValue::Double(x))),
+                        },
+                    ),
+                ])),
+            ),
+        };
+        encode(
+            schema,
+            AvroValue::Record(vec![
+                ("id".into(), AvroValue::String("o1".into())),
+                ("geo".into(), geo),
+                (
+                    "amount".into(),
+                    AvroValue::Decimal(Decimal::from(vec![0xfb, 0x1e])),
+                ),
+                (
+                    "price".into(),
+                    AvroValue::Decimal(Decimal::from(vec![0, 0, 0, 0, 0, 0, 0x04, 0xe2])),
+                ),
+                (
+                    "wait".into(),
+                    AvroValue::Duration(Duration::new(
+                        Months::new(1),
+                        Days::new(2),
+                        Millis::new(3),
+                    )),
+                ),
+                (
+                    "items".into(),
+                    AvroValue::Array(vec![AvroValue::Record(vec![
+                        ("sku".into(), AvroValue::String("a".into())),
+                        ("qty".into(), AvroValue::Int(2)),
+                    ])]),
+                ),
+                ("u".into(), u),
+            ]),
+        )
+    }
+
+    // Fails on the old code: a nested path was "not in writer schema", a decimal lost its scale (it
+    // decoded as bytes) and a duration was a plain fixed.
+    #[test]
+    fn nested_paths_decimals_durations_and_unions_decode_with_their_kinds() {
+        let schema = Schema::parse_str(WIDE).expect("test schema parses");
+        let plan = plan_for(
+            WIDE,
+            &[
+                "geo.lat", "amount", "price", "wait", "items", "u", "geo.lon", "geo",
+            ],
+        );
+        let kinds = plan.kinds();
+        let geo = Kind::Record(vec![
+            ("lat".into(), Kind::Double),
+            ("lon".into(), Kind::Nullable(Box::new(Kind::Double))),
+        ]);
+        assert_eq!(
+            kinds,
+            &[
+                Kind::Nullable(Box::new(Kind::Double)),
+                Kind::Decimal {
+                    precision: 9,
+                    scale: 2
+                },
+                Kind::Decimal {
+                    precision: 18,
+                    scale: 0
+                },
+                Kind::Duration,
+                Kind::Array(Box::new(Kind::Record(vec![
+                    ("sku".into(), Kind::Str),
+                    ("qty".into(), Kind::Int),
+                ]))),
+                Kind::Union(vec![Kind::Null, Kind::Str, Kind::Long]),
+                Kind::Nullable(Box::new(Kind::Double)),
+                Kind::Nullable(Box::new(geo)),
+            ]
+        );
+        let mut row = Row::default();
+        let datum = wide_datum(
+            &schema,
+            Some((1.5, None)),
+            AvroValue::Union(2, Box::new(AvroValue::Long(9))),
+        );
+        plan.decode_copy(&datum, &mut row).expect("decodes");
+        assert_eq!(row.values[0], Value::Double(1.5));
+        assert_eq!(
+            row.values[1],
+            Value::Decimal(Blob::from(&[0xfb, 0x1e][..]), 2)
+        );
+        assert_eq!(
+            row.values[2],
+            Value::Decimal(Blob::from(&[0, 0, 0, 0, 0, 0, 0x04, 0xe2][..]), 0)
+        );
+        assert_eq!(
+            row.values[3],
+            Value::Duration {
+                months: 1,
+                days: 2,
+                millis: 3
+            }
+        );
+        assert_eq!(
+            row.values[4],
+            Value::Array(vec![Value::Record(vec![
+                ("sku".into(), Value::Str("a".into())),
+                ("qty".into(), Value::Int(2)),
+            ])])
+        );
+        assert_eq!(row.values[5], Value::Long(9));
+        assert_eq!(row.values[6], Value::Null);
+        assert_eq!(
+            row.values[7],
+            Value::Record(vec![
+                ("lat".into(), Value::Double(1.5)),
+                ("lon".into(), Value::Null),
+            ])
+        );
+        // A null record: every path below it reads as null.
+        let datum = wide_datum(
+            &schema,
+            None,
+            AvroValue::Union(1, Box::new(AvroValue::String("s".into()))),
+        );
+        plan.decode_copy(&datum, &mut row).expect("decodes");
+        assert_eq!(row.values[0], Value::Null);
+        assert_eq!(row.values[6], Value::Null);
+        assert_eq!(row.values[5], Value::Str("s".into()));
+        // The encoder writes what the decoder read (a produce step re-encodes decimals and durations).
+        let (writer, names) = Plan::for_encoding(&schema).expect("compiles");
+        let all = Plan::compile(&schema, &names).expect("compiles");
+        let mut whole = Row::default();
+        all.decode_copy(&datum, &mut whole).expect("decodes");
+        let refs: Vec<&Value> = whole.values.iter().collect();
+        let mut out = Vec::new();
+        writer.encode(&refs, &mut out).expect("encodes");
+        assert_eq!(out, datum);
+    }
+
+    #[test]
+    fn a_path_that_is_not_there_names_the_missing_part() {
+        let schema = Schema::parse_str(WIDE).expect("test schema parses");
+        for (field, part) in [
+            ("geo.alt", "the record has no field 'alt'"),
+            (
+                "amount.x",
+                "'amount' is not a record, so it has no field 'x'",
+            ),
+            ("geo.lat.x", "'lat' is not a record"),
+            ("nope.x", "'nope.x'"),
+        ] {
+            match Plan::compile(&schema, &[field.to_string()]) {
+                Err(CodecError::Resolution(m)) => {
+                    assert!(m.contains(part), "{m} lacks {part}");
+                    assert!(m.contains(&format!("'{field}'")), "{m}");
+                }
+                other => panic!("{field}: expected a resolution error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_recursive_record_is_opaque_to_checks_and_still_decodes() {
+        let tree = r#"{"type":"record","name":"node","fields":[
+            {"name":"v","type":"int"},
+            {"name":"next","type":["null","node"]}]}"#;
+        let plan = plan_for(tree, &["next", "next.v"]);
+        assert_eq!(
+            plan.kinds()[0],
+            Kind::Nullable(Box::new(Kind::Record(vec![
+                ("v".into(), Kind::Int),
+                ("next".into(), Kind::Nullable(Box::new(Kind::Opaque))),
+            ])))
+        );
+        assert_eq!(plan.kinds()[1], Kind::Nullable(Box::new(Kind::Int)));
+        let schema = Schema::parse_str(tree).expect("parses");
+        let leaf = AvroValue::Record(vec![
+            ("v".into(), AvroValue::Int(2)),
+            (
+                "next".into(),
+                AvroValue::Union(0, Box::new(AvroValue::Null)),
+            ),
+        ]);
+        let datum = encode(
+            &schema,
+            AvroValue::Record(vec![
+                ("v".into(), AvroValue::Int(1)),
+                ("next".into(), AvroValue::Union(1, Box::new(leaf))),
+            ]),
+        );
+        let mut row = Row::default();
+        plan.decode_copy(&datum, &mut row).expect("decodes");
+        assert_eq!(row.values[1], Value::Int(2));
     }
 }

@@ -8,9 +8,10 @@
 //! finer than a millisecond (timestamp-micros, timestamp-nanos) are rounded down to the CQL
 //! `timestamp`'s millisecond, as the column cannot hold more; integers never wrap or saturate.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
-use scylla::value::{CqlDate, CqlTime, CqlTimestamp, CqlValue};
+use scylla::value::{CqlDate, CqlDecimal, CqlDuration, CqlTime, CqlTimestamp, CqlValue, CqlVarint};
 
 use super::{Cell, StartError};
 use crate::codec::{Kind, Value};
@@ -34,10 +35,21 @@ pub enum CqlType {
     Uuid,
     TimeUuid,
     Inet,
+    Decimal,
+    Varint,
+    Duration,
     List(Box<CqlType>),
     Set(Box<CqlType>),
     Map(Box<CqlType>, Box<CqlType>),
-    /// Anything shardline does not write (counter, UDTs, tuples, vectors...).
+    /// A user-defined type of `keyspace`, with its fields in declaration order (resolved from
+    /// `system_schema.types` by [`CqlType::resolve_udts`]).
+    Udt {
+        keyspace: String,
+        name: String,
+        fields: Vec<(String, CqlType)>,
+    },
+    /// Anything shardline does not write (counter, tuples, vectors...), and a UDT before it is
+    /// resolved.
     Other(String),
 }
 
@@ -47,6 +59,7 @@ impl std::fmt::Display for CqlType {
             CqlType::List(t) => write!(f, "list<{t}>"),
             CqlType::Set(t) => write!(f, "set<{t}>"),
             CqlType::Map(k, v) => write!(f, "map<{k}, {v}>"),
+            CqlType::Udt { name, .. } => write!(f, "frozen<{name}>"),
             CqlType::Other(s) => f.write_str(s),
             other => f.write_str(&format!("{other:?}").to_ascii_lowercase()),
         }
@@ -88,10 +101,61 @@ impl CqlType {
             "uuid" => CqlType::Uuid,
             "timeuuid" => CqlType::TimeUuid,
             "inet" => CqlType::Inet,
+            "decimal" => CqlType::Decimal,
+            "varint" => CqlType::Varint,
+            "duration" => CqlType::Duration,
             other => CqlType::Other(other.to_string()),
         }
     }
+
+    /// Replaces the names of `keyspace`'s user-defined types (`Other("address")`) with their
+    /// definitions, nested ones included. `types` maps a type name to its field names and type texts
+    /// (`system_schema.types`). A type that refers to itself through others stops at
+    /// [`MAX_UDT_DEPTH`] and stays `Other` there, which no Avro kind converts to.
+    pub fn resolve_udts(
+        self,
+        keyspace: &str,
+        types: &HashMap<String, Vec<(String, String)>>,
+    ) -> Self {
+        self.resolve_at(keyspace, types, 0)
+    }
+
+    fn resolve_at(
+        self,
+        keyspace: &str,
+        types: &HashMap<String, Vec<(String, String)>>,
+        depth: usize,
+    ) -> Self {
+        let next = |t: Box<CqlType>| Box::new(t.resolve_at(keyspace, types, depth + 1));
+        match self {
+            CqlType::List(t) => CqlType::List(next(t)),
+            CqlType::Set(t) => CqlType::Set(next(t)),
+            CqlType::Map(k, v) => CqlType::Map(next(k), next(v)),
+            CqlType::Other(name) if depth < MAX_UDT_DEPTH => {
+                let bare = name.trim_matches('"');
+                match types.get(bare) {
+                    Some(fields) => CqlType::Udt {
+                        keyspace: keyspace.to_string(),
+                        name: bare.to_string(),
+                        fields: fields
+                            .iter()
+                            .map(|(f, t)| {
+                                let t = CqlType::parse(t).resolve_at(keyspace, types, depth + 1);
+                                (f.clone(), t)
+                            })
+                            .collect(),
+                    },
+                    None => CqlType::Other(name),
+                }
+            }
+            other => other,
+        }
+    }
 }
+
+/// How deep user-defined types may nest in a column (a type cannot refer to itself in CQL; the
+/// bound only keeps a corrupt schema table from recursing).
+const MAX_UDT_DEPTH: usize = 16;
 
 fn generic<'a>(s: &'a str, name: &str) -> Option<&'a str> {
     s.strip_prefix(name)?
@@ -121,6 +185,17 @@ pub fn compatible(kind: &Kind, ty: &CqlType) -> bool {
     match (kind, ty) {
         (Kind::Nullable(k), t) => compatible(k, t),
         (Kind::Null, _) => true,
+        // A general union goes where one of its branches goes; a record whose branch does not
+        // convert fails on its own (a mapping error), never silently.
+        (Kind::Union(branches), t) => branches
+            .iter()
+            .any(|b| !matches!(b, Kind::Null) && compatible(b, t)),
+        // Written as the text of the number (`-12.50`): exact, no rounding.
+        (Kind::Decimal { .. }, C::Decimal | C::Text | C::Ascii) => true,
+        (Kind::Decimal { scale: 0, .. }, C::Varint) => true,
+        (Kind::Int | Kind::Long, C::Varint | C::Decimal) => true,
+        (Kind::Duration, C::Duration) => true,
+        (Kind::Record(fields), C::Udt { fields: udt, .. }) => record_fits_udt(fields, udt),
         (Kind::Str, C::Text | C::Ascii | C::Inet | C::Uuid | C::TimeUuid) => true,
         // An enum symbol is an Avro name ([A-Za-z_][A-Za-z0-9_]*): text, never an address or a UUID.
         (Kind::Enum, C::Text | C::Ascii) => true,
@@ -147,10 +222,46 @@ pub fn compatible(kind: &Kind, ty: &CqlType) -> bool {
     }
 }
 
+/// A record goes into a UDT when each of its fields is a field of the UDT with a type it converts
+/// to (a field the UDT lacks would be lost: refused). A UDT field the record lacks is written null.
+fn record_fits_udt(fields: &[(String, Kind)], udt: &[(String, CqlType)]) -> bool {
+    fields
+        .iter()
+        .all(|(name, kind)| udt.iter().any(|(n, t)| n == name && compatible(kind, t)))
+}
+
+/// Why a record does not go into a UDT, for the start-up message: the first field that does not fit.
+fn udt_misfit(fields: &[(String, Kind)], udt: &[(String, CqlType)]) -> Option<String> {
+    fields.iter().find_map(|(name, kind)| {
+        match udt.iter().find(|(n, _)| n == name) {
+            None => Some(format!("the UDT has no field '{name}'")),
+            Some((_, t)) if !compatible(kind, t) => Some(format!(
+                "its field '{name}' of Avro type {kind} cannot be written to UDT field '{name}' of CQL type {t}"
+            )),
+            Some(_) => None,
+        }
+    })
+}
+
+/// What inside a refused pair does not fit, where the pair nests a record in a UDT.
+fn misfit(kind: &Kind, ty: &CqlType) -> Option<String> {
+    match (kind, ty) {
+        (Kind::Nullable(k), t) => misfit(k, t),
+        (Kind::Array(k), CqlType::List(t) | CqlType::Set(t))
+        | (Kind::Map(k), CqlType::Map(_, t)) => misfit(k, t),
+        (Kind::Record(fields), CqlType::Udt { fields: udt, .. }) => udt_misfit(fields, udt),
+        _ => None,
+    }
+}
+
 /// CQL collections cannot hold nulls: an element kind that may be null (`null`, `[null, T]`) would make
 /// [`convert`] fail on every record that has one, so such collections are refused at start-up.
 fn never_null(k: &Kind) -> bool {
-    !matches!(k, Kind::Null | Kind::Nullable(_))
+    match k {
+        Kind::Null | Kind::Nullable(_) => false,
+        Kind::Union(branches) => !branches.contains(&Kind::Null),
+        _ => true,
+    }
 }
 
 /// Nanoseconds in a day: a CQL `time` is a time of day, `0 <= ns < NANOS_PER_DAY`.
@@ -191,6 +302,10 @@ pub fn convert_into(v: &Value, ty: &CqlType, out: &mut Option<Cell>) -> Result<(
         (Value::Str(s) | Value::Enum(s), C::Ascii) if s.is_ascii() => Cell::Text(s.clone()),
         (Value::Str(_), C::Ascii) => return Err("string is not ASCII"),
         (Value::Bytes(b), C::Blob) => Cell::Blob(b.clone()),
+        (Value::Decimal(b, scale), C::Text | C::Ascii) => {
+            Cell::Text(decimal_text(b.as_bytes(), *scale)?.into())
+        }
+        (Value::Record(fields), C::Udt { .. }) => Cell::Cql(udt(fields, ty)?),
         (Value::Array(items), C::List(t) | C::Set(t)) => Cell::List(convert_items(items, t)?),
         (Value::Map(entries), C::Map(k, t)) => {
             let mut pairs = Vec::with_capacity(entries.len());
@@ -258,6 +373,29 @@ fn convert_scalar(v: &Value, ty: &CqlType) -> Result<CqlValue, &'static str> {
         (Value::TimeMicros(us), C::Time) => time_of_day(us.checked_mul(1000))?,
         (Value::TimeMillis(ms), C::BigInt) => CqlValue::BigInt(i64::from(*ms)),
         (Value::TimeMicros(us), C::BigInt) => CqlValue::BigInt(*us),
+        (Value::Decimal(b, scale), C::Decimal) => CqlValue::Decimal(
+            CqlDecimal::from_signed_be_bytes_slice_and_exponent(varint_bytes(b.as_bytes()), *scale),
+        ),
+        // Only a whole number is a varint: the check lets only scale 0 here.
+        (Value::Decimal(b, 0), C::Varint) => CqlValue::Varint(
+            CqlVarint::from_signed_bytes_be_slice(varint_bytes(b.as_bytes())),
+        ),
+        (Value::Int(i), C::Varint) => CqlValue::Varint(varint(i64::from(*i))),
+        (Value::Long(l), C::Varint) => CqlValue::Varint(varint(*l)),
+        (Value::Int(i), C::Decimal) => CqlValue::Decimal(whole_decimal(i64::from(*i))),
+        (Value::Long(l), C::Decimal) => CqlValue::Decimal(whole_decimal(*l)),
+        (
+            Value::Duration {
+                months,
+                days,
+                millis,
+            },
+            C::Duration,
+        ) => CqlValue::Duration(CqlDuration {
+            months: i32::try_from(*months).map_err(|_| "duration months out of range for CQL")?,
+            days: i32::try_from(*days).map_err(|_| "duration days out of range for CQL")?,
+            nanoseconds: i64::from(*millis) * 1_000_000,
+        }),
         _ => return Err("value type does not convert to the column type"),
     })
 }
@@ -289,6 +427,115 @@ fn inet(s: &str) -> Result<CqlValue, &'static str> {
     ))
 }
 
+/// The bytes of a varint: an empty Avro decimal is zero, which CQL writes as one zero byte.
+fn varint_bytes(b: &[u8]) -> &[u8] {
+    if b.is_empty() {
+        &[0]
+    } else {
+        b
+    }
+}
+
+/// `v` as a varint, in its shortest two's complement form.
+fn varint(v: i64) -> CqlVarint {
+    let bytes = v.to_be_bytes();
+    let mut start = 0;
+    while let (Some(b), Some(next)) = (bytes.get(start), bytes.get(start + 1)) {
+        let redundant = (*b == 0 && next & 0x80 == 0) || (*b == 0xff && next & 0x80 != 0);
+        if !redundant {
+            break;
+        }
+        start += 1;
+    }
+    CqlVarint::from_signed_bytes_be_slice(bytes.get(start..).unwrap_or(&bytes))
+}
+
+fn whole_decimal(v: i64) -> CqlDecimal {
+    let digits = varint(v);
+    CqlDecimal::from_signed_be_bytes_slice_and_exponent(digits.as_signed_bytes_be_slice(), 0)
+}
+
+/// The longest decimal (in bytes of its unscaled value) written as text: 128 bytes are 308 digits,
+/// beyond any schema's precision in practice; the bound keeps the quadratic conversion small.
+const MAX_DECIMAL_TEXT_BYTES: usize = 128;
+
+/// The exact text of a decimal: the unscaled value (big-endian two's complement) with `scale`
+/// digits after the point, as `-12.50` or `0.05` (no exponent, no rounding, trailing zeros kept:
+/// they are the scale).
+#[inline(never)]
+fn decimal_text(bytes: &[u8], scale: i32) -> Result<String, &'static str> {
+    use std::fmt::Write;
+    if bytes.len() > MAX_DECIMAL_TEXT_BYTES {
+        return Err("decimal too long to write as text");
+    }
+    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
+    let mut magnitude = bytes.to_vec();
+    if negative {
+        // Two's complement: invert, then add one from the least significant byte up.
+        let mut carry = true;
+        for b in magnitude.iter_mut().rev() {
+            *b = !*b;
+            if carry {
+                let (v, overflow) = b.overflowing_add(1);
+                *b = v;
+                carry = overflow;
+            }
+        }
+    }
+    // Base 10^9 limbs, least significant first, by long division of the big-endian bytes.
+    let mut limbs: Vec<u32> = Vec::new();
+    while magnitude.iter().any(|b| *b != 0) {
+        let mut rem: u64 = 0;
+        for b in magnitude.iter_mut() {
+            let cur = (rem << 8) | u64::from(*b);
+            *b = (cur / 1_000_000_000) as u8;
+            rem = cur % 1_000_000_000;
+        }
+        limbs.push(rem as u32);
+    }
+    let mut digits = limbs.last().map_or_else(|| "0".to_string(), u32::to_string);
+    for limb in limbs.iter().rev().skip(1) {
+        let _ = write!(digits, "{limb:09}");
+    }
+    let scale = usize::try_from(scale).map_err(|_| "negative decimal scale")?;
+    if scale > 0 {
+        if digits.len() <= scale {
+            digits.insert_str(0, &"0".repeat(scale + 1 - digits.len()));
+        }
+        digits.insert(digits.len() - scale, '.');
+    }
+    if negative {
+        digits.insert(0, '-');
+    }
+    Ok(digits)
+}
+
+/// A record as a value of the UDT `ty`: each record field converted to the UDT field of its name.
+fn udt(fields: &[(String, Value)], ty: &CqlType) -> Result<CqlValue, &'static str> {
+    let CqlType::Udt {
+        keyspace,
+        name,
+        fields: udt_fields,
+    } = ty
+    else {
+        return Err("value type does not convert to the column type");
+    };
+    let mut out = Vec::with_capacity(fields.len());
+    for (field, v) in fields {
+        let (_, t) = udt_fields
+            .iter()
+            .find(|(n, _)| n == field)
+            .ok_or("record field missing from the UDT")?;
+        let cell = convert(v, t)?;
+        out.push((field.clone(), cell.map(|c| cql_for(c, t))));
+    }
+    Ok(CqlValue::UserDefinedType {
+        keyspace: keyspace.clone(),
+        name: name.clone(),
+        fields: out,
+    })
+}
+
 fn convert_items(items: &[Value], t: &CqlType) -> Result<Vec<Cell>, &'static str> {
     let mut out = Vec::with_capacity(items.len());
     for i in items {
@@ -313,8 +560,11 @@ pub fn check(columns: &[ColumnMap], kinds: &[Kind]) -> Result<(), StartError> {
             StartError::Schema(format!("field '{}' has no decoded slot", c.field))
         })?;
         if !compatible(kind, &c.ty) {
+            let why = misfit(kind, &c.ty)
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
             return Err(StartError::Schema(format!(
-                "field '{}' of Avro type {} cannot be written to column '{}' of CQL type {}",
+                "field '{}' of Avro type {} cannot be written to column '{}' of CQL type {}{why}",
                 c.field, kind, c.column, c.ty
             )));
         }
@@ -325,6 +575,7 @@ pub fn check(columns: &[ColumnMap], kinds: &[Kind]) -> Result<(), StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Blob;
 
     /// [`convert`] in the driver's own type, to compare with the expected `CqlValue`.
     fn cql(v: Value, ty: &CqlType) -> Result<Option<CqlValue>, &'static str> {
@@ -430,8 +681,19 @@ mod tests {
             K::TimestampMicros,
             K::TimestampNanos,
             K::Uuid,
-            K::Record,
-            K::Union,
+            K::Decimal {
+                precision: 9,
+                scale: 2,
+            },
+            K::Decimal {
+                precision: 9,
+                scale: 0,
+            },
+            K::Duration,
+            geo_kind(),
+            K::Record(vec![("lat".into(), K::Str)]),
+            K::Opaque,
+            K::Array(bx(geo_kind())),
         ];
         for element in [
             K::Int,
@@ -476,7 +738,146 @@ mod tests {
             C::Map(bx(C::Int), bx(C::Int)),
             C::Map(bx(C::Text), bx(C::Text)),
             C::Map(bx(C::Text), bx(C::List(bx(C::Int)))),
+            C::Decimal,
+            C::Varint,
+            C::Duration,
+            geo_udt(),
+            geo_udt_with_alt(),
+            C::List(bx(geo_udt())),
             C::Other("counter".into()),
+        ]
+    }
+
+    /// A record `{lat: double, lon: [null, double]}`, as a nested `geo` record of a schema.
+    fn geo_kind() -> Kind {
+        Kind::Record(vec![
+            ("lat".into(), Kind::Double),
+            ("lon".into(), Kind::Nullable(bx(Kind::Double))),
+        ])
+    }
+
+    /// The UDT `ks.geo (lat double, lon double)`.
+    fn geo_udt() -> CqlType {
+        CqlType::Udt {
+            keyspace: "ks".into(),
+            name: "geo".into(),
+            fields: vec![
+                ("lat".into(), CqlType::Double),
+                ("lon".into(), CqlType::Double),
+            ],
+        }
+    }
+
+    /// `ks.geo2 (alt int, lat double, lon double)`: a field the record lacks, written null.
+    fn geo_udt_with_alt() -> CqlType {
+        CqlType::Udt {
+            keyspace: "ks".into(),
+            name: "geo2".into(),
+            fields: vec![
+                ("alt".into(), CqlType::Int),
+                ("lat".into(), CqlType::Double),
+                ("lon".into(), CqlType::Double),
+            ],
+        }
+    }
+
+    fn geo_value(lon: Option<f64>) -> Value {
+        Value::Record(vec![
+            ("lat".into(), Value::Double(1.5)),
+            ("lon".into(), lon.map_or(Value::Null, Value::Double)),
+        ])
+    }
+
+    fn geo_cql(name: &str, lon: Option<f64>) -> CqlValue {
+        CqlValue::UserDefinedType {
+            keyspace: "ks".into(),
+            name: name.into(),
+            fields: vec![
+                ("lat".into(), Some(CqlValue::Double(1.5))),
+                ("lon".into(), lon.map(CqlValue::Double)),
+            ],
+        }
+    }
+
+    fn dec(bytes: &[u8], scale: i32) -> Value {
+        Value::Decimal(Blob::from(bytes), scale)
+    }
+
+    fn cql_dec(bytes: &[u8], scale: i32) -> CqlValue {
+        CqlValue::Decimal(CqlDecimal::from_signed_be_bytes_slice_and_exponent(
+            bytes, scale,
+        ))
+    }
+
+    fn cql_varint(bytes: &[u8]) -> CqlValue {
+        CqlValue::Varint(CqlVarint::from_signed_bytes_be_slice(bytes))
+    }
+
+    /// Decimals, varints, durations, records into UDTs.
+    fn wide_pairs() -> Vec<Pair> {
+        use CqlType as C;
+        use CqlValue as Q;
+        use Kind as K;
+        let d2 = || K::Decimal {
+            precision: 9,
+            scale: 2,
+        };
+        let d0 = || K::Decimal {
+            precision: 9,
+            scale: 0,
+        };
+        // -12.50: the unscaled -1250 is 0xfb1e; 1250 is 0x04e2.
+        let minus = [0xfb, 0x1e];
+        let plus = [0x04, 0xe2];
+        vec![
+            (d2(), C::Decimal, dec(&minus, 2), cql_dec(&minus, 2)),
+            (d2(), C::Text, dec(&minus, 2), Q::Text("-12.50".into())),
+            (d2(), C::Ascii, dec(&minus, 2), Q::Ascii("-12.50".into())),
+            (d0(), C::Decimal, dec(&plus, 0), cql_dec(&plus, 0)),
+            (d0(), C::Varint, dec(&plus, 0), cql_varint(&plus)),
+            (d0(), C::Text, dec(&plus, 0), Q::Text("1250".into())),
+            (d0(), C::Ascii, dec(&plus, 0), Q::Ascii("1250".into())),
+            (K::Int, C::Varint, Value::Int(-7), cql_varint(&[0xf9])),
+            (K::Int, C::Decimal, Value::Int(-7), cql_dec(&[0xf9], 0)),
+            (
+                K::Long,
+                C::Varint,
+                Value::Long(1 << 40),
+                cql_varint(&[1, 0, 0, 0, 0, 0]),
+            ),
+            (
+                K::Long,
+                C::Decimal,
+                Value::Long(255),
+                cql_dec(&[0, 0xff], 0),
+            ),
+            (
+                K::Duration,
+                C::Duration,
+                Value::Duration {
+                    months: 1,
+                    days: 2,
+                    millis: 3,
+                },
+                Q::Duration(CqlDuration {
+                    months: 1,
+                    days: 2,
+                    nanoseconds: 3_000_000,
+                }),
+            ),
+            (geo_kind(), geo_udt(), geo_value(None), geo_cql("geo", None)),
+            (
+                geo_kind(),
+                geo_udt_with_alt(),
+                geo_value(Some(-2.0)),
+                geo_cql("geo2", Some(-2.0)),
+            ),
+            (
+                K::Array(bx(geo_kind())),
+                C::List(bx(geo_udt())),
+                Value::Array(vec![geo_value(Some(-2.0))]),
+                Q::List(vec![geo_cql("geo", Some(-2.0))]),
+            ),
         ]
     }
 
@@ -491,6 +892,7 @@ mod tests {
         all.extend(bytes_and_text_pairs());
         all.extend(temporal_pairs());
         all.extend(collection_pairs());
+        all.extend(wide_pairs());
         all
     }
 
@@ -922,6 +1324,145 @@ mod tests {
             cql(Value::TimeMicros(86_399_999_999), &CqlType::Time),
             Ok(Some(CqlValue::Time(CqlTime(86_399_999_999_000))))
         );
+    }
+
+    #[test]
+    fn decimals_are_written_as_text_exactly() {
+        let cases: [(&[u8], i32, &str); 10] = [
+            (&[], 0, "0"),
+            (&[0], 3, "0.000"),
+            (&[5], 2, "0.05"),
+            (&[0xfb], 1, "-0.5"),
+            (&[0x80], 0, "-128"),
+            (&[0x7f], 0, "127"),
+            (&[0xff, 0xff], 0, "-1"),
+            (&[0x04, 0xe2], 2, "12.50"),
+            // 2^64 = 18446744073709551616: more than one limb of nine digits.
+            (&[1, 0, 0, 0, 0, 0, 0, 0, 0], 4, "1844674407370955.1616"),
+            // -(2^64) in nine bytes: 0xff followed by eight zeros.
+            (&[0xff, 0, 0, 0, 0, 0, 0, 0, 0], 0, "-18446744073709551616"),
+        ];
+        for (bytes, scale, text) in cases {
+            assert_eq!(decimal_text(bytes, scale).as_deref(), Ok(text), "{bytes:?}");
+        }
+        assert!(decimal_text(&[1; MAX_DECIMAL_TEXT_BYTES + 1], 0).is_err());
+    }
+
+    // Fails on the old code: every general union was refused, whatever its branches.
+    #[test]
+    fn a_general_union_goes_where_a_branch_goes_and_a_branch_that_does_not_fails_its_record() {
+        let union = Kind::Union(vec![Kind::Null, Kind::Str, Kind::Long]);
+        for ty in cql_universe() {
+            let any_branch = compatible(&Kind::Str, &ty) || compatible(&Kind::Long, &ty);
+            assert_eq!(compatible(&union, &ty), any_branch, "{union} -> {ty}");
+        }
+        assert!(compatible(&union, &CqlType::Text));
+        assert!(compatible(&union, &CqlType::BigInt));
+        assert!(!compatible(&union, &CqlType::Blob));
+        // The branch written decides, per record.
+        assert_eq!(
+            cql(Value::Str("x".into()), &CqlType::Text),
+            Ok(Some(CqlValue::Text("x".into())))
+        );
+        assert!(cql(Value::Long(3), &CqlType::Text).is_err());
+        assert_eq!(cql(Value::Null, &CqlType::Text), Ok(None));
+        // A union that may be null cannot fill a collection's elements.
+        let list = CqlType::List(bx(CqlType::Text));
+        assert!(!compatible(&Kind::Array(bx(union.clone())), &list));
+        let no_null = Kind::Union(vec![Kind::Str, Kind::Long]);
+        assert!(compatible(&Kind::Array(bx(no_null)), &list));
+    }
+
+    #[test]
+    fn values_outside_the_wider_types_fail_their_record_only() {
+        let months = Value::Duration {
+            months: u32::MAX,
+            days: 0,
+            millis: 0,
+        };
+        assert!(cql(months, &CqlType::Duration).is_err());
+        let days = Value::Duration {
+            months: 0,
+            days: 1 << 31,
+            millis: 0,
+        };
+        assert!(cql(days, &CqlType::Duration).is_err());
+        let long = dec(&[1; MAX_DECIMAL_TEXT_BYTES + 1], 0);
+        assert!(cql(long, &CqlType::Text).is_err());
+        // A record field the UDT lacks (only a union branch can bring one past the check).
+        let extra = Value::Record(vec![("alt".into(), Value::Int(1))]);
+        assert!(cql(extra, &geo_udt()).is_err());
+    }
+
+    #[test]
+    fn a_record_that_does_not_fit_its_udt_is_refused_naming_the_field() {
+        let cases = [
+            (
+                Kind::Record(vec![("lat".into(), Kind::Str)]),
+                "its field 'lat' of Avro type string cannot be written to UDT field 'lat' of CQL type double",
+            ),
+            (
+                Kind::Record(vec![("alt".into(), Kind::Int)]),
+                "the UDT has no field 'alt'",
+            ),
+            (Kind::Opaque, "record (recursive)"),
+        ];
+        for (kind, part) in cases {
+            let cols = [ColumnMap {
+                column: "where".into(),
+                field: "geo".into(),
+                slot: 0,
+                ty: CqlType::List(bx(geo_udt())),
+            }];
+            let msg = check(&cols, &[Kind::Array(bx(kind))])
+                .expect_err("refused")
+                .to_string();
+            assert!(msg.contains(part), "{msg} lacks {part}");
+            assert!(msg.contains("list<frozen<geo>>"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn udt_names_resolve_to_their_fields_nested_ones_included() {
+        let mut types = HashMap::new();
+        types.insert(
+            "geo".to_string(),
+            vec![
+                ("lat".to_string(), "double".to_string()),
+                ("lon".to_string(), "double".to_string()),
+            ],
+        );
+        types.insert(
+            "place".to_string(),
+            vec![
+                ("name".to_string(), "text".to_string()),
+                ("at".to_string(), "frozen<geo>".to_string()),
+            ],
+        );
+        let ty = CqlType::parse("frozen<list<frozen<place>>>").resolve_udts("ks", &types);
+        let CqlType::List(place) = ty else {
+            panic!("a list: {ty:?}");
+        };
+        assert_eq!(
+            *place,
+            CqlType::Udt {
+                keyspace: "ks".into(),
+                name: "place".into(),
+                fields: vec![("name".into(), CqlType::Text), ("at".into(), geo_udt())],
+            }
+        );
+        assert_eq!(
+            CqlType::parse("counter").resolve_udts("ks", &types),
+            CqlType::Other("counter".into())
+        );
+        // A self-reference (impossible in CQL, possible in a corrupt table) ends, unresolved.
+        let mut looped = HashMap::new();
+        looped.insert(
+            "a".to_string(),
+            vec![("x".to_string(), "frozen<a>".to_string())],
+        );
+        let deep = CqlType::parse("frozen<a>").resolve_udts("ks", &looped);
+        assert!(format!("{deep:?}").contains("Other(\"a\")"), "{deep:?}");
     }
 
     #[test]

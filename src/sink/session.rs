@@ -127,6 +127,9 @@ pub async fn table_columns(
         .await
         .map_err(|e| columns_err(&e))?;
     let rows = res.into_rows_result().map_err(|e| columns_err(&e))?;
+    let udts = keyspace_types(session, keyspace)
+        .await
+        .map_err(|e| columns_err(&e))?;
     let mut out = HashMap::new();
     for r in rows
         .rows::<(String, String)>()
@@ -142,10 +145,30 @@ pub async fn table_columns(
                 "non-frozen list column: replays duplicate its elements; use frozen<list<..>> or set<..> for idempotent writes"
             );
         }
-        out.insert(name, CqlType::parse(&ty));
+        out.insert(name, CqlType::parse(&ty).resolve_udts(keyspace, &udts));
     }
     if out.is_empty() {
         return Err(StartError::NoTable(format!("{keyspace}.{table}")));
+    }
+    Ok(out)
+}
+
+/// The user-defined types of `keyspace`: name → (field name, field type text), in field order.
+async fn keyspace_types(
+    session: &Session,
+    keyspace: &str,
+) -> Result<HashMap<String, Vec<(String, String)>>, Box<dyn std::error::Error>> {
+    let res = session
+        .query_unpaged(
+            "SELECT type_name, field_names, field_types FROM system_schema.types WHERE keyspace_name = ?",
+            (keyspace,),
+        )
+        .await?;
+    let rows = res.into_rows_result()?;
+    let mut out = HashMap::new();
+    for r in rows.rows::<(String, Vec<String>, Vec<String>)>()? {
+        let (name, names, types) = r?;
+        out.insert(name, names.into_iter().zip(types).collect());
     }
     Ok(out)
 }
