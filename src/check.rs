@@ -11,8 +11,9 @@ use apache_avro::Schema;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::codec::{CodecError, Plan, RegistryClient, SchemaResolver};
-use crate::config::{Config, SchemaSource};
+use crate::config::{Config, ConfigError, SchemaSource};
 use crate::kafka::{consumer_config, start_up_error, KafkaError, LastError};
+use crate::pipeline::meta;
 use crate::runtime::RunError;
 use crate::sink::bridge::TokioBridge;
 use crate::sink::{self, mapping, Binder, StartError};
@@ -75,8 +76,14 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
             "writer schema does not parse: {e}"
         )))
     })?;
+    let plan = Plan::compile(&schema, &config.decoded_fields())?;
+    // The record's fields read from Kafka, decoded then metadata, and their kinds in that order.
     let fields = config.needed_fields();
-    let plan = Plan::compile(&schema, &fields)?;
+    let mut kinds = plan.kinds().to_vec();
+    kinds.extend(
+        meta::kinds(&fields, config.kafka.key_format)
+            .map_err(|e| RunError::Config(ConfigError::Invalid(e.to_string())))?,
+    );
     // Table and types.
     let bridge = TokioBridge::new().map_err(|source| RunError::Bridge { shard: 0, source })?;
     let session = bridge.block_on(sink::connect(config))?;
@@ -86,8 +93,8 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
     let types = columns_of(&config.table)?;
     let all = config.all_fields();
     let binder = Binder::for_table(&config.table, &all, &types)?;
-    mapping::check(&decoded_only(&binder.columns, fields.len()), plan.kinds())?;
-    check_special(config, &fields, plan.kinds())?;
+    mapping::check(&decoded_only(&binder.columns, fields.len()), &kinds)?;
+    check_special(config, &fields, &kinds)?;
     let mut columns: Vec<String> = binder
         .columns
         .iter()
@@ -97,7 +104,7 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
     for p in &config.processors {
         if let crate::config::ProcessorConfig::Insert { name, table } = p {
             let b = Binder::for_table(table, &all, &columns_of(table)?)?;
-            mapping::check(&decoded_only(&b.columns, fields.len()), plan.kinds())?;
+            mapping::check(&decoded_only(&b.columns, fields.len()), &kinds)?;
             columns.extend(
                 b.columns
                     .iter()
@@ -112,7 +119,7 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
     })
 }
 
-/// The columns fed by decoded fields: enriched ones (lookups) are type-checked per record instead.
+/// The columns fed by fields read from the Kafka record (decoded or metadata): enriched ones (lookups) are type-checked per record instead.
 fn decoded_only(columns: &[mapping::ColumnMap], decoded: usize) -> Vec<mapping::ColumnMap> {
     columns
         .iter()

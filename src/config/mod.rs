@@ -97,6 +97,10 @@ pub struct KafkaConfig {
     /// record retries for a long time. Default 100000.
     #[serde(default = "default_max_pending_per_partition")]
     pub max_pending_per_partition: usize,
+    /// How the record key is read for `kafka.key` columns (and a tombstone's delete): `string`
+    /// (UTF-8, the default; a key that is not is a record error) or `bytes`. Default `string`.
+    #[serde(default, deserialize_with = "de_key_format")]
+    pub key_format: KeyFormat,
     /// Extra librdkafka properties, passed through verbatim to consumer and producer
     /// (for example `security.protocol`, `sasl.mechanism`, `fetch.min.bytes`).
     /// `sasl.password` may be given as `SHARDLINE_KAFKA_SASL_PASSWORD` instead. Default: empty.
@@ -417,6 +421,11 @@ pub struct TableConfig {
     /// `null` (writes a CQL null, which is a tombstone and overwrites an earlier value).
     #[serde(default, deserialize_with = "de_null_values")]
     pub null_values: NullValues,
+    /// What a tombstone does to this table: `dead_letter` (the default), `skip` or `delete`. With
+    /// `delete`, every primary-key column must be mapped from Kafka metadata (`kafka.key`, …), as a
+    /// tombstone has no value fields; checked at start-up.
+    #[serde(default, deserialize_with = "de_on_tombstone")]
+    pub on_tombstone: OnTombstone,
 }
 
 /// The `timestamp_source` key of a table: where its write timestamp comes from. Its sibling keys
@@ -434,6 +443,33 @@ pub enum TimestampSource {
     Fixed,
     /// `now`: the writer's clock at bind time.
     Now,
+}
+
+/// How the Kafka record key is read (`kafka.key_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFormat {
+    /// `string`: UTF-8 text. The default.
+    #[default]
+    String,
+    /// `bytes`: the key's bytes as they are (for a `blob` column).
+    Bytes,
+}
+
+/// What a tombstone (a record whose value is null, as compacted topics carry) does to a table
+/// (`on_tombstone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTombstone {
+    /// `dead_letter`: the record goes to the dead-letter topic (class `tombstone`). The default: a
+    /// tombstone on a topic that is not meant to carry them is a producer's mistake to look at.
+    #[default]
+    DeadLetter,
+    /// `skip`: nothing is written; the offset is committed.
+    Skip,
+    /// `delete`: the row whose primary key the record's key and metadata give is deleted, with the
+    /// write timestamp of the table's rule, so an older insert replayed later does not bring it back.
+    Delete,
 }
 
 /// What a null record field writes (`null_values`).
@@ -516,7 +552,18 @@ impl TableConfig {
                 i32::MAX
             ));
         }
-        self.write_timestamp_at(key)?;
+        let ts = self.write_timestamp_at(key)?;
+        if self.on_tombstone == OnTombstone::Delete && matches!(ts, WriteTimestamp::Field(_)) {
+            return bad(format!(
+                "{key}.on_tombstone = \"delete\" needs a write timestamp a tombstone has: \
+                 {key}.timestamp_source = \"field\" reads the value, which a tombstone lacks \
+                 (use \"kafka\", the default)"
+            ));
+        }
+        for field in self.columns.values() {
+            crate::pipeline::meta::Meta::parse(field)
+                .map_err(|e| ConfigError::Invalid(format!("{key}.columns: {e}")))?;
+        }
         Ok(())
     }
 }
@@ -783,6 +830,12 @@ fn de_null_values<'de, D: Deserializer<'de>>(d: D) -> Result<NullValues, D::Erro
 fn de_on_miss<'de, D: Deserializer<'de>>(d: D) -> Result<MissPolicy, D::Error> {
     keyed("on_miss", d)
 }
+fn de_key_format<'de, D: Deserializer<'de>>(d: D) -> Result<KeyFormat, D::Error> {
+    keyed("key_format", d)
+}
+fn de_on_tombstone<'de, D: Deserializer<'de>>(d: D) -> Result<OnTombstone, D::Error> {
+    keyed("on_tombstone", d)
+}
 
 /// Librdkafka keys that shardline owns: setting them through the passthrough map would break
 /// the at-least-once contract.
@@ -851,6 +904,10 @@ impl Config {
         self.table.validate("table")?;
         self.validate_shard_cores()?;
         self.validate_processors()?;
+        for field in self.needed_fields() {
+            crate::pipeline::meta::Meta::parse(&field)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if self.shards.io_memory_bytes < 64 * 1024 {
             return bad("shards.io_memory_bytes must be at least 65536".into());
         }
@@ -1078,7 +1135,22 @@ impl Config {
                 }
             }
         }
-        fields
+        // Decoded fields first, then the Kafka metadata fields: the decoder fills a prefix of the
+        // slots.
+        let (mut decoded, meta): (Vec<String>, Vec<String>) = fields
+            .into_iter()
+            .partition(|f| !crate::pipeline::meta::is_meta(f));
+        decoded.extend(meta);
+        decoded
+    }
+
+    /// The fields decoded from the Avro value, in slot order: [`Config::needed_fields`] without the
+    /// Kafka metadata fields (which follow them).
+    pub fn decoded_fields(&self) -> Vec<String> {
+        self.needed_fields()
+            .into_iter()
+            .filter(|f| !crate::pipeline::meta::is_meta(f))
+            .collect()
     }
 
     /// Fields the lookups (and custom steps) add to the record, in chain order.

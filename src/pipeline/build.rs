@@ -17,12 +17,12 @@ use thiserror::Error;
 
 use super::batch::BatchLimits;
 use super::filter::Filter;
-use super::insert::{Insert, WriteCtx};
+use super::insert::{Insert, Tombstones, WriteCtx};
 use super::lookup::Lookup;
 use super::produce::Produce;
 use super::{Chain, Processor};
 use crate::codec::{CodecError, Plan, RegistryClient, Value};
-use crate::config::{Config, ProcessorConfig, TableConfig};
+use crate::config::{Config, OnTombstone, ProcessorConfig, TableConfig};
 use crate::kafka::{acked_producer, KafkaError};
 use crate::metrics::ShardMetrics;
 use crate::retry::Shutdown;
@@ -94,23 +94,33 @@ impl Ctx<'_> {
                 field: field.into(),
             })
     }
+}
 
-    fn insert(&self, name: String, writer: ScyllaWriter, binder: Binder) -> Box<dyn Processor> {
-        insert_step(self.inputs, name, writer, binder)
+/// A table's writer as the chain uses it: the null sink's no-op in benchmarks.
+fn row_writer(inputs: &BuildInputs<'_>, writer: ScyllaWriter) -> Rc<dyn RowWriter> {
+    if inputs.null_sink {
+        Rc::new(NullWriter)
+    } else {
+        Rc::new(writer)
     }
 }
 
-fn insert_step(
+async fn insert_step(
     inputs: &BuildInputs<'_>,
     name: String,
     writer: ScyllaWriter,
     binder: Binder,
-) -> Box<dyn Processor> {
-    let writer: Rc<dyn RowWriter> = if inputs.null_sink {
-        Rc::new(NullWriter)
-    } else {
-        Rc::new(writer)
+    table: &TableConfig,
+) -> Result<Box<dyn Processor>, BuildError> {
+    let tombstones = match table.on_tombstone {
+        OnTombstone::DeadLetter => Tombstones::DeadLetter,
+        OnTombstone::Skip => Tombstones::Skip,
+        OnTombstone::Delete => {
+            let (deleter, delete_binder) = writer.for_delete(table, &binder).await?;
+            Tombstones::Delete(delete_binder, row_writer(inputs, deleter))
+        }
     };
+    let writer = row_writer(inputs, writer);
     let write = WriteCtx {
         name,
         writer,
@@ -119,7 +129,7 @@ fn insert_step(
         rate: inputs.rate.clone(),
     };
     let limits = BatchLimits::from_config(&inputs.config.scylla);
-    Box::new(Insert::new(binder, write, limits))
+    Ok(Box::new(Insert::new(binder, write, limits, tombstones)))
 }
 
 /// Builds the chain. See the module docs for the order of steps.
@@ -145,7 +155,9 @@ pub async fn build(mut inputs: BuildInputs<'_>) -> Result<Chain, BuildError> {
         name,
         inputs.primary.clone(),
         inputs.primary_binder.clone(),
-    );
+        table,
+    )
+    .await?;
     changing.extend(custom);
     changing.extend(sinks);
     changing.push(primary);
@@ -206,7 +218,7 @@ async fn insert_table(
         .primary
         .for_table(table, ctx.inputs.fields)
         .await?;
-    Ok(ctx.insert(name.to_string(), writer, binder))
+    insert_step(ctx.inputs, name.to_string(), writer, binder, table).await
 }
 
 async fn lookup(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>, BuildError> {

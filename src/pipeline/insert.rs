@@ -21,7 +21,7 @@ use super::{Processor, Record, StepError, StepOutcome};
 use crate::metrics::{events, ShardMetrics};
 use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Scope, Shutdown};
 use crate::sink::rate::WriteRate;
-use crate::sink::{Binder, BoundRow, RowWriter, WriteError};
+use crate::sink::{Binder, BoundRow, DeleteBinder, RowWriter, WriteError};
 
 /// What writing a table's rows needs, shared by the sink and its batcher.
 pub(super) struct WriteCtx {
@@ -81,9 +81,9 @@ impl WriteCtx {
     }
 }
 
-/// One table.
-pub struct Insert {
-    binder: Binder,
+/// One table's writes of one statement (its INSERT, or its DELETE for tombstones): bound rows go
+/// into the owner's batch, or out on their own with batching off.
+struct Rows {
     write: Rc<WriteCtx>,
     /// None when batching is off (`batch_max_rows = 1`).
     batcher: Option<Rc<Batcher>>,
@@ -91,30 +91,96 @@ pub struct Insert {
     singles: BatchMetrics,
 }
 
-impl Insert {
-    pub(super) fn new(binder: Binder, write: WriteCtx, limits: BatchLimits) -> Insert {
+impl Rows {
+    fn new(write: WriteCtx, limits: BatchLimits) -> Rows {
         let singles = BatchMetrics::new(&write.metrics);
         let write = Rc::new(write);
         let batcher = (!limits.is_off()).then(|| Rc::new(Batcher::new(limits, write.clone())));
-        Insert {
-            binder,
+        Rows {
             write,
             batcher,
             singles,
+        }
+    }
+
+    fn flush(&self) {
+        if let Some(b) = &self.batcher {
+            b.flush();
+        }
+    }
+
+    /// Writes one bound row; `Ok` once the database acknowledged it.
+    async fn write(&self, row: BoundRow, consumed: Instant) -> Result<(), StepError> {
+        match &self.batcher {
+            Some(b) => b.submit(row, consumed).await,
+            None => {
+                let queued = consumed.elapsed().as_secs_f64();
+                self.write.metrics.stage_queue.observe(queued);
+                let rows = Rc::new(vec![row]);
+                let r = self.write.write_retrying(&rows).await;
+                self.singles.ended(1, r.is_ok());
+                r.map_err(|e| self.write.step_error(e))
+            }
+        }
+    }
+}
+
+/// What a table does with tombstones (`on_tombstone`), resolved at start-up.
+pub enum Tombstones {
+    DeadLetter,
+    Skip,
+    /// Deletes through the table's DELETE, batched by owner like its inserts.
+    Delete(DeleteBinder, Rc<dyn RowWriter>),
+}
+
+/// One table.
+pub struct Insert {
+    binder: Binder,
+    rows: Rows,
+    tombstones: Tombstones,
+    deletes: Option<Rows>,
+}
+
+impl Insert {
+    pub(super) fn new(
+        binder: Binder,
+        write: WriteCtx,
+        limits: BatchLimits,
+        tombstones: Tombstones,
+    ) -> Insert {
+        let deletes = match &tombstones {
+            Tombstones::Delete(_, writer) => Some(Rows::new(
+                WriteCtx {
+                    name: write.name.clone(),
+                    writer: writer.clone(),
+                    metrics: write.metrics.clone(),
+                    shutdown: write.shutdown.clone(),
+                    rate: write.rate.clone(),
+                },
+                limits,
+            )),
+            _ => None,
+        };
+        Insert {
+            binder,
+            rows: Rows::new(write, limits),
+            tombstones,
+            deletes,
         }
     }
 }
 
 impl Processor for Insert {
     fn name(&self) -> &str {
-        &self.write.name
+        &self.rows.write.name
     }
     fn is_sink(&self) -> bool {
         true
     }
     fn flush(&self) {
-        if let Some(b) = &self.batcher {
-            b.flush();
+        self.rows.flush();
+        if let Some(d) = &self.deletes {
+            d.flush();
         }
     }
     fn process<'a>(
@@ -125,18 +191,34 @@ impl Processor for Insert {
             let row = self
                 .binder
                 .bind(&rec.values, rec.kafka_ts_ms, rec.offset)
-                .map_err(|e| self.write.step_error(RetryError::Permanent(e)))?;
-            match &self.batcher {
-                Some(b) => b.submit(row, rec.consumed).await?,
-                None => {
-                    let queued = rec.consumed.elapsed().as_secs_f64();
-                    self.write.metrics.stage_queue.observe(queued);
-                    let rows = Rc::new(vec![row]);
-                    let r = self.write.write_retrying(&rows).await;
-                    self.singles.ended(1, r.is_ok());
-                    r.map_err(|e| self.write.step_error(e))?
+                .map_err(|e| self.rows.write.step_error(RetryError::Permanent(e)))?;
+            self.rows.write(row, rec.consumed).await?;
+            Ok(StepOutcome::Passed)
+        })
+    }
+    fn tombstone<'a>(
+        &'a self,
+        rec: &'a mut Record,
+    ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>> {
+        Box::pin(async move {
+            let (binder, deletes) = match (&self.tombstones, &self.deletes) {
+                (Tombstones::Skip, _) => return Ok(StepOutcome::Dropped),
+                (Tombstones::Delete(binder, _), Some(deletes)) => (binder, deletes),
+                (Tombstones::DeadLetter | Tombstones::Delete(..), _) => {
+                    return Err(StepError::record(
+                        "tombstone",
+                        format!(
+                            "step {}: the record is a tombstone (null value) and the table's \
+                             on_tombstone is \"dead_letter\"",
+                            self.name()
+                        ),
+                    ))
                 }
-            }
+            };
+            let row = binder
+                .bind(&rec.values, rec.kafka_ts_ms, rec.offset)
+                .map_err(|e| deletes.write.step_error(RetryError::Permanent(e)))?;
+            deletes.write(row, rec.consumed).await?;
             Ok(StepOutcome::Passed)
         })
     }

@@ -17,6 +17,7 @@ pub mod build;
 pub mod filter;
 pub mod insert;
 pub mod lookup;
+pub mod meta;
 pub mod produce;
 
 pub use build::{build, BuildError};
@@ -150,6 +151,15 @@ pub trait Processor {
         &'a self,
         record: &'a mut Record,
     ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>>;
+    /// What the step does with a tombstone (a record whose value is null: only its Kafka metadata
+    /// slots are filled). Default: nothing, the step lets it by (`Dropped` for this step). Only
+    /// sinks are asked; filters and lookups never see a tombstone.
+    fn tombstone<'a>(
+        &'a self,
+        _record: &'a mut Record,
+    ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>> {
+        Box::pin(std::future::ready(Ok(StepOutcome::Dropped)))
+    }
     /// Sends what the step holds back for company (an insert's open batches). The shard calls it
     /// whenever it has no more ready records, so holding back never adds latency at low rates.
     fn flush(&self) {}
@@ -251,6 +261,37 @@ impl Chain {
             c.inc();
         }
         r
+    }
+
+    /// Runs a tombstone through the sinks (see [`Processor::tombstone`]), concurrently. `Ok(true)`
+    /// when a sink wrote (deleted) something, `Ok(false)` when every sink let it by.
+    pub async fn run_tombstone(&self, rec: &mut Record) -> Result<bool, StepError> {
+        let sinks = self.steps.get(self.first_sink..).unwrap_or_default();
+        let mut copies: Vec<Record> = (1..sinks.len().max(1)).map(|_| rec.clone()).collect();
+        let results = join_all(
+            sinks
+                .iter()
+                .zip(copies.iter_mut().chain(std::iter::once(rec)))
+                .map(|(s, r)| async move {
+                    let out = s.processor.tombstone(r).await;
+                    let i = match &out {
+                        Ok(StepOutcome::Passed) => 0,
+                        Ok(StepOutcome::Missed) => 1,
+                        Ok(StepOutcome::Dropped) => 2,
+                        Err(_) => 3,
+                    };
+                    if let Some(c) = s.outcomes.get(i) {
+                        c.inc();
+                    }
+                    out
+                }),
+        )
+        .await;
+        let mut wrote = false;
+        for r in results {
+            wrote |= r? == StepOutcome::Passed;
+        }
+        Ok(wrote)
     }
 
     /// Runs a record through the chain. `Ok(false)`: dropped on purpose. The record stays the

@@ -43,6 +43,18 @@ pub enum StartError {
     /// The TLS context could not be built from the configured files.
     #[error("TLS {what}: {message}")]
     Tls { what: String, message: String },
+    /// `on_tombstone = "delete"`, but a primary-key column is not mapped from Kafka metadata, so a
+    /// tombstone (which has no value fields) cannot say which row to delete.
+    #[error(
+        "table {table} deletes on tombstones, but its primary-key column '{column}' is {source_of}: \
+         a tombstone has no value fields; map it from kafka.key (or other kafka.* metadata)"
+    )]
+    KeyNotFromKafka {
+        table: String,
+        column: String,
+        /// `mapped from field 'x'` or `not mapped`.
+        source_of: String,
+    },
 }
 
 impl StartError {

@@ -226,6 +226,41 @@ impl Binder {
         })
     }
 
+    /// The binder of the table's deletes: `key_columns` (its primary key, every one mapped from
+    /// Kafka metadata) and this binder's write-timestamp rule.
+    pub fn delete_binder(
+        &self,
+        table: &str,
+        key_columns: &[String],
+    ) -> Result<DeleteBinder, StartError> {
+        let mut keys = Vec::with_capacity(key_columns.len());
+        for k in key_columns {
+            let refused = |source_of: String| StartError::KeyNotFromKafka {
+                table: table.to_string(),
+                column: k.clone(),
+                source_of,
+            };
+            let c = self
+                .columns
+                .iter()
+                .find(|c| &c.column == k)
+                .ok_or_else(|| refused("not mapped".into()))?;
+            if !crate::pipeline::meta::is_meta(&c.field) {
+                return Err(refused(format!("mapped from field '{}'", c.field)));
+            }
+            keys.push(c.clone());
+        }
+        if matches!(self.ts, Ts::Slot(_)) {
+            return Err(StartError::Schema(format!(
+                "table {table} deletes on tombstones, but its write timestamp comes from a value field, which a tombstone lacks"
+            )));
+        }
+        Ok(DeleteBinder {
+            keys,
+            ts: self.ts.clone(),
+        })
+    }
+
     /// The prepared statement text.
     pub fn insert_cql(&self, keyspace: &str, table: &str) -> String {
         let cols: Vec<String> = self
@@ -263,23 +298,7 @@ impl Binder {
         if ttl < 0 {
             return Err(mapping_err("ttl", "negative ttl"));
         }
-        let ts_us = match self.ts {
-            Ts::Kafka => kafka_ts_ms
-                .map(|ms| kafka_write_timestamp_us(ms, offset))
-                .ok_or_else(|| mapping_err("timestamp", "record has no Kafka timestamp"))?,
-            Ts::Now => crate::clock::now_us(),
-            Ts::Fixed(us) => us,
-            Ts::Slot(i) => match values.get(i) {
-                Some(Value::TimestampMillis(ms)) => ms.saturating_mul(1000),
-                Some(Value::TimestampMicros(us)) | Some(Value::Long(us)) => *us,
-                _ => {
-                    return Err(mapping_err(
-                        "timestamp",
-                        "timestamp field is not a timestamp or long",
-                    ))
-                }
-            },
-        };
+        let ts_us = write_timestamp(&self.ts, values, kafka_ts_ms, offset)?;
         let mut out = Vec::with_capacity(self.columns.len() + 2);
         for c in &self.columns {
             let v = values.get(c.slot).unwrap_or(&Value::Null);
@@ -302,6 +321,84 @@ impl Binder {
         out.push(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(ts_us)))));
         Ok(out)
     }
+}
+
+/// Turns a tombstone into the values of `DELETE FROM .. USING TIMESTAMP ? WHERE <key> = ?..`: the
+/// write timestamp of the table's rule (the one its inserts use, so an older insert replayed later
+/// loses to the delete), then the primary-key columns. Built from the table's [`Binder`].
+#[derive(Debug, Clone)]
+pub struct DeleteBinder {
+    keys: Vec<ColumnMap>,
+    ts: Ts,
+}
+
+impl DeleteBinder {
+    /// The prepared statement text.
+    pub fn delete_cql(&self, keyspace: &str, table: &str) -> String {
+        let wheres: Vec<String> = self
+            .keys
+            .iter()
+            .map(|c| format!("\"{}\" = ?", c.column))
+            .collect();
+        format!(
+            "DELETE FROM \"{keyspace}\".\"{table}\" USING TIMESTAMP ? WHERE {}",
+            wheres.join(" AND ")
+        )
+    }
+
+    /// Binds one tombstone's `values` (its metadata slots filled). A null key value fails the
+    /// record: without it there is no row to delete.
+    pub fn bind(
+        &self,
+        values: &[Value],
+        kafka_ts_ms: Option<i64>,
+        offset: i64,
+    ) -> Result<BoundRow, WriteError> {
+        let ts_us = write_timestamp(&self.ts, values, kafka_ts_ms, offset)?;
+        let mut out = Vec::with_capacity(self.keys.len() + 1);
+        out.push(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(ts_us)))));
+        for c in &self.keys {
+            let v = values.get(c.slot).unwrap_or(&Value::Null);
+            let cell = mapping::convert(v, &c.ty).map_err(|reason| WriteError::Mapping {
+                column: c.column.clone(),
+                reason,
+            })?;
+            if cell.is_none() {
+                return Err(WriteError::Mapping {
+                    column: c.column.clone(),
+                    reason: "a tombstone without a value for this primary-key column",
+                });
+            }
+            out.push(MaybeUnset::Set(cell));
+        }
+        Ok(out)
+    }
+}
+
+/// The write timestamp in µs of a record under rule `ts`.
+fn write_timestamp(
+    ts: &Ts,
+    values: &[Value],
+    kafka_ts_ms: Option<i64>,
+    offset: i64,
+) -> Result<i64, WriteError> {
+    Ok(match ts {
+        Ts::Kafka => kafka_ts_ms
+            .map(|ms| kafka_write_timestamp_us(ms, offset))
+            .ok_or_else(|| mapping_err("timestamp", "record has no Kafka timestamp"))?,
+        Ts::Now => crate::clock::now_us(),
+        Ts::Fixed(us) => *us,
+        Ts::Slot(i) => match values.get(*i) {
+            Some(Value::TimestampMillis(ms)) => ms.saturating_mul(1000),
+            Some(Value::TimestampMicros(us)) | Some(Value::Long(us)) => *us,
+            _ => {
+                return Err(mapping_err(
+                    "timestamp",
+                    "timestamp field is not a timestamp or long",
+                ))
+            }
+        },
+    })
 }
 
 fn mapping_err(column: &str, reason: &'static str) -> WriteError {
@@ -501,6 +598,147 @@ columns = {{ a = "fa", b = "fb" }}
         assert!(
             ts(999) > ts(1000),
             "the documented limit: the sub-ms part wraps every 1000 offsets"
+        );
+    }
+
+    fn delete_config(extra: &str) -> Config {
+        let text = format!(
+            r#"
+[kafka]
+brokers = "b:9092"
+group_id = "g"
+topics = ["t"]
+[schema]
+registry_url = "http://r"
+[scylla]
+nodes = ["n:9042"]
+[table]
+keyspace = "ks"
+table = "tb"
+columns = {{ a = "kafka.key", b = "fb", p = "kafka.partition" }}
+on_tombstone = "delete"
+{extra}
+"#
+        );
+        Config::parse(&text).expect("test config parses")
+    }
+
+    fn delete_types() -> HashMap<String, CqlType> {
+        let mut t = types();
+        t.insert("p".into(), CqlType::Int);
+        t
+    }
+
+    #[test]
+    fn a_tombstone_binds_the_tables_write_timestamp_then_its_key_from_kafka_metadata() {
+        let c = delete_config("");
+        let fields = c.needed_fields();
+        assert_eq!(fields, ["fb", "kafka.key", "kafka.partition"]);
+        let insert = Binder::for_table(&c.table, &fields, &delete_types()).expect("binder");
+        let keys = ["a".to_string(), "p".to_string()];
+        let delete = insert
+            .delete_binder("ks.tb", &keys)
+            .expect("keys from Kafka");
+        assert_eq!(
+            delete.delete_cql("ks", "tb"),
+            r#"DELETE FROM "ks"."tb" USING TIMESTAMP ? WHERE "a" = ? AND "p" = ?"#
+        );
+        let values = [Value::Null, Value::Str("user-7".into()), Value::Int(3)];
+        let row = delete.bind(&values, Some(1_700), 1_234).expect("binds");
+        let cql: Vec<Option<CqlValue>> = row
+            .into_iter()
+            .map(|v| match v {
+                MaybeUnset::Set(c) => c.map(Cell::into_cql),
+                MaybeUnset::Unset => None,
+            })
+            .collect();
+        // The same write timestamp an insert of this record gets: ms × 1000 + offset mod 1000.
+        assert_eq!(
+            cql,
+            vec![
+                Some(CqlValue::BigInt(1_700_234)),
+                Some(CqlValue::Text("user-7".into())),
+                Some(CqlValue::Int(3)),
+            ]
+        );
+        assert_eq!(
+            insert
+                .bind(&values, Some(1_700), 1_234)
+                .expect("binds")
+                .last()
+                .cloned()
+                .and_then(|v| match v {
+                    MaybeUnset::Set(c) => c.map(Cell::into_cql),
+                    MaybeUnset::Unset => None,
+                }),
+            Some(CqlValue::BigInt(1_700_234))
+        );
+        // A tombstone without a key has no row to delete: its record fails, naming the column.
+        let e = delete
+            .bind(&[Value::Null, Value::Null, Value::Int(3)], Some(1), 0)
+            .expect_err("no key");
+        assert!(
+            matches!(e, WriteError::Mapping { ref column, .. } if column == "a"),
+            "{e}"
+        );
+        assert_eq!(e.scope(), Scope::Record);
+    }
+
+    #[test]
+    fn a_primary_key_column_not_mapped_from_kafka_refuses_deletes_at_start_up() {
+        let c = delete_config("");
+        let fields = c.needed_fields();
+        let insert = Binder::for_table(&c.table, &fields, &delete_types()).expect("binder");
+        for (keys, part) in [
+            (
+                vec!["a".to_string(), "b".to_string()],
+                "'b' is mapped from field 'fb'",
+            ),
+            (vec!["a".to_string(), "z".to_string()], "'z' is not mapped"),
+        ] {
+            let msg = insert
+                .delete_binder("ks.tb", &keys)
+                .expect_err("refused")
+                .to_string();
+            assert!(msg.contains(part) && msg.contains("ks.tb"), "{msg}");
+        }
+        // A write timestamp read from the value cannot be a tombstone's: refused when parsed.
+        let text = r#"
+[kafka]
+brokers = "b:9092"
+group_id = "g"
+topics = ["t"]
+[schema]
+registry_url = "http://r"
+[scylla]
+nodes = ["n:9042"]
+[table]
+keyspace = "ks"
+table = "tb"
+columns = { a = "kafka.key" }
+on_tombstone = "delete"
+timestamp_source = "field"
+timestamp_field = "ts"
+"#;
+        let refused = |t: &str| {
+            Config::parse(t)
+                .expect("parses")
+                .validate()
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused(text);
+        assert!(
+            e.contains("on_tombstone") && e.contains("timestamp_source"),
+            "{e}"
+        );
+        let unknown = text
+            .replace("timestamp_source = \"field\"\ntimestamp_field = \"ts\"", "")
+            .replace("kafka.key", "kafka.kee");
+        let e = refused(&unknown);
+        assert!(
+            e.contains("'kafka.kee' is not a Kafka metadata field"),
+            "{e}"
         );
     }
 }

@@ -22,7 +22,9 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::MaybeUnset;
 
 use super::bridge::{BridgeHandle, InTokio};
-use super::{Binder, BoundRow, Cell, CqlType, Owner, RowWriter, StartError, WriteError};
+use super::{
+    Binder, BoundRow, Cell, CqlType, DeleteBinder, Owner, RowWriter, StartError, WriteError,
+};
 use crate::config::{Config, TableConfig};
 
 /// Builds a session from config. Runs inside the bridge.
@@ -195,12 +197,69 @@ pub async fn prepare_insert(
     Ok((binder, insert))
 }
 
+/// The primary-key columns of a table: partition key, then clustering columns, each in order.
+pub async fn primary_key(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+) -> Result<Vec<String>, StartError> {
+    let columns_err = |e: &dyn std::fmt::Display| StartError::Columns {
+        table: format!("{keyspace}.{table}"),
+        message: e.to_string(),
+    };
+    let res = session
+        .query_unpaged(
+            "SELECT column_name, kind, position FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
+            (keyspace, table),
+        )
+        .await
+        .map_err(|e| columns_err(&e))?;
+    let rows = res.into_rows_result().map_err(|e| columns_err(&e))?;
+    let mut keys: Vec<(u8, i32, String)> = Vec::new();
+    for r in rows
+        .rows::<(String, String, i32)>()
+        .map_err(|e| columns_err(&e))?
+    {
+        let (name, kind, position) = r.map_err(|e| columns_err(&e))?;
+        match kind.as_str() {
+            "partition_key" => keys.push((0, position, name)),
+            "clustering" => keys.push((1, position, name)),
+            _ => {}
+        }
+    }
+    keys.sort();
+    Ok(keys.into_iter().map(|(_, _, name)| name).collect())
+}
+
+/// The DELETE of a table's tombstones: its primary key, each column bound as `insert` binds it.
+pub async fn prepare_delete(
+    session: &Session,
+    table: &TableConfig,
+    insert: &Binder,
+) -> Result<(DeleteBinder, PreparedStatement), StartError> {
+    let keys = primary_key(session, &table.keyspace, &table.table).await?;
+    let name = format!("{}.{}", table.keyspace, table.table);
+    let binder = insert.delete_binder(&name, &keys)?;
+    let cql = binder.delete_cql(&table.keyspace, &table.table);
+    let mut delete = session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| StartError::Prepare {
+            cql: cql.clone(),
+            message: e.to_string(),
+        })?;
+    // A delete at a fixed timestamp lands the same however often it runs.
+    delete.set_is_idempotent(true);
+    Ok((binder, delete))
+}
+
 /// A shard's Scylla session with one table's prepared INSERT. Clones share the session and the batch
 /// statements.
 #[derive(Clone)]
 pub struct ScyllaWriter {
     session: Arc<Session>,
-    insert: PreparedStatement,
+    /// The table's prepared INSERT, or its DELETE for a tombstone writer.
+    statement: PreparedStatement,
     handle: BridgeHandle,
     /// Where the partition key's values sit in a bound row, in partition-key order.
     pk_slots: Rc<[usize]>,
@@ -214,11 +273,11 @@ pub struct ScyllaWriter {
 impl ScyllaWriter {
     fn new(
         session: Arc<Session>,
-        insert: PreparedStatement,
+        statement: PreparedStatement,
         handle: BridgeHandle,
         local_dc: Option<&str>,
     ) -> ScyllaWriter {
-        let mut pk: Vec<(u16, usize)> = insert
+        let mut pk: Vec<(u16, usize)> = statement
             .get_variable_pk_indexes()
             .iter()
             .map(|i| (i.sequence, usize::from(i.index)))
@@ -226,7 +285,7 @@ impl ScyllaWriter {
         pk.sort_unstable();
         ScyllaWriter {
             session,
-            insert,
+            statement,
             handle,
             pk_slots: pk.into_iter().map(|(_, slot)| slot).collect(),
             local_dc: local_dc.map(Rc::from),
@@ -266,6 +325,23 @@ impl ScyllaWriter {
         Ok((writer, binder))
     }
 
+    /// A writer of `table`'s deletes on the same session, for tombstones: the DELETE prepared from
+    /// `insert`'s binder (see [`Binder::delete_binder`]).
+    pub async fn for_delete(
+        &self,
+        table: &TableConfig,
+        insert: &Binder,
+    ) -> Result<(ScyllaWriter, DeleteBinder), StartError> {
+        let session = self.session.clone();
+        let (binder, delete) = InTokio::new(self.handle.clone(), async move {
+            prepare_delete(&session, table, insert).await
+        })
+        .await?;
+        let dc = self.local_dc.as_deref();
+        let writer = ScyllaWriter::new(self.session.clone(), delete, self.handle.clone(), dc);
+        Ok((writer, binder))
+    }
+
     pub fn session(&self) -> &Arc<Session> {
         &self.session
     }
@@ -285,7 +361,7 @@ impl ScyllaWriter {
         slot.get_or_insert_with(|| {
             let mut b = Batch::new(BatchType::Unlogged);
             for _ in 0..n {
-                b.append_statement(self.insert.clone());
+                b.append_statement(self.statement.clone());
             }
             b.set_is_idempotent(true);
             Arc::new(b)
@@ -298,11 +374,11 @@ impl RowWriter for ScyllaWriter {
     fn write(&self, rows: Rc<Vec<BoundRow>>) -> LocalBoxFuture<'static, Result<(), WriteError>> {
         let session = self.session.clone();
         if rows.len() == 1 {
-            let insert = self.insert.clone();
+            let statement = self.statement.clone();
             let fut = async move {
                 let row = rows.first().map(Vec::as_slice).unwrap_or_default();
                 session
-                    .execute_unpaged(&insert, row)
+                    .execute_unpaged(&statement, row)
                     .await
                     .map(|_| ())
                     .map_err(WriteError::from_execution)
@@ -332,7 +408,7 @@ impl RowWriter for ScyllaWriter {
                 return Owner::ANY;
             }
         }
-        let Some(table) = self.insert.get_table_spec() else {
+        let Some(table) = self.statement.get_table_spec() else {
             return Owner::ANY;
         };
         let (ks, name) = (table.ks_name(), table.table_name());

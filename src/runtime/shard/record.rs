@@ -20,6 +20,7 @@ use crate::codec::{CodecError, Decoder, RegistryClient, Row, Value};
 use crate::kafka::dead_letter::{DeadLetter, DeadLetterProducer};
 use crate::kafka::partitions::PartitionKey;
 use crate::metrics::{events, ShardMetrics};
+use crate::pipeline::meta::{MetaError, MetaSlots, Source};
 use crate::pipeline::{Chain, Record, StepError};
 use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Shutdown};
 use crate::runtime::RunError;
@@ -59,6 +60,8 @@ pub(super) struct RecordContext {
     pub shutdown: Shutdown,
     pub decoder: Rc<RefCell<Decoder<RegistryClient>>>,
     pub fields: Rc<[String]>,
+    /// Which slots take the record's Kafka metadata (`kafka.*` fields).
+    pub meta: MetaSlots,
     /// Value vectors of finished records, handed back to the loop so the next record decodes into
     /// an existing allocation (the old insert path reused its row; one path must not cost more).
     pub spare: RefCell<Vec<Vec<Value>>>,
@@ -90,17 +93,29 @@ impl RecordContext {
         }
     }
 
-    /// A decoded row as a chain record (slots for enriched and custom fields appended as nulls).
-    pub fn record(&self, mut values: Vec<Value>, origin: &Origin) -> Record {
+    /// A decoded row as a chain record: the Kafka metadata slots filled, slots for enriched and
+    /// custom fields appended as nulls. Fails when a metadata field cannot be read as configured.
+    pub fn record(&self, mut values: Vec<Value>, origin: &Origin) -> Result<Record, MetaError> {
         values.resize(self.fields.len(), Value::Null);
-        Record {
+        self.meta.fill(
+            &mut values,
+            &Source {
+                topic: origin.topic,
+                partition: origin.partition,
+                offset: origin.offset,
+                timestamp_ms: origin.kafka_ts_ms,
+                key: origin.key.as_ref(),
+                headers: &origin.headers,
+            },
+        )?;
+        Ok(Record {
             fields: self.fields.clone(),
             values,
             kafka_ts_ms: origin.kafka_ts_ms,
             offset: origin.offset,
             key: origin.key.clone(),
             consumed: origin.consumed,
-        }
+        })
     }
 }
 
@@ -116,6 +131,8 @@ pub(super) struct Origin {
     pub key: Option<Rc<[u8]>>,
     /// The payload; the record's decoded strings and bytes point into it (one copy per record).
     pub value: Option<Rc<[u8]>>,
+    /// The values of the headers mapped to columns ([`MetaSlots::headers`]); empty when none is.
+    pub headers: Vec<Option<Rc<[u8]>>>,
 }
 
 /// How a record ended.
@@ -160,6 +177,9 @@ pub(super) enum Start {
     /// Its schema id is not compiled yet (being fetched, registry down, not registered yet): wait
     /// for the decoder's fetch, then decode.
     AwaitSchema,
+    /// A tombstone (the value is null): only its Kafka metadata is read, and each table's
+    /// `on_tombstone` decides (delete, skip, dead-letter).
+    Tombstone,
     /// Could not be decoded.
     Failed {
         class: &'static str,
@@ -184,9 +204,18 @@ pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start
         Start::Failed { class, message } => {
             return Box::pin(fail(&ctx, origin, "decode", class, message)).await
         }
+        Start::Tombstone => Vec::new(),
     };
-    let mut rec = ctx.record(values, &origin);
-    let result = ctx.chain.run(&mut rec).await;
+    let tombstone = origin.value.is_none();
+    let mut rec = match ctx.record(values, &origin) {
+        Ok(rec) => rec,
+        Err(e) => return Box::pin(fail(&ctx, origin, "process", "metadata", e.to_string())).await,
+    };
+    let result = if tombstone {
+        ctx.chain.run_tombstone(&mut rec).await
+    } else {
+        ctx.chain.run(&mut rec).await
+    };
     ctx.give_back(std::mem::take(&mut rec.values));
     match result {
         Ok(true) => origin.done(RecordOutcome::Written),

@@ -21,7 +21,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::stream_consumer::MessageStream;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::record::{self, Completion, Origin, RecordOutcome, Start};
@@ -301,8 +301,37 @@ impl ShardLoop {
             let fetch_ms = self.wall.ms_at(now) - ts;
             metrics.stage_fetch.observe(fetch_ms.max(0) as f64 / 1000.0);
         }
+        let start = match msg.payload() {
+            // A tombstone: nothing to decode; the table's `on_tombstone` decides.
+            None => (Start::Tombstone, None),
+            Some(bytes) => self.decode(bytes, topic),
+        };
+        let origin = Origin {
+            epoch: self.res.book.epoch(),
+            topic,
+            partition,
+            offset,
+            kafka_ts_ms,
+            consumed: now,
+            key: msg.key().map(Rc::from),
+            value: start.1,
+            headers: self.headers_of(msg),
+        };
+        let fut = record::process(self.res.records.clone(), origin, start.0);
+        self.inflight.push(fut.boxed_local());
+        self.res.metrics.in_flight.set(self.inflight.len() as i64);
+        if self.inflight.len() >= self.max_in_flight {
+            self.full_since.get_or_insert(now);
+        }
+    }
+
+    /// Decodes a record's value right here in the loop, into the shard's row; gives how the record
+    /// starts and the payload's one copy.
+    fn decode(&mut self, bytes: &[u8], topic: usize) -> (Start, Option<Rc<[u8]>>) {
+        let metrics = &self.res.metrics;
+        let stage = self.res.records.stage(topic);
         // The record's one copy of its payload: decoded strings point into it, a dead letter sends it.
-        let payload: Rc<[u8]> = Rc::from(msg.payload().unwrap_or_default());
+        let payload: Rc<[u8]> = Rc::from(bytes);
         self.decodes = self.decodes.wrapping_add(1);
         // The decode alone, on the sampled records only.
         let timed = self
@@ -331,22 +360,29 @@ impl ShardLoop {
                 message: e.to_string(),
             },
         };
-        let origin = Origin {
-            epoch: self.res.book.epoch(),
-            topic,
-            partition,
-            offset,
-            kafka_ts_ms,
-            consumed: now,
-            key: msg.key().map(Rc::from),
-            value: msg.payload().is_some().then_some(payload),
-        };
-        let fut = record::process(self.res.records.clone(), origin, start);
-        self.inflight.push(fut.boxed_local());
-        metrics.in_flight.set(self.inflight.len() as i64);
-        if self.inflight.len() >= self.max_in_flight {
-            self.full_since.get_or_insert(now);
+        (start, Some(payload))
+    }
+
+    /// The values of the headers mapped to columns, copied once; nothing when none is mapped.
+    fn headers_of(&self, msg: &BorrowedMessage<'_>) -> Vec<Option<Rc<[u8]>>> {
+        let wanted = self.res.records.meta.headers();
+        if wanted.is_empty() {
+            return Vec::new();
         }
+        let Some(headers) = msg.headers() else {
+            return vec![None; wanted.len()];
+        };
+        wanted
+            .iter()
+            .map(|name| {
+                // The last header of a name wins, as in Kafka Streams' `lastHeader`.
+                headers
+                    .iter()
+                    .filter(|h| h.key == name)
+                    .last()
+                    .and_then(|h| h.value.map(Rc::from))
+            })
+            .collect()
     }
 
     fn on_completion(&mut self, c: Completion, kafka: &Kafka<'_>) {

@@ -15,13 +15,14 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 
 use super::record::{RecordContext, Stages};
 use crate::codec::{self, Decoder, RegistryClient};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::kafka::context::ShardContext;
 use crate::kafka::dead_letter::DeadLetterProducer;
 use crate::kafka::partitions::PartitionBook;
 use crate::kafka::{consumer_config, GlommioRuntime, KafkaError};
 use crate::metrics::ShardMetrics;
 use crate::pipeline::build::BuildInputs;
+use crate::pipeline::meta::MetaSlots;
 use crate::pipeline::{self, Processor};
 use crate::retry::Shutdown;
 use crate::runtime::{RunError, RunOptions, ShardSpec, Siblings};
@@ -71,13 +72,15 @@ pub(super) async fn setup(
     // Nothing else runs on this shard until its loop starts: the driver task may block in tokio.
     bridge.handle().set_idle(true);
     let driver = Driver::start(bridge.clone());
-    let decoder = codec::decoder_for(config, config.needed_fields())?;
+    let decoder = codec::decoder_for(config, config.decoded_fields())?;
     let custom: Vec<Box<dyn Processor>> = siblings
         .custom
         .as_ref()
         .map(|f| f(spec.index))
         .unwrap_or_default();
     let fields = record_fields(config, &custom);
+    let meta = MetaSlots::new(&fields, &config.kafka.topics, config.kafka.key_format)
+        .map_err(|e| RunError::Config(ConfigError::Invalid(e.to_string())))?;
     let (primary, primary_binder) = ScyllaWriter::connect(config, &fields, bridge.handle()).await?;
     let client_id = format!("shardline-{}-shard{}", std::process::id(), spec.index);
     let shutdown = Shutdown::new();
@@ -116,6 +119,7 @@ pub(super) async fn setup(
         shutdown: shutdown.clone(),
         decoder: decoder.clone(),
         fields,
+        meta,
         spare: RefCell::new(Vec::new()),
     });
     let resources = ShardResources {

@@ -1,0 +1,294 @@
+//! Kafka metadata as record fields: `kafka.topic`, `kafka.partition`, `kafka.offset`,
+//! `kafka.timestamp`, `kafka.key` and `kafka.header.<name>` can be mapped to columns like any
+//! decoded field, and are type-checked at start-up with the kinds given here.
+//!
+//! Guarantee: a metadata slot holds exactly what the Kafka record carried: the key and header
+//! values are ranges of one copy of their bytes, text only when it is UTF-8 (otherwise the record
+//! fails with [`MetaError::NotUtf8`], naming the field, never the value); an absent key, header or
+//! timestamp is null. Avro field names hold no dot, so no decoded field can be taken for one of
+//! these. Precondition: the record's slots put decoded fields first and these after them (see
+//! [`crate::config::Config::needed_fields`]).
+
+use std::rc::Rc;
+
+use thiserror::Error;
+
+use crate::codec::{Blob, Kind, Text, Value};
+use crate::config::KeyFormat;
+
+/// What every metadata field name starts with.
+pub const PREFIX: &str = "kafka.";
+
+/// Whether `field` names Kafka metadata rather than a field of the Avro value.
+pub fn is_meta(field: &str) -> bool {
+    field.starts_with(PREFIX)
+}
+
+/// One metadata field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Meta {
+    Topic,
+    Partition,
+    Offset,
+    /// The record's timestamp (create or log-append time), in milliseconds.
+    Timestamp,
+    /// The whole key, read as `kafka.key_format` says.
+    Key,
+    /// The value of the last header of this name.
+    Header(String),
+}
+
+/// Why a metadata field cannot be read (start-up) or filled (per record). No value of a record.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MetaError {
+    /// A `kafka.` name that is none of the metadata fields: a configuration error.
+    #[error(
+        "'{0}' is not a Kafka metadata field: use kafka.topic, kafka.partition, kafka.offset, \
+         kafka.timestamp, kafka.key or kafka.header.<name>"
+    )]
+    Unknown(String),
+    /// The key or a header is not UTF-8 where text is asked for: the record's error.
+    #[error("{0} is not UTF-8 (read as text; map it to a blob column or set kafka.key_format = \"bytes\")")]
+    NotUtf8(&'static str),
+}
+
+impl Meta {
+    /// The metadata field `field` names; `Ok(None)` for a field of the Avro value.
+    pub fn parse(field: &str) -> Result<Option<Meta>, MetaError> {
+        let Some(name) = field.strip_prefix(PREFIX) else {
+            return Ok(None);
+        };
+        Ok(Some(match name {
+            "topic" => Meta::Topic,
+            "partition" => Meta::Partition,
+            "offset" => Meta::Offset,
+            "timestamp" => Meta::Timestamp,
+            "key" => Meta::Key,
+            _ => match name.strip_prefix("header.") {
+                Some(h) if !h.is_empty() => Meta::Header(h.to_string()),
+                _ => return Err(MetaError::Unknown(field.to_string())),
+            },
+        }))
+    }
+
+    /// The kind of the values this field holds, for the start-up type check.
+    pub fn kind(&self, key: KeyFormat) -> Kind {
+        let nullable = |k: Kind| Kind::Nullable(Box::new(k));
+        match self {
+            Meta::Topic => Kind::Str,
+            Meta::Partition => Kind::Int,
+            Meta::Offset => Kind::Long,
+            Meta::Timestamp => nullable(Kind::TimestampMillis),
+            Meta::Key => match key {
+                KeyFormat::String => nullable(Kind::Str),
+                KeyFormat::Bytes => nullable(Kind::Bytes),
+            },
+            Meta::Header(_) => nullable(Kind::Str),
+        }
+    }
+}
+
+/// The kinds of `fields`' metadata fields, in their order (for the fields after the decoded ones).
+pub fn kinds(fields: &[String], key: KeyFormat) -> Result<Vec<Kind>, MetaError> {
+    let mut out = Vec::new();
+    for f in fields {
+        if let Some(m) = Meta::parse(f)? {
+            out.push(m.kind(key));
+        }
+    }
+    Ok(out)
+}
+
+/// Where one record's metadata comes from.
+pub struct Source<'a> {
+    /// Index into the configured topics.
+    pub topic: usize,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a Rc<[u8]>>,
+    /// The value of each header [`MetaSlots::headers`] names, in that order.
+    pub headers: &'a [Option<Rc<[u8]>>],
+}
+
+/// A shard's metadata slots, resolved once: which slot gets what.
+#[derive(Debug, Clone, Default)]
+pub struct MetaSlots {
+    slots: Vec<(usize, Meta)>,
+    /// The header names to capture per record, in [`Source::headers`] order.
+    headers: Vec<String>,
+    /// The topic names as values (cloned per record: a reference count, no copy).
+    topics: Vec<Text>,
+    key: KeyFormat,
+}
+
+impl MetaSlots {
+    /// The metadata slots of a record whose fields are `fields`.
+    pub fn new(fields: &[String], topics: &[String], key: KeyFormat) -> Result<Self, MetaError> {
+        let mut slots = Vec::new();
+        let mut headers = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            if let Some(m) = Meta::parse(f)? {
+                if let Meta::Header(h) = &m {
+                    if !headers.contains(h) {
+                        headers.push(h.clone());
+                    }
+                }
+                slots.push((i, m));
+            }
+        }
+        Ok(MetaSlots {
+            slots,
+            headers,
+            topics: topics.iter().map(|t| Text::from(t.as_str())).collect(),
+            key,
+        })
+    }
+
+    /// The header names a record's [`Source::headers`] must carry (empty: capture none).
+    pub fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
+    /// Fills the metadata slots of `values` from `src`.
+    pub fn fill(&self, values: &mut [Value], src: &Source<'_>) -> Result<(), MetaError> {
+        for (slot, meta) in &self.slots {
+            let v = match meta {
+                Meta::Topic => self
+                    .topics
+                    .get(src.topic)
+                    .map_or(Value::Null, |t| Value::Str(t.clone())),
+                Meta::Partition => Value::Int(src.partition),
+                Meta::Offset => Value::Long(src.offset),
+                Meta::Timestamp => src.timestamp_ms.map_or(Value::Null, Value::TimestampMillis),
+                Meta::Key => match src.key {
+                    None => Value::Null,
+                    Some(k) => bytes_as(k, self.key == KeyFormat::String, "kafka.key")?,
+                },
+                Meta::Header(name) => {
+                    let i = self.headers.iter().position(|h| h == name);
+                    match i.and_then(|i| src.headers.get(i)).and_then(Option::as_ref) {
+                        None => Value::Null,
+                        Some(h) => bytes_as(h, true, "a kafka.header value")?,
+                    }
+                }
+            };
+            if let Some(cell) = values.get_mut(*slot) {
+                *cell = v;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `b` as text (checked UTF-8) or bytes, sharing its buffer.
+fn bytes_as(b: &Rc<[u8]>, text: bool, what: &'static str) -> Result<Value, MetaError> {
+    if text {
+        Text::in_payload(b, 0, b.len())
+            .map(Value::Str)
+            .ok_or(MetaError::NotUtf8(what))
+    } else {
+        Ok(Blob::in_payload(b, 0, b.len()).map_or(Value::Null, Value::Bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_metadata_field_parses_and_anything_else_under_kafka_is_refused() {
+        assert_eq!(Meta::parse("url"), Ok(None));
+        assert_eq!(Meta::parse("geo.lat"), Ok(None));
+        assert_eq!(Meta::parse("kafka.offset"), Ok(Some(Meta::Offset)));
+        assert_eq!(
+            Meta::parse("kafka.header.trace-id"),
+            Ok(Some(Meta::Header("trace-id".into())))
+        );
+        for bad in ["kafka.", "kafka.keys", "kafka.header.", "kafka.key.id"] {
+            let e = Meta::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(&format!("'{bad}'")), "{e}");
+        }
+    }
+
+    #[test]
+    fn metadata_slots_hold_what_the_record_carried() {
+        let names = fields(&[
+            "url",
+            "kafka.topic",
+            "kafka.partition",
+            "kafka.offset",
+            "kafka.timestamp",
+            "kafka.key",
+            "kafka.header.trace",
+            "kafka.header.absent",
+        ]);
+        let slots = MetaSlots::new(&names, &["a".into(), "nav".into()], KeyFormat::String)
+            .expect("known fields");
+        assert_eq!(slots.headers(), ["trace", "absent"]);
+        let key: Rc<[u8]> = Rc::from(&b"user-7"[..]);
+        let trace: Rc<[u8]> = Rc::from(&b"t1"[..]);
+        let headers = [Some(trace), None];
+        let mut values = vec![Value::Str("keep".into()); names.len()];
+        let src = Source {
+            topic: 1,
+            partition: 3,
+            offset: 42,
+            timestamp_ms: Some(1_700_000_000_000),
+            key: Some(&key),
+            headers: &headers,
+        };
+        slots.fill(&mut values, &src).expect("fills");
+        assert_eq!(
+            values,
+            vec![
+                Value::Str("keep".into()),
+                Value::Str("nav".into()),
+                Value::Int(3),
+                Value::Long(42),
+                Value::TimestampMillis(1_700_000_000_000),
+                Value::Str("user-7".into()),
+                Value::Str("t1".into()),
+                Value::Null,
+            ]
+        );
+        // Bytes keys stay bytes; a key that is not UTF-8 fails only as text, naming the field.
+        let raw: Rc<[u8]> = Rc::from(&[0xff, 0][..]);
+        let src = Source {
+            key: Some(&raw),
+            timestamp_ms: None,
+            ..src
+        };
+        let e = slots.fill(&mut values, &src).expect_err("not UTF-8");
+        assert_eq!(e, MetaError::NotUtf8("kafka.key"));
+        let bytes = MetaSlots::new(
+            &fields(&["kafka.key", "kafka.timestamp"]),
+            &[],
+            KeyFormat::Bytes,
+        )
+        .expect("known fields");
+        let mut two = vec![Value::Null, Value::Int(0)];
+        bytes.fill(&mut two, &src).expect("bytes need no UTF-8");
+        assert_eq!(
+            two,
+            vec![Value::Bytes(Blob::from(&[0xff, 0][..])), Value::Null]
+        );
+    }
+
+    #[test]
+    fn metadata_kinds_follow_the_key_format() {
+        let names = fields(&["url", "kafka.key", "kafka.partition"]);
+        assert_eq!(
+            kinds(&names, KeyFormat::Bytes),
+            Ok(vec![Kind::Nullable(Box::new(Kind::Bytes)), Kind::Int])
+        );
+        assert_eq!(
+            kinds(&names, KeyFormat::String),
+            Ok(vec![Kind::Nullable(Box::new(Kind::Str)), Kind::Int])
+        );
+    }
+}
