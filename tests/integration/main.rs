@@ -4,6 +4,7 @@
 #![cfg(feature = "integration")]
 
 mod batching;
+mod breadth;
 #[cfg(feature = "fault-tests")]
 mod faults;
 mod harness;
