@@ -8,6 +8,7 @@
 //! loop's job (it reads the flag).
 //! Precondition: callbacks run on the thread that polls the consumer, which is the shard's own thread.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +42,9 @@ pub struct ShardContext {
     /// Set once librdkafka reports a fatal error (see [`is_fatal`]): the client is unusable, so the
     /// shard must stop with an error and the process exit non-zero. Never cleared.
     pub fatal: Arc<AtomicBool>,
+    /// The message lag per assigned partition from librdkafka's last statistics, for the shard's
+    /// lag in time (a gauge cannot be read without creating it).
+    pub message_lag: Mutex<HashMap<(String, i32), i64>>,
 }
 
 /// True for the errors after which librdkafka's client is unusable: the generic `_FATAL` code
@@ -95,6 +99,7 @@ impl ClientContext for ShardContext {
     }
 
     fn stats(&self, stats: Statistics) {
+        let mut lags = self.message_lag.lock().ok();
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 // -1 is the internal UA partition and partitions this client does not consume.
@@ -109,6 +114,9 @@ impl ClientContext for ShardContext {
                         p.to_string().as_str(),
                     ])
                     .set(part.consumer_lag);
+                if let Some(l) = lags.as_mut() {
+                    l.insert((topic.clone(), *p), part.consumer_lag);
+                }
             }
         }
     }
@@ -122,6 +130,10 @@ impl ConsumerContext for ShardContext {
                 a.clear();
             }
             self.metrics.lag.reset();
+            self.metrics.lag_seconds.reset();
+            if let Ok(mut l) = self.message_lag.lock() {
+                l.clear();
+            }
             events::partitions_revoked(&self.metrics, &parts(tpl));
         }
     }
@@ -180,6 +192,7 @@ mod tests {
             held: Arc::default(),
             budget_paused: Arc::default(),
             fatal: Arc::default(),
+            message_lag: Mutex::default(),
         }
     }
 

@@ -41,6 +41,8 @@ struct Part {
     eof: bool,
     /// Paused because its tracker holds `max_pending` records.
     capped: bool,
+    /// The Kafka timestamp (ms) of the last record consumed, for the lag in time.
+    last_ts_ms: Option<i64>,
 }
 
 /// Per-partition state and pause decisions of one shard.
@@ -124,6 +126,7 @@ impl PartitionBook {
         &mut self,
         key: PartitionKey,
         offset: i64,
+        ts_ms: Option<i64>,
         now: Instant,
         ctrl: &dyn PartitionControl,
     ) -> bool {
@@ -144,6 +147,9 @@ impl PartitionBook {
             return false;
         }
         part.consumed.inc();
+        if ts_ms.is_some() {
+            part.last_ts_ms = ts_ms;
+        }
         if !part.capped && part.tracker.pending() >= max_pending {
             part.capped = true;
             self.apply(ctrl);
@@ -271,6 +277,29 @@ impl PartitionBook {
             .unwrap_or_default()
     }
 
+    /// The lag in time of each assigned partition, in seconds: 0 where `messages` (the partition's
+    /// message lag, if known) says no record waits; else now minus the timestamp of the last record
+    /// consumed, an upper bound of the true lag (the oldest waiting record came after it) by at most
+    /// the gap between the two; unknown (left out) before the partition's first record.
+    pub fn lag_seconds(
+        &self,
+        now_ms: i64,
+        messages: impl Fn(&str, i32) -> Option<i64>,
+    ) -> Vec<(&str, i32, f64)> {
+        let mut out = Vec::with_capacity(self.assigned.len());
+        for key in &self.assigned {
+            let topic = self.topic(key.0);
+            let last = self.parts.get(key).and_then(|p| p.last_ts_ms);
+            let seconds = match (messages(topic, key.1), last) {
+                (Some(m), _) if m <= 0 => 0.0,
+                (_, Some(ts)) => (now_ms - ts).max(0) as f64 / 1000.0,
+                (_, None) => continue,
+            };
+            out.push((topic, key.1, seconds));
+        }
+        out
+    }
+
     /// Records the book holds across partitions (done ones behind an unfinished record included).
     pub fn pending(&self) -> usize {
         self.parts.values().map(|p| p.tracker.pending()).sum()
@@ -294,6 +323,7 @@ impl PartitionBook {
             dirty: false,
             eof: false,
             capped: false,
+            last_ts_ms: None,
         })
     }
 
@@ -412,7 +442,7 @@ mod tests {
         let now = Instant::now();
         b.on_assignment(1, &[tp("a", 0)], false, &kafka);
         for o in 10..15 {
-            assert!(b.begin((0, 0), o, now, &kafka));
+            assert!(b.begin((0, 0), o, None, now, &kafka));
         }
         b.done(1, (0, 0), 10, &kafka);
         b.store(&kafka);
@@ -427,7 +457,7 @@ mod tests {
             "no state survives the rebalance"
         );
         // The replay starts at the committed offset and is tracked afresh.
-        assert!(b.begin((0, 0), 11, now, &kafka));
+        assert!(b.begin((0, 0), 11, None, now, &kafka));
         b.done(3, (0, 0), 11, &kafka);
         assert_eq!(b.committable(), vec![(String::from("a"), 0, 12)]);
     }
@@ -445,7 +475,7 @@ mod tests {
         );
         b.mark_eof((1, 0));
         assert!(b.all_at_eof());
-        b.begin((1, 0), 5, Instant::now(), &kafka);
+        b.begin((1, 0), 5, None, Instant::now(), &kafka);
         assert!(!b.all_at_eof(), "a new record means b/0 is not at its end");
         b.mark_eof((1, 7));
         assert!(
@@ -461,7 +491,7 @@ mod tests {
         let t0 = Instant::now();
         b.on_assignment(1, &[tp("a", 0), tp("a", 1)], false, &kafka);
         for o in 0..4 {
-            b.begin((0, 0), o, t0, &kafka);
+            b.begin((0, 0), o, None, t0, &kafka);
         }
         // Offset 0 is stuck; 1..3 are done behind it: the tracker still holds all four.
         for o in 1..4 {
@@ -491,5 +521,37 @@ mod tests {
         b.set_budget_paused(false, &kafka);
         assert!(!kafka.is_paused("a", 0));
         assert_eq!(b.paused_count(), 0);
+    }
+
+    // Fails on the old code: there was no lag in time, only in messages.
+    #[test]
+    fn the_lag_in_seconds_is_zero_when_caught_up_and_counts_from_the_last_record_otherwise() {
+        let kafka = FakeConsumer::default();
+        let mut b = book(1000);
+        let parts = [tp("a", 0), tp("a", 1), tp("b", 2)];
+        b.on_assignment(1, &parts, false, &kafka);
+        let now = Instant::now();
+        assert!(b.begin((0, 0), 5, Some(1_000), now, &kafka));
+        assert!(
+            b.begin((0, 0), 6, None, now, &kafka),
+            "no timestamp keeps the last one"
+        );
+        assert!(b.begin((0, 1), 9, Some(5_000), now, &kafka));
+        let messages = |t: &str, p: i32| match (t, p) {
+            ("a", 0) => Some(3),
+            ("a", 1) => Some(0),
+            _ => Some(5),
+        };
+        let lags = b.lag_seconds(11_000, messages);
+        // b/2 has waiting records but none consumed yet: unknown, left out.
+        assert_eq!(lags, vec![("a", 0, 10.0), ("a", 1, 0.0)]);
+        // Unknown message lag (no statistics yet) counts from the last record.
+        assert_eq!(
+            b.lag_seconds(6_000, |_, _| None),
+            vec![("a", 0, 5.0), ("a", 1, 1.0)]
+        );
+        // A new assignment forgets the old partitions' timestamps: only a caught-up one is known.
+        b.on_assignment(2, &parts, false, &kafka);
+        assert_eq!(b.lag_seconds(11_000, messages), vec![("a", 1, 0.0)]);
     }
 }

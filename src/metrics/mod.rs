@@ -58,6 +58,8 @@ pub struct ShardMetrics {
     /// 1 once the shard hit a fatal error and stops; `/health` reports it (see [`http::health`]).
     pub failed: IntGauge,
     pub lag: IntGaugeVec,
+    /// The consumer lag in time, per partition (see [`crate::kafka::partitions`]).
+    pub lag_seconds: GaugeVec,
     pub assigned: IntGaugeVec,
     /// Unix time of the first record this shard consumed, and of its latest completed record.
     pub first_record_time: Gauge,
@@ -280,6 +282,19 @@ impl ShardMetrics {
                 "High watermark minus committed offset, per partition (librdkafka statistics).",
                 &["shard", "topic", "partition"],
             ),
+            lag_seconds: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "shardline_consumer_lag_seconds",
+                        "How far behind in time a partition's consumption is: 0 when no record waits \
+                         (message lag 0), else now minus the timestamp of the last record consumed \
+                         (an upper bound by at most the gap to the next record).",
+                    ),
+                    &["shard", "topic", "partition"],
+                )
+                .expect("static gauge options are valid"),
+            ),
             assigned: gauge(
                 r,
                 "shardline_partition_assigned",
@@ -428,6 +443,7 @@ mod tests {
         m.write_retries.with_label_values(&["0", "x"]).inc();
         m.commits.with_label_values(&["0", "ok"]).inc();
         m.lag.with_label_values(&["0", "t", "0"]).set(1);
+        m.lag_seconds.with_label_values(&["0", "t", "0"]).set(1.0);
         m.assigned.with_label_values(&["0", "0", "t", "0"]).set(1);
         m.partition_messages
             .with_label_values(&["0", "t", "0"])

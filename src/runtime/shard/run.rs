@@ -39,6 +39,9 @@ use crate::sink::bridge::{BridgeHandle, LoopWaker};
 
 /// How often the loop does its timed work when no event wakes it.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the lag in seconds is published: as often as librdkafka's statistics give the
+/// message lag it starts from.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 /// The longest the loop runs without yielding to the reactor (timers, I/O) and reading control.
 const YIELD_EVERY: Duration = Duration::from_millis(1);
 /// How many events pass between two looks at the clock for [`YIELD_EVERY`] (a few µs of work).
@@ -125,6 +128,8 @@ pub(super) struct ShardLoop {
     last_store: Instant,
     last_yield: Instant,
     last_tick: Instant,
+    /// When `shardline_consumer_lag_seconds` was last published.
+    lag_published: Instant,
     /// Events since the loop last looked at the clock for yielding (reading it per event costs more
     /// than the events themselves under a backlog).
     since_yield_check: u32,
@@ -172,6 +177,7 @@ impl ShardLoop {
             last_store: now,
             last_yield: now,
             last_tick: now,
+            lag_published: now,
             since_yield_check: 0,
             last_done_at: None,
             wall: crate::clock::WallAnchor::now(),
@@ -285,7 +291,12 @@ impl ShardLoop {
         };
         let (partition, offset) = (msg.partition(), msg.offset());
         let now = Instant::now();
-        if !self.res.book.begin((topic, partition), offset, now, kafka) {
+        let kafka_ts_ms = msg.timestamp().to_millis();
+        if !self
+            .res
+            .book
+            .begin((topic, partition), offset, kafka_ts_ms, now, kafka)
+        {
             return;
         }
         let metrics = &self.res.metrics;
@@ -296,7 +307,6 @@ impl ShardLoop {
         if let Some(s) = stage {
             s.consumed.inc();
         }
-        let kafka_ts_ms = msg.timestamp().to_millis();
         if let Some(ts) = kafka_ts_ms {
             let fetch_ms = self.wall.ms_at(now) - ts;
             metrics.stage_fetch.observe(fetch_ms.max(0) as f64 / 1000.0);
@@ -469,9 +479,38 @@ impl ShardLoop {
         let m = &self.res.metrics;
         m.oldest_pending_seconds
             .set(self.res.book.oldest_pending_age(now).as_secs_f64());
+        if now.saturating_duration_since(self.lag_published) >= LAG_EVERY {
+            self.lag_published = now;
+            self.publish_lag_seconds(kafka);
+        }
         self.read_control();
         if self.opts.drain {
             self.check_drained(now);
+        }
+    }
+
+    /// Sets `shardline_consumer_lag_seconds` of each assigned partition from the book and the
+    /// message lag librdkafka's statistics last reported.
+    fn publish_lag_seconds(&self, kafka: &Kafka<'_>) {
+        let m = &self.res.metrics;
+        let shard = m.shard.as_str();
+        let now_ms = self.wall.ms_at(Instant::now());
+        let Ok(messages) = kafka
+            .consumer
+            .context()
+            .message_lag
+            .lock()
+            .map(|l| l.clone())
+        else {
+            return;
+        };
+        let lags = self.res.book.lag_seconds(now_ms, |topic, p| {
+            messages.get(&(topic.to_string(), p)).copied()
+        });
+        for (topic, p, seconds) in lags {
+            m.lag_seconds
+                .with_label_values(&[shard, topic, p.to_string().as_str()])
+                .set(seconds);
         }
     }
 

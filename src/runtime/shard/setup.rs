@@ -7,6 +7,7 @@
 //! Precondition: runs on the shard's pinned thread, so librdkafka's threads inherit its core affinity.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -189,6 +190,7 @@ fn consumer(
         held: signals.held.clone(),
         budget_paused: book.budget_flag(),
         fatal: Arc::new(AtomicBool::new(false)),
+        message_lag: Mutex::new(HashMap::new()),
     };
     let mut cc = consumer_config(&config.kafka, client_id);
     if opts.drain {
