@@ -29,8 +29,8 @@ pub struct CheckReport {
 /// The writer schema checked against the table: the subject's latest version, or the schema file.
 pub fn reference_schema(config: &Config) -> Result<(Option<u32>, String), RunError> {
     match config.schema.source() {
-        Some(SchemaSource::Registry(url)) => {
-            let r = RegistryClient::new(url, config.schema.registry_timeout);
+        Some(SchemaSource::Registry(_)) => {
+            let r = RegistryClient::from_config(&config.schema)?;
             let subject = config.subject();
             let (id, json) = r.latest(&subject).map_err(|e| match e {
                 CodecError::UnknownSchema(_) => RunError::NoSubject { subject },

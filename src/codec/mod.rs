@@ -78,6 +78,10 @@ pub enum CodecError {
     Resolution(String),
     #[error("schema registry unavailable: {0}")]
     RegistryUnavailable(String),
+    /// The registry client cannot be built from its settings (a TLS file missing or not PEM): an
+    /// operator's to fix, never retried. Names the setting and the path, never a file's content.
+    #[error("schema registry client: {0}")]
+    RegistryClient(String),
 }
 
 impl Retryable for CodecError {
@@ -109,6 +113,7 @@ impl Retryable for CodecError {
             CodecError::SchemaPending(_) => "schema_pending",
             CodecError::Resolution(_) => "schema_resolution",
             CodecError::RegistryUnavailable(_) => "registry_unavailable",
+            CodecError::RegistryClient(_) => "registry_client",
         }
     }
 }
@@ -120,8 +125,8 @@ pub fn decoder_for(
     fields: Vec<String>,
 ) -> Result<Decoder<RegistryClient>, CodecError> {
     match config.schema.source() {
-        Some(SchemaSource::Registry(url)) => Ok(Decoder::framed(
-            RegistryClient::new(url, config.schema.registry_timeout),
+        Some(SchemaSource::Registry(_)) => Ok(Decoder::framed(
+            RegistryClient::from_config(&config.schema)?,
             fields,
         )
         .with_unknown_grace(config.schema.unknown_schema_grace)),

@@ -9,11 +9,13 @@
 //! Precondition: blocking I/O. Never on a shard's thread: the decoder calls [`SchemaResolver`] on its
 //! own fetch thread, once per schema id (again only after a failed ask), never per message.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::CodecError;
+use crate::config::SchemaConfig;
 
 /// The I/O seam for writer schemas, so unit tests can use a stand-in. A decoder moves its resolver
 /// to its fetch thread, so [`crate::codec::Decoder`] needs it `Send + Sync + 'static`.
@@ -29,6 +31,8 @@ pub trait SchemaResolver {
 pub struct RegistryClient {
     base: String,
     agent: ureq::Agent,
+    /// The `Authorization` header value (basic or bearer), if any. Never printed.
+    auth: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +57,48 @@ impl RegistryClient {
         RegistryClient {
             base: base.trim_end_matches('/').to_string(),
             agent: ureq::AgentBuilder::new().timeout(timeout).build(),
+            auth: None,
+        }
+    }
+
+    /// The client `[schema]` asks for: its URL and timeout, TLS with its CA and client identity
+    /// (files read here, once), basic auth or a bearer token from the environment.
+    pub fn from_config(schema: &SchemaConfig) -> Result<Self, CodecError> {
+        let base = schema
+            .registry_url
+            .as_deref()
+            .ok_or_else(|| CodecError::RegistryClient("no schema.registry_url".into()))?;
+        let mut agent = ureq::AgentBuilder::new().timeout(schema.registry_timeout);
+        if base.starts_with("https://") {
+            agent = agent.tls_connector(Arc::new(tls_connector(schema)?));
+        }
+        let auth = match (&schema.username, &schema.password, &schema.bearer_token) {
+            (Some(user), Some(password), _) => {
+                use base64::Engine;
+                let pair = format!("{user}:{password}");
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
+            }
+            (None, _, Some(token)) => Some(format!("Bearer {token}")),
+            _ => None,
+        };
+        Ok(RegistryClient {
+            base: base.trim_end_matches('/').to_string(),
+            agent: agent.build(),
+            auth,
+        })
+    }
+
+    fn get(&self, url: &str) -> ureq::Request {
+        self.authorized(self.agent.get(url))
+    }
+
+    fn authorized(&self, r: ureq::Request) -> ureq::Request {
+        match &self.auth {
+            Some(a) => r.set("Authorization", a),
+            None => r,
         }
     }
 
@@ -61,8 +107,7 @@ impl RegistryClient {
         let url = format!("{}/subjects/{}/versions", self.base, subject);
         let body = serde_json::json!({ "schema": schema_json });
         let resp = self
-            .agent
-            .post(&url)
+            .authorized(self.agent.post(&url))
             .set("Content-Type", "application/vnd.schemaregistry.v1+json")
             .send_json(body)
             .map_err(|e| classify(e, 0))?;
@@ -79,7 +124,11 @@ impl RegistryClient {
 fn classify(e: ureq::Error, id: u32) -> CodecError {
     match e {
         ureq::Error::Status(404, _) => CodecError::UnknownSchema(id),
-        ureq::Error::Status(code @ (401 | 403 | 408 | 429), _) => {
+        ureq::Error::Status(code @ (401 | 403), _) => CodecError::RegistryUnavailable(format!(
+            "registry refused the request ({code}): check schema.username and \
+             SHARDLINE_REGISTRY_PASSWORD, or SHARDLINE_REGISTRY_TOKEN"
+        )),
+        ureq::Error::Status(code @ (408 | 429), _) => {
             CodecError::RegistryUnavailable(format!("registry refused the request ({code})"))
         }
         ureq::Error::Status(code, _) if (400..500).contains(&code) => {
@@ -89,15 +138,74 @@ fn classify(e: ureq::Error, id: u32) -> CodecError {
             CodecError::RegistryUnavailable(format!("registry answered {code}"))
         }
         ureq::Error::Transport(t) => {
-            CodecError::RegistryUnavailable(format!("registry unreachable ({})", t.kind()))
+            // The message and its sources say what failed (OpenSSL's "certificate verify
+            // failed"); the transport's own Display would add the URL, which may carry credentials,
+            // and the sources name none.
+            let mut parts: Vec<String> = t.message().map(str::to_string).into_iter().collect();
+            let mut source = std::error::Error::source(&t);
+            while let Some(e) = source {
+                // Wrappers repeat their source's text: keep each text once.
+                let text = e.to_string();
+                if !parts.iter().any(|p| p.contains(text.as_str())) {
+                    parts.retain(|p| !text.contains(p.as_str()));
+                    parts.push(text);
+                }
+                source = e.source();
+            }
+            let detail = parts.join(": ");
+            let detail = detail.replace(|c: char| c.is_control(), " ");
+            let hint = if detail.contains("tls") || detail.contains("SSL") {
+                "; check schema.tls_ca_file, tls_cert_file and tls_key_file"
+            } else {
+                ""
+            };
+            CodecError::RegistryUnavailable(format!(
+                "registry unreachable ({}: {detail}){hint}",
+                t.kind()
+            ))
         }
     }
+}
+
+/// The TLS connector of an `https://` registry: the configured CA (else the system's trust store)
+/// and, for mutual TLS, the client certificate and key.
+fn tls_connector(schema: &SchemaConfig) -> Result<native_tls::TlsConnector, CodecError> {
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).map_err(|e| {
+            CodecError::RegistryClient(format!("schema.{key} '{path}' cannot be read: {e}"))
+        })
+    };
+    let mut b = native_tls::TlsConnector::builder();
+    if let Some(path) = &schema.tls_ca_file {
+        let pem = read("tls_ca_file", path)?;
+        let ca = native_tls::Certificate::from_pem(&pem).map_err(|e| {
+            CodecError::RegistryClient(format!(
+                "schema.tls_ca_file '{path}' is not a PEM certificate: {e}"
+            ))
+        })?;
+        b.add_root_certificate(ca);
+    }
+    if let (Some(cert), Some(key)) = (&schema.tls_cert_file, &schema.tls_key_file) {
+        let identity = native_tls::Identity::from_pkcs8(
+            &read("tls_cert_file", cert)?,
+            &read("tls_key_file", key)?,
+        )
+        .map_err(|e| {
+            CodecError::RegistryClient(format!(
+                "schema.tls_cert_file '{cert}' with schema.tls_key_file '{key}' is not a PEM \
+                         certificate and PKCS#8 key: {e}"
+            ))
+        })?;
+        b.identity(identity);
+    }
+    b.build()
+        .map_err(|e| CodecError::RegistryClient(format!("TLS set-up: {e}")))
 }
 
 impl SchemaResolver for RegistryClient {
     fn schema_by_id(&self, id: u32) -> Result<String, CodecError> {
         let url = format!("{}/schemas/ids/{id}", self.base);
-        let resp = self.agent.get(&url).call().map_err(|e| classify(e, id))?;
+        let resp = self.get(&url).call().map_err(|e| classify(e, id))?;
         let body: SchemaBody = resp
             .into_json()
             .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer: {e}")))?;
@@ -106,7 +214,7 @@ impl SchemaResolver for RegistryClient {
 
     fn latest(&self, subject: &str) -> Result<(u32, String), CodecError> {
         let url = format!("{}/subjects/{subject}/versions/latest", self.base);
-        let resp = self.agent.get(&url).call().map_err(|e| classify(e, 0))?;
+        let resp = self.get(&url).call().map_err(|e| classify(e, 0))?;
         let body: VersionBody = resp
             .into_json()
             .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer: {e}")))?;

@@ -151,8 +151,8 @@ impl std::fmt::Debug for KafkaConfig {
     }
 }
 
-/// Where writer schemas come from.
-#[derive(Debug, Clone, Deserialize)]
+/// Where writer schemas come from. Its `Debug` redacts the registry password and token.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
     /// Confluent-compatible registry base URL (Apicurio: `http://host:8081/apis/ccompat/v7`).
@@ -184,6 +184,48 @@ pub struct SchemaConfig {
         deserialize_with = "millis"
     )]
     pub unknown_schema_grace: Duration,
+    /// The CA (PEM) that signs an `https://` registry's certificate; without it the system's trust
+    /// store is used. Default: none.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// A client certificate (PEM) for a registry that asks for one (mutual TLS); goes with
+    /// `tls_key_file`. Default: none.
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    /// The client certificate's private key (PKCS#8 PEM). Default: none.
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
+    /// HTTP basic-auth user (Confluent Cloud: the API key); its password comes from
+    /// `SHARDLINE_REGISTRY_PASSWORD` only. Default: none.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The basic-auth password. Not a file key: filled by [`Config::apply_env`] from
+    /// `SHARDLINE_REGISTRY_PASSWORD`. Never printed by `Debug`.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// A bearer token (OAuth), sent as `Authorization: Bearer`. Not a file key: filled from
+    /// `SHARDLINE_REGISTRY_TOKEN`. Exclusive with `username`. Never printed by `Debug`.
+    #[serde(skip)]
+    pub bearer_token: Option<String>,
+}
+
+impl std::fmt::Debug for SchemaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("SchemaConfig")
+            .field("registry_url", &self.registry_url.as_ref().map(|_| "<set>"))
+            .field("schema_file", &self.schema_file)
+            .field("subject", &self.subject)
+            .field("registry_timeout", &self.registry_timeout)
+            .field("unknown_schema_grace", &self.unknown_schema_grace)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("bearer_token", &redacted(&self.bearer_token))
+            .finish()
+    }
 }
 
 fn default_unknown_schema_grace() -> Duration {
@@ -220,6 +262,12 @@ impl Default for SchemaConfig {
             subject: None,
             registry_timeout: default_registry_timeout(),
             unknown_schema_grace: default_unknown_schema_grace(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            username: None,
+            password: None,
+            bearer_token: None,
         }
     }
 }
@@ -886,6 +934,12 @@ impl Config {
         if let Some(u) = get("SHARDLINE_REGISTRY_URL") {
             self.schema.registry_url = Some(u);
         }
+        if let Some(p) = get("SHARDLINE_REGISTRY_PASSWORD") {
+            self.schema.password = Some(p);
+        }
+        if let Some(t) = get("SHARDLINE_REGISTRY_TOKEN") {
+            self.schema.bearer_token = Some(t);
+        }
         if let Some(n) = get("SHARDLINE_SCYLLA_NODES") {
             self.scylla.nodes = n.split(',').map(|s| s.trim().to_string()).collect();
         }
@@ -954,6 +1008,38 @@ impl Config {
 
     fn validate_schema(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        let s = &self.schema;
+        if s.tls_cert_file.is_some() != s.tls_key_file.is_some() {
+            return bad(
+                "schema.tls_cert_file and schema.tls_key_file go together: set both or neither"
+                    .into(),
+            );
+        }
+        let tls = s.tls_ca_file.is_some() || s.tls_cert_file.is_some();
+        if tls
+            && !s
+                .registry_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        {
+            return bad("schema.tls_* files need an https:// schema.registry_url".into());
+        }
+        match (&s.username, &s.password, &s.bearer_token) {
+            (Some(_), None, _) => {
+                return bad(
+                    "schema.username needs its password in SHARDLINE_REGISTRY_PASSWORD".into(),
+                )
+            }
+            (None, Some(_), _) => {
+                return bad("SHARDLINE_REGISTRY_PASSWORD is set but schema.username is not".into())
+            }
+            (Some(_), Some(_), Some(_)) => {
+                return bad("schema: basic auth (schema.username) and a bearer token \
+                     (SHARDLINE_REGISTRY_TOKEN) are exclusive; keep one"
+                    .into())
+            }
+            _ => {}
+        }
         match (&self.schema.registry_url, &self.schema.schema_file) {
             (None, None) => bad(
                 "schema: set registry_url (Confluent wire format) or schema_file (raw Avro)".into(),
@@ -1570,6 +1656,64 @@ columns = { uid = "uid", url = "url" }
         assert!(parse_error(&text).contains("password"));
     }
 
+    // Fails on the old code: the registry had no TLS or credential settings at all.
+    #[test]
+    fn registry_credentials_come_from_the_environment_only_and_are_checked_together() {
+        let with = |schema_extra: &str| {
+            MINIMAL.replace("[schema]\n", &format!("[schema]\n{schema_extra}\n"))
+        };
+        // Secrets are not file keys.
+        for key in ["password = \"p\"", "bearer_token = \"t\""] {
+            assert!(parse_error(&with(key)).contains(key.split(' ').next().unwrap_or("")));
+        }
+        let https = "registry_url = \"https://r:8081\"";
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let checked = |text: String, pairs: &'static [(&'static str, &'static str)]| {
+            let mut c = Config::parse(&text.replace(
+                "registry_url = \"http://127.0.0.1:8081/apis/ccompat/v7\"\n",
+                "",
+            ))
+            .expect("parses");
+            c.apply_env(env(pairs));
+            c.validate().map(|_| c).map_err(|e| e.to_string())
+        };
+        let user = format!("{https}\nusername = \"u\"");
+        let ok = checked(with(&user), &[("SHARDLINE_REGISTRY_PASSWORD", "pw-61d0")])
+            .expect("basic auth with its password from the environment");
+        assert_eq!(ok.schema.password.as_deref(), Some("pw-61d0"));
+        let shown = format!("{:?}", ok.schema);
+        assert!(
+            !shown.contains("pw-61d0") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let e = checked(with(&user), &[]).expect_err("no password");
+        assert!(e.contains("SHARDLINE_REGISTRY_PASSWORD"), "{e}");
+        let e =
+            checked(with(https), &[("SHARDLINE_REGISTRY_PASSWORD", "pw")]).expect_err("no user");
+        assert!(e.contains("schema.username"), "{e}");
+        const BOTH: &[(&str, &str)] = &[
+            ("SHARDLINE_REGISTRY_PASSWORD", "pw"),
+            ("SHARDLINE_REGISTRY_TOKEN", "tk"),
+        ];
+        let e = checked(with(&user), BOTH).expect_err("two credentials");
+        assert!(e.contains("exclusive"), "{e}");
+        let token =
+            checked(with(https), &[("SHARDLINE_REGISTRY_TOKEN", "tk-93")]).expect("a token");
+        assert!(!format!("{:?}", token.schema).contains("tk-93"));
+        let e = checked(with(&format!("{https}\ntls_cert_file = \"c\"")), &[]).expect_err("no key");
+        assert!(e.contains("tls_key_file"), "{e}");
+        let plain = "registry_url = \"http://r:8081\"\ntls_ca_file = \"ca\"";
+        let e = checked(with(plain), &[]).expect_err("TLS files on plain HTTP");
+        assert!(e.contains("https://"), "{e}");
+    }
+
     #[test]
     fn debug_output_redacts_the_secrets() {
         let mut c = Config::parse(&MINIMAL.replace(
@@ -1606,7 +1750,7 @@ columns = { uid = "uid", url = "url" }
             ("latency", include_str!("../../tuning/latency.toml")),
             ("throughput", include_str!("../../tuning/throughput.toml")),
             ("enrichment", include_str!("../../tuning/enrichment.toml")),
-            ("secured", include_str!("../../tuning/secured.toml")),
+            // secured.toml validates with its secrets: see the test below.
         ] {
             let c = Config::parse(text).unwrap_or_else(|e| panic!("tuning/{name}.toml: {e}"));
             c.validate()
@@ -1642,8 +1786,10 @@ columns = { uid = "uid", url = "url" }
         );
         assert_eq!(c.kafka.librdkafka["security.protocol"], "SASL_SSL");
         assert!(c.scylla.tls_ca_file.is_some() && c.scylla.tls_cert_file.is_some());
+        assert_eq!(c.schema.password.as_deref(), Some("change-me"));
+        assert!(c.schema.tls_ca_file.is_some() && c.schema.tls_cert_file.is_some());
         let shown = format!("{c:?}");
-        assert!(!shown.contains("change-me"), "Debug redacts both passwords");
+        assert!(!shown.contains("change-me"), "Debug redacts every password");
     }
 
     #[test]

@@ -324,13 +324,10 @@ fn produce(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>, Bui
         message: e.to_string(),
     })?;
     let (plan, names) = Plan::for_encoding(&parsed)?;
-    let url = inputs
-        .config
-        .schema
-        .registry_url
-        .as_ref()
-        .ok_or_else(|| BuildError::NoRegistry { step: name.clone() })?;
-    let reg = RegistryClient::new(url, inputs.config.schema.registry_timeout);
+    if inputs.config.schema.registry_url.is_none() {
+        return Err(BuildError::NoRegistry { step: name.clone() });
+    }
+    let reg = RegistryClient::from_config(&inputs.config.schema)?;
     let subject = subject.clone().unwrap_or_else(|| format!("{topic}-value"));
     let schema_id = reg.register(&subject, schema)?;
     let slots = names

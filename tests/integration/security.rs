@@ -439,3 +439,219 @@ fn wrong_credentials_and_certificates_are_refused_at_start_up_without_a_secret()
     )?;
     Ok(())
 }
+
+/// The registry behind `scripts/registry-proxy.py`: HTTPS with the test server certificate, a client
+/// certificate from the test CA required, and the given credential check. Stopped when dropped.
+struct RegistryProxy {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RegistryProxy {
+    fn start(s: &Secrets, auth: &[&str]) -> Result<RegistryProxy> {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/registry-proxy.py");
+        let upstream = REGISTRY.trim_end_matches("/apis/ccompat/v7");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .args(["--port", "0", "--upstream", upstream])
+            .args([
+                "--cert",
+                &s.file("server.crt"),
+                "--key",
+                &s.file("server.key"),
+            ])
+            .args(["--client-ca", &s.file("ca.crt")])
+            .args(auth)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("python3 scripts/registry-proxy.py")?;
+        let mut line = String::new();
+        let out = child.stdout.take().context("the proxy's stdout")?;
+        std::io::BufReader::new(out).read_line(&mut line)?;
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("the proxy did not start: {line:?}"))?;
+        Ok(RegistryProxy { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/apis/ccompat/v7", self.port)
+    }
+}
+
+impl Drop for RegistryProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A refusal case of the secured registry: name, `[schema]`, environment, words the error holds.
+type RegistryRefusal = (
+    &'static str,
+    String,
+    Vec<(&'static str, String)>,
+    &'static [&'static str],
+);
+
+/// A plaintext pipeline whose `[schema]` is `schema` (the registry's URL and security).
+fn registry_config(dir: &Path, name: &str, topic: &str, ks: &str, schema: &str) -> Result<PathBuf> {
+    let table = format!(
+        "table = \"navigation_events\"\nttl_seconds = 2592000\n\n[table.columns]\n{ALL_COLUMNS}"
+    );
+    let text = config_text(topic, &unique("grp"), ks, 512, &table, "")
+        .replace(&format!("registry_url = \"{REGISTRY}\""), schema);
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+// Fails on the old code: the registry client spoke plain HTTP only, without credentials.
+#[test]
+fn schemas_come_from_an_https_registry_with_mutual_tls_and_basic_auth_or_a_token() -> Result<()> {
+    let s = Secrets::load()?;
+    let dir = temp_dir("registry")?;
+    let password = format!("reg-pw-{}", unique("p"));
+    let token = format!("reg-token-{}", unique("t"));
+    let pw_file = dir.join("registry-password");
+    let token_file = dir.join("registry-token");
+    std::fs::write(&pw_file, &password)?;
+    std::fs::write(&token_file, &token)?;
+    let basic = RegistryProxy::start(
+        &s,
+        &[
+            "--user",
+            "reg-user",
+            "--password-file",
+            &pw_file.display().to_string(),
+        ],
+    )?;
+    let bearer = RegistryProxy::start(&s, &["--token-file", &token_file.display().to_string()])?;
+    let topic = unique("regtls");
+    let ks = unique("regtls");
+    create_topic(&topic, 2)?;
+    create_topic(&format!("{topic}.dlq"), 1)?;
+    tokio().block_on(async { create_keyspace(&session().await?, &ks).await })?;
+    let seed = 17;
+    produce(&topic, 200, seed, 0)?;
+    let tls = |url: &str, client: &str, ca: &str| {
+        format!(
+            "registry_url = \"{url}\"\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            s.file(ca),
+            s.file(&format!("{client}.crt")),
+            s.file(&format!("{client}.key"))
+        )
+    };
+    let basic_schema = format!(
+        "{}\nusername = \"reg-user\"",
+        tls(&basic.url(), "client", "ca.crt")
+    );
+    let debug = ("RUST_LOG", "debug".to_string());
+
+    // Mutual TLS and basic auth: every record decoded with the schema from the HTTPS registry.
+    let config = registry_config(&dir, "basic", &topic, &ks, &basic_schema)?;
+    let out = run_drain_env(
+        &config,
+        Duration::from_secs(120),
+        &[],
+        &[
+            ("SHARDLINE_REGISTRY_PASSWORD", password.clone()),
+            debug.clone(),
+        ],
+    )?;
+    ensure!(out.ok, "the run failed; log:\n{}", out.stderr);
+    let summary = out.summary.context("a summary")?;
+    assert_eq!(summary["written"], 200);
+    let rows = tokio().block_on(async { read_rows(&session().await?, &ks).await })?;
+    assert_eq!(rows.len(), 200);
+    for row in rows.values() {
+        assert_row_matches(row, seed);
+    }
+    assert!(out.stderr.contains("DEBUG"), "the debug log");
+    assert!(
+        !out.stderr.contains(&password),
+        "the registry password is in the log"
+    );
+    assert!(!summary.to_string().contains(&password));
+
+    // A bearer token instead (no username): the same records, through the token-checking proxy.
+    let bearer_schema = tls(&bearer.url(), "client", "ca.crt");
+    let config = registry_config(&dir, "bearer", &topic, &ks, &bearer_schema)?;
+    let out = run_drain_env(
+        &config,
+        Duration::from_secs(120),
+        &[],
+        &[("SHARDLINE_REGISTRY_TOKEN", token.clone()), debug.clone()],
+    )?;
+    ensure!(out.ok, "the bearer run failed; log:\n{}", out.stderr);
+    assert_eq!(out.summary.context("a summary")?["written"], 200);
+    assert!(!out.stderr.contains(&token), "the token is in the log");
+
+    // Refusals, each before any shard starts, each naming what to check, none showing a secret.
+    let wrong = "wrong-reg-pw-3c9e";
+    let cases: [RegistryRefusal; 4] = [
+        (
+            "wrong-password",
+            basic_schema.clone(),
+            vec![("SHARDLINE_REGISTRY_PASSWORD", wrong.to_string())],
+            &["401", "SHARDLINE_REGISTRY_PASSWORD"],
+        ),
+        (
+            "no-token",
+            bearer_schema.clone(),
+            vec![],
+            &["401", "SHARDLINE_REGISTRY_TOKEN"],
+        ),
+        (
+            "registry-from-another-ca",
+            format!(
+                "{}\nusername = \"reg-user\"",
+                tls(&basic.url(), "client", "other-ca.crt")
+            ),
+            vec![("SHARDLINE_REGISTRY_PASSWORD", password.clone())],
+            &["registry unreachable", "certificate verify failed"],
+        ),
+        (
+            "client-certificate-from-another-ca",
+            format!(
+                "{}\nusername = \"reg-user\"",
+                tls(&basic.url(), "other-client", "ca.crt")
+            ),
+            vec![("SHARDLINE_REGISTRY_PASSWORD", password.clone())],
+            &["registry unreachable"],
+        ),
+    ];
+    for (name, schema, env, expect) in cases {
+        let config = registry_config(&dir, name, &topic, &ks, &schema)?;
+        let out = run_drain_env(&config, Duration::from_secs(90), &[], &env)?;
+        ensure!(!out.ok, "{name}: not refused; log:\n{}", out.stderr);
+        let last = out
+            .stderr
+            .rfind("shardline: ")
+            .map(|i| out.stderr[i..].to_string())
+            .unwrap_or_default();
+        for e in expect {
+            ensure!(
+                last.contains(e),
+                "{name}: the error does not say '{e}':\n{}",
+                out.stderr
+            );
+        }
+        ensure!(
+            !out.stderr.contains("shard started"),
+            "{name}: a shard started"
+        );
+        for secret in [password.as_str(), token.as_str(), wrong] {
+            ensure!(
+                !out.stderr.contains(secret),
+                "{name}: a secret is in the log"
+            );
+        }
+        eprintln!("{name}: {}", last.lines().next().unwrap_or_default());
+    }
+    Ok(())
+}
