@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use apache_avro::schema::{InnerDecimalSchema, Schema, UuidSchema};
 
+use super::reader::Fill;
 use super::shared::{Blob, Text};
 use super::CodecError;
 
@@ -223,6 +224,10 @@ pub struct Plan {
     nested: Vec<Vec<Path>>,
     slots: usize,
     kinds: Vec<Kind>,
+    /// Slots of fields the writer lacks, and what they hold in every record (see [`super::reader`]).
+    fills: Vec<(usize, Fill)>,
+    /// Per slot: the writer lacks the field and the reader gives no default (null in every record).
+    missing: Vec<bool>,
 }
 
 impl Plan {
@@ -434,6 +439,25 @@ impl Plan {
     /// through records and nullable records; a path that meets a null reads as null. A field absent
     /// from the writer schema is a [`CodecError::Resolution`].
     pub fn compile(writer: &Schema, fields: &[String]) -> Result<Plan, CodecError> {
+        Plan::resolve(writer, fields, None)
+    }
+
+    /// [`Plan::compile`] for a writer schema that may be older or newer than the reader: a field
+    /// the writer lacks holds `defaults[slot]` (the reader schema's default) in every record, or
+    /// null where there is none (see [`Plan::missing`]), instead of failing the schema.
+    pub fn compile_with(
+        writer: &Schema,
+        fields: &[String],
+        defaults: &[Option<Fill>],
+    ) -> Result<Plan, CodecError> {
+        Plan::resolve(writer, fields, Some(defaults))
+    }
+
+    fn resolve(
+        writer: &Schema,
+        fields: &[String],
+        defaults: Option<&[Option<Fill>]>,
+    ) -> Result<Plan, CodecError> {
         let mut c = Compiler {
             nodes: Vec::new(),
             named: HashMap::new(),
@@ -488,12 +512,21 @@ impl Plan {
             }
             steps.push(step);
         }
-        if let Some(missing) = found.iter().position(|f| !f) {
-            return Err(CodecError::Resolution(format!(
-                "field '{}' is not in writer schema {}",
-                fields.get(missing).map(String::as_str).unwrap_or("?"),
-                schema_name()
-            )));
+        let mut fills = Vec::new();
+        let mut missing = vec![false; fields.len()];
+        for (slot, _) in found.iter().enumerate().filter(|(_, f)| !**f) {
+            let Some(defaults) = defaults else {
+                return Err(CodecError::Resolution(format!(
+                    "field '{}' is not in writer schema {}",
+                    fields.get(slot).map(String::as_str).unwrap_or("?"),
+                    schema_name()
+                )));
+            };
+            let fill = defaults.get(slot).cloned().flatten();
+            missing[slot] = fill.is_none();
+            let fill = fill.unwrap_or(Fill::Null);
+            kinds[slot] = fill.kind();
+            fills.push((slot, fill));
         }
         Ok(Plan {
             nodes: c.nodes,
@@ -501,12 +534,20 @@ impl Plan {
             nested,
             slots: fields.len(),
             kinds,
+            fills,
+            missing,
         })
     }
 
     /// The shape of each reader slot, for start-up type checks.
     pub fn kinds(&self) -> &[Kind] {
         &self.kinds
+    }
+
+    /// Per slot: the writer schema lacks the field and the reader gives it no default, so it is
+    /// null in every record (only with [`Plan::compile_with`]).
+    pub fn missing(&self) -> &[bool] {
+        &self.missing
     }
 
     /// Decodes the datum `payload[start..]` into `row` (its values are replaced; the vector is
@@ -534,7 +575,7 @@ impl Plan {
             // The datum's own length (not the frame's), so the budget is the same framed or raw.
             items_left: (datum_len as u64).saturating_add(ITEM_ALLOWANCE),
         };
-        // Every slot is some step's (compile checks it), so each is overwritten: no clearing first.
+        // Every slot is some step's or a fill's, so each is overwritten: no clearing first.
         if row.values.len() != self.slots {
             row.values.clear();
             row.values.resize_with(self.slots, || Value::Null);
@@ -570,6 +611,11 @@ impl Plan {
         }
         if r.pos != r.buf.len() {
             return Err(CodecError::TrailingBytes(r.buf.len() - r.pos));
+        }
+        for (slot, fill) in &self.fills {
+            if let Some(cell) = row.values.get_mut(*slot) {
+                *cell = fill.value();
+            }
         }
         Ok(())
     }

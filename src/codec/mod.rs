@@ -16,6 +16,7 @@
 
 pub mod avro;
 pub mod frame;
+pub mod reader;
 pub mod registry;
 pub mod shared;
 
@@ -37,6 +38,7 @@ use crate::retry::RetryPolicy;
 pub use crate::retry::Retryable;
 
 pub use avro::{Kind, Plan, Row, Value};
+pub use reader::{Fill, Reader, SchemaCheck};
 pub use registry::{RegistryClient, SchemaResolver};
 pub use shared::{Blob, Text};
 
@@ -82,6 +84,11 @@ pub enum CodecError {
     /// operator's to fix, never retried. Names the setting and the path, never a file's content.
     #[error("schema registry client: {0}")]
     RegistryClient(String),
+    /// A writer schema whose fields the tables cannot take (a field changed to a type its column
+    /// does not convert from): refused once, when the id is first seen; its records are
+    /// dead-lettered. Permanent.
+    #[error("schema id {id} does not fit the tables: {message}")]
+    Incompatible { id: u32, message: String },
 }
 
 impl Retryable for CodecError {
@@ -114,6 +121,7 @@ impl Retryable for CodecError {
             CodecError::Resolution(_) => "schema_resolution",
             CodecError::RegistryUnavailable(_) => "registry_unavailable",
             CodecError::RegistryClient(_) => "registry_client",
+            CodecError::Incompatible { .. } => "schema_incompatible",
         }
     }
 }
@@ -170,6 +178,7 @@ impl<R: SchemaResolver + Send + Sync + 'static> Decoder<R> {
                 fields: fields.clone().into(),
                 requests: None,
                 ids: HashMap::new(),
+                reader: Arc::new(Reader::default()),
                 unknown_grace: UNKNOWN_SCHEMA_GRACE,
                 refetch: RetryPolicy::UNTIL_STOPPED,
             }),
@@ -182,6 +191,15 @@ impl<R: SchemaResolver + Send + Sync + 'static> Decoder<R> {
     pub fn with_unknown_grace(mut self, grace: Duration) -> Self {
         if let Mode::Framed(s) = &mut self.mode {
             s.unknown_grace = grace;
+        }
+        self
+    }
+
+    /// Resolves each writer schema against `reader` (defaults of missing fields, the tables' check)
+    /// instead of requiring every field. No effect on raw Avro. Call before the first decode.
+    pub fn with_reader(mut self, reader: Reader) -> Self {
+        if let Mode::Framed(s) = &mut self.mode {
+            s.reader = Arc::new(reader);
         }
         self
     }
@@ -279,6 +297,7 @@ struct Schemas<R> {
     requests: Option<Sender<Request>>,
     /// Per schema id. Never evicted: schema ids are few.
     ids: HashMap<u32, Entry>,
+    reader: Arc<Reader>,
     unknown_grace: Duration,
     refetch: RetryPolicy,
 }
@@ -461,9 +480,10 @@ impl<R: SchemaResolver + Send + Sync + 'static> Schemas<R> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let resolver = Arc::clone(&self.resolver);
         let fields = Arc::clone(&self.fields);
+        let reader = Arc::clone(&self.reader);
         std::thread::Builder::new()
             .name("schema-fetch".into())
-            .spawn(move || serve(&*resolver, &fields, &rx))
+            .spawn(move || serve(&*resolver, &fields, &reader, &rx))
             .map_err(|e| {
                 CodecError::RegistryUnavailable(format!(
                     "the schema fetch thread did not start: {e}"
@@ -481,7 +501,12 @@ fn thread_stopped() -> CodecError {
 
 /// The fetch thread: asks for each requested id once it is due (a backoff of one id never holds
 /// up another), compiles the schema and replies; ends when the decoder, the only sender, is dropped.
-fn serve<R: SchemaResolver>(resolver: &R, fields: &[String], requests: &Receiver<Request>) {
+fn serve<R: SchemaResolver>(
+    resolver: &R,
+    fields: &[String],
+    reader: &Reader,
+    requests: &Receiver<Request>,
+) {
     let mut queued: Vec<Request> = Vec::new();
     loop {
         let received = match queued.iter().map(|r| r.not_before).min() {
@@ -500,24 +525,44 @@ fn serve<R: SchemaResolver>(resolver: &R, fields: &[String], requests: &Receiver
         for request in due {
             if !request.reply.is_canceled() {
                 // The decoder may be gone meanwhile: nobody to tell.
-                let _ = request.reply.send(ask(resolver, request.id, fields));
+                let _ = request
+                    .reply
+                    .send(ask(resolver, request.id, fields, reader));
             }
         }
     }
 }
 
 /// One blocking ask and the compilation of its answer, on the fetch thread.
-fn ask<R: SchemaResolver>(resolver: &R, id: u32, fields: &[String]) -> Answer<Plan> {
+fn ask<R: SchemaResolver>(
+    resolver: &R,
+    id: u32,
+    fields: &[String],
+    reader: &Reader,
+) -> Answer<Plan> {
     let json = match resolver.schema_by_id(id) {
         Ok(json) => json,
         Err(e) => return Answer::Registry(e),
     };
     let compiled = Schema::parse_str(&json)
         .map_err(|e| CodecError::Resolution(format!("schema id {id} does not parse: {e}")))
-        .and_then(|schema| Plan::compile(&schema, fields));
+        .and_then(|schema| match &reader.defaults {
+            Some(defaults) => Plan::compile_with(&schema, fields, defaults),
+            None => Plan::compile(&schema, fields),
+        })
+        .and_then(|plan| match &reader.check {
+            Some(check) => check(plan.kinds(), plan.missing())
+                .map(|()| plan)
+                .map_err(|message| CodecError::Incompatible { id, message }),
+            None => Ok(plan),
+        });
     match compiled {
         Ok(plan) => Answer::Compiled(plan),
-        Err(e) => Answer::Broken(e),
+        Err(e) => {
+            // Once per id and shard: a broken answer is kept, the id is never asked again.
+            tracing::warn!(schema_id = id, class = e.class(), error = %e, "writer schema refused; its records are dead-lettered");
+            Answer::Broken(e)
+        }
     }
 }
 
@@ -792,6 +837,58 @@ mod tests {
             1,
             "a broken schema is a property of its id"
         );
+    }
+
+    // Fails on the old code: a writer schema without a mapped field dead-lettered all its records.
+    #[test]
+    fn a_writer_lacking_a_field_takes_the_reader_default_or_null_and_a_misfit_is_refused_once() {
+        let (r, calls) = scripted(&[Say::LacksA], Duration::ZERO);
+        let fields = vec!["a".to_string()];
+        let reader = |default: Option<Fill>| Reader {
+            defaults: Some(vec![default]),
+            check: None,
+        };
+        let mut d = Decoder::framed(r, fields.clone())
+            .with_refetch(FAST)
+            .with_reader(reader(Some(Fill::Long(5))));
+        let mut row = Row::default();
+        decode_when_ready(&mut d, &MSG7, &mut row).expect("decodes with the default");
+        assert_eq!(row.values, vec![Value::Long(5)]);
+        // No default: null (the binder unsets or nulls it per null_values).
+        let (r, _) = scripted(&[Say::LacksA], Duration::ZERO);
+        let mut d = Decoder::framed(r, fields.clone())
+            .with_refetch(FAST)
+            .with_reader(reader(None));
+        decode_when_ready(&mut d, &MSG7, &mut row).expect("decodes with null");
+        assert_eq!(row.values, vec![Value::Null]);
+        // The tables' check sees the slot's kind and that it is missing; a refusal is permanent.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let check: SchemaCheck = Arc::new(move |kinds: &[Kind], missing: &[bool]| {
+            if let Ok(mut l) = log.lock() {
+                l.push((kinds.to_vec(), missing.to_vec()));
+            }
+            Err("field 'a' of Avro type null cannot be written to column 'k'".into())
+        });
+        let (r, calls2) = scripted(&[Say::LacksA], Duration::ZERO);
+        let mut d = Decoder::framed(r, fields)
+            .with_refetch(FAST)
+            .with_reader(Reader {
+                defaults: Some(vec![None]),
+                check: Some(check),
+            });
+        for _ in 0..3 {
+            let e = decode_when_ready(&mut d, &MSG7, &mut row).expect_err("refused");
+            assert_eq!(
+                (e.class(), e.is_retryable()),
+                ("schema_incompatible", false)
+            );
+            assert!(e.to_string().contains("schema id 7") && e.to_string().contains("'a'"));
+        }
+        assert_eq!(calls2.load(SeqCst), 1, "asked and checked once");
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(seen, vec![(vec![Kind::Null], vec![true])]);
+        assert_eq!(calls.load(SeqCst), 1);
     }
 
     #[test]

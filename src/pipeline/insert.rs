@@ -177,6 +177,9 @@ impl Processor for Insert {
     fn is_sink(&self) -> bool {
         true
     }
+    fn binder(&self) -> Option<&Binder> {
+        Some(&self.binder)
+    }
     fn flush(&self) {
         self.rows.flush();
         if let Some(d) = &self.deletes {

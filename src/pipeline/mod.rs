@@ -151,6 +151,11 @@ pub trait Processor {
         &'a self,
         record: &'a mut Record,
     ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>>;
+    /// The table binding of an insert sink, for the check of each new writer schema against the
+    /// tables (see [`crate::codec::reader`]). Default: none.
+    fn binder(&self) -> Option<&crate::sink::Binder> {
+        None
+    }
     /// What the step does with a tombstone (a record whose value is null: only its Kafka metadata
     /// slots are filled). Default: nothing, the step lets it by (`Dropped` for this step). Only
     /// sinks are asked; filters and lookups never see a tombstone.
@@ -231,6 +236,14 @@ impl Chain {
         for s in &self.steps {
             s.processor.flush();
         }
+    }
+
+    /// The table bindings of the chain's insert sinks.
+    pub fn binders(&self) -> Vec<crate::sink::Binder> {
+        self.steps
+            .iter()
+            .filter_map(|s| s.processor.binder().cloned())
+            .collect()
     }
 
     pub fn step_names(&self) -> Vec<String> {

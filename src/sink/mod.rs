@@ -27,7 +27,7 @@ use std::rc::Rc;
 use futures::future::LocalBoxFuture;
 use scylla::value::{CqlValue, MaybeUnset};
 
-use crate::codec::Value;
+use crate::codec::{Kind, Value};
 use crate::config::{NullValues, TableConfig, WriteTimestamp};
 pub use cell::Cell;
 pub use error::{Scope, StartError, WriteError};
@@ -158,6 +158,8 @@ enum Ts {
 #[derive(Debug, Clone)]
 pub struct Binder {
     pub columns: Vec<ColumnMap>,
+    /// The table's primary-key columns (partition key, then clustering), where known.
+    keys: Vec<String>,
     ttl: Ttl,
     ts: Ts,
     /// Null fields write CQL nulls (tombstones) instead of leaving the column unset.
@@ -220,10 +222,40 @@ impl Binder {
         };
         Ok(Binder {
             columns,
+            keys: Vec::new(),
             ttl,
             ts,
             write_nulls: table.null_values == NullValues::Null,
         })
+    }
+
+    /// This binder with the table's primary-key columns (from `system_schema`).
+    pub fn with_keys(mut self, keys: Vec<String>) -> Binder {
+        self.keys = keys;
+        self
+    }
+
+    /// The table's primary-key columns, as given to [`Binder::with_keys`].
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// Whether a writer schema fits this table: `kinds` are its decoded slots' kinds, `missing`
+    /// the slots it lacks without a default (null in every record). Every mapped column must take
+    /// its field's kind, and no primary-key column may be fed by a missing field (each record would
+    /// fail). `Err` names field, column and types, never a value.
+    pub fn check_schema(&self, kinds: &[Kind], missing: &[bool]) -> Result<(), String> {
+        for c in self.columns.iter().filter(|c| c.slot < kinds.len()) {
+            if missing.get(c.slot).copied().unwrap_or(false) && self.keys.contains(&c.column) {
+                return Err(format!(
+                    "primary-key column '{}' is fed by field '{}', which the writer schema lacks \
+                     and the reader schema gives no default",
+                    c.column, c.field
+                ));
+            }
+            mapping::check(std::slice::from_ref(c), kinds).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// The binder of the table's deletes: `key_columns` (its primary key, every one mapped from
@@ -740,5 +772,36 @@ timestamp_field = "ts"
             e.contains("'kafka.kee' is not a Kafka metadata field"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_new_writer_schema_is_checked_against_the_table_and_its_key() {
+        let c = config("");
+        let fields = c.needed_fields();
+        let b = Binder::for_table(&c.table, &fields, &types())
+            .expect("binder")
+            .with_keys(vec!["a".into()]);
+        // fa -> a (text, the key), fb -> b (bigint).
+        assert_eq!(
+            b.check_schema(&[Kind::Str, Kind::Long], &[false, false]),
+            Ok(())
+        );
+        // A regular column's field missing: null, fine; the key's: every record would fail.
+        assert_eq!(
+            b.check_schema(&[Kind::Str, Kind::Null], &[false, true]),
+            Ok(())
+        );
+        let e = b
+            .check_schema(&[Kind::Null, Kind::Long], &[true, false])
+            .expect_err("the key's field is missing");
+        assert!(
+            e.contains("primary-key column 'a'") && e.contains("'fa'"),
+            "{e}"
+        );
+        // A field that changed to a type its column cannot take.
+        let e = b
+            .check_schema(&[Kind::Str, Kind::Str], &[false, false])
+            .expect_err("string into bigint");
+        assert!(e.contains("'fb'") && e.contains("bigint"), "{e}");
     }
 }

@@ -182,7 +182,8 @@ pub async fn prepare_insert(
     fields: &[String],
 ) -> Result<(Binder, PreparedStatement), StartError> {
     let types = table_columns(session, &table.keyspace, &table.table).await?;
-    let binder = Binder::for_table(table, fields, &types)?;
+    let keys = primary_key(session, &table.keyspace, &table.table).await?;
+    let binder = Binder::for_table(table, fields, &types)?.with_keys(keys);
     let cql = binder.insert_cql(&table.keyspace, &table.table);
     let mut insert = session
         .prepare(cql.as_str())
@@ -237,9 +238,8 @@ pub async fn prepare_delete(
     table: &TableConfig,
     insert: &Binder,
 ) -> Result<(DeleteBinder, PreparedStatement), StartError> {
-    let keys = primary_key(session, &table.keyspace, &table.table).await?;
     let name = format!("{}.{}", table.keyspace, table.table);
-    let binder = insert.delete_binder(&name, &keys)?;
+    let binder = insert.delete_binder(&name, insert.keys())?;
     let cql = binder.delete_cql(&table.keyspace, &table.table);
     let mut delete = session
         .prepare(cql.as_str())

@@ -33,19 +33,41 @@ fn rec(key: &str, value: Option<Avro>, ts_ms: i64) -> Rec {
 
 /// Registers `schema` under the topic's value subject and produces `recs` to partition 0, in order,
 /// framed in the Confluent wire format; waits for every acknowledgement.
-#[allow(deprecated)] // apache-avro's reference encoder: deprecated, still exact.
 fn produce_avro(topic: &str, schema: &str, recs: &[Rec]) -> Result<()> {
-    let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
-    let id = reg.register(&format!("{topic}-value"), schema)?;
-    let parsed = apache_avro::Schema::parse_str(schema)?;
+    let subject = format!("{topic}-value");
+    let writer = Writer::register(&subject, schema)?;
+    let all: Vec<(&Writer, &Rec)> = recs.iter().map(|r| (&writer, r)).collect();
+    produce_with(topic, &all)
+}
+
+/// A registered writer schema.
+struct Writer {
+    id: u32,
+    schema: apache_avro::Schema,
+}
+
+impl Writer {
+    fn register(subject: &str, json: &str) -> Result<Writer> {
+        let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
+        Ok(Writer {
+            id: reg.register(subject, json)?,
+            schema: apache_avro::Schema::parse_str(json)?,
+        })
+    }
+}
+
+/// Produces each record with its own writer schema, to partition 0 in order; waits for every
+/// acknowledgement.
+#[allow(deprecated)] // apache-avro's reference encoder: deprecated, still exact.
+fn produce_with(topic: &str, recs: &[(&Writer, &Rec)]) -> Result<()> {
     let producer = checked_producer(&[])?;
-    for r in recs {
+    for (w, r) in recs {
         let payload = match &r.value {
             None => None,
             Some(v) => {
-                let datum = apache_avro::to_avro_datum(&parsed, v.clone())?;
+                let datum = apache_avro::to_avro_datum(&w.schema, v.clone())?;
                 let mut framed = Vec::new();
-                shardline::codec::frame::frame_into(id, &datum, &mut framed);
+                shardline::codec::frame::frame_into(w.id, &datum, &mut framed);
                 Some(framed)
             }
         };
@@ -512,4 +534,122 @@ fn i128_of(b: &[u8]) -> i128 {
         v = (v << 8) | i128::from(*x);
     }
     v
+}
+
+const EVO_V1: &str = r#"{"type":"record","name":"evo","namespace":"t","fields":[
+    {"name":"id","type":"string"},{"name":"url","type":"string"},{"name":"n","type":"int"}]}"#;
+const EVO_V2: &str = r#"{"type":"record","name":"evo","namespace":"t","fields":[
+    {"name":"id","type":"string"},{"name":"url","type":"string"},{"name":"n","type":"int"},
+    {"name":"ref","type":"string","default":"none"},
+    {"name":"note","type":["null","string"],"default":null}]}"#;
+/// `n` changed to a string: its int column cannot take it.
+const EVO_BAD: &str = r#"{"type":"record","name":"evo","namespace":"t","fields":[
+    {"name":"id","type":"string"},{"name":"url","type":"string"},{"name":"n","type":"string"},
+    {"name":"ref","type":"string","default":"none"},
+    {"name":"note","type":["null","string"],"default":null}]}"#;
+
+fn evo(id: &str, n: i64, extra: Option<(&str, Option<&str>)>, n_as_text: bool) -> Option<Avro> {
+    let mut fields = vec![
+        ("id".to_string(), Avro::String(id.into())),
+        ("url".to_string(), Avro::String(format!("/{id}"))),
+        (
+            "n".to_string(),
+            if n_as_text {
+                Avro::String(n.to_string())
+            } else {
+                Avro::Int(n as i32)
+            },
+        ),
+    ];
+    if let Some((r, note)) = extra {
+        fields.push(("ref".into(), Avro::String(r.into())));
+        fields.push((
+            "note".into(),
+            match note {
+                None => Avro::Union(0, Box::new(Avro::Null)),
+                Some(t) => Avro::Union(1, Box::new(Avro::String(t.into()))),
+            },
+        ));
+    }
+    Some(Avro::Record(fields))
+}
+
+// Fails on the old code: every record of the older schema (it lacks `ref` and `note`) was
+// dead-lettered as schema_resolution.
+#[test]
+fn two_schema_versions_interleaved_write_every_record_and_a_changed_type_is_refused_per_id(
+) -> Result<()> {
+    let topic = unique("evo");
+    let ks = unique("evo");
+    let group = unique("grp");
+    let dir = temp_dir("evo")?;
+    create_topic(&topic, 1)?;
+    create_topic(&format!("{topic}.dlq"), 1)?;
+    tokio().block_on(cql(
+        &ks,
+        &[format!(
+            "CREATE TABLE {ks}.evo (id text PRIMARY KEY, url text, n int, ref text, note text)"
+        )],
+    ))?;
+    let subject = format!("{topic}-value");
+    let v1 = Writer::register(&subject, EVO_V1)?;
+    let v2 = Writer::register(&subject, EVO_V2)?;
+    // Under another subject, so the value subject's latest (the reader) stays v2.
+    let bad = Writer::register(&format!("{topic}-other"), EVO_BAD)?;
+    let mut recs = Vec::new();
+    for i in 0..12i64 {
+        let id = format!("r{i}");
+        let (w, value) = match i % 3 {
+            0 => (&v1, evo(&id, i, None, false)),
+            1 => (&v2, evo(&id, i, Some(("given", Some("hello"))), false)),
+            _ => (&bad, evo(&id, i, Some(("given", None)), true)),
+        };
+        recs.push((w, rec(&id, value, BASE_TS_MS + i)));
+    }
+    let refs: Vec<(&Writer, &Rec)> = recs.iter().map(|(w, r)| (*w, r)).collect();
+    produce_with(&topic, &refs)?;
+    let columns = "id = \"id\"\nurl = \"url\"\nn = \"n\"\nref = \"ref\"\nnote = \"note\"";
+    let table = format!("table = \"evo\"\n\n[table.columns]\n{columns}");
+    let config = dir.join("evo.toml");
+    std::fs::write(&config, config_text(&topic, &group, &ks, 64, &table, ""))?;
+    let out = drain_ok(&config, Duration::from_secs(180), &[])?;
+    let summary = out.summary.context("a summary")?;
+    assert_eq!(summary["written"], 8, "both versions written");
+    assert_eq!(summary["dead_lettered"], 4, "the changed type's records");
+    let letters = dead_letters(&topic)?;
+    assert_eq!(letters.len(), 4);
+    for l in &letters {
+        assert_eq!(l.headers["shardline.error.class"], "schema_incompatible");
+        let offset: i64 = l.headers["shardline.source.offset"].parse()?;
+        assert_eq!(offset % 3, 2, "only records of the changed schema");
+    }
+    assert_eq!(
+        out.stderr.matches("writer schema refused").count(),
+        1,
+        "the refusal is logged once (one partition, one shard)"
+    );
+    let rows = rows_by_key(&format!("SELECT id, url, n, ref, note FROM {ks}.evo"))?;
+    assert_eq!(rows.len(), 8);
+    for i in (0..12i64).filter(|i| i % 3 != 2) {
+        let id = format!("r{i}");
+        let (r, note) = if i % 3 == 0 {
+            // v1 lacks them: the reader's default, and null (unset) where the default is null.
+            ("none", None)
+        } else {
+            ("given", Some(CqlValue::Text("hello".into())))
+        };
+        assert_eq!(
+            rows.get(&id),
+            Some(&vec![
+                Some(CqlValue::Text(id.clone())),
+                Some(CqlValue::Text(format!("/{id}"))),
+                Some(CqlValue::Int(i as i32)),
+                Some(CqlValue::Text(r.into())),
+                note,
+            ]),
+            "row {id}"
+        );
+    }
+    assert_eq!(committed(&group, &topic, 1)?, end_offsets(&topic, 1)?);
+    Ok(())
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
 use super::record::{RecordContext, Stages};
-use crate::codec::{self, Decoder, RegistryClient};
+use crate::codec::{self, reader, Decoder, Kind, Reader, RegistryClient, SchemaCheck};
 use crate::config::{Config, ConfigError};
 use crate::kafka::context::ShardContext;
 use crate::kafka::dead_letter::DeadLetterProducer;
@@ -24,7 +24,7 @@ use crate::kafka::{consumer_config, GlommioRuntime, KafkaError};
 use crate::metrics::ShardMetrics;
 use crate::pipeline::build::BuildInputs;
 use crate::pipeline::meta::MetaSlots;
-use crate::pipeline::{self, Processor};
+use crate::pipeline::{self, Chain, Processor};
 use crate::retry::Shutdown;
 use crate::runtime::{RunError, RunOptions, ShardSpec, Siblings};
 use crate::sink::bridge::{Driver, TokioBridge};
@@ -73,7 +73,6 @@ pub(super) async fn setup(
     // Nothing else runs on this shard until its loop starts: the driver task may block in tokio.
     bridge.handle().set_idle(true);
     let driver = Driver::start(bridge.clone());
-    let decoder = codec::decoder_for(config, config.decoded_fields())?;
     let custom: Vec<Box<dyn Processor>> = siblings
         .custom
         .as_ref()
@@ -102,6 +101,7 @@ pub(super) async fn setup(
     })
     .await?;
     tracing::info!(shard = spec.index, steps = ?chain.step_names(), "processor chain");
+    let decoder = decoder(config, &chain)?;
     let book = partition_book(config, &metrics);
     let (consumer, signals) = consumer(config, spec, siblings, &metrics, &book, &client_id, opts)?;
     let dead_letters = config
@@ -135,6 +135,28 @@ pub(super) async fn setup(
         driver: Some(driver),
     };
     Ok((consumer, resources))
+}
+
+/// The shard's decoder. With a registry, writer schemas resolve against the subject's latest schema
+/// (the reader the start-up check accepted: defaults of fields a writer lacks) and each new one is
+/// checked against every table of the chain when its id is first seen.
+fn decoder(config: &Config, chain: &Chain) -> Result<Decoder<RegistryClient>, RunError> {
+    let fields = config.decoded_fields();
+    let decoder = codec::decoder_for(config, fields.clone())?;
+    if config.schema.registry_url.is_none() {
+        return Ok(decoder);
+    }
+    let (_, reader_json) = crate::check::reference_schema(config)?;
+    let binders = chain.binders();
+    let check: SchemaCheck = Arc::new(move |kinds: &[Kind], missing: &[bool]| {
+        binders
+            .iter()
+            .try_for_each(|b| b.check_schema(kinds, missing))
+    });
+    Ok(decoder.with_reader(Reader {
+        defaults: Some(reader::defaults(&reader_json, &fields)),
+        check: Some(check),
+    }))
 }
 
 /// The record's slots: decoded and enriched fields, then the outputs of custom steps.
