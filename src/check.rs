@@ -11,7 +11,7 @@ use apache_avro::Schema;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::codec::{CodecError, Plan, RegistryClient, SchemaResolver};
-use crate::config::{Config, ConfigError, SchemaSource};
+use crate::config::{Config, ConfigError, OnTombstone, Route, SchemaSource, TableConfig};
 use crate::kafka::{consumer_config, start_up_error, KafkaError, LastError};
 use crate::pipeline::meta;
 use crate::runtime::RunError;
@@ -28,10 +28,18 @@ pub struct CheckReport {
 
 /// The writer schema checked against the table: the subject's latest version, or the schema file.
 pub fn reference_schema(config: &Config) -> Result<(Option<u32>, String), RunError> {
+    reference_schema_of(config, &config.primary())
+}
+
+/// [`reference_schema`] of one route: its subject's latest version, or the schema file.
+pub fn reference_schema_of(
+    config: &Config,
+    route: &Route<'_>,
+) -> Result<(Option<u32>, String), RunError> {
     match config.schema.source() {
         Some(SchemaSource::Registry(_)) => {
             let r = RegistryClient::from_config(&config.schema)?;
-            let subject = config.subject();
+            let subject = route.subject();
             let (id, json) = r.latest(&subject).map_err(|e| match e {
                 CodecError::UnknownSchema(_) => RunError::NoSubject { subject },
                 other => RunError::Codec(other),
@@ -51,7 +59,7 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
         .create_with_context(LastError::default())
         .map_err(KafkaError::from)?;
     let mut partitions = Vec::new();
-    for t in &config.kafka.topics {
+    for t in &config.all_topics() {
         let md = consumer
             .fetch_metadata(Some(t), Duration::from_secs(10))
             .map_err(|e| start_up_error(&consumer, &config.kafka.brokers, e))?;
@@ -69,54 +77,101 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
         }
         partitions.push((t.clone(), n));
     }
-    // Schema and fields.
-    let (schema_id, json) = reference_schema(config)?;
-    let schema = Schema::parse_str(&json).map_err(|e| {
-        RunError::Codec(CodecError::Resolution(format!(
-            "writer schema does not parse: {e}"
-        )))
-    })?;
-    let plan = Plan::compile(&schema, &config.decoded_fields())?;
-    // The record's fields read from Kafka, decoded then metadata, and their kinds in that order.
-    let fields = config.needed_fields();
-    let mut kinds = plan.kinds().to_vec();
-    kinds.extend(
-        meta::kinds(&fields, config.kafka.key_format)
-            .map_err(|e| RunError::Config(ConfigError::Invalid(e.to_string())))?,
-    );
-    // Table and types.
+    // Tables and types: one session for every route.
     let bridge = TokioBridge::new().map_err(|source| RunError::Bridge { shard: 0, source })?;
     let session = bridge.block_on(sink::connect(config))?;
-    let columns_of = |table: &crate::config::TableConfig| {
-        bridge.block_on(sink::table_columns(&session, &table.keyspace, &table.table))
+    let live = Live {
+        bridge: &bridge,
+        session: &session,
     };
-    let types = columns_of(&config.table)?;
-    let all = config.all_fields();
-    let binder = Binder::for_table(&config.table, &all, &types)?;
-    mapping::check(&decoded_only(&binder.columns, fields.len()), &kinds)?;
-    check_special(config, &fields, &kinds)?;
-    let mut columns: Vec<String> = binder
-        .columns
-        .iter()
-        .map(|c| format!("{} <- {} ({})", c.column, c.field, c.ty))
-        .collect();
-    // The insert processors' tables: the same checks, table by table.
-    for p in &config.processors {
-        if let crate::config::ProcessorConfig::Insert { name, table } = p {
-            let b = Binder::for_table(table, &all, &columns_of(table)?)?;
-            mapping::check(&decoded_only(&b.columns, fields.len()), &kinds)?;
-            columns.extend(
-                b.columns
-                    .iter()
-                    .map(|c| format!("[{name}] {} <- {} ({})", c.column, c.field, c.ty)),
-            );
-        }
+    let mut schema_id = None;
+    let mut columns = Vec::new();
+    for route in config.routes() {
+        let (id, cols) = check_route(config, &route, &live)?;
+        schema_id = schema_id.or(id);
+        columns.extend(cols);
     }
     Ok(CheckReport {
         partitions,
         schema_id,
         columns,
     })
+}
+
+/// The database as the check reaches it.
+struct Live<'a> {
+    bridge: &'a TokioBridge,
+    session: &'a scylla::client::session::Session,
+}
+
+impl Live<'_> {
+    /// A table's binder over `fields`, built against its live columns and primary key, with the
+    /// DELETE of its tombstones checked where it deletes.
+    fn binder(&self, table: &TableConfig, fields: &[String]) -> Result<Binder, RunError> {
+        let (ks, name) = (&table.keyspace, &table.table);
+        let types = self
+            .bridge
+            .block_on(sink::table_columns(self.session, ks, name))?;
+        let keys = self
+            .bridge
+            .block_on(sink::session::primary_key(self.session, ks, name))?;
+        let binder = Binder::for_table(table, fields, &types)?.with_keys(keys);
+        if table.on_tombstone == OnTombstone::Delete {
+            binder.delete_binder(&format!("{ks}.{name}"), binder.keys())?;
+        }
+        Ok(binder)
+    }
+}
+
+/// One route's checks: its subject's latest schema has every field it reads, and its tables take
+/// them. Returns the schema id checked and the column lines of the report.
+fn check_route(
+    config: &Config,
+    route: &Route<'_>,
+    live: &Live<'_>,
+) -> Result<(Option<u32>, Vec<String>), RunError> {
+    let (schema_id, json) = reference_schema_of(config, route)?;
+    let schema = Schema::parse_str(&json).map_err(|e| {
+        RunError::Codec(CodecError::Resolution(format!(
+            "writer schema does not parse: {e}"
+        )))
+    })?;
+    let plan = Plan::compile(&schema, &route.decoded_fields())?;
+    // The record's fields read from Kafka, decoded then metadata, and their kinds in that order.
+    let fields = route.needed_fields();
+    let mut kinds = plan.kinds().to_vec();
+    kinds.extend(
+        meta::kinds(&fields, config.kafka.key_format)
+            .map_err(|e| RunError::Config(ConfigError::Invalid(e.to_string())))?,
+    );
+    let all = route.all_fields();
+    let binder = live.binder(route.table, &all)?;
+    mapping::check(&decoded_only(&binder.columns, fields.len()), &kinds)?;
+    check_special(route.table, &fields, &kinds)?;
+    // The primary route's lines keep their old shape; another route's name them.
+    let prefix = if route.name == "primary" {
+        String::new()
+    } else {
+        format!("({}) ", route.name)
+    };
+    let mut columns: Vec<String> = binder
+        .columns
+        .iter()
+        .map(|c| format!("{prefix}{} <- {} ({})", c.column, c.field, c.ty))
+        .collect();
+    // The insert processors' tables: the same checks, table by table.
+    for p in route.processors {
+        if let crate::config::ProcessorConfig::Insert { name, table } = p {
+            let b = live.binder(table, &all)?;
+            mapping::check(&decoded_only(&b.columns, fields.len()), &kinds)?;
+            columns.extend(
+                b.columns
+                    .iter()
+                    .map(|c| format!("{prefix}[{name}] {} <- {} ({})", c.column, c.field, c.ty)),
+            );
+        }
+    }
+    Ok((schema_id, columns))
 }
 
 /// The columns fed by fields read from the Kafka record (decoded or metadata): enriched ones (lookups) are type-checked per record instead.
@@ -130,7 +185,7 @@ fn decoded_only(columns: &[mapping::ColumnMap], decoded: usize) -> Vec<mapping::
 
 /// TTL and timestamp fields must have usable kinds.
 fn check_special(
-    config: &Config,
+    table: &TableConfig,
     fields: &[String],
     kinds: &[crate::codec::Kind],
 ) -> Result<(), StartError> {
@@ -141,14 +196,14 @@ fn check_special(
             .position(|x| x == f)
             .and_then(|i| kinds.get(i))
     };
-    if let Some(f) = &config.table.ttl_field {
+    if let Some(f) = &table.ttl_field {
         if !matches!(kind_of(f), Some(Kind::Int | Kind::Long)) {
             return Err(StartError::Schema(format!(
                 "table.ttl_field '{f}' must be an Avro int or long"
             )));
         }
     }
-    if let Some(f) = &config.table.timestamp_field {
+    if let Some(f) = &table.timestamp_field {
         match kind_of(f) {
             Some(Kind::Long | Kind::TimestampMillis | Kind::TimestampMicros) => {}
             // The binder reads millis, micros or a plain long as µs; nanoseconds it would refuse on
@@ -187,15 +242,16 @@ mod tests {
         .expect("nanos schema parses");
         let fields = ["t".to_string()];
         let plan = Plan::compile(&schema, &fields).expect("compiles");
-        let msg = check_special(&config, &fields, plan.kinds())
+        let msg = check_special(&config.table, &fields, plan.kinds())
             .expect_err("a nanosecond write timestamp is refused")
             .to_string();
         for part in ["'t'", "timestamp-nanos"] {
             assert!(msg.contains(part), "{msg} lacks {part}");
         }
         for ok in [Kind::Long, Kind::TimestampMillis, Kind::TimestampMicros] {
-            check_special(&config, &fields, &[ok]).expect("a µs-convertible kind is accepted");
+            check_special(&config.table, &fields, &[ok])
+                .expect("a µs-convertible kind is accepted");
         }
-        assert!(check_special(&config, &fields, &[Kind::Str]).is_err());
+        assert!(check_special(&config.table, &fields, &[Kind::Str]).is_err());
     }
 }

@@ -57,6 +57,10 @@ pub struct Config {
     /// Default: none.
     #[serde(default)]
     pub custom_fields: Vec<String>,
+    /// More topics with their own table and processors, consumed by the same shards (see
+    /// [`RouteConfig`]). Default: none (the primary route only).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 /// Kafka source and dead-letter sink. Its `Debug` redacts secret-looking passthrough values.
@@ -474,6 +478,10 @@ pub struct TableConfig {
     /// tombstone has no value fields; checked at start-up.
     #[serde(default, deserialize_with = "de_on_tombstone")]
     pub on_tombstone: OnTombstone,
+    /// Consistency of this table's writes (and deletes), like `scylla.consistency`. Default: none
+    /// (`scylla.consistency`).
+    #[serde(default, deserialize_with = "de_opt_consistency")]
+    pub consistency: Option<Consistency>,
 }
 
 /// The `timestamp_source` key of a table: where its write timestamp comes from. Its sibling keys
@@ -691,6 +699,10 @@ pub enum ProcessorConfig {
             deserialize_with = "opt_millis"
         )]
         speculative_delay: Option<Duration>,
+        /// Consistency of this lookup's SELECT, like `scylla.consistency` (a lookup may read at
+        /// `local_one` while writes stay at `local_quorum`). Default: none (`scylla.consistency`).
+        #[serde(default, deserialize_with = "de_opt_consistency")]
+        consistency: Option<Consistency>,
     },
     /// One more table written from the record, with its own mapping, TTL and write timestamp.
     Insert { name: String, table: TableConfig },
@@ -866,6 +878,9 @@ fn keyed<'de, D: Deserializer<'de>, T: Deserialize<'de>>(key: &str, d: D) -> Res
 fn de_consistency<'de, D: Deserializer<'de>>(d: D) -> Result<Consistency, D::Error> {
     keyed("scylla.consistency", d)
 }
+fn de_opt_consistency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Consistency>, D::Error> {
+    keyed("consistency", d)
+}
 fn de_offset_reset<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetReset, D::Error> {
     keyed("kafka.offset_reset", d)
 }
@@ -957,10 +972,13 @@ impl Config {
         self.validate_scylla()?;
         self.table.validate("table")?;
         self.validate_shard_cores()?;
-        self.validate_processors()?;
-        for field in self.needed_fields() {
-            crate::pipeline::meta::Meta::parse(&field)
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.validate_processors(&self.processors)?;
+        self.validate_routes()?;
+        for route in self.routes() {
+            for field in route.needed_fields() {
+                crate::pipeline::meta::Meta::parse(&field)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            }
         }
         if self.shards.io_memory_bytes < 64 * 1024 {
             return bad("shards.io_memory_bytes must be at least 65536".into());
@@ -1109,12 +1127,48 @@ impl Config {
         Ok(())
     }
 
+    /// `[[routes]]`: unique names, topics of their own, each table and chain checked like the
+    /// primary route's.
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::from(["primary".to_string()]);
+        let mut topics: std::collections::HashSet<&String> = self.kafka.topics.iter().collect();
+        for r in &self.routes {
+            let n = &r.name;
+            if n.is_empty() || !names.insert(n.clone()) {
+                return bad(format!(
+                    "routes: every route needs a unique, non-empty name other than 'primary' ('{n}')"
+                ));
+            }
+            if r.topics.is_empty() || r.topics.iter().any(|t| t.trim().is_empty()) {
+                return bad(format!(
+                    "routes.{n}.topics must list at least one non-empty topic"
+                ));
+            }
+            for t in &r.topics {
+                if !topics.insert(t) {
+                    return bad(format!(
+                        "routes.{n}.topics: topic '{t}' belongs to another route already"
+                    ));
+                }
+                if self.kafka.dead_letter_topic.as_ref() == Some(t) {
+                    return bad(format!(
+                        "routes.{n}.topics: '{t}' is the dead-letter topic: dead letters would loop"
+                    ));
+                }
+            }
+            r.table.validate(&format!("routes.{n}.table"))?;
+            self.validate_processors(&r.processors)?;
+        }
+        Ok(())
+    }
+
     /// Checks the pipeline as a whole (names, step order), then each step on its own.
-    fn validate_processors(&self) -> Result<(), ConfigError> {
+    fn validate_processors(&self, processors: &[ProcessorConfig]) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let mut seen_sink = false;
         let mut names = std::collections::HashSet::new();
-        for p in &self.processors {
+        for p in processors {
             let n = p.name();
             if n.is_empty() || !names.insert(n.to_string()) {
                 return bad(format!(
@@ -1158,7 +1212,7 @@ impl Config {
                 table.validate(&format!("processors.{n}.table"))?;
             }
             ProcessorConfig::Produce { topic, .. } => {
-                if self.kafka.topics.contains(topic) {
+                if self.all_topics().contains(topic) {
                     return bad(format!(
                         "processors.{n}.topic '{topic}' is a source topic: records would loop"
                     ));
@@ -1169,19 +1223,113 @@ impl Config {
         Ok(())
     }
 
-    /// The subject checked at start-up.
+    /// Every route: the primary one (`kafka.topics`, `[schema]`'s subject, `[table]`,
+    /// `[[processors]]`), then each `[[routes]]` entry, in file order.
+    pub fn routes(&self) -> Vec<Route<'_>> {
+        let mut out = vec![self.primary()];
+        out.extend(self.routes.iter().map(|r| Route {
+            name: &r.name,
+            topics: &r.topics,
+            subject: r.subject.as_deref(),
+            table: &r.table,
+            processors: &r.processors,
+            custom_fields: &[],
+        }));
+        out
+    }
+
+    /// The primary route (see [`Config::routes`]).
+    pub fn primary(&self) -> Route<'_> {
+        Route {
+            name: "primary",
+            topics: &self.kafka.topics,
+            subject: self.schema.subject.as_deref(),
+            table: &self.table,
+            processors: &self.processors,
+            custom_fields: &self.custom_fields,
+        }
+    }
+
+    /// Every topic consumed, the primary route's first, each once.
+    pub fn all_topics(&self) -> Vec<String> {
+        self.routes()
+            .iter()
+            .flat_map(|r| r.topics.iter().cloned())
+            .collect()
+    }
+
+    /// The primary route's subject checked at start-up.
     pub fn subject(&self) -> String {
-        self.schema.subject.clone().unwrap_or_else(|| {
+        self.primary().subject()
+    }
+
+    /// The primary route's [`Route::needed_fields`].
+    pub fn needed_fields(&self) -> Vec<String> {
+        self.primary().needed_fields()
+    }
+
+    /// The primary route's [`Route::decoded_fields`].
+    pub fn decoded_fields(&self) -> Vec<String> {
+        self.primary().decoded_fields()
+    }
+
+    /// The primary route's [`Route::enriched_fields`].
+    pub fn enriched_fields(&self) -> Vec<String> {
+        self.primary().enriched_fields()
+    }
+
+    /// The primary route's [`Route::all_fields`].
+    pub fn all_fields(&self) -> Vec<String> {
+        self.primary().all_fields()
+    }
+}
+
+/// `[[routes]]`: more topics consumed by the same shards, each group of topics with its own
+/// subject, table mapping and processor chain (the primary route is `kafka.topics` with `[table]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A unique name (logs, errors). Required.
+    pub name: String,
+    /// Topics of this route; none may belong to another route. Required, at least one.
+    pub topics: Vec<String>,
+    /// Subject whose latest version is the route's reader schema. Default `<first topic>-value`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The route's table, with the same keys and checks as `[table]`. Required.
+    pub table: TableConfig,
+    /// The route's processor chain; its `table` is the last sink. Default: none.
+    #[serde(default)]
+    pub processors: Vec<ProcessorConfig>,
+}
+
+/// One route as the pipeline sees it: topics, subject, table, processors.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    pub name: &'a str,
+    pub topics: &'a [String],
+    subject: Option<&'a str>,
+    pub table: &'a TableConfig,
+    pub processors: &'a [ProcessorConfig],
+    /// Fields custom (Rust) steps add: the primary route's only.
+    pub custom_fields: &'a [String],
+}
+
+impl Route<'_> {
+    /// The subject checked at start-up: the configured one, else `<first topic>-value`.
+    pub fn subject(&self) -> String {
+        self.subject.map(str::to_string).unwrap_or_else(|| {
             format!(
                 "{}-value",
-                self.kafka.topics.first().map(String::as_str).unwrap_or("")
+                self.topics.first().map(String::as_str).unwrap_or("")
             )
         })
     }
 
-    /// Record fields decoded from Avro, in slot order: the primary table's mapped, TTL and timestamp
-    /// fields, then what the processors read (filter fields, lookup keys, insert and produce fields),
-    /// except the fields lookups add.
+    /// Record fields read from the Kafka record, in slot order: the table's mapped, TTL and
+    /// timestamp fields, then what the processors read (filter fields, lookup keys, insert and
+    /// produce fields), except the fields lookups add; the fields decoded from Avro come first, then
+    /// the Kafka metadata fields (`kafka.*`, see [`crate::pipeline::meta`]).
     pub fn needed_fields(&self) -> Vec<String> {
         let enriched = self.enriched_fields();
         let mut fields: Vec<String> = Vec::new();
@@ -1201,8 +1349,8 @@ impl Config {
                 push(f);
             }
         };
-        table_fields(&self.table, &mut push);
-        for p in &self.processors {
+        table_fields(self.table, &mut push);
+        for p in self.processors {
             match p {
                 ProcessorConfig::Filter { field, .. } => push(field),
                 ProcessorConfig::Lookup { key_fields, .. } => {
@@ -1230,7 +1378,7 @@ impl Config {
         decoded
     }
 
-    /// The fields decoded from the Avro value, in slot order: [`Config::needed_fields`] without the
+    /// The fields decoded from the Avro value, in slot order: [`Route::needed_fields`] without the
     /// Kafka metadata fields (which follow them).
     pub fn decoded_fields(&self) -> Vec<String> {
         self.needed_fields()
@@ -1241,8 +1389,8 @@ impl Config {
 
     /// Fields the lookups (and custom steps) add to the record, in chain order.
     pub fn enriched_fields(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.custom_fields.clone();
-        for p in &self.processors {
+        let mut out: Vec<String> = self.custom_fields.to_vec();
+        for p in self.processors {
             if let ProcessorConfig::Lookup { columns, .. } = p {
                 for f in columns.values() {
                     if !out.contains(f) {
@@ -1654,6 +1802,47 @@ columns = { uid = "uid", url = "url" }
             "nodes = [\"127.0.0.1:9042\"]\nusername = \"u\"\npassword = \"in-the-file\"",
         );
         assert!(parse_error(&text).contains("password"));
+    }
+
+    #[test]
+    fn routes_have_topics_of_their_own_and_their_own_fields() {
+        let route = |name: &str, topic: &str| {
+            format!(
+                "\n[[routes]]\nname = \"{name}\"\ntopics = [\"{topic}\"]\n[routes.table]\n\
+                 keyspace = \"ks\"\ntable = \"kv\"\nconsistency = \"local_one\"\n\
+                 [routes.table.columns]\nk = \"kafka.key\"\nv = \"value\"\n"
+            )
+        };
+        let c = Config::parse(&format!("{MINIMAL}{}", route("kv", "kv-topic"))).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.all_topics(), vec!["navigation", "kv-topic"]);
+        let routes = c.routes();
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[1].name, "kv");
+        assert_eq!(routes[1].subject(), "kv-topic-value");
+        assert_eq!(routes[1].needed_fields(), vec!["value", "kafka.key"]);
+        assert_eq!(routes[1].decoded_fields(), vec!["value"]);
+        assert_eq!(routes[1].table.consistency, Some(Consistency::LocalOne));
+        assert_eq!(c.table.consistency, None);
+        let refused = |extra: String, part: &str| {
+            let c = Config::parse(&format!("{MINIMAL}{extra}")).expect("parses");
+            let e = c.validate().expect_err(part).to_string();
+            assert!(e.contains(part), "{e} lacks {part}");
+        };
+        refused(
+            route("kv", "navigation"),
+            "'navigation' belongs to another route",
+        );
+        refused(
+            format!("{}{}", route("kv", "a"), route("kv", "b")),
+            "unique, non-empty name",
+        );
+        refused(route("primary", "a"), "other than 'primary'");
+        refused(route("kv", "navigation.dlq"), "dead-letter topic");
+        refused(
+            route("kv", "a").replace("\"kafka.key\"", "\"kafka.bogus\""),
+            "'kafka.bogus' is not a Kafka metadata field",
+        );
     }
 
     // Fails on the old code: the registry had no TLS or credential settings at all.

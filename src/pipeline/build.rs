@@ -22,7 +22,7 @@ use super::lookup::Lookup;
 use super::produce::Produce;
 use super::{Chain, Processor};
 use crate::codec::{CodecError, Plan, RegistryClient, Value};
-use crate::config::{Config, OnTombstone, ProcessorConfig, TableConfig};
+use crate::config::{Config, OnTombstone, ProcessorConfig, Route, TableConfig};
 use crate::kafka::{acked_producer, KafkaError};
 use crate::metrics::ShardMetrics;
 use crate::retry::Shutdown;
@@ -63,6 +63,8 @@ pub enum BuildError {
 /// What a shard hands to [`build`].
 pub struct BuildInputs<'a> {
     pub config: &'a Config,
+    /// The route whose chain this is: its processors and table.
+    pub route: Route<'a>,
     /// The record's slot order: decoded, enriched, then custom fields.
     pub fields: &'a Rc<[String]>,
     /// The primary `[table]`'s writer (its session serves every table and lookup).
@@ -138,7 +140,7 @@ pub async fn build(mut inputs: BuildInputs<'_>) -> Result<Chain, BuildError> {
     let ctx = Ctx { inputs: &inputs };
     let mut changing: Vec<Box<dyn Processor>> = Vec::new();
     let mut sinks: Vec<Box<dyn Processor>> = Vec::new();
-    for p in &inputs.config.processors {
+    for p in inputs.route.processors {
         match p {
             ProcessorConfig::Filter { .. } => changing.push(filter(&ctx, p)?),
             ProcessorConfig::Lookup { .. } => changing.push(lookup(&ctx, p).await?),
@@ -148,7 +150,7 @@ pub async fn build(mut inputs: BuildInputs<'_>) -> Result<Chain, BuildError> {
             ProcessorConfig::Produce { .. } => sinks.push(produce(&ctx, p)?),
         }
     }
-    let table = &inputs.config.table;
+    let table = inputs.route.table;
     let name = format!("{}.{}", table.keyspace, table.table);
     let primary = insert_step(
         &inputs,
@@ -233,6 +235,7 @@ async fn lookup(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>
         defaults,
         timeout,
         speculative_delay,
+        consistency,
     } = p
     else {
         unreachable!("lookup() is called for lookup steps only")
@@ -251,9 +254,11 @@ async fn lookup(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>
     })?;
     stmt.set_request_timeout(Some(*timeout));
     stmt.set_is_idempotent(true);
+    let consistency = consistency.unwrap_or(inputs.config.scylla.consistency);
+    stmt.set_consistency(consistency.to_driver());
     if let Some(delay) = speculative_delay {
         let profile = ExecutionProfile::builder()
-            .consistency(inputs.config.scylla.consistency.to_driver())
+            .consistency(consistency.to_driver())
             .request_timeout(Some(*timeout))
             .speculative_execution_policy(Some(Arc::new(SimpleSpeculativeExecutionPolicy {
                 max_retry_count: 2,

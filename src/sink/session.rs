@@ -195,6 +195,9 @@ pub async fn prepare_insert(
     // An INSERT of fixed values (and, by default, a fixed write timestamp) lands the same however
     // often it runs: the driver may retry it and speculate, as it does its batches.
     insert.set_is_idempotent(true);
+    if let Some(c) = table.consistency {
+        insert.set_consistency(c.to_driver());
+    }
     Ok((binder, insert))
 }
 
@@ -250,6 +253,9 @@ pub async fn prepare_delete(
         })?;
     // A delete at a fixed timestamp lands the same however often it runs.
     delete.set_is_idempotent(true);
+    if let Some(c) = table.consistency {
+        delete.set_consistency(c.to_driver());
+    }
     Ok((binder, delete))
 }
 
@@ -364,6 +370,10 @@ impl ScyllaWriter {
                 b.append_statement(self.statement.clone());
             }
             b.set_is_idempotent(true);
+            // A batch has its own consistency: the table's, where it overrides the session's.
+            if let Some(c) = self.statement.get_consistency() {
+                b.set_consistency(c);
+            }
             Arc::new(b)
         })
         .clone()

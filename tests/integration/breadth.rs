@@ -653,3 +653,92 @@ fn two_schema_versions_interleaved_write_every_record_and_a_changed_type_is_refu
     assert_eq!(committed(&group, &topic, 1)?, end_offsets(&topic, 1)?);
     Ok(())
 }
+
+// Fails on the old code: one process consumed one topic mapping; `[[routes]]` did not parse.
+#[test]
+fn two_routes_share_the_shards_each_topic_written_to_its_own_table() -> Result<()> {
+    let nav = unique("rnav");
+    let kvt = unique("rkv");
+    let ks = unique("routes");
+    let group = unique("grp");
+    let dir = temp_dir("routes")?;
+    create_topic(&nav, 4)?;
+    create_topic(&kvt, 1)?;
+    create_topic(&format!("{nav}.dlq"), 1)?;
+    tokio().block_on(async {
+        let s = session().await?;
+        create_keyspace(&s, &ks).await?;
+        s.query_unpaged(kv_table(&ks, "kv"), &[]).await?;
+        anyhow::Ok(())
+    })?;
+    let seed = 5;
+    produce(&nav, 300, seed, 0)?;
+    let mut recs: Vec<Rec> = (0..20)
+        .map(|i| rec(&format!("k{i}"), kv(&format!("u{i}")), BASE_TS_MS + i))
+        .collect();
+    recs.push(rec("k0", None, BASE_TS_MS + 100));
+    produce_avro(&kvt, KV_SCHEMA, &recs)?;
+    let table = format!(
+        "table = \"navigation_events\"\nttl_seconds = 2592000\n\n[table.columns]\n{ALL_COLUMNS}"
+    );
+    let route = |columns: &str| {
+        format!(
+            "[[routes]]\nname = \"kv\"\ntopics = [\"{kvt}\"]\n[routes.table]\nkeyspace = \"{ks}\"\n\
+             table = \"kv\"\non_tombstone = \"delete\"\nconsistency = \"one\"\n\
+             [routes.table.columns]\n{columns}"
+        )
+    };
+    let config = dir.join("routes.toml");
+    std::fs::write(
+        &config,
+        config_text(&nav, &group, &ks, 512, &table, &route(KV_COLUMNS)),
+    )?;
+    let out = drain_ok(&config, Duration::from_secs(300), &[])?;
+    let summary = out.summary.context("a summary")?;
+    assert_eq!(summary["consumed"], 321);
+    assert_eq!(summary["written"], 321, "300 events, 20 rows and 1 delete");
+    assert_eq!(summary["dead_lettered"], 0);
+    let rows = tokio().block_on(async { read_rows(&session().await?, &ks).await })?;
+    assert_eq!(rows.len(), 300);
+    for row in rows.values() {
+        assert_row_matches(row, seed);
+    }
+    let kv_rows = rows_by_key(&format!("SELECT k, url, off, src FROM {ks}.kv"))?;
+    assert_eq!(kv_rows.len(), 19, "k0 deleted by its tombstone");
+    for i in 1..20i64 {
+        assert_eq!(
+            kv_rows.get(&format!("k{i}")),
+            Some(&vec![
+                Some(CqlValue::Text(format!("k{i}"))),
+                Some(CqlValue::Text(format!("u{i}"))),
+                Some(CqlValue::BigInt(i)),
+                Some(CqlValue::Text(kvt.clone())),
+            ])
+        );
+    }
+    assert_eq!(committed(&group, &nav, 4)?, end_offsets(&nav, 4)?);
+    assert_eq!(committed(&group, &kvt, 1)?, end_offsets(&kvt, 1)?);
+
+    // The start-up check covers every route: a field the route's subject lacks is refused there.
+    std::fs::write(
+        &config,
+        config_text(
+            &nav,
+            &unique("grp"),
+            &ks,
+            512,
+            &table,
+            &route(&KV_COLUMNS.replace("url = \"url\"", "url = \"nope\"")),
+        ),
+    )?;
+    let out = run_drain(&config, Duration::from_secs(120), &[])?;
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("field 'nope' is not in writer schema t.kv")
+            && !out.stderr.contains("shard started"),
+        "{}",
+        tail_text(&out.stderr)
+    );
+    Ok(())
+}

@@ -49,19 +49,28 @@ impl Stages {
     }
 }
 
+/// One route of the shard (see [`crate::config::Route`]): its chain, decoder and record slots.
+pub(super) struct RouteCtx {
+    pub chain: Rc<Chain>,
+    /// Shared with record futures that wait for a schema (decoding otherwise stays in the loop).
+    pub decoder: Rc<RefCell<Decoder<RegistryClient>>>,
+    pub fields: Rc<[String]>,
+    /// Which slots take the record's Kafka metadata (`kafka.*` fields).
+    pub meta: MetaSlots,
+}
+
 /// What every record future of a shard shares (one thread: `Rc`).
 pub(super) struct RecordContext {
-    pub chain: Rc<Chain>,
+    /// The routes, the primary one first.
+    pub routes: Vec<RouteCtx>,
+    /// The route of each topic (by topic index).
+    pub topic_route: Vec<usize>,
     pub dead_letters: Option<DeadLetterProducer>,
     pub stages: Vec<Stages>,
     pub metrics: ShardMetrics,
     pub topics: Vec<String>,
     pub shard: usize,
     pub shutdown: Shutdown,
-    pub decoder: Rc<RefCell<Decoder<RegistryClient>>>,
-    pub fields: Rc<[String]>,
-    /// Which slots take the record's Kafka metadata (`kafka.*` fields).
-    pub meta: MetaSlots,
     /// Value vectors of finished records, handed back to the loop so the next record decodes into
     /// an existing allocation (the old insert path reused its row; one path must not cost more).
     pub spare: RefCell<Vec<Vec<Value>>>,
@@ -80,6 +89,18 @@ impl RecordContext {
         self.stages.get(topic)
     }
 
+    /// The route a topic's records take.
+    pub fn route(&self, topic: usize) -> Option<&RouteCtx> {
+        self.routes.get(*self.topic_route.get(topic)?)
+    }
+
+    /// Sends what every route's chain holds back (see [`Chain::flush`]).
+    pub fn flush(&self) {
+        for r in &self.routes {
+            r.chain.flush();
+        }
+    }
+
     /// An empty value vector for the next record, reused when one is spare.
     pub fn take_spare(&self) -> Vec<Value> {
         self.spare.borrow_mut().pop().unwrap_or_default()
@@ -95,9 +116,14 @@ impl RecordContext {
 
     /// A decoded row as a chain record: the Kafka metadata slots filled, slots for enriched and
     /// custom fields appended as nulls. Fails when a metadata field cannot be read as configured.
-    pub fn record(&self, mut values: Vec<Value>, origin: &Origin) -> Result<Record, MetaError> {
-        values.resize(self.fields.len(), Value::Null);
-        self.meta.fill(
+    pub fn record(
+        &self,
+        route: &RouteCtx,
+        mut values: Vec<Value>,
+        origin: &Origin,
+    ) -> Result<Record, MetaError> {
+        values.resize(route.fields.len(), Value::Null);
+        route.meta.fill(
             &mut values,
             &Source {
                 topic: origin.topic,
@@ -109,7 +135,7 @@ impl RecordContext {
             },
         )?;
         Ok(Record {
-            fields: self.fields.clone(),
+            fields: route.fields.clone(),
             values,
             kafka_ts_ms: origin.kafka_ts_ms,
             offset: origin.offset,
@@ -189,11 +215,19 @@ pub(super) enum Start {
 
 /// Processes one record to its completion.
 pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start) -> Completion {
+    let Some(route) = ctx.route(origin.topic) else {
+        // Every consumed topic has a route (setup maps them all); an unknown index is not a record's.
+        return origin.done(RecordOutcome::Fatal(RunError::Systemic {
+            shard: ctx.shard,
+            class: "route",
+            message: format!("topic index {} has no route", origin.topic),
+        }));
+    };
     let values = match start {
         Start::Decoded(v) => v,
         // The rare paths are boxed: inline, their state (a schema wait, a dead-letter delivery) would
         // size every record's future, and every record pays to allocate and move it.
-        Start::AwaitSchema => match Box::pin(await_schema(&ctx, &origin)).await {
+        Start::AwaitSchema => match Box::pin(await_schema(&ctx, route, &origin)).await {
             Ok(v) => v,
             Err(RetryError::Stopped(_)) => return origin.done(RecordOutcome::Abandoned),
             Err(e) => {
@@ -207,14 +241,14 @@ pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start
         Start::Tombstone => Vec::new(),
     };
     let tombstone = origin.value.is_none();
-    let mut rec = match ctx.record(values, &origin) {
+    let mut rec = match ctx.record(route, values, &origin) {
         Ok(rec) => rec,
         Err(e) => return Box::pin(fail(&ctx, origin, "process", "metadata", e.to_string())).await,
     };
     let result = if tombstone {
-        ctx.chain.run_tombstone(&mut rec).await
+        route.chain.run_tombstone(&mut rec).await
     } else {
-        ctx.chain.run(&mut rec).await
+        route.chain.run(&mut rec).await
     };
     ctx.give_back(std::mem::take(&mut rec.values));
     match result {
@@ -242,6 +276,7 @@ pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start
 /// comes, the answer is final (then the record is dead-lettered), or the shard stops.
 async fn await_schema(
     ctx: &RecordContext,
+    route: &RouteCtx,
     origin: &Origin,
 ) -> Result<Vec<Value>, RetryError<CodecError>> {
     // A null payload (a tombstone) decodes as empty bytes; only it needs a buffer of its own.
@@ -251,11 +286,11 @@ async fn await_schema(
         &ctx.shutdown,
         move || async move {
             // The borrow ends with this statement: the loop and other records decode meanwhile.
-            let fetched = ctx.decoder.borrow_mut().schema_wait(payload);
+            let fetched = route.decoder.borrow_mut().schema_wait(payload);
             // A stop ends the wait; the retryable error that follows makes `retry` return Stopped.
             select(pin!(fetched), pin!(ctx.shutdown.stopped())).await;
             let mut row = Row::default();
-            let r = ctx.decoder.borrow_mut().decode(payload, &mut row);
+            let r = route.decoder.borrow_mut().decode(payload, &mut row);
             r.map(|_| row.values)
         },
         |e, attempt, wait| events::write_retried(&ctx.metrics, e.class(), attempt, wait, e),

@@ -24,15 +24,14 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::record::{self, Completion, Origin, RecordOutcome, Start};
+use super::record::{self, Completion, Origin, RecordContext, RecordOutcome, Start};
 use super::setup::{ShardConsumer, ShardResources};
 use crate::clock::unix_seconds;
-use crate::codec::Row;
+use crate::codec::{CodecError, Row};
 use crate::config::Config;
 use crate::kafka::context::ShardContext;
 use crate::kafka::partitions::PartitionControl;
 use crate::metrics::events;
-use crate::pipeline::Chain;
 use crate::retry::Retryable;
 use crate::runtime::{Control, RunError, RunOptions, ShardSpec, Siblings};
 use crate::sink::bridge::{BridgeHandle, LoopWaker};
@@ -197,7 +196,7 @@ impl ShardLoop {
         while !self.finished() {
             let fetching = self.fetching();
             let waits = Waits {
-                chain: &self.res.records.chain,
+                records: &self.res.records,
                 bridge: self.res.bridge.handle(),
                 stream_waker: &stream_waker,
             };
@@ -226,7 +225,7 @@ impl ShardLoop {
                 }
                 self.read_control();
                 // Under a backlog the loop never waits, so open batches go out here at the latest.
-                self.res.records.chain.flush();
+                self.res.records.flush();
                 glommio::executor().yield_task_queue_now().await;
                 self.last_yield = Instant::now();
                 self.since_yield_check = 0;
@@ -325,7 +324,7 @@ impl ShardLoop {
             consumed: now,
             key: msg.key().map(Rc::from),
             value: start.1,
-            headers: self.headers_of(msg),
+            headers: self.headers_of(msg, topic),
         };
         let fut = record::process(self.res.records.clone(), origin, start.0);
         self.inflight.push(fut.boxed_local());
@@ -348,11 +347,10 @@ impl ShardLoop {
             .decodes
             .is_multiple_of(DECODE_SAMPLE)
             .then(Instant::now);
-        let decoded = self
-            .res
-            .decoder
-            .borrow_mut()
-            .decode(&payload, &mut self.row);
+        let decoded = match self.res.records.route(topic) {
+            Some(route) => route.decoder.borrow_mut().decode(&payload, &mut self.row),
+            None => Err(CodecError::Resolution("the topic has no route".into())),
+        };
         let start = match decoded {
             Ok(_) => {
                 if let Some(t) = timed {
@@ -374,8 +372,11 @@ impl ShardLoop {
     }
 
     /// The values of the headers mapped to columns, copied once; nothing when none is mapped.
-    fn headers_of(&self, msg: &BorrowedMessage<'_>) -> Vec<Option<Rc<[u8]>>> {
-        let wanted = self.res.records.meta.headers();
+    fn headers_of(&self, msg: &BorrowedMessage<'_>, topic: usize) -> Vec<Option<Rc<[u8]>>> {
+        let Some(route) = self.res.records.route(topic) else {
+            return Vec::new();
+        };
+        let wanted = route.meta.headers();
         if wanted.is_empty() {
             return Vec::new();
         }
@@ -684,7 +685,7 @@ impl ShardLoop {
 
 /// What the loop tells, and is woken by, while it waits.
 struct Waits<'a> {
-    chain: &'a Chain,
+    records: &'a RecordContext,
     bridge: &'a BridgeHandle,
     /// The consumer stream's waker: it also ends the bridge's wait in tokio (see [`crate::sink::bridge`]).
     stream_waker: &'a LoopWaker,
@@ -719,7 +720,7 @@ async fn next_event<'c>(
         if tick.poll_unpin(cx).is_ready() {
             return Poll::Ready(Event::Tick);
         }
-        waits.chain.flush();
+        waits.records.flush();
         waits.bridge.set_idle(true);
         Poll::Pending
     })

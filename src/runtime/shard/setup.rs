@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
-use super::record::{RecordContext, Stages};
+use super::record::{RecordContext, RouteCtx, Stages};
 use crate::codec::{self, reader, Decoder, Kind, Reader, RegistryClient, SchemaCheck};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Route};
 use crate::kafka::context::ShardContext;
 use crate::kafka::dead_letter::DeadLetterProducer;
 use crate::kafka::partitions::PartitionBook;
@@ -46,8 +46,6 @@ pub(super) struct RebalanceSignals {
 pub(super) struct ShardResources {
     pub book: PartitionBook,
     pub signals: RebalanceSignals,
-    /// Shared with record futures that wait for a schema (decoding otherwise stays in the loop).
-    pub decoder: Rc<RefCell<Decoder<RegistryClient>>>,
     pub records: Rc<RecordContext>,
     pub shutdown: Shutdown,
     pub metrics: ShardMetrics,
@@ -73,35 +71,44 @@ pub(super) async fn setup(
     // Nothing else runs on this shard until its loop starts: the driver task may block in tokio.
     bridge.handle().set_idle(true);
     let driver = Driver::start(bridge.clone());
-    let custom: Vec<Box<dyn Processor>> = siblings
-        .custom
-        .as_ref()
-        .map(|f| f(spec.index))
-        .unwrap_or_default();
-    let fields = record_fields(config, &custom);
-    let meta = MetaSlots::new(&fields, &config.kafka.topics, config.kafka.key_format)
-        .map_err(|e| RunError::Config(ConfigError::Invalid(e.to_string())))?;
-    let (primary, primary_binder) = ScyllaWriter::connect(config, &fields, bridge.handle()).await?;
     let client_id = format!("shardline-{}-shard{}", std::process::id(), spec.index);
     let shutdown = Shutdown::new();
-    let chain = pipeline::build(BuildInputs {
+    let topics = config.all_topics();
+    let shared = RouteInputs {
         config,
-        fields: &fields,
-        primary,
-        primary_binder,
+        topics: &topics,
         metrics: &metrics,
         client_id: &client_id,
         shutdown: &shutdown,
         null_sink: opts.null_sink,
-        custom,
+        // One write-rate cap per shard, shared by every insert sink of every route.
         rate: config
             .scylla
             .max_writes_per_s
             .map(|r| Rc::new(WriteRate::new(r, std::time::Instant::now()))),
-    })
-    .await?;
-    tracing::info!(shard = spec.index, steps = ?chain.step_names(), "processor chain");
-    let decoder = decoder(config, &chain)?;
+    };
+    let mut routes = Vec::new();
+    let mut primary: Option<ScyllaWriter> = None;
+    for route in config.routes() {
+        // Custom (Rust) steps join the primary route only.
+        let custom: Vec<Box<dyn Processor>> = match primary {
+            None => siblings
+                .custom
+                .as_ref()
+                .map(|f| f(spec.index))
+                .unwrap_or_default(),
+            Some(_) => Vec::new(),
+        };
+        let fields = record_fields(&route, &custom);
+        let (writer, binder) = match &primary {
+            None => ScyllaWriter::connect(config, &fields, bridge.handle()).await?,
+            Some(p) => p.for_table(route.table, &fields).await?,
+        };
+        primary.get_or_insert_with(|| writer.clone());
+        let ctx = route_ctx(&shared, route, fields, writer, binder, custom).await?;
+        tracing::info!(shard = spec.index, route = route.name, steps = ?ctx.chain.step_names(), "processor chain");
+        routes.push(ctx);
+    }
     let book = partition_book(config, &metrics);
     let (consumer, signals) = consumer(config, spec, siblings, &metrics, &book, &client_id, opts)?;
     let dead_letters = config
@@ -109,24 +116,26 @@ pub(super) async fn setup(
         .dead_letter_topic
         .as_ref()
         .map(|t| DeadLetterProducer::new(&config.kafka, &client_id, t.clone()));
-    let decoder = Rc::new(RefCell::new(decoder));
+    let topic_route = config
+        .routes()
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.topics.iter().map(move |_| i))
+        .collect();
     let records = Rc::new(RecordContext {
-        chain: Rc::new(chain),
+        routes,
+        topic_route,
         dead_letters,
-        stages: Stages::per_topic(&metrics, &config.kafka.topics),
+        stages: Stages::per_topic(&metrics, &topics),
         metrics: metrics.clone(),
-        topics: config.kafka.topics.clone(),
+        topics,
         shard: spec.index,
         shutdown: shutdown.clone(),
-        decoder: decoder.clone(),
-        fields,
-        meta,
         spare: RefCell::new(Vec::new()),
     });
     let resources = ShardResources {
         book,
         signals,
-        decoder,
         records,
         shutdown,
         metrics,
@@ -137,16 +146,67 @@ pub(super) async fn setup(
     Ok((consumer, resources))
 }
 
-/// The shard's decoder. With a registry, writer schemas resolve against the subject's latest schema
-/// (the reader the start-up check accepted: defaults of fields a writer lacks) and each new one is
-/// checked against every table of the chain when its id is first seen.
-fn decoder(config: &Config, chain: &Chain) -> Result<Decoder<RegistryClient>, RunError> {
-    let fields = config.decoded_fields();
+/// What every route of a shard shares.
+struct RouteInputs<'a> {
+    config: &'a Config,
+    /// Every topic of the shard, by topic index (for `kafka.topic` columns).
+    topics: &'a [String],
+    metrics: &'a ShardMetrics,
+    client_id: &'a str,
+    shutdown: &'a Shutdown,
+    null_sink: bool,
+    rate: Option<Rc<WriteRate>>,
+}
+
+/// One route's chain, decoder and record slots.
+async fn route_ctx(
+    shared: &RouteInputs<'_>,
+    route: Route<'_>,
+    fields: Rc<[String]>,
+    writer: ScyllaWriter,
+    binder: crate::sink::Binder,
+    custom: Vec<Box<dyn Processor>>,
+) -> Result<RouteCtx, RunError> {
+    let config = shared.config;
+    let meta = MetaSlots::new(&fields, shared.topics, config.kafka.key_format)
+        .map_err(|e| RunError::Config(ConfigError::Invalid(e.to_string())))?;
+    let chain = pipeline::build(BuildInputs {
+        config,
+        route,
+        fields: &fields,
+        primary: writer,
+        primary_binder: binder,
+        metrics: shared.metrics,
+        client_id: shared.client_id,
+        shutdown: shared.shutdown,
+        null_sink: shared.null_sink,
+        custom,
+        rate: shared.rate.clone(),
+    })
+    .await?;
+    let decoder = decoder(config, route, &chain)?;
+    Ok(RouteCtx {
+        chain: Rc::new(chain),
+        decoder: Rc::new(RefCell::new(decoder)),
+        fields,
+        meta,
+    })
+}
+
+/// A route's decoder. With a registry, writer schemas resolve against the route subject's latest
+/// schema (the reader the start-up check accepted: defaults of fields a writer lacks) and each new
+/// one is checked against every table of the route's chain when its id is first seen.
+fn decoder(
+    config: &Config,
+    route: Route<'_>,
+    chain: &Chain,
+) -> Result<Decoder<RegistryClient>, RunError> {
+    let fields = route.decoded_fields();
     let decoder = codec::decoder_for(config, fields.clone())?;
     if config.schema.registry_url.is_none() {
         return Ok(decoder);
     }
-    let (_, reader_json) = crate::check::reference_schema(config)?;
+    let (_, reader_json) = crate::check::reference_schema_of(config, &route)?;
     let binders = chain.binders();
     let check: SchemaCheck = Arc::new(move |kinds: &[Kind], missing: &[bool]| {
         binders
@@ -159,9 +219,9 @@ fn decoder(config: &Config, chain: &Chain) -> Result<Decoder<RegistryClient>, Ru
     }))
 }
 
-/// The record's slots: decoded and enriched fields, then the outputs of custom steps.
-fn record_fields(config: &Config, custom: &[Box<dyn Processor>]) -> Rc<[String]> {
-    let mut all = config.all_fields();
+/// A route's record slots: decoded and enriched fields, then the outputs of custom steps.
+fn record_fields(route: &Route<'_>, custom: &[Box<dyn Processor>]) -> Rc<[String]> {
+    let mut all = route.all_fields();
     for o in custom.iter().flat_map(|p| p.outputs()) {
         if !all.contains(&o) {
             all.push(o);
@@ -173,7 +233,7 @@ fn record_fields(config: &Config, custom: &[Box<dyn Processor>]) -> Rc<[String]>
 fn partition_book(config: &Config, metrics: &ShardMetrics) -> PartitionBook {
     let m = metrics.clone();
     PartitionBook::new(
-        config.kafka.topics.clone(),
+        config.all_topics(),
         config.kafka.max_pending_per_partition,
         Box::new(move |topic, partition| {
             m.partition_messages.with_label_values(&[
@@ -223,7 +283,8 @@ fn consumer(
         cc.set("enable.auto.commit", "false");
     }
     let consumer: ShardConsumer = cc.create_with_context(ctx).map_err(KafkaError::from)?;
-    let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();
+    let all = config.all_topics();
+    let topics: Vec<&str> = all.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(KafkaError::from)?;
     Ok((consumer, signals))
 }
