@@ -98,6 +98,31 @@ pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
     })
 }
 
+/// The kinds of the Avro key fields a route maps, from its key subject's latest schema (empty when
+/// it maps none). A key field the schema lacks is refused here.
+fn key_kinds(
+    config: &Config,
+    route: &Route<'_>,
+    fields: &[String],
+) -> Result<Vec<crate::codec::Kind>, RunError> {
+    let keys = meta::key_fields(fields);
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let registry = RegistryClient::from_config(&config.schema)?;
+    let subject = route.key_subject();
+    let (_, json) = registry.latest(&subject).map_err(|e| match e {
+        CodecError::UnknownSchema(_) => RunError::NoSubject { subject },
+        other => RunError::Codec(other),
+    })?;
+    let schema = Schema::parse_str(&json).map_err(|e| {
+        RunError::Codec(CodecError::Resolution(format!(
+            "key schema does not parse: {e}"
+        )))
+    })?;
+    Ok(Plan::compile(&schema, &keys)?.kinds().to_vec())
+}
+
 /// The database as the check reaches it.
 struct Live<'a> {
     bridge: &'a TokioBridge,
@@ -140,8 +165,9 @@ fn check_route(
     // The record's fields read from Kafka, decoded then metadata, and their kinds in that order.
     let fields = route.needed_fields();
     let mut kinds = plan.kinds().to_vec();
+    let key_kinds = key_kinds(config, route, &fields)?;
     kinds.extend(
-        meta::kinds(&fields, config.kafka.key_format)
+        meta::kinds(&fields, config.kafka.key_format, &key_kinds)
             .map_err(|e| RunError::Config(ConfigError::Invalid(e.to_string())))?,
     );
     let all = route.all_fields();

@@ -8,18 +8,22 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML file as typed values (serde enums, durations), defaults, environment
-//!   overrides (addresses, secrets), one `validate()` with a `TableConfig::validate` for every table.
+//!   overrides (addresses, secrets), one `validate()` with a `TableConfig::validate` for every table;
+//!   `config::Route` is one route's view (topics, subject, table, processors, its record fields).
 //! - [`runtime`]: shard placement on cores, start/stop/kill; [`runtime::shard`] is one shard:
 //!   `setup` (resources), `run` (the event loop), `record` (the life of one record).
 //! - [`kafka`]: consumer and producer configuration, the consumer context (rebalances, commits, lag),
 //!   [`kafka::partitions`] (the `PartitionBook`: trackers, pause reasons, end-of-partition, stored and
 //!   final offsets), the dead-letter producer, rdkafka's async hooks on glommio.
-//! - [`codec`]: the Confluent wire frame, the schema registry client, the per-shard schema cache, the
-//!   compiled Avro decoder (writer schema resolved once per schema id) and [`codec::shared`] (decoded
-//!   strings and bytes as ranges of the record's one payload copy).
+//! - [`codec`]: the Confluent wire frame, the schema registry client (HTTPS, mutual TLS, basic or
+//!   bearer auth), the per-shard schema cache, the compiled Avro decoder (writer schema resolved once
+//!   per schema id, nested field paths included), [`codec::reader`] (schema evolution: reader
+//!   defaults and the per-id check against the tables) and [`codec::shared`] (decoded strings and
+//!   bytes as ranges of the record's one payload copy).
 //! - [`pipeline`]: the `Chain` every record goes through and one file per step (filter, lookup, insert,
-//!   produce), the insert sink's owner-grouped batching (`batch`), `build` (config → chain) and the
-//!   `Processor` trait for custom steps.
+//!   produce), the insert sink's owner-grouped batching (`batch`), [`pipeline::meta`] (Kafka key,
+//!   headers and metadata as record fields), `build` (config → chain) and the `Processor` trait for
+//!   custom steps.
 //! - [`sink`]: the database: errors per phase, session and statement preparation, binding into
 //!   [`sink::Cell`]s (text and bytes still in the payload until the driver serialises them), writers,
 //!   the tokio runtime the driver needs, driven on the shard's own thread.
@@ -36,8 +40,10 @@
 //! The shard's consumer (`runtime::shard::run`) hands a message to `on_message`, which registers its
 //! offset in the `kafka::partitions::PartitionBook`, copies the payload once (shared by every value
 //! decoded from it and by a dead letter) and decodes it right there in the loop with the
-//! `codec::Decoder` (the `Plan` of its schema id). The decoded values go into a future
-//! (`runtime::shard::record::process`) that runs the `pipeline::Chain`: filters and lookups in order,
+//! `codec::Decoder` of the topic's route (the `Plan` of its schema id); a record without a value (a
+//! tombstone) is not decoded, and only the sinks see it (`Chain::run_tombstone`). The decoded values go into a future
+//! (`runtime::shard::record::process`) that fills the Kafka metadata slots (`pipeline::meta`) and runs
+//! the route's `pipeline::Chain`: filters and lookups in order,
 //! then the sinks; the insert sink (`pipeline::insert`) binds the values with a `sink::Binder` and
 //! hands the row to its `pipeline::batch::Batcher`, which groups rows by the replica that owns them
 //! and writes each group as one batch through a `sink::ScyllaWriter` when it is full or the loop has

@@ -510,6 +510,9 @@ pub enum KeyFormat {
     String,
     /// `bytes`: the key's bytes as they are (for a `blob` column).
     Bytes,
+    /// `avro`: Confluent-framed Avro, its schemas from the registry (the route's `<topic>-key`
+    /// subject is checked at start-up); map its fields as `kafka.key.<field>` (paths too).
+    Avro,
 }
 
 /// What a tombstone (a record whose value is null, as compacted topics carry) does to a table
@@ -975,10 +978,14 @@ impl Config {
         self.validate_processors(&self.processors)?;
         self.validate_routes()?;
         for route in self.routes() {
-            for field in route.needed_fields() {
-                crate::pipeline::meta::Meta::parse(&field)
-                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-            }
+            crate::pipeline::meta::kinds(&route.needed_fields(), self.kafka.key_format, &[])
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if self.kafka.key_format == KeyFormat::Avro && self.schema.registry_url.is_none() {
+            return bad(
+                "kafka.key_format = \"avro\" reads key schemas from the registry: set schema.registry_url"
+                    .into(),
+            );
         }
         if self.shards.io_memory_bytes < 64 * 1024 {
             return bad("shards.io_memory_bytes must be at least 65536".into());
@@ -1324,6 +1331,14 @@ impl Route<'_> {
                 self.topics.first().map(String::as_str).unwrap_or("")
             )
         })
+    }
+
+    /// The subject of the route's Avro keys (`kafka.key_format = "avro"`): `<first topic>-key`.
+    pub fn key_subject(&self) -> String {
+        format!(
+            "{}-key",
+            self.topics.first().map(String::as_str).unwrap_or("")
+        )
     }
 
     /// Record fields read from the Kafka record, in slot order: the table's mapped, TTL and

@@ -32,8 +32,10 @@ pub enum Meta {
     Offset,
     /// The record's timestamp (create or log-append time), in milliseconds.
     Timestamp,
-    /// The whole key, read as `kafka.key_format` says.
+    /// The whole key, read as `kafka.key_format` says (`string` or `bytes`).
     Key,
+    /// A field of an Avro key (`kafka.key_format = "avro"`): `kafka.key.<field>`, paths too.
+    KeyField(String),
     /// The value of the last header of this name.
     Header(String),
 }
@@ -50,6 +52,9 @@ pub enum MetaError {
     /// The key or a header is not UTF-8 where text is asked for: the record's error.
     #[error("{0} is not UTF-8 (read as text; map it to a blob column or set kafka.key_format = \"bytes\")")]
     NotUtf8(&'static str),
+    /// `kafka.key.<field>` without an Avro key format, or `kafka.key` whole with it.
+    #[error("{0}")]
+    KeyFormat(String),
 }
 
 impl Meta {
@@ -64,15 +69,33 @@ impl Meta {
             "offset" => Meta::Offset,
             "timestamp" => Meta::Timestamp,
             "key" => Meta::Key,
-            _ => match name.strip_prefix("header.") {
-                Some(h) if !h.is_empty() => Meta::Header(h.to_string()),
+            _ => match (name.strip_prefix("header."), name.strip_prefix("key.")) {
+                (Some(h), _) if !h.is_empty() => Meta::Header(h.to_string()),
+                (_, Some(k)) if !k.is_empty() => Meta::KeyField(k.to_string()),
                 _ => return Err(MetaError::Unknown(field.to_string())),
             },
         }))
     }
 
-    /// The kind of the values this field holds, for the start-up type check.
-    pub fn kind(&self, key: KeyFormat) -> Kind {
+    /// Whether this field can be read with key format `key`: an Avro key is read by its fields
+    /// only, and only an Avro key has fields.
+    pub fn fits(&self, key: KeyFormat, field: &str) -> Result<(), MetaError> {
+        match (self, key) {
+            (Meta::Key, KeyFormat::Avro) => Err(MetaError::KeyFormat(format!(
+                "'{field}': an Avro key (kafka.key_format = \"avro\") is mapped by its fields, as kafka.key.<field>"
+            ))),
+            (Meta::KeyField(_), KeyFormat::String | KeyFormat::Bytes) => {
+                Err(MetaError::KeyFormat(format!(
+                    "'{field}' names a field of the key, which needs kafka.key_format = \"avro\""
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The kind of the values this field holds, for the start-up type check. `key_kinds` are the
+    /// kinds of the Avro key's fields, in [`key_fields`] order.
+    pub fn kind(&self, key: KeyFormat, key_index: Option<usize>, key_kinds: &[Kind]) -> Kind {
         let nullable = |k: Kind| Kind::Nullable(Box::new(k));
         match self {
             Meta::Topic => Kind::Str,
@@ -80,20 +103,51 @@ impl Meta {
             Meta::Offset => Kind::Long,
             Meta::Timestamp => nullable(Kind::TimestampMillis),
             Meta::Key => match key {
-                KeyFormat::String => nullable(Kind::Str),
+                KeyFormat::String | KeyFormat::Avro => nullable(Kind::Str),
                 KeyFormat::Bytes => nullable(Kind::Bytes),
+            },
+            // A record without a key has none of its fields: null.
+            Meta::KeyField(_) => match key_index.and_then(|i| key_kinds.get(i)) {
+                Some(k @ (Kind::Null | Kind::Nullable(_))) => k.clone(),
+                Some(k) => nullable(k.clone()),
+                None => Kind::Opaque,
             },
             Meta::Header(_) => nullable(Kind::Str),
         }
     }
 }
 
+/// The Avro key's fields `fields` map (`kafka.key.<field>`, without the prefix), each once, in order
+/// of first use: the fields a route's key decoder reads.
+pub fn key_fields(fields: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in fields {
+        if let Ok(Some(Meta::KeyField(k))) = Meta::parse(f) {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
+    out
+}
+
 /// The kinds of `fields`' metadata fields, in their order (for the fields after the decoded ones).
-pub fn kinds(fields: &[String], key: KeyFormat) -> Result<Vec<Kind>, MetaError> {
+/// `key_kinds`: the kinds of the Avro key's [`key_fields`] (empty without an Avro key).
+pub fn kinds(
+    fields: &[String],
+    key: KeyFormat,
+    key_kinds: &[Kind],
+) -> Result<Vec<Kind>, MetaError> {
+    let keys = key_fields(fields);
     let mut out = Vec::new();
     for f in fields {
         if let Some(m) = Meta::parse(f)? {
-            out.push(m.kind(key));
+            m.fits(key, f)?;
+            let index = match &m {
+                Meta::KeyField(k) => keys.iter().position(|x| x == k),
+                _ => None,
+            };
+            out.push(m.kind(key, index, key_kinds));
         }
     }
     Ok(out)
@@ -107,6 +161,8 @@ pub struct Source<'a> {
     pub offset: i64,
     pub timestamp_ms: Option<i64>,
     pub key: Option<&'a Rc<[u8]>>,
+    /// The decoded fields of an Avro key, in [`MetaSlots::key_fields`] order (empty otherwise).
+    pub key_fields: &'a [Value],
     /// The value of each header [`MetaSlots::headers`] names, in that order.
     pub headers: &'a [Option<Rc<[u8]>>],
 }
@@ -117,6 +173,8 @@ pub struct MetaSlots {
     slots: Vec<(usize, Meta)>,
     /// The header names to capture per record, in [`Source::headers`] order.
     headers: Vec<String>,
+    /// The Avro key's fields, in [`Source::key_fields`] order.
+    key_fields: Vec<String>,
     /// The topic names as values (cloned per record: a reference count, no copy).
     topics: Vec<Text>,
     key: KeyFormat,
@@ -129,6 +187,7 @@ impl MetaSlots {
         let mut headers = Vec::new();
         for (i, f) in fields.iter().enumerate() {
             if let Some(m) = Meta::parse(f)? {
+                m.fits(key, f)?;
                 if let Meta::Header(h) = &m {
                     if !headers.contains(h) {
                         headers.push(h.clone());
@@ -140,6 +199,7 @@ impl MetaSlots {
         Ok(MetaSlots {
             slots,
             headers,
+            key_fields: key_fields(fields),
             topics: topics.iter().map(|t| Text::from(t.as_str())).collect(),
             key,
         })
@@ -148,6 +208,11 @@ impl MetaSlots {
     /// The header names a record's [`Source::headers`] must carry (empty: capture none).
     pub fn headers(&self) -> &[String] {
         &self.headers
+    }
+
+    /// The Avro key fields a record's [`Source::key_fields`] must carry (empty: none mapped).
+    pub fn key_fields(&self) -> &[String] {
+        &self.key_fields
     }
 
     /// Fills the metadata slots of `values` from `src`.
@@ -163,8 +228,14 @@ impl MetaSlots {
                 Meta::Timestamp => src.timestamp_ms.map_or(Value::Null, Value::TimestampMillis),
                 Meta::Key => match src.key {
                     None => Value::Null,
-                    Some(k) => bytes_as(k, self.key == KeyFormat::String, "kafka.key")?,
+                    Some(k) => bytes_as(k, self.key != KeyFormat::Bytes, "kafka.key")?,
                 },
+                Meta::KeyField(k) => {
+                    let i = self.key_fields.iter().position(|x| x == k);
+                    i.and_then(|i| src.key_fields.get(i))
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                }
                 Meta::Header(name) => {
                     let i = self.headers.iter().position(|h| h == name);
                     match i.and_then(|i| src.headers.get(i)).and_then(Option::as_ref) {
@@ -209,7 +280,11 @@ mod tests {
             Meta::parse("kafka.header.trace-id"),
             Ok(Some(Meta::Header("trace-id".into())))
         );
-        for bad in ["kafka.", "kafka.keys", "kafka.header.", "kafka.key.id"] {
+        assert_eq!(
+            Meta::parse("kafka.key.geo.id"),
+            Ok(Some(Meta::KeyField("geo.id".into())))
+        );
+        for bad in ["kafka.", "kafka.keys", "kafka.header.", "kafka.key."] {
             let e = Meta::parse(bad).expect_err(bad);
             assert!(e.to_string().contains(&format!("'{bad}'")), "{e}");
         }
@@ -240,6 +315,7 @@ mod tests {
             offset: 42,
             timestamp_ms: Some(1_700_000_000_000),
             key: Some(&key),
+            key_fields: &[],
             headers: &headers,
         };
         slots.fill(&mut values, &src).expect("fills");
@@ -283,12 +359,62 @@ mod tests {
     fn metadata_kinds_follow_the_key_format() {
         let names = fields(&["url", "kafka.key", "kafka.partition"]);
         assert_eq!(
-            kinds(&names, KeyFormat::Bytes),
+            kinds(&names, KeyFormat::Bytes, &[]),
             Ok(vec![Kind::Nullable(Box::new(Kind::Bytes)), Kind::Int])
         );
         assert_eq!(
-            kinds(&names, KeyFormat::String),
+            kinds(&names, KeyFormat::String, &[]),
             Ok(vec![Kind::Nullable(Box::new(Kind::Str)), Kind::Int])
+        );
+    }
+
+    #[test]
+    fn avro_key_fields_take_the_key_schemas_kinds_and_the_decoded_key_values() {
+        let names = fields(&[
+            "url",
+            "kafka.key.tenant",
+            "kafka.key.id",
+            "kafka.key.tenant",
+        ]);
+        assert_eq!(key_fields(&names), ["tenant", "id"]);
+        assert_eq!(
+            kinds(
+                &names,
+                KeyFormat::Avro,
+                &[Kind::Str, Kind::Nullable(Box::new(Kind::Int))]
+            ),
+            Ok(vec![
+                Kind::Nullable(Box::new(Kind::Str)),
+                Kind::Nullable(Box::new(Kind::Int)),
+                Kind::Nullable(Box::new(Kind::Str)),
+            ])
+        );
+        // Fields of a key need an Avro key; an Avro key is mapped by its fields.
+        let e = kinds(&names, KeyFormat::String, &[]).expect_err("not Avro");
+        assert!(e.to_string().contains("kafka.key_format = \"avro\""), "{e}");
+        let e = kinds(&fields(&["kafka.key"]), KeyFormat::Avro, &[]).expect_err("whole key");
+        assert!(e.to_string().contains("kafka.key.<field>"), "{e}");
+        let slots = MetaSlots::new(&names, &[], KeyFormat::Avro).expect("fields of an Avro key");
+        let mut values = vec![Value::Null; 4];
+        let decoded = [Value::Str("acme".into()), Value::Int(2)];
+        let src = Source {
+            topic: 0,
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: None,
+            key_fields: &decoded,
+            headers: &[],
+        };
+        slots.fill(&mut values, &src).expect("fills");
+        assert_eq!(
+            values,
+            vec![
+                Value::Null,
+                Value::Str("acme".into()),
+                Value::Int(2),
+                Value::Str("acme".into()),
+            ]
         );
     }
 }

@@ -742,3 +742,106 @@ fn two_routes_share_the_shards_each_topic_written_to_its_own_table() -> Result<(
     );
     Ok(())
 }
+
+const ORDER_KEY: &str = r#"{"type":"record","name":"okey","namespace":"t","fields":[
+    {"name":"tenant","type":"string"},{"name":"id","type":"int"}]}"#;
+
+/// An Avro key in the Confluent wire format.
+#[allow(deprecated)] // apache-avro's reference encoder: deprecated, still exact.
+fn avro_key(w: &Writer, tenant: &str, id: i32) -> Result<Vec<u8>> {
+    let datum = apache_avro::to_avro_datum(
+        &w.schema,
+        Avro::Record(vec![
+            ("tenant".into(), Avro::String(tenant.into())),
+            ("id".into(), Avro::Int(id)),
+        ]),
+    )?;
+    let mut framed = Vec::new();
+    shardline::codec::frame::frame_into(w.id, &datum, &mut framed);
+    Ok(framed)
+}
+
+// Fails on the old code: kafka.key.<field> did not exist, so a composite key could not come from
+// the Kafka key and a tombstone could not say which row to delete.
+#[test]
+fn an_avro_key_feeds_a_composite_primary_key_and_its_tombstone_deletes_the_row() -> Result<()> {
+    let topic = unique("akey");
+    let ks = unique("akey");
+    let group = unique("grp");
+    let dir = temp_dir("akey")?;
+    create_topic(&topic, 1)?;
+    create_topic(&format!("{topic}.dlq"), 1)?;
+    tokio().block_on(cql(
+        &ks,
+        &[format!(
+            "CREATE TABLE {ks}.orders (tenant text, id int, url text, PRIMARY KEY ((tenant), id))"
+        )],
+    ))?;
+    let key = Writer::register(&format!("{topic}-key"), ORDER_KEY)?;
+    let value = Writer::register(&format!("{topic}-value"), KV_SCHEMA)?;
+    let keyed = |tenant: &str, id: i32, v: Option<Avro>, ts: i64| -> Result<Rec> {
+        Ok(Rec {
+            key: avro_key(&key, tenant, id)?,
+            value: v,
+            ts_ms: ts,
+            headers: Vec::new(),
+        })
+    };
+    let recs = [
+        keyed("acme", 1, kv("u1"), BASE_TS_MS)?,
+        keyed("acme", 2, kv("u2"), BASE_TS_MS + 1)?,
+        keyed("beta", 1, kv("u3"), BASE_TS_MS + 2)?,
+        // A key that is not Avro: that record alone is dead-lettered.
+        rec("plain-key", kv("u4"), BASE_TS_MS + 3),
+        keyed("acme", 1, None, BASE_TS_MS + 4)?,
+    ];
+    let refs: Vec<(&Writer, &Rec)> = recs.iter().map(|r| (&value, r)).collect();
+    produce_with(&topic, &refs)?;
+    let columns = "tenant = \"kafka.key.tenant\"\nid = \"kafka.key.id\"\nurl = \"url\"";
+    let table =
+        format!("table = \"orders\"\non_tombstone = \"delete\"\n\n[table.columns]\n{columns}");
+    let config = dir.join("akey.toml");
+    std::fs::write(
+        &config,
+        config_text(&topic, &group, &ks, 64, &table, "").replacen(
+            "commit_interval_ms = 500",
+            "commit_interval_ms = 500\nkey_format = \"avro\"",
+            1,
+        ),
+    )?;
+    let out = drain_ok(&config, Duration::from_secs(180), &[])?;
+    let summary = out.summary.context("a summary")?;
+    assert_eq!(summary["written"], 4, "three rows and one delete");
+    assert_eq!(summary["dead_lettered"], 1);
+    let letters = dead_letters(&topic)?;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].headers["shardline.source.offset"], "3");
+    assert_eq!(letters[0].headers["shardline.error.class"], "bad_magic");
+    let rows = tokio().block_on(async {
+        rows(
+            &session().await?,
+            &format!("SELECT tenant, id, url FROM {ks}.orders"),
+        )
+        .await
+    })?;
+    let mut got: Vec<(String, i32, String)> = rows
+        .into_iter()
+        .filter_map(|r| match r.as_slice() {
+            [Some(CqlValue::Text(t)), Some(CqlValue::Int(i)), Some(CqlValue::Text(u))] => {
+                Some((t.clone(), *i, u.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("acme".to_string(), 2, "u2".to_string()),
+            ("beta".to_string(), 1, "u3".to_string()),
+        ],
+        "acme/1 deleted by its tombstone"
+    );
+    assert_eq!(committed(&group, &topic, 1)?, end_offsets(&topic, 1)?);
+    Ok(())
+}

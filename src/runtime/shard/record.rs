@@ -57,6 +57,8 @@ pub(super) struct RouteCtx {
     pub fields: Rc<[String]>,
     /// Which slots take the record's Kafka metadata (`kafka.*` fields).
     pub meta: MetaSlots,
+    /// The decoder of an Avro key whose fields are mapped (`kafka.key.<field>`); none otherwise.
+    pub key_decoder: Option<Rc<RefCell<Decoder<RegistryClient>>>>,
 }
 
 /// What every record future of a shard shares (one thread: `Rc`).
@@ -120,6 +122,7 @@ impl RecordContext {
         &self,
         route: &RouteCtx,
         mut values: Vec<Value>,
+        key_fields: &[Value],
         origin: &Origin,
     ) -> Result<Record, MetaError> {
         values.resize(route.fields.len(), Value::Null);
@@ -131,6 +134,7 @@ impl RecordContext {
                 offset: origin.offset,
                 timestamp_ms: origin.kafka_ts_ms,
                 key: origin.key.as_ref(),
+                key_fields,
                 headers: &origin.headers,
             },
         )?;
@@ -240,8 +244,21 @@ pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start
         }
         Start::Tombstone => Vec::new(),
     };
+    let key_fields = match (&route.key_decoder, &origin.key) {
+        (Some(decoder), Some(key)) => match decode_key(&ctx, decoder, key).await {
+            Ok(v) => v,
+            Err(RetryError::Stopped(_)) => return origin.done(RecordOutcome::Abandoned),
+            Err(e) => {
+                let e = e.into_inner();
+                let message = format!("the Avro key: {e}");
+                return Box::pin(fail(&ctx, origin, "decode", e.class(), message)).await;
+            }
+        },
+        // No Avro key mapped, or a record without a key: its fields are null.
+        _ => Vec::new(),
+    };
     let tombstone = origin.value.is_none();
-    let mut rec = match ctx.record(route, values, &origin) {
+    let mut rec = match ctx.record(route, values, &key_fields, &origin) {
         Ok(rec) => rec,
         Err(e) => return Box::pin(fail(&ctx, origin, "process", "metadata", e.to_string())).await,
     };
@@ -269,6 +286,22 @@ pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start
     }
 }
 
+/// Decodes an Avro key: at once when its schema is at hand (the usual case, no future is boxed),
+/// else as [`await_decode`] does.
+async fn decode_key(
+    ctx: &RecordContext,
+    decoder: &RefCell<Decoder<RegistryClient>>,
+    key: &Rc<[u8]>,
+) -> Result<Vec<Value>, RetryError<CodecError>> {
+    let mut row = Row::default();
+    let first = decoder.borrow_mut().decode(key, &mut row);
+    match first {
+        Ok(_) => Ok(row.values),
+        Err(e) if e.is_retryable() => Box::pin(await_decode(ctx, decoder, key)).await,
+        Err(e) => Err(RetryError::Permanent(e)),
+    }
+}
+
 /// Decodes a record whose schema was not at hand when the loop met it: each attempt waits for the
 /// decoder's fetch of the id (shared with every record of that id, run off the shard thread, without
 /// holding the decoder), then decodes again. Retried with backoff while the fetch is pending, the
@@ -281,25 +314,34 @@ async fn await_schema(
 ) -> Result<Vec<Value>, RetryError<CodecError>> {
     // A null payload (a tombstone) decodes as empty bytes; only it needs a buffer of its own.
     let payload = &origin.value.clone().unwrap_or_else(|| Rc::from(&[][..]));
-    let decoded = retry(
-        &RetryPolicy::UNTIL_STOPPED,
-        &ctx.shutdown,
-        move || async move {
-            // The borrow ends with this statement: the loop and other records decode meanwhile.
-            let fetched = route.decoder.borrow_mut().schema_wait(payload);
-            // A stop ends the wait; the retryable error that follows makes `retry` return Stopped.
-            select(pin!(fetched), pin!(ctx.shutdown.stopped())).await;
-            let mut row = Row::default();
-            let r = route.decoder.borrow_mut().decode(payload, &mut row);
-            r.map(|_| row.values)
-        },
-        |e, attempt, wait| events::write_retried(&ctx.metrics, e.class(), attempt, wait, e),
-    )
-    .await?;
+    let decoded = await_decode(ctx, &route.decoder, payload).await?;
     if let Some(s) = ctx.stage(origin.topic) {
         s.decoded.inc();
     }
     Ok(decoded)
+}
+
+/// [`await_schema`]'s retry loop for any of the route's decoders (the value's or the key's).
+async fn await_decode(
+    ctx: &RecordContext,
+    decoder: &RefCell<Decoder<RegistryClient>>,
+    payload: &Rc<[u8]>,
+) -> Result<Vec<Value>, RetryError<CodecError>> {
+    retry(
+        &RetryPolicy::UNTIL_STOPPED,
+        &ctx.shutdown,
+        move || async move {
+            // The borrow ends with this statement: the loop and other records decode meanwhile.
+            let fetched = decoder.borrow_mut().schema_wait(payload);
+            // A stop ends the wait; the retryable error that follows makes `retry` return Stopped.
+            select(pin!(fetched), pin!(ctx.shutdown.stopped())).await;
+            let mut row = Row::default();
+            let r = decoder.borrow_mut().decode(payload, &mut row);
+            r.map(|_| row.values)
+        },
+        |e, attempt, wait| events::write_retried(&ctx.metrics, e.class(), attempt, wait, e),
+    )
+    .await
 }
 
 /// A record that cannot be processed: counted, logged, then dead-lettered (or fatal without a topic).

@@ -185,11 +185,20 @@ async fn route_ctx(
     })
     .await?;
     let decoder = decoder(config, route, &chain)?;
+    // An Avro key whose fields are mapped: its own decoder, schemas from the same registry.
+    let key_decoder = match meta.key_fields() {
+        [] => None,
+        keys => Some(Rc::new(RefCell::new(
+            Decoder::framed(RegistryClient::from_config(&config.schema)?, keys.to_vec())
+                .with_unknown_grace(config.schema.unknown_schema_grace),
+        ))),
+    };
     Ok(RouteCtx {
         chain: Rc::new(chain),
         decoder: Rc::new(RefCell::new(decoder)),
         fields,
         meta,
+        key_decoder,
     })
 }
 
