@@ -41,13 +41,9 @@ pub enum CqlType {
     List(Box<CqlType>),
     Set(Box<CqlType>),
     Map(Box<CqlType>, Box<CqlType>),
-    /// A user-defined type of `keyspace`, with its fields in declaration order (resolved from
-    /// `system_schema.types` by [`CqlType::resolve_udts`]).
-    Udt {
-        keyspace: String,
-        name: String,
-        fields: Vec<(String, CqlType)>,
-    },
+    /// A user-defined type, resolved from `system_schema.types` by [`CqlType::resolve_udts`]. Boxed:
+    /// every column's type is read per record, and a wide variant would widen them all.
+    Udt(Box<UdtType>),
     /// Anything shardline does not write (counter, tuples, vectors...), and a UDT before it is
     /// resolved.
     Other(String),
@@ -59,7 +55,7 @@ impl std::fmt::Display for CqlType {
             CqlType::List(t) => write!(f, "list<{t}>"),
             CqlType::Set(t) => write!(f, "set<{t}>"),
             CqlType::Map(k, v) => write!(f, "map<{k}, {v}>"),
-            CqlType::Udt { name, .. } => write!(f, "frozen<{name}>"),
+            CqlType::Udt(u) => write!(f, "frozen<{}>", u.name),
             CqlType::Other(s) => f.write_str(s),
             other => f.write_str(&format!("{other:?}").to_ascii_lowercase()),
         }
@@ -134,7 +130,7 @@ impl CqlType {
             CqlType::Other(name) if depth < MAX_UDT_DEPTH => {
                 let bare = name.trim_matches('"');
                 match types.get(bare) {
-                    Some(fields) => CqlType::Udt {
+                    Some(fields) => CqlType::Udt(Box::new(UdtType {
                         keyspace: keyspace.to_string(),
                         name: bare.to_string(),
                         fields: fields
@@ -144,13 +140,21 @@ impl CqlType {
                                 (f.clone(), t)
                             })
                             .collect(),
-                    },
+                    })),
                     None => CqlType::Other(name),
                 }
             }
             other => other,
         }
     }
+}
+
+/// A user-defined type of `keyspace`, with its fields in declaration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdtType {
+    pub keyspace: String,
+    pub name: String,
+    pub fields: Vec<(String, CqlType)>,
 }
 
 /// How deep user-defined types may nest in a column (a type cannot refer to itself in CQL; the
@@ -195,7 +199,7 @@ pub fn compatible(kind: &Kind, ty: &CqlType) -> bool {
         (Kind::Decimal { scale: 0, .. }, C::Varint) => true,
         (Kind::Int | Kind::Long, C::Varint | C::Decimal) => true,
         (Kind::Duration, C::Duration) => true,
-        (Kind::Record(fields), C::Udt { fields: udt, .. }) => record_fits_udt(fields, udt),
+        (Kind::Record(fields), C::Udt(udt)) => record_fits_udt(fields, &udt.fields),
         (Kind::Str, C::Text | C::Ascii | C::Inet | C::Uuid | C::TimeUuid) => true,
         // An enum symbol is an Avro name ([A-Za-z_][A-Za-z0-9_]*): text, never an address or a UUID.
         (Kind::Enum, C::Text | C::Ascii) => true,
@@ -249,7 +253,7 @@ fn misfit(kind: &Kind, ty: &CqlType) -> Option<String> {
         (Kind::Nullable(k), t) => misfit(k, t),
         (Kind::Array(k), CqlType::List(t) | CqlType::Set(t))
         | (Kind::Map(k), CqlType::Map(_, t)) => misfit(k, t),
-        (Kind::Record(fields), CqlType::Udt { fields: udt, .. }) => udt_misfit(fields, udt),
+        (Kind::Record(fields), CqlType::Udt(udt)) => udt_misfit(fields, &udt.fields),
         _ => None,
     }
 }
@@ -305,7 +309,7 @@ pub fn convert_into(v: &Value, ty: &CqlType, out: &mut Option<Cell>) -> Result<(
         (Value::Decimal(b, scale), C::Text | C::Ascii) => {
             Cell::Text(decimal_text(b.as_bytes(), *scale)?.into())
         }
-        (Value::Record(fields), C::Udt { .. }) => Cell::Cql(udt(fields, ty)?),
+        (Value::Record(fields), C::Udt(t)) => Cell::Cql(udt(fields, t)?),
         (Value::Array(items), C::List(t) | C::Set(t)) => Cell::List(convert_items(items, t)?),
         (Value::Map(entries), C::Map(k, t)) => {
             let mut pairs = Vec::with_capacity(entries.len());
@@ -511,18 +515,11 @@ fn decimal_text(bytes: &[u8], scale: i32) -> Result<String, &'static str> {
 }
 
 /// A record as a value of the UDT `ty`: each record field converted to the UDT field of its name.
-fn udt(fields: &[(String, Value)], ty: &CqlType) -> Result<CqlValue, &'static str> {
-    let CqlType::Udt {
-        keyspace,
-        name,
-        fields: udt_fields,
-    } = ty
-    else {
-        return Err("value type does not convert to the column type");
-    };
+fn udt(fields: &[(String, Value)], ty: &UdtType) -> Result<CqlValue, &'static str> {
     let mut out = Vec::with_capacity(fields.len());
     for (field, v) in fields {
-        let (_, t) = udt_fields
+        let (_, t) = ty
+            .fields
             .iter()
             .find(|(n, _)| n == field)
             .ok_or("record field missing from the UDT")?;
@@ -530,8 +527,8 @@ fn udt(fields: &[(String, Value)], ty: &CqlType) -> Result<CqlValue, &'static st
         out.push((field.clone(), cell.map(|c| cql_for(c, t))));
     }
     Ok(CqlValue::UserDefinedType {
-        keyspace: keyspace.clone(),
-        name: name.clone(),
+        keyspace: ty.keyspace.clone(),
+        name: ty.name.clone(),
         fields: out,
     })
 }
@@ -758,19 +755,19 @@ mod tests {
 
     /// The UDT `ks.geo (lat double, lon double)`.
     fn geo_udt() -> CqlType {
-        CqlType::Udt {
+        CqlType::Udt(Box::new(UdtType {
             keyspace: "ks".into(),
             name: "geo".into(),
             fields: vec![
                 ("lat".into(), CqlType::Double),
                 ("lon".into(), CqlType::Double),
             ],
-        }
+        }))
     }
 
     /// `ks.geo2 (alt int, lat double, lon double)`: a field the record lacks, written null.
     fn geo_udt_with_alt() -> CqlType {
-        CqlType::Udt {
+        CqlType::Udt(Box::new(UdtType {
             keyspace: "ks".into(),
             name: "geo2".into(),
             fields: vec![
@@ -778,7 +775,7 @@ mod tests {
                 ("lat".into(), CqlType::Double),
                 ("lon".into(), CqlType::Double),
             ],
-        }
+        }))
     }
 
     fn geo_value(lon: Option<f64>) -> Value {
@@ -1445,11 +1442,11 @@ mod tests {
         };
         assert_eq!(
             *place,
-            CqlType::Udt {
+            CqlType::Udt(Box::new(UdtType {
                 keyspace: "ks".into(),
                 name: "place".into(),
                 fields: vec![("name".into(), CqlType::Text), ("at".into(), geo_udt())],
-            }
+            }))
         );
         assert_eq!(
             CqlType::parse("counter").resolve_udts("ks", &types),
