@@ -522,12 +522,20 @@ impl Plan {
                     kinds[s] = c.kind_of(*node);
                     continue;
                 }
-                let (at, leaf, nullable) = c.path(*node, name, &below).map_err(|missing| {
-                    CodecError::Resolution(format!(
-                        "field '{field}' is not in writer schema {}: {missing}",
-                        schema_name()
-                    ))
-                })?;
+                let (at, leaf, nullable) = match c.path(*node, name, &below) {
+                    Ok(found) => found,
+                    // Resolving against a reader: a path the writer lacks is a missing field.
+                    Err(_) if defaults.is_some() => {
+                        found[s] = false;
+                        continue;
+                    }
+                    Err(missing) => {
+                        return Err(CodecError::Resolution(format!(
+                            "field '{field}' is not in writer schema {}: {missing}",
+                            schema_name()
+                        )))
+                    }
+                };
                 let kind = c.kind_of(leaf);
                 kinds[s] = match kind {
                     k @ (Kind::Null | Kind::Nullable(_)) => k,
@@ -1794,6 +1802,30 @@ mod tests {
         let mut out = Vec::new();
         writer.encode(&refs, &mut out).expect("encodes");
         assert_eq!(out, datum);
+    }
+
+    #[test]
+    fn against_a_reader_a_path_the_writer_lacks_is_null_and_missing() {
+        let schema = Schema::parse_str(WIDE).expect("test schema parses");
+        let fields = [
+            "id".to_string(),
+            "geo.alt".to_string(),
+            "amount.x".to_string(),
+        ];
+        let plan = Plan::compile_with(&schema, &fields, &[None, None, None]).expect("compiles");
+        assert_eq!(plan.kinds()[1], Kind::Null);
+        assert_eq!(plan.missing(), &[false, true, true]);
+        let datum = wide_datum(
+            &schema,
+            Some((1.0, None)),
+            AvroValue::Union(0, Box::new(AvroValue::Null)),
+        );
+        let mut row = Row::default();
+        plan.decode_copy(&datum, &mut row).expect("decodes");
+        assert_eq!(
+            row.values,
+            vec![Value::Str("o1".into()), Value::Null, Value::Null]
+        );
     }
 
     #[test]

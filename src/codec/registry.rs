@@ -137,6 +137,12 @@ fn classify(e: ureq::Error, id: u32) -> CodecError {
         ureq::Error::Status(code, _) => {
             CodecError::RegistryUnavailable(format!("registry answered {code}"))
         }
+        // Its message quotes the header, value included: say which setting instead.
+        ureq::Error::Transport(t) if t.kind() == ureq::ErrorKind::BadHeader => {
+            CodecError::RegistryClient(
+                "a request header is not valid HTTP (check SHARDLINE_REGISTRY_TOKEN)".into(),
+            )
+        }
         ureq::Error::Transport(t) => {
             // The message and its sources say what failed (OpenSSL's "certificate verify
             // failed"); the transport's own Display would add the URL, which may carry credentials,

@@ -612,11 +612,13 @@ impl TableConfig {
             ));
         }
         let ts = self.write_timestamp_at(key)?;
-        if self.on_tombstone == OnTombstone::Delete && matches!(ts, WriteTimestamp::Field(_)) {
+        // Only Kafka timestamps order a delete against the inserts of its key: a field is absent
+        // from a tombstone, `now` would let an older insert replayed later bring the row back, and
+        // `fixed` gives the delete every later insert's timestamp (a delete wins a tie for ever).
+        if self.on_tombstone == OnTombstone::Delete && ts != WriteTimestamp::Kafka {
             return bad(format!(
-                "{key}.on_tombstone = \"delete\" needs a write timestamp a tombstone has: \
-                 {key}.timestamp_source = \"field\" reads the value, which a tombstone lacks \
-                 (use \"kafka\", the default)"
+                "{key}.on_tombstone = \"delete\" needs {key}.timestamp_source = \"kafka\" (the \
+                 default): only Kafka timestamps order a delete against the inserts of its key"
             ));
         }
         for field in self.columns.values() {
@@ -1049,6 +1051,28 @@ impl Config {
         {
             return bad("schema.tls_* files need an https:// schema.registry_url".into());
         }
+        let credentials = s.username.is_some() || s.bearer_token.is_some();
+        if credentials
+            && !s
+                .registry_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        {
+            return bad(
+                "schema: registry credentials go over https:// only (schema.registry_url)".into(),
+            );
+        }
+        // A header value must be visible ASCII; anything else would fail in the HTTP client, whose
+        // error quotes the header, secret included.
+        if s.bearer_token
+            .as_deref()
+            .is_some_and(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return bad(
+                "SHARDLINE_REGISTRY_TOKEN must be visible ASCII without spaces or line breaks"
+                    .into(),
+            );
+        }
         match (&s.username, &s.password, &s.bearer_token) {
             (Some(_), None, _) => {
                 return bad(
@@ -1138,6 +1162,13 @@ impl Config {
     /// primary route's.
     fn validate_routes(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !self.routes.is_empty() && self.schema.registry_url.is_none() {
+            return bad(
+                "routes read each route's subject from the registry: set schema.registry_url \
+                 (schema.schema_file is one schema for one route)"
+                    .into(),
+            );
+        }
         let mut names = std::collections::HashSet::from(["primary".to_string()]);
         let mut topics: std::collections::HashSet<&String> = self.kafka.topics.iter().collect();
         for r in &self.routes {
@@ -1913,6 +1944,13 @@ columns = { uid = "uid", url = "url" }
         assert!(!format!("{:?}", token.schema).contains("tk-93"));
         let e = checked(with(&format!("{https}\ntls_cert_file = \"c\"")), &[]).expect_err("no key");
         assert!(e.contains("tls_key_file"), "{e}");
+        let e = checked(with(https), &[("SHARDLINE_REGISTRY_TOKEN", "tk-93\n")])
+            .expect_err("a line break in a token");
+        assert!(e.contains("visible ASCII") && !e.contains("tk-93"), "{e}");
+        let http_user = "registry_url = \"http://r:8081\"\nusername = \"u\"";
+        let e = checked(with(http_user), &[("SHARDLINE_REGISTRY_PASSWORD", "pw")])
+            .expect_err("credentials over plain HTTP");
+        assert!(e.contains("https://"), "{e}");
         let plain = "registry_url = \"http://r:8081\"\ntls_ca_file = \"ca\"";
         let e = checked(with(plain), &[]).expect_err("TLS files on plain HTTP");
         assert!(e.contains("https://"), "{e}");

@@ -290,8 +290,9 @@ impl PartitionBook {
         for key in &self.assigned {
             let topic = self.topic(key.0);
             let last = self.parts.get(key).and_then(|p| p.last_ts_ms);
+            // librdkafka reports -1 while it does not know (no committed offset yet): unknown, not 0.
             let seconds = match (messages(topic, key.1), last) {
-                (Some(m), _) if m <= 0 => 0.0,
+                (Some(0), _) => 0.0,
                 (_, Some(ts)) => (now_ms - ts).max(0) as f64 / 1000.0,
                 (_, None) => continue,
             };
@@ -545,11 +546,14 @@ mod tests {
         let lags = b.lag_seconds(11_000, messages);
         // b/2 has waiting records but none consumed yet: unknown, left out.
         assert_eq!(lags, vec![("a", 0, 10.0), ("a", 1, 0.0)]);
-        // Unknown message lag (no statistics yet) counts from the last record.
-        assert_eq!(
-            b.lag_seconds(6_000, |_, _| None),
-            vec![("a", 0, 5.0), ("a", 1, 1.0)]
-        );
+        // Unknown message lag (no statistics yet, or librdkafka's -1 before a first commit) counts
+        // from the last record: never 0.
+        for unknown in [None, Some(-1)] {
+            assert_eq!(
+                b.lag_seconds(6_000, |_, _| unknown),
+                vec![("a", 0, 5.0), ("a", 1, 1.0)]
+            );
+        }
         // A new assignment forgets the old partitions' timestamps: only a caught-up one is known.
         b.on_assignment(2, &parts, false, &kafka);
         assert_eq!(b.lag_seconds(11_000, messages), vec![("a", 1, 0.0)]);

@@ -50,8 +50,8 @@ pub enum MetaError {
     )]
     Unknown(String),
     /// The key or a header is not UTF-8 where text is asked for: the record's error.
-    #[error("{0} is not UTF-8 (read as text; map it to a blob column or set kafka.key_format = \"bytes\")")]
-    NotUtf8(&'static str),
+    #[error("{0} is not UTF-8 ({1})")]
+    NotUtf8(&'static str, &'static str),
     /// `kafka.key.<field>` without an Avro key format, or `kafka.key` whole with it.
     #[error("{0}")]
     KeyFormat(String),
@@ -228,7 +228,7 @@ impl MetaSlots {
                 Meta::Timestamp => src.timestamp_ms.map_or(Value::Null, Value::TimestampMillis),
                 Meta::Key => match src.key {
                     None => Value::Null,
-                    Some(k) => bytes_as(k, self.key != KeyFormat::Bytes, "kafka.key")?,
+                    Some(k) => bytes_as(k, self.key != KeyFormat::Bytes, KEY_NOT_UTF8)?,
                 },
                 Meta::KeyField(k) => {
                     let i = self.key_fields.iter().position(|x| x == k);
@@ -240,7 +240,7 @@ impl MetaSlots {
                     let i = self.headers.iter().position(|h| h == name);
                     match i.and_then(|i| src.headers.get(i)).and_then(Option::as_ref) {
                         None => Value::Null,
-                        Some(h) => bytes_as(h, true, "a kafka.header value")?,
+                        Some(h) => bytes_as(h, true, HEADER_NOT_UTF8)?,
                     }
                 }
             };
@@ -252,12 +252,23 @@ impl MetaSlots {
     }
 }
 
+/// What a non-UTF-8 key or header value is, and what to do about it.
+const KEY_NOT_UTF8: (&str, &str) = (
+    "kafka.key",
+    "kafka.key_format = \"string\" reads it as text; for binary keys set \"bytes\" and map a blob column",
+);
+const HEADER_NOT_UTF8: (&str, &str) = ("a kafka.header value", "headers are read as text");
+
 /// `b` as text (checked UTF-8) or bytes, sharing its buffer.
-fn bytes_as(b: &Rc<[u8]>, text: bool, what: &'static str) -> Result<Value, MetaError> {
+fn bytes_as(
+    b: &Rc<[u8]>,
+    text: bool,
+    what: (&'static str, &'static str),
+) -> Result<Value, MetaError> {
     if text {
         Text::in_payload(b, 0, b.len())
             .map(Value::Str)
-            .ok_or(MetaError::NotUtf8(what))
+            .ok_or(MetaError::NotUtf8(what.0, what.1))
     } else {
         Ok(Blob::in_payload(b, 0, b.len()).map_or(Value::Null, Value::Bytes))
     }
@@ -340,7 +351,7 @@ mod tests {
             ..src
         };
         let e = slots.fill(&mut values, &src).expect_err("not UTF-8");
-        assert_eq!(e, MetaError::NotUtf8("kafka.key"));
+        assert_eq!(e, MetaError::NotUtf8(KEY_NOT_UTF8.0, KEY_NOT_UTF8.1));
         let bytes = MetaSlots::new(
             &fields(&["kafka.key", "kafka.timestamp"]),
             &[],

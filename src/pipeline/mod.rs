@@ -300,10 +300,8 @@ impl Chain {
                 }),
         )
         .await;
-        let mut wrote = false;
-        for r in results {
-            wrote |= r? == StepOutcome::Passed;
-        }
+        let wrote = results.iter().any(|r| matches!(r, Ok(StepOutcome::Passed)));
+        worst(results)?;
         Ok(wrote)
     }
 
@@ -335,9 +333,55 @@ impl Chain {
                 .map(|(s, r)| self.timed(s, r, sampled)),
         )
         .await;
-        for r in results {
-            r?;
-        }
+        worst(results)?;
         Ok(true)
+    }
+}
+
+/// The error that decides a record's fate among its sinks' results: a systemic one (stop without
+/// committing) before a stop (leave it uncommitted) before a record error (dead-letter). Reporting
+/// the first in sink order instead would dead-letter a record whose other sink failed systemically,
+/// committing it without its write.
+fn worst(results: Vec<Result<StepOutcome, StepError>>) -> Result<(), StepError> {
+    let rank = |e: &StepError| match e {
+        StepError::Systemic { .. } => 0,
+        StepError::Stopped => 1,
+        StepError::Record { .. } => 2,
+    };
+    match results.into_iter().filter_map(Result::err).min_by_key(rank) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Fails on the old code: the first error in sink order won, so an insert step's record error
+    // (a tombstone it dead-letters) hid the primary table's systemic one, and the record was
+    // dead-lettered and committed without its write.
+    #[test]
+    fn a_systemic_error_of_any_sink_decides_over_a_record_error() {
+        let record = || Err(StepError::record("tombstone", "dead-letter it"));
+        let systemic = || {
+            Err(StepError::Systemic {
+                class: "unauthorized",
+                message: "no grant".into(),
+            })
+        };
+        let got = worst(vec![record(), Ok(StepOutcome::Passed), systemic()]);
+        assert!(matches!(
+            got,
+            Err(StepError::Systemic {
+                class: "unauthorized",
+                ..
+            })
+        ));
+        assert_eq!(
+            worst(vec![record(), Err(StepError::Stopped)]),
+            Err(StepError::Stopped)
+        );
+        assert_eq!(worst(vec![Ok(StepOutcome::Dropped)]), Ok(()));
     }
 }

@@ -462,6 +462,9 @@ fn whole_decimal(v: i64) -> CqlDecimal {
 /// The longest decimal (in bytes of its unscaled value) written as text: 128 bytes are 308 digits,
 /// beyond any schema's precision in practice; the bound keeps the quadratic conversion small.
 const MAX_DECIMAL_TEXT_BYTES: usize = 128;
+/// The largest scale written as text: a schema may declare any scale up to its precision, and the
+/// text pads with that many zeros.
+const MAX_DECIMAL_TEXT_SCALE: usize = 1000;
 
 /// The exact text of a decimal: the unscaled value (big-endian two's complement) with `scale`
 /// digits after the point, as `-12.50` or `0.05` (no exponent, no rounding, trailing zeros kept:
@@ -502,6 +505,9 @@ fn decimal_text(bytes: &[u8], scale: i32) -> Result<String, &'static str> {
         let _ = write!(digits, "{limb:09}");
     }
     let scale = usize::try_from(scale).map_err(|_| "negative decimal scale")?;
+    if scale > MAX_DECIMAL_TEXT_SCALE {
+        return Err("decimal scale too large to write as text");
+    }
     if scale > 0 {
         if digits.len() <= scale {
             digits.insert_str(0, &"0".repeat(scale + 1 - digits.len()));
@@ -1343,6 +1349,10 @@ mod tests {
             assert_eq!(decimal_text(bytes, scale).as_deref(), Ok(text), "{bytes:?}");
         }
         assert!(decimal_text(&[1; MAX_DECIMAL_TEXT_BYTES + 1], 0).is_err());
+        assert!(
+            decimal_text(&[1], 2_000_000_000).is_err(),
+            "no 2 GB of zeros"
+        );
     }
 
     // Fails on the old code: every general union was refused, whatever its branches.

@@ -764,6 +764,18 @@ timestamp_field = "ts"
             e.contains("on_tombstone") && e.contains("timestamp_source"),
             "{e}"
         );
+        // `now` and `fixed` cannot order a delete against its key's inserts either.
+        for source in [
+            "timestamp_source = \"now\"",
+            "timestamp_source = \"fixed\"\ntimestamp_fixed_us = 5",
+        ] {
+            let t = text.replace(
+                "timestamp_source = \"field\"\ntimestamp_field = \"ts\"",
+                source,
+            );
+            let e = refused(&t);
+            assert!(e.contains("\"kafka\""), "{source}: {e}");
+        }
         let unknown = text
             .replace("timestamp_source = \"field\"\ntimestamp_field = \"ts\"", "")
             .replace("kafka.key", "kafka.kee");
