@@ -53,6 +53,13 @@ pub fn reference_schema_of(
 
 /// Runs every live check.
 pub fn check_live(config: &Config) -> Result<CheckReport, RunError> {
+    if let Some(r) = config.routes.iter().find(|r| r.topics.is_empty()) {
+        // A topic_regex route whose topics were not resolved would consume nothing.
+        return Err(RunError::Config(ConfigError::Invalid(format!(
+            "routes.{}: its topic_regex is not resolved (Config::resolve_topic_regexes)",
+            r.name
+        ))));
+    }
     // Topics.
     crate::kafka::check_client_files(&config.kafka)?;
     let consumer: BaseConsumer<LastError> = consumer_config(&config.kafka, "shardline-check")

@@ -225,8 +225,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The config file, validated, with the topics of `[[routes]] topic_regex` entries resolved against
+/// the cluster's (once, at start-up).
+fn load(config: &Path) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(config)?;
+    if cfg.routes.iter().any(|r| r.topic_regex.is_some()) {
+        let topics = shardline::kafka::list_topics(&cfg.kafka).context("listing topics")?;
+        cfg.resolve_topic_regexes(&topics)?;
+    }
+    Ok(cfg)
+}
+
 fn run(config: &Path, options: RunOptions, summary: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
+    let cfg = load(config)?;
     let report = shardline::check::check_live(&cfg).context("start-up check")?;
     tracing::info!(partitions = ?report.partitions, schema_id = ?report.schema_id, "start-up check passed");
     let registries_addr: std::net::SocketAddr =
@@ -257,7 +268,7 @@ fn run(config: &Path, options: RunOptions, summary: Option<PathBuf>) -> anyhow::
 }
 
 fn check(config: &Path) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
+    let cfg = load(config)?;
     let r = shardline::check::check_live(&cfg)?;
     println!("config OK");
     for (t, n) in &r.partitions {

@@ -1178,9 +1178,26 @@ impl Config {
                     "routes: every route needs a unique, non-empty name other than 'primary' ('{n}')"
                 ));
             }
+            match (&r.topic_regex, r.topics.is_empty()) {
+                (Some(_), false) => {
+                    return bad(format!(
+                        "routes.{n}: topics and topic_regex are exclusive; keep one"
+                    ))
+                }
+                (Some(re), true) => {
+                    regex_lite::Regex::new(re).map_err(|e| {
+                        ConfigError::Invalid(format!("routes.{n}.topic_regex does not parse: {e}"))
+                    })?;
+                    // Its topics are resolved at start-up; nothing more to check here.
+                    r.table.validate(&format!("routes.{n}.table"))?;
+                    self.validate_processors(&r.processors)?;
+                    continue;
+                }
+                (None, _) => {}
+            }
             if r.topics.is_empty() || r.topics.iter().any(|t| t.trim().is_empty()) {
                 return bad(format!(
-                    "routes.{n}.topics must list at least one non-empty topic"
+                    "routes.{n}.topics must list at least one non-empty topic (or set topic_regex)"
                 ));
             }
             for t in &r.topics {
@@ -1276,6 +1293,43 @@ impl Config {
         out
     }
 
+    /// Fills the topics of every `[[routes]]` entry with a `topic_regex` from `existing` (the
+    /// broker's topics): those the expression matches whole, sorted, except topics of other routes,
+    /// the dead-letter topic and internal ones (`__…`). A route whose expression matches none is an
+    /// error: it would consume nothing, silently.
+    pub fn resolve_topic_regexes(&mut self, existing: &[String]) -> Result<(), ConfigError> {
+        let listed: Vec<String> = self
+            .all_topics()
+            .into_iter()
+            .chain(self.kafka.dead_letter_topic.clone())
+            .collect();
+        let mut taken: Vec<String> = Vec::new();
+        for r in self.routes.iter_mut() {
+            let Some(re) = &r.topic_regex else {
+                continue;
+            };
+            let whole = regex_lite::Regex::new(&format!("^(?:{re})$")).map_err(|e| {
+                ConfigError::Invalid(format!("routes.{}.topic_regex does not parse: {e}", r.name))
+            })?;
+            let mut topics: Vec<String> = existing
+                .iter()
+                .filter(|t| whole.is_match(t) && !t.starts_with("__"))
+                .filter(|t| !listed.contains(t) && !taken.contains(t))
+                .cloned()
+                .collect();
+            topics.sort();
+            if topics.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "routes.{}.topic_regex '{re}' matches no topic of the cluster",
+                    r.name
+                )));
+            }
+            taken.extend(topics.iter().cloned());
+            r.topics = topics;
+        }
+        Ok(())
+    }
+
     /// The primary route (see [`Config::routes`]).
     pub fn primary(&self) -> Route<'_> {
         Route {
@@ -1329,8 +1383,16 @@ impl Config {
 pub struct RouteConfig {
     /// A unique name (logs, errors). Required.
     pub name: String,
-    /// Topics of this route; none may belong to another route. Required, at least one.
+    /// Topics of this route; none may belong to another route. Exclusive with `topic_regex`; one of
+    /// them is required.
+    #[serde(default)]
     pub topics: Vec<String>,
+    /// A regular expression every topic of this route matches whole (`nav-.*`), resolved once at
+    /// start-up against the broker's topics ([`Config::resolve_topic_regexes`]): topics created
+    /// later are taken at the next start. Topics of other routes, the dead-letter topic and internal
+    /// topics (`__…`) are left out. Default: none.
+    #[serde(default)]
+    pub topic_regex: Option<String>,
     /// Subject whose latest version is the route's reader schema. Default `<first topic>-value`.
     #[serde(default)]
     pub subject: Option<String>,
@@ -1889,6 +1951,57 @@ columns = { uid = "uid", url = "url" }
             route("kv", "a").replace("\"kafka.key\"", "\"kafka.bogus\""),
             "'kafka.bogus' is not a Kafka metadata field",
         );
+    }
+
+    #[test]
+    fn a_topic_regex_takes_the_matching_topics_not_listed_elsewhere() {
+        let route = |name: &str, re: &str| {
+            format!(
+                "\n[[routes]]\nname = \"{name}\"\ntopic_regex = \"{re}\"\n[routes.table]\n\
+                 keyspace = \"ks\"\ntable = \"kv\"\n[routes.table.columns]\nk = \"kafka.key\"\n"
+            )
+        };
+        let text = format!(
+            "{MINIMAL}{}{}",
+            route("orders", "orders-.*"),
+            route("rest", ".*")
+        );
+        let mut c = Config::parse(&text).expect("parses");
+        c.validate().expect("valid");
+        let existing: Vec<String> = [
+            "navigation",
+            "navigation.dlq",
+            "orders-eu",
+            "orders-us",
+            "xorders-eu",
+            "__consumer_offsets",
+            "audit",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        c.resolve_topic_regexes(&existing).expect("resolves");
+        // Matched whole (not `xorders-eu`), sorted; the catch-all takes what is left, not the
+        // primary route's topic, the dead-letter topic or internal ones.
+        assert_eq!(c.routes[0].topics, vec!["orders-eu", "orders-us"]);
+        assert_eq!(c.routes[1].topics, vec!["audit", "xorders-eu"]);
+        let mut none =
+            Config::parse(&format!("{MINIMAL}{}", route("orders", "nothing-.*"))).expect("parses");
+        let e = none.resolve_topic_regexes(&existing).expect_err("no match");
+        assert!(e.to_string().contains("matches no topic"), "{e}");
+        let both = format!("{MINIMAL}{}", route("x", "a.*"))
+            .replace("topic_regex", "topics = [\"a\"]\ntopic_regex");
+        let e = Config::parse(&both)
+            .expect("parses")
+            .validate()
+            .expect_err("exclusive");
+        assert!(e.to_string().contains("exclusive"), "{e}");
+        let bad = format!("{MINIMAL}{}", route("x", "(unclosed"));
+        let e = Config::parse(&bad)
+            .expect("parses")
+            .validate()
+            .expect_err("bad regex");
+        assert!(e.to_string().contains("does not parse"), "{e}");
     }
 
     // Fails on the old code: the registry had no TLS or credential settings at all.

@@ -188,6 +188,19 @@ pub fn start_up_error(
     rdkafka::consumer::Consumer::context(consumer).explain(brokers, request)
 }
 
+/// The topics of the cluster, for `[[routes]] topic_regex` (see
+/// [`crate::config::Config::resolve_topic_regexes`]). A start-up request: its error names the
+/// connection failure, as the start-up check's do.
+pub fn list_topics(k: &KafkaConfig) -> Result<Vec<String>, KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer<LastError> =
+        consumer_config(k, "shardline-topics").create_with_context(LastError::default())?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| start_up_error(&consumer, &k.brokers, e))?;
+    Ok(md.topics().iter().map(|t| t.name().to_string()).collect())
+}
+
 impl LastError {
     /// The error of a failed start-up request: the client's last connection error when it had one
     /// (with a hint at the setting to check), else the request's own.

@@ -845,3 +845,69 @@ fn an_avro_key_feeds_a_composite_primary_key_and_its_tombstone_deletes_the_row()
     assert_eq!(committed(&group, &topic, 1)?, end_offsets(&topic, 1)?);
     Ok(())
 }
+
+// Fails on the old code: `topic_regex` did not exist.
+#[test]
+fn a_topic_regex_route_consumes_every_matching_topic_into_its_table() -> Result<()> {
+    let prefix = unique("rx");
+    let nav = unique("rxnav");
+    let ks = unique("rx");
+    let group = unique("grp");
+    let dir = temp_dir("rx")?;
+    create_topic(&nav, 1)?;
+    create_topic(&format!("{nav}.dlq"), 1)?;
+    let matching = [format!("{prefix}-eu"), format!("{prefix}-us")];
+    for t in &matching {
+        create_topic(t, 1)?;
+    }
+    // Listed by no route and matched by nothing: never consumed.
+    let other = format!("{prefix}x-eu");
+    create_topic(&other, 1)?;
+    tokio().block_on(async {
+        let s = session().await?;
+        create_keyspace(&s, &ks).await?;
+        s.query_unpaged(kv_table(&ks, "kv"), &[]).await?;
+        anyhow::Ok(())
+    })?;
+    produce(&nav, 10, 3, 0)?;
+    for (i, t) in matching.iter().chain([&other]).enumerate() {
+        let recs: Vec<Rec> = (0..5)
+            .map(|j| rec(&format!("t{i}-k{j}"), kv("u"), BASE_TS_MS + j))
+            .collect();
+        produce_avro(t, KV_SCHEMA, &recs)?;
+    }
+    let table = format!(
+        "table = \"navigation_events\"\nttl_seconds = 2592000\n\n[table.columns]\n{ALL_COLUMNS}"
+    );
+    // The subject of a regex route is named: its topics are only known at start-up.
+    let route = format!(
+        "[[routes]]\nname = \"regional\"\ntopic_regex = \"{prefix}-(eu|us)\"\n\
+         subject = \"{}-value\"\n[routes.table]\nkeyspace = \"{ks}\"\ntable = \"kv\"\n\
+         [routes.table.columns]\n{KV_COLUMNS}",
+        matching[0]
+    );
+    let config = dir.join("rx.toml");
+    std::fs::write(&config, config_text(&nav, &group, &ks, 64, &table, &route))?;
+    let out = drain_ok(&config, Duration::from_secs(180), &[])?;
+    let summary = out.summary.context("a summary")?;
+    assert_eq!(
+        summary["written"], 20,
+        "10 events and 5 rows from each matching topic"
+    );
+    let rows = rows_by_key(&format!("SELECT k, src FROM {ks}.kv"))?;
+    assert_eq!(rows.len(), 10);
+    for (i, t) in matching.iter().enumerate() {
+        for j in 0..5 {
+            assert_eq!(
+                rows.get(&format!("t{i}-k{j}")).and_then(|r| r[1].clone()),
+                Some(CqlValue::Text(t.clone())),
+                "a row of {t}, with its topic"
+            );
+        }
+    }
+    for t in &matching {
+        assert_eq!(committed(&group, t, 1)?, end_offsets(t, 1)?);
+    }
+    assert_eq!(committed(&group, &other, 1)?, vec![-1], "never consumed");
+    Ok(())
+}
