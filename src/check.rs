@@ -112,7 +112,7 @@ fn key_kinds(
     route: &Route<'_>,
     fields: &[String],
 ) -> Result<Vec<crate::codec::Kind>, RunError> {
-    let keys = meta::key_fields(fields);
+    let keys = meta::key_fields(fields, config.kafka.key_format);
     if keys.is_empty() {
         return Ok(Vec::new());
     }

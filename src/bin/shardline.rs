@@ -321,7 +321,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         uids,
         poison_every,
         alt_schema_id: if poison_every > 0 {
-            Some(reg.register(&format!("{subject}-noip"), navigation::SCHEMA_WITHOUT_IP)?)
+            Some(reg.register(&format!("{subject}-iplong"), navigation::SCHEMA_IP_AS_LONG)?)
         } else {
             None
         },

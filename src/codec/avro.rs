@@ -32,6 +32,10 @@ pub const MAX_DEPTH: usize = 64;
 /// items in all, which keeps decode time and allocation linear in the input while a small datum can
 /// still carry a few zero-byte items.
 const ITEM_ALLOWANCE: u64 = 1024;
+/// The field name that reads the whole datum, whatever its schema (a record, or a primitive such as
+/// an Avro `string` key), into one slot: given alone to [`Plan::compile`].
+pub const WHOLE: &str = "";
+
 /// Kinds a start-up check expands for one field at most (see `Compiler::kind`).
 const KIND_BUDGET: usize = 10_000;
 
@@ -493,6 +497,11 @@ impl Plan {
             named: HashMap::new(),
         };
         let root = c.node(writer, 0)?;
+        if let [whole] = fields {
+            if whole == WHOLE {
+                return c.whole(root);
+            }
+        }
         let Some(Node::Record(top)) = c.nodes.get(root).cloned() else {
             return Err(CodecError::Resolution(
                 "the writer schema is not a record".into(),
@@ -865,6 +874,24 @@ struct Compiler {
 }
 
 impl Compiler {
+    /// The plan that reads the whole datum of `root` into slot 0 (see [`WHOLE`]).
+    fn whole(self, root: usize) -> Result<Plan, CodecError> {
+        let kind = self.kind_of(root);
+        Ok(Plan {
+            steps: vec![Step {
+                node: index32(root)?,
+                slot: Some(0),
+                nested: None,
+            }],
+            nodes: self.nodes,
+            nested: Vec::new(),
+            slots: 1,
+            kinds: vec![kind],
+            fills: Vec::new(),
+            missing: vec![false],
+        })
+    }
+
     fn push(&mut self, n: Node) -> usize {
         self.nodes.push(n);
         self.nodes.len() - 1
@@ -1882,5 +1909,25 @@ mod tests {
         let mut row = Row::default();
         plan.decode_copy(&datum, &mut row).expect("decodes");
         assert_eq!(row.values[1], Value::Int(2));
+    }
+
+    #[test]
+    fn the_whole_datum_of_any_schema_reads_into_one_slot() {
+        let key = Schema::parse_str(r#""string""#).expect("a primitive schema");
+        let datum = encode(&key, AvroValue::String("user-7".into()));
+        let plan = Plan::compile(&key, &[WHOLE.to_string()]).expect("compiles");
+        assert_eq!(plan.kinds(), &[Kind::Str]);
+        let mut row = Row::default();
+        plan.decode_copy(&datum, &mut row).expect("decodes");
+        assert_eq!(row.values, vec![Value::Str("user-7".into())]);
+        // Trailing bytes are still an error.
+        let mut longer = datum.clone();
+        longer.push(0);
+        assert!(plan.decode_copy(&longer, &mut row).is_err());
+        // A record as a whole: one record value.
+        let rec = plan_for(SCHEMA, &[WHOLE]);
+        assert!(matches!(rec.kinds()[0], Kind::Record(_)));
+        // Without WHOLE, a primitive writer is still refused.
+        assert!(Plan::compile(&key, &["x".to_string()]).is_err());
     }
 }

@@ -37,7 +37,7 @@ pub struct ProduceSpec {
     pub uids: u64,
     /// Every n-th record is a poison record (0: none).
     pub poison_every: u64,
-    /// Registry id of [`navigation::SCHEMA_WITHOUT_IP`], for `schema_resolution` poison records.
+    /// Registry id of [`navigation::SCHEMA_IP_AS_LONG`], for `schema_incompatible` poison records.
     pub alt_schema_id: Option<u32>,
     pub progress: bool,
 }
@@ -154,7 +154,7 @@ pub const POISON_CLASSES: &[&str] = &[
     "bad_magic",
     "corrupt_datum",
     "unknown_schema",
-    "schema_resolution",
+    "schema_incompatible",
     "truncated",
     "mapping",
     "empty_key",
@@ -308,10 +308,10 @@ fn poison(class: &str, spec: &ProduceSpec, ev: &navigation::NavigationEvent, fra
             frame::frame_into(schema_id.wrapping_add(1_000_000), &d, framed);
         }
         "truncated" => framed.truncate(3),
-        // A schema without the mapped field `ip`: resolution against the mapping fails.
-        "schema_resolution" => {
+        // A writer schema whose mapped field `ip` changed to a type its column cannot take.
+        "schema_incompatible" => {
             let mut d = Vec::new();
-            ev.encode_without_ip(&mut d);
+            ev.encode_ip_as_long(&mut d);
             frame::frame_into(
                 spec.alt_schema_id
                     .unwrap_or(schema_id.wrapping_add(2_000_000)),

@@ -20,11 +20,14 @@ pub const SCHEMA: &str = r#"{"type":"record","name":"Navigation","namespace":"sh
 {"name":"tags","type":{"type":"array","items":"string"}}
 ]}"#;
 
-/// The same record without `ip`: a writer schema that a mapping of `ip` cannot resolve.
-pub const SCHEMA_WITHOUT_IP: &str = r#"{"type":"record","name":"NavigationNoIp","namespace":"shardline.events","fields":[
+/// A later writer schema whose `ip` became a `long`: the `inet` column cannot take it, so shardline
+/// refuses the schema id when first seen (`schema_incompatible`). A schema that only lacked `ip`
+/// would be written, `ip` null (schema evolution).
+pub const SCHEMA_IP_AS_LONG: &str = r#"{"type":"record","name":"NavigationIpAsLong","namespace":"shardline.events","fields":[
 {"name":"event_id","type":"string"},
 {"name":"uid","type":"string"},
-{"name":"url","type":"string"}
+{"name":"url","type":"string"},
+{"name":"ip","type":"long"}
 ]}"#;
 
 pub const EVENT_TYPES: [&str; 4] = ["PAGE_VIEW", "CLICK", "SCROLL", "PURCHASE"];
@@ -109,11 +112,17 @@ fn nullable(out: &mut Vec<u8>, s: &Option<String>) {
 }
 
 impl NavigationEvent {
-    /// Appends the encoding of this event under [`SCHEMA_WITHOUT_IP`].
-    pub fn encode_without_ip(&self, out: &mut Vec<u8>) {
+    /// Appends the encoding of this event under [`SCHEMA_IP_AS_LONG`] (the address as a number).
+    pub fn encode_ip_as_long(&self, out: &mut Vec<u8>) {
         string(out, &self.event_id);
         string(out, &self.uid);
         string(out, &self.url);
+        let ip = self
+            .ip
+            .parse::<std::net::Ipv4Addr>()
+            .map(|a| i64::from(u32::from(a)))
+            .unwrap_or(0);
+        crate::codec::avro::write_long(out, ip);
     }
 
     /// Appends the Avro binary encoding of this event.

@@ -77,13 +77,9 @@ impl Meta {
         }))
     }
 
-    /// Whether this field can be read with key format `key`: an Avro key is read by its fields
-    /// only, and only an Avro key has fields.
+    /// Whether this field can be read with key format `key`: only an Avro key has fields.
     pub fn fits(&self, key: KeyFormat, field: &str) -> Result<(), MetaError> {
         match (self, key) {
-            (Meta::Key, KeyFormat::Avro) => Err(MetaError::KeyFormat(format!(
-                "'{field}': an Avro key (kafka.key_format = \"avro\") is mapped by its fields, as kafka.key.<field>"
-            ))),
             (Meta::KeyField(_), KeyFormat::String | KeyFormat::Bytes) => {
                 Err(MetaError::KeyFormat(format!(
                     "'{field}' names a field of the key, which needs kafka.key_format = \"avro\""
@@ -103,8 +99,14 @@ impl Meta {
             Meta::Offset => Kind::Long,
             Meta::Timestamp => nullable(Kind::TimestampMillis),
             Meta::Key => match key {
-                KeyFormat::String | KeyFormat::Avro => nullable(Kind::Str),
+                KeyFormat::String => nullable(Kind::Str),
                 KeyFormat::Bytes => nullable(Kind::Bytes),
+                // The decoded key as a whole: its schema's kind (a record for a UDT column).
+                KeyFormat::Avro => match key_kinds.first() {
+                    Some(k @ (Kind::Null | Kind::Nullable(_))) => k.clone(),
+                    Some(k) => nullable(k.clone()),
+                    None => Kind::Opaque,
+                },
             },
             // A record without a key has none of its fields: null.
             Meta::KeyField(_) => match key_index.and_then(|i| key_kinds.get(i)) {
@@ -117,9 +119,19 @@ impl Meta {
     }
 }
 
-/// The Avro key's fields `fields` map (`kafka.key.<field>`, without the prefix), each once, in order
-/// of first use: the fields a route's key decoder reads.
-pub fn key_fields(fields: &[String]) -> Vec<String> {
+/// What a route's Avro key decoder reads: [`crate::codec::avro::WHOLE`] when `kafka.key` is mapped
+/// (the key as a whole, any schema), else the key's fields `fields` map (`kafka.key.<field>`,
+/// without the prefix), each once, in order of first use. Empty unless the key format is Avro.
+pub fn key_fields(fields: &[String], key: KeyFormat) -> Vec<String> {
+    if key != KeyFormat::Avro {
+        return Vec::new();
+    }
+    if fields
+        .iter()
+        .any(|f| matches!(Meta::parse(f), Ok(Some(Meta::Key))))
+    {
+        return vec![crate::codec::avro::WHOLE.to_string()];
+    }
     let mut out: Vec<String> = Vec::new();
     for f in fields {
         if let Ok(Some(Meta::KeyField(k))) = Meta::parse(f) {
@@ -138,7 +150,20 @@ pub fn kinds(
     key: KeyFormat,
     key_kinds: &[Kind],
 ) -> Result<Vec<Kind>, MetaError> {
-    let keys = key_fields(fields);
+    let keys = key_fields(fields, key);
+    let whole = fields
+        .iter()
+        .any(|f| matches!(Meta::parse(f), Ok(Some(Meta::Key))));
+    if whole
+        && fields
+            .iter()
+            .any(|f| matches!(Meta::parse(f), Ok(Some(Meta::KeyField(_)))))
+    {
+        return Err(MetaError::KeyFormat(
+            "map an Avro key whole (kafka.key) or by its fields (kafka.key.<field>), not both"
+                .into(),
+        ));
+    }
     let mut out = Vec::new();
     for f in fields {
         if let Some(m) = Meta::parse(f)? {
@@ -199,7 +224,7 @@ impl MetaSlots {
         Ok(MetaSlots {
             slots,
             headers,
-            key_fields: key_fields(fields),
+            key_fields: key_fields(fields, key),
             topics: topics.iter().map(|t| Text::from(t.as_str())).collect(),
             key,
         })
@@ -226,9 +251,13 @@ impl MetaSlots {
                 Meta::Partition => Value::Int(src.partition),
                 Meta::Offset => Value::Long(src.offset),
                 Meta::Timestamp => src.timestamp_ms.map_or(Value::Null, Value::TimestampMillis),
-                Meta::Key => match src.key {
-                    None => Value::Null,
-                    Some(k) => bytes_as(k, self.key != KeyFormat::Bytes, KEY_NOT_UTF8)?,
+                Meta::Key => match (src.key, self.key) {
+                    (None, _) => Value::Null,
+                    // Decoded by the route's key decoder, as a whole (see `key_fields`).
+                    (Some(_), KeyFormat::Avro) => {
+                        src.key_fields.first().cloned().unwrap_or(Value::Null)
+                    }
+                    (Some(k), fmt) => bytes_as(k, fmt == KeyFormat::String, KEY_NOT_UTF8)?,
                 },
                 Meta::KeyField(k) => {
                     let i = self.key_fields.iter().position(|x| x == k);
@@ -387,7 +416,8 @@ mod tests {
             "kafka.key.id",
             "kafka.key.tenant",
         ]);
-        assert_eq!(key_fields(&names), ["tenant", "id"]);
+        assert_eq!(key_fields(&names, KeyFormat::Avro), ["tenant", "id"]);
+        assert!(key_fields(&names, KeyFormat::String).is_empty());
         assert_eq!(
             kinds(
                 &names,
@@ -403,8 +433,23 @@ mod tests {
         // Fields of a key need an Avro key; an Avro key is mapped by its fields.
         let e = kinds(&names, KeyFormat::String, &[]).expect_err("not Avro");
         assert!(e.to_string().contains("kafka.key_format = \"avro\""), "{e}");
-        let e = kinds(&fields(&["kafka.key"]), KeyFormat::Avro, &[]).expect_err("whole key");
-        assert!(e.to_string().contains("kafka.key.<field>"), "{e}");
+        // A primitive Avro key, mapped whole.
+        let whole = fields(&["kafka.key"]);
+        assert_eq!(
+            key_fields(&whole, KeyFormat::Avro),
+            [crate::codec::avro::WHOLE]
+        );
+        assert_eq!(
+            kinds(&whole, KeyFormat::Avro, &[Kind::Long]),
+            Ok(vec![Kind::Nullable(Box::new(Kind::Long))])
+        );
+        let e = kinds(
+            &fields(&["kafka.key", "kafka.key.id"]),
+            KeyFormat::Avro,
+            &[],
+        )
+        .expect_err("both");
+        assert!(e.to_string().contains("not both"), "{e}");
         let slots = MetaSlots::new(&names, &[], KeyFormat::Avro).expect("fields of an Avro key");
         let mut values = vec![Value::Null; 4];
         let decoded = [Value::Str("acme".into()), Value::Int(2)];

@@ -99,7 +99,7 @@ pub fn produce_full(
     let reg = RegistryClient::new(REGISTRY, Duration::from_secs(10));
     let schema_id = reg.register(&format!("{topic}-value"), navigation::SCHEMA)?;
     let alt_schema_id =
-        Some(reg.register(&format!("{topic}-noip"), navigation::SCHEMA_WITHOUT_IP)?);
+        Some(reg.register(&format!("{topic}-iplong"), navigation::SCHEMA_IP_AS_LONG)?);
     let spec = ProduceSpec {
         brokers: BROKERS.into(),
         topic: topic.into(),
