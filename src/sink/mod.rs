@@ -453,6 +453,11 @@ mod tests {
     }
 
     fn config(extra: &str) -> Config {
+        config_with(r#"{ a = "fa", b = "fb" }"#, extra)
+    }
+
+    /// A test config whose table maps `columns` (an inline TOML table), plus `extra` table keys.
+    fn config_with(columns: &str, extra: &str) -> Config {
         let text = format!(
             r#"
 [kafka]
@@ -466,7 +471,7 @@ nodes = ["n:9042"]
 [table]
 keyspace = "ks"
 table = "tb"
-columns = {{ a = "fa", b = "fb" }}
+columns = {columns}
 {extra}
 "#
         );
@@ -634,25 +639,10 @@ columns = {{ a = "fa", b = "fb" }}
     }
 
     fn delete_config(extra: &str) -> Config {
-        let text = format!(
-            r#"
-[kafka]
-brokers = "b:9092"
-group_id = "g"
-topics = ["t"]
-[schema]
-registry_url = "http://r"
-[scylla]
-nodes = ["n:9042"]
-[table]
-keyspace = "ks"
-table = "tb"
-columns = {{ a = "kafka.key", b = "fb", p = "kafka.partition" }}
-on_tombstone = "delete"
-{extra}
-"#
-        );
-        Config::parse(&text).expect("test config parses")
+        config_with(
+            r#"{ a = "kafka.key", b = "fb", p = "kafka.partition" }"#,
+            &format!("on_tombstone = \"delete\"\n{extra}"),
+        )
     }
 
     fn delete_types() -> HashMap<String, CqlType> {

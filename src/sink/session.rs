@@ -184,20 +184,12 @@ pub async fn prepare_insert(
     let types = table_columns(session, &table.keyspace, &table.table).await?;
     let keys = primary_key(session, &table.keyspace, &table.table).await?;
     let binder = Binder::for_table(table, fields, &types)?.with_keys(keys);
-    let cql = binder.insert_cql(&table.keyspace, &table.table);
-    let mut insert = session
-        .prepare(cql.as_str())
-        .await
-        .map_err(|e| StartError::Prepare {
-            cql: cql.clone(),
-            message: e.to_string(),
-        })?;
-    // An INSERT of fixed values (and, by default, a fixed write timestamp) lands the same however
-    // often it runs: the driver may retry it and speculate, as it does its batches.
-    insert.set_is_idempotent(true);
-    if let Some(c) = table.consistency {
-        insert.set_consistency(c.to_driver());
-    }
+    let insert = prepare_write(
+        session,
+        binder.insert_cql(&table.keyspace, &table.table),
+        table,
+    )
+    .await?;
     Ok((binder, insert))
 }
 
@@ -243,20 +235,35 @@ pub async fn prepare_delete(
 ) -> Result<(DeleteBinder, PreparedStatement), StartError> {
     let name = format!("{}.{}", table.keyspace, table.table);
     let binder = insert.delete_binder(&name, insert.keys())?;
-    let cql = binder.delete_cql(&table.keyspace, &table.table);
-    let mut delete = session
+    let delete = prepare_write(
+        session,
+        binder.delete_cql(&table.keyspace, &table.table),
+        table,
+    )
+    .await?;
+    Ok((binder, delete))
+}
+
+/// Prepares one of a table's writes (its INSERT or DELETE) with the table's consistency. Both are
+/// idempotent: fixed values at a write timestamp fixed by the record (by default) land the same
+/// however often they run, so the driver may retry and speculate, as it does their batches.
+async fn prepare_write(
+    session: &Session,
+    cql: String,
+    table: &TableConfig,
+) -> Result<PreparedStatement, StartError> {
+    let mut statement = session
         .prepare(cql.as_str())
         .await
         .map_err(|e| StartError::Prepare {
             cql: cql.clone(),
             message: e.to_string(),
         })?;
-    // A delete at a fixed timestamp lands the same however often it runs.
-    delete.set_is_idempotent(true);
+    statement.set_is_idempotent(true);
     if let Some(c) = table.consistency {
-        delete.set_consistency(c.to_driver());
+        statement.set_consistency(c.to_driver());
     }
-    Ok((binder, delete))
+    Ok(statement)
 }
 
 /// A shard's Scylla session with one table's prepared INSERT. Clones share the session and the batch

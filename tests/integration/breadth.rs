@@ -93,6 +93,27 @@ fn produce_with(topic: &str, recs: &[(&Writer, &Rec)]) -> Result<()> {
     flush_checked(&producer).with_context(|| format!("producing {} records to {topic}", recs.len()))
 }
 
+/// One test's names: its topic (one partition, its dead-letter topic created too), keyspace, group
+/// and folder.
+struct Case {
+    topic: String,
+    ks: String,
+    group: String,
+    dir: std::path::PathBuf,
+}
+
+fn case(name: &str) -> Result<Case> {
+    let c = Case {
+        topic: unique(name),
+        ks: unique(name),
+        group: unique("grp"),
+        dir: temp_dir(name)?,
+    };
+    create_topic(&c.topic, 1)?;
+    create_topic(&format!("{}.dlq", c.topic), 1)?;
+    Ok(c)
+}
+
 async fn cql(ks: &str, statements: &[String]) -> Result<()> {
     let s = session().await?;
     s.query_unpaged(
@@ -146,12 +167,12 @@ fn kv_table(ks: &str, name: &str) -> String {
 #[test]
 fn tombstones_delete_by_key_and_an_older_insert_replayed_later_does_not_bring_the_row_back(
 ) -> Result<()> {
-    let topic = unique("tomb");
-    let ks = unique("tomb");
-    let group = unique("grp");
-    let dir = temp_dir("tomb")?;
-    create_topic(&topic, 1)?;
-    create_topic(&format!("{topic}.dlq"), 1)?;
+    let Case {
+        topic,
+        ks,
+        group,
+        dir,
+    } = case("tomb")?;
     tokio().block_on(cql(&ks, &[kv_table(&ks, "kv"), kv_table(&ks, "kv_all")]))?;
     // Offsets 0-9: inserts of k0..k9 (even ones carry a trace header); 10: a key that is not UTF-8
     // (dead-lettered); 11-14: tombstones of k0..k3, later than their inserts.
@@ -255,12 +276,12 @@ fn tombstones_delete_by_key_and_an_older_insert_replayed_later_does_not_bring_th
 
 #[test]
 fn a_tombstone_is_dead_lettered_by_default_and_a_delete_needs_a_key_from_kafka() -> Result<()> {
-    let topic = unique("tombdl");
-    let ks = unique("tombdl");
-    let group = unique("grp");
-    let dir = temp_dir("tombdl")?;
-    create_topic(&topic, 1)?;
-    create_topic(&format!("{topic}.dlq"), 1)?;
+    let Case {
+        topic,
+        ks,
+        group,
+        dir,
+    } = case("tombdl")?;
     tokio().block_on(cql(&ks, &[kv_table(&ks, "kv")]))?;
     produce_avro(
         &topic,
@@ -383,12 +404,12 @@ fn order(id: &str, geo: Option<(f64, Option<f64>)>, u: Avro) -> Avro {
 // an array of records.
 #[test]
 fn nested_fields_decimals_durations_udts_and_unions_land_exactly() -> Result<()> {
-    let topic = unique("wide");
-    let ks = unique("wide");
-    let group = unique("grp");
-    let dir = temp_dir("wide")?;
-    create_topic(&topic, 1)?;
-    create_topic(&format!("{topic}.dlq"), 1)?;
+    let Case {
+        topic,
+        ks,
+        group,
+        dir,
+    } = case("wide")?;
     tokio().block_on(cql(
         &ks,
         &[
@@ -579,12 +600,12 @@ fn evo(id: &str, n: i64, extra: Option<(&str, Option<&str>)>, n_as_text: bool) -
 #[test]
 fn two_schema_versions_interleaved_write_every_record_and_a_changed_type_is_refused_per_id(
 ) -> Result<()> {
-    let topic = unique("evo");
-    let ks = unique("evo");
-    let group = unique("grp");
-    let dir = temp_dir("evo")?;
-    create_topic(&topic, 1)?;
-    create_topic(&format!("{topic}.dlq"), 1)?;
+    let Case {
+        topic,
+        ks,
+        group,
+        dir,
+    } = case("evo")?;
     tokio().block_on(cql(
         &ks,
         &[format!(
@@ -765,12 +786,12 @@ fn avro_key(w: &Writer, tenant: &str, id: i32) -> Result<Vec<u8>> {
 // the Kafka key and a tombstone could not say which row to delete.
 #[test]
 fn an_avro_key_feeds_a_composite_primary_key_and_its_tombstone_deletes_the_row() -> Result<()> {
-    let topic = unique("akey");
-    let ks = unique("akey");
-    let group = unique("grp");
-    let dir = temp_dir("akey")?;
-    create_topic(&topic, 1)?;
-    create_topic(&format!("{topic}.dlq"), 1)?;
+    let Case {
+        topic,
+        ks,
+        group,
+        dir,
+    } = case("akey")?;
     tokio().block_on(cql(
         &ks,
         &[format!(
@@ -917,12 +938,12 @@ fn a_topic_regex_route_consumes_every_matching_topic_into_its_table() -> Result<
 #[test]
 #[allow(deprecated)] // apache-avro's reference encoder: deprecated, still exact.
 fn a_primitive_avro_key_maps_whole_and_its_tombstone_deletes() -> Result<()> {
-    let topic = unique("pkey");
-    let ks = unique("pkey");
-    let group = unique("grp");
-    let dir = temp_dir("pkey")?;
-    create_topic(&topic, 1)?;
-    create_topic(&format!("{topic}.dlq"), 1)?;
+    let Case {
+        topic,
+        ks,
+        group,
+        dir,
+    } = case("pkey")?;
     tokio().block_on(cql(&ks, &[kv_table(&ks, "kv")]))?;
     let key = Writer::register(&format!("{topic}-key"), r#""string""#)?;
     let value = Writer::register(&format!("{topic}-value"), KV_SCHEMA)?;
