@@ -335,35 +335,9 @@ impl Plan {
             (Node::Fixed(n), Value::Bytes(b)) if b.len() == *n => {
                 out.extend_from_slice(b.as_bytes())
             }
-            // A decimal is written with the output schema's scale: a value of another scale would
-            // change its meaning, so it does not fit.
-            (
-                Node::Decimal {
-                    scale, size: None, ..
-                },
-                Value::Decimal(b, s),
-            ) if s == scale => {
-                write_long(out, b.len() as i64);
-                out.extend_from_slice(b.as_bytes());
-            }
-            (
-                Node::Decimal {
-                    scale,
-                    size: Some(n),
-                    ..
-                },
-                Value::Decimal(b, s),
-            ) if s == scale && b.len() == *n => out.extend_from_slice(b.as_bytes()),
-            (
-                Node::Duration,
-                Value::Duration {
-                    months,
-                    days,
-                    millis,
-                },
-            ) => {
-                for part in [months, days, millis] {
-                    out.extend_from_slice(&part.to_le_bytes());
+            (Node::Decimal { .. } | Node::Duration, _) => {
+                if !write_logical(self.node(node)?, v, out) {
+                    return Err(mismatch());
                 }
             }
             (Node::Str | Node::UuidStr, Value::Str(s) | Value::Enum(s) | Value::Uuid(s)) => {
@@ -420,6 +394,36 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Appends a decimal or a duration of node `n`; false if `v` does not fit it. A decimal is written
+/// with the output schema's scale: a value of another scale would change its meaning, so it does not
+/// fit.
+fn write_logical(n: &Node, v: &Value, out: &mut Vec<u8>) -> bool {
+    match (n, v) {
+        (Node::Decimal { scale, size, .. }, Value::Decimal(b, s)) if s == scale => match size {
+            None => {
+                write_long(out, b.len() as i64);
+                out.extend_from_slice(b.as_bytes());
+            }
+            Some(n) if b.len() == *n => out.extend_from_slice(b.as_bytes()),
+            Some(_) => return false,
+        },
+        (
+            Node::Duration,
+            Value::Duration {
+                months,
+                days,
+                millis,
+            },
+        ) => {
+            for part in [months, days, millis] {
+                out.extend_from_slice(&part.to_le_bytes());
+            }
+        }
+        _ => return false,
+    }
+    true
 }
 
 // Decimals and durations are read out of line: inline, they grew `Plan::read` and slowed every

@@ -191,6 +191,32 @@ fn step_metrics(r: &Registry) -> (HistogramVec, IntCounterVec, IntCounterVec) {
     )
 }
 
+/// The consumer lag per partition, in messages (librdkafka's statistics) and in seconds (the shard's
+/// estimate from the last record's timestamp, see [`crate::kafka::partitions`]).
+fn lag_gauges(r: &Registry) -> (IntGaugeVec, GaugeVec) {
+    let labels = ["shard", "topic", "partition"];
+    let messages = gauge(
+        r,
+        "shardline_consumer_lag_messages",
+        "High watermark minus committed offset, per partition (librdkafka statistics).",
+        &labels,
+    );
+    let seconds = reg(
+        r,
+        GaugeVec::new(
+            Opts::new(
+                "shardline_consumer_lag_seconds",
+                "How far behind in time a partition's consumption is: 0 when the message lag is 0, \
+                 else now minus the timestamp of the last record consumed (an upper bound by at \
+                 most the gap to the next record).",
+            ),
+            &labels,
+        )
+        .expect("static gauge options are valid"),
+    );
+    (messages, seconds)
+}
+
 impl ShardMetrics {
     pub fn new(shard: usize) -> ShardMetrics {
         let registry = Registry::new();
@@ -198,6 +224,7 @@ impl ShardMetrics {
         let r = &registry;
         let (first_record_time, last_done_time, oldest_pending_seconds) = time_gauges(r, &s);
         let (step_seconds, step_outcomes, lookup_cache) = step_metrics(r);
+        let (lag, lag_seconds) = lag_gauges(r);
         let stages = latency_histogram(
             r,
             "shardline_stage_seconds",
@@ -276,25 +303,8 @@ impl ShardMetrics {
                 "shardline_shard_failed",
                 "1 once the shard hit a fatal error (it stops).",
             ),
-            lag: gauge(
-                r,
-                "shardline_consumer_lag_messages",
-                "High watermark minus committed offset, per partition (librdkafka statistics).",
-                &["shard", "topic", "partition"],
-            ),
-            lag_seconds: reg(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "shardline_consumer_lag_seconds",
-                        "How far behind in time a partition's consumption is: 0 when no record waits \
-                         (message lag 0), else now minus the timestamp of the last record consumed \
-                         (an upper bound by at most the gap to the next record).",
-                    ),
-                    &["shard", "topic", "partition"],
-                )
-                .expect("static gauge options are valid"),
-            ),
+            lag,
+            lag_seconds,
             assigned: gauge(
                 r,
                 "shardline_partition_assigned",
