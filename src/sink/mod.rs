@@ -458,7 +458,12 @@ mod tests {
 
     /// A test config whose table maps `columns` (an inline TOML table), plus `extra` table keys.
     fn config_with(columns: &str, extra: &str) -> Config {
-        let text = format!(
+        Config::parse(&config_text(columns, extra)).expect("test config parses")
+    }
+
+    /// The text of [`config_with`]'s config.
+    fn config_text(columns: &str, extra: &str) -> String {
+        format!(
             r#"
 [kafka]
 brokers = "b:9092"
@@ -474,8 +479,7 @@ table = "tb"
 columns = {columns}
 {extra}
 "#
-        );
-        Config::parse(&text).expect("test config parses")
+        )
     }
 
     fn types() -> HashMap<String, CqlType> {
@@ -725,23 +729,10 @@ columns = {columns}
             assert!(msg.contains(part) && msg.contains("ks.tb"), "{msg}");
         }
         // A write timestamp read from the value cannot be a tombstone's: refused when parsed.
-        let text = r#"
-[kafka]
-brokers = "b:9092"
-group_id = "g"
-topics = ["t"]
-[schema]
-registry_url = "http://r"
-[scylla]
-nodes = ["n:9042"]
-[table]
-keyspace = "ks"
-table = "tb"
-columns = { a = "kafka.key" }
-on_tombstone = "delete"
-timestamp_source = "field"
-timestamp_field = "ts"
-"#;
+        let text = &config_text(
+            r#"{ a = "kafka.key" }"#,
+            "on_tombstone = \"delete\"\ntimestamp_source = \"field\"\ntimestamp_field = \"ts\"",
+        );
         let refused = |t: &str| {
             Config::parse(t)
                 .expect("parses")

@@ -114,6 +114,23 @@ fn case(name: &str) -> Result<Case> {
     Ok(c)
 }
 
+/// A keyspace with the navigation table (the primary route's) and a `kv` table (another route's).
+fn nav_and_kv_tables(ks: &str) -> Result<()> {
+    tokio().block_on(async {
+        let s = session().await?;
+        create_keyspace(&s, ks).await?;
+        s.query_unpaged(kv_table(ks, "kv"), &[]).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// The primary route's `[table]` body: every navigation field into its table.
+fn nav_table() -> String {
+    format!(
+        "table = \"navigation_events\"\nttl_seconds = 2592000\n\n[table.columns]\n{ALL_COLUMNS}"
+    )
+}
+
 async fn cql(ks: &str, statements: &[String]) -> Result<()> {
     let s = session().await?;
     s.query_unpaged(
@@ -686,12 +703,7 @@ fn two_routes_share_the_shards_each_topic_written_to_its_own_table() -> Result<(
     create_topic(&nav, 4)?;
     create_topic(&kvt, 1)?;
     create_topic(&format!("{nav}.dlq"), 1)?;
-    tokio().block_on(async {
-        let s = session().await?;
-        create_keyspace(&s, &ks).await?;
-        s.query_unpaged(kv_table(&ks, "kv"), &[]).await?;
-        anyhow::Ok(())
-    })?;
+    nav_and_kv_tables(&ks)?;
     let seed = 5;
     produce(&nav, 300, seed, 0)?;
     let mut recs: Vec<Rec> = (0..20)
@@ -699,9 +711,7 @@ fn two_routes_share_the_shards_each_topic_written_to_its_own_table() -> Result<(
         .collect();
     recs.push(rec("k0", None, BASE_TS_MS + 100));
     produce_avro(&kvt, KV_SCHEMA, &recs)?;
-    let table = format!(
-        "table = \"navigation_events\"\nttl_seconds = 2592000\n\n[table.columns]\n{ALL_COLUMNS}"
-    );
+    let table = nav_table();
     let route = |columns: &str| {
         format!(
             "[[routes]]\nname = \"kv\"\ntopics = [\"{kvt}\"]\n[routes.table]\nkeyspace = \"{ks}\"\n\
@@ -884,12 +894,7 @@ fn a_topic_regex_route_consumes_every_matching_topic_into_its_table() -> Result<
     // Listed by no route and matched by nothing: never consumed.
     let other = format!("{prefix}x-eu");
     create_topic(&other, 1)?;
-    tokio().block_on(async {
-        let s = session().await?;
-        create_keyspace(&s, &ks).await?;
-        s.query_unpaged(kv_table(&ks, "kv"), &[]).await?;
-        anyhow::Ok(())
-    })?;
+    nav_and_kv_tables(&ks)?;
     produce(&nav, 10, 3, 0)?;
     for (i, t) in matching.iter().chain([&other]).enumerate() {
         let recs: Vec<Rec> = (0..5)
@@ -897,9 +902,7 @@ fn a_topic_regex_route_consumes_every_matching_topic_into_its_table() -> Result<
             .collect();
         produce_avro(t, KV_SCHEMA, &recs)?;
     }
-    let table = format!(
-        "table = \"navigation_events\"\nttl_seconds = 2592000\n\n[table.columns]\n{ALL_COLUMNS}"
-    );
+    let table = nav_table();
     // The subject of a regex route is named: its topics are only known at start-up.
     let route = format!(
         "[[routes]]\nname = \"regional\"\ntopic_regex = \"{prefix}-(eu|us)\"\n\

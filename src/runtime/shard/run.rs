@@ -496,18 +496,14 @@ impl ShardLoop {
         let m = &self.res.metrics;
         let shard = m.shard.as_str();
         let now_ms = self.wall.ms_at(Instant::now());
-        let Ok(messages) = kafka
-            .consumer
-            .context()
-            .message_lag
-            .lock()
-            .map(|l| l.clone())
-        else {
+        let Ok(messages) = kafka.consumer.context().message_lag.lock() else {
             return;
         };
+        // Read under the lock, no copy: the statistics callback waits at most this long.
         let lags = self.res.book.lag_seconds(now_ms, |topic, p| {
             messages.get(&(topic.to_string(), p)).copied()
         });
+        drop(messages);
         for (topic, p, seconds) in lags {
             m.lag_seconds
                 .with_label_values(&[shard, topic, p.to_string().as_str()])
