@@ -41,14 +41,19 @@
 //! offset in the `kafka::partitions::PartitionBook`, copies the payload once (shared by every value
 //! decoded from it and by a dead letter) and decodes it right there in the loop with the
 //! `codec::Decoder` of the topic's route (the `Plan` of its schema id); a record without a value (a
-//! tombstone) is not decoded, and only the sinks see it (`Chain::run_tombstone`). The decoded values go into a future
-//! (`runtime::shard::record::process`) that fills the Kafka metadata slots (`pipeline::meta`) and runs
+//! tombstone) is not decoded, and only the sinks see it (`Chain::run_tombstone`). When the route's
+//! whole chain is one batching insert sink (the usual case), `runtime::shard::record::hand_off`
+//! fills the Kafka metadata slots (`pipeline::meta`), binds the row and hands it to its batch right
+//! there, the record parked in `record::DirectRows` without a future until its row's result comes
+//! back (`pipeline::batch::RowDone`). Otherwise the decoded values go into a future
+//! (`runtime::shard::record::process`) that fills the metadata slots and runs
 //! the route's `pipeline::Chain`: filters and lookups in order,
 //! then the sinks; the insert sink (`pipeline::insert`) binds the values with a `sink::Binder` and
 //! hands the row to its `pipeline::batch::Batcher`, which groups rows by the replica that owns them
 //! and writes each group as one batch through a `sink::ScyllaWriter` when it is full or the loop has
 //! nothing more to bind, retrying transient errors with `retry::retry`; the record waits for its own
-//! row's result. The future ends in a completion; `on_completion` marks the offset done in the book, which stores the
+//! row's result. The future ends in a completion (a direct record's end becomes one in the loop's
+//! `on_direct`); `on_completion` marks the offset done in the book, which stores the
 //! contiguous done prefix for librdkafka to commit. A record that fails goes to the dead-letter topic
 //! (`kafka::dead_letter`) before its offset is marked done; an error about the table or the session
 //! stops the shard without marking it.

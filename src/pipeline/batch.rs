@@ -9,7 +9,8 @@
 //! write: no added latency), and under load groups fill by themselves. The in-flight bound stays in
 //! records: a batch holds records that already count against it.
 //!
-//! Guarantee: each record learns the outcome of its own row, and only then is it done. A retryable
+//! Guarantee: each record learns the outcome of its own row, and only then is it done: through its
+//! [`RowTicket`] when it waits in a future, through [`RowDone`] when it waits in none. A retryable
 //! error retries the whole batch with the shard's backoff (same rows, same write timestamps: the
 //! retry is idempotent); a record-scoped permanent error (an invalid value, a batch too large) splits
 //! the batch into single-row writes, so only the refused record is dead-lettered and the others are
@@ -106,7 +107,10 @@ struct Group {
     consumed: Vec<Instant>,
     bytes: usize,
     opened: Instant,
+    /// Read by the rows' [`RowTicket`]s (records that wait in a future).
     outcome: Rc<Outcome>,
+    /// Rows whose record has no future (see [`RowDone`]): row index, token, who hears the result.
+    direct: Vec<(usize, usize, Rc<dyn RowDone>)>,
 }
 
 impl Group {
@@ -119,8 +123,36 @@ impl Group {
             bytes: 0,
             opened: Instant::now(),
             outcome: Rc::default(),
+            direct: Vec::new(),
         }
     }
+}
+
+/// Hands every row of a sent group its result: direct rows to their listener, the others (when
+/// there are any) to their tickets.
+fn hand_out(
+    outcome: Rc<Outcome>,
+    direct: Vec<(usize, usize, Rc<dyn RowDone>)>,
+    mut results: Vec<Result<(), StepError>>,
+) {
+    let tickets = direct.len() < results.len();
+    for (i, token, to) in direct {
+        if let Some(r) = results.get_mut(i) {
+            to.row_done(token, std::mem::replace(r, Ok(())));
+        }
+    }
+    if tickets {
+        outcome.complete(results);
+    }
+}
+
+/// Hears the result of a row whose record waits in no future: the shard's direct path for a route
+/// whose whole chain is one batching insert sink (see [`super::Chain::direct`]), which saves a
+/// future, its allocation and its wake-ups per record. Called once per row, on the shard's thread,
+/// when the row is written or has failed for good (after the batch's retries and split); from the
+/// batch's task, or inside the submit call itself when the row cannot be queued at all.
+pub trait RowDone {
+    fn row_done(&self, token: usize, result: Result<(), StepError>);
 }
 
 /// The per-row results of one batch, read by the records waiting on it.
@@ -189,6 +221,30 @@ impl Batcher {
     /// Adds a bound row (of a record consumed at `consumed`) to its owner's group (sending the group
     /// when full) and returns the wait for its result.
     pub(super) fn submit(self: &Rc<Self>, row: BoundRow, consumed: Instant) -> RowTicket {
+        let (outcome, index) = self.add(row, consumed, None);
+        RowTicket { outcome, index }
+    }
+
+    /// [`Batcher::submit`] for a record that waits in no future: `to` hears the row's result under
+    /// `token`.
+    pub(super) fn submit_direct(
+        self: &Rc<Self>,
+        row: BoundRow,
+        consumed: Instant,
+        token: usize,
+        to: Rc<dyn RowDone>,
+    ) {
+        self.add(row, consumed, Some((token, to)));
+    }
+
+    /// Adds a row to its owner's group, sending the group when full; gives the group's outcome and
+    /// the row's index in it.
+    fn add(
+        self: &Rc<Self>,
+        row: BoundRow,
+        consumed: Instant,
+        direct: Option<(usize, Rc<dyn RowDone>)>,
+    ) -> (Rc<Outcome>, usize) {
         let owner = self.write.writer.owner(&row);
         let bytes = approx_row_bytes(&row);
         let mut open = self.open.borrow_mut();
@@ -208,15 +264,16 @@ impl Batcher {
         g.rows.push(row);
         g.consumed.push(consumed);
         g.bytes += bytes;
-        let ticket = RowTicket {
-            outcome: g.outcome.clone(),
-            index: g.rows.len() - 1,
-        };
+        let index = g.rows.len() - 1;
+        if let Some((token, to)) = direct {
+            g.direct.push((index, token, to));
+        }
+        let outcome = g.outcome.clone();
         if g.rows.len() >= self.limits.max_rows || g.bytes >= self.limits.max_bytes {
             let full = open.swap_remove(i);
             self.send(full);
         }
-        ticket
+        (outcome, index)
     }
 
     /// Sends every open group (with a linger, only those that waited long enough, unless the shard
@@ -271,9 +328,15 @@ impl Batcher {
             self.write.metrics.stage_queue.observe(queued);
         }
         let me = self.clone();
+        let Group {
+            rows,
+            outcome,
+            direct,
+            ..
+        } = g;
         glommio::spawn_local(async move {
-            let results = me.write_group(g.rows).await;
-            g.outcome.complete(results);
+            let results = me.write_group(rows).await;
+            hand_out(outcome, direct, results);
         })
         .detach();
     }
@@ -545,6 +608,60 @@ mod tests {
                 (3, Err(StepError::Record { class, .. })) => assert_eq!(*class, "invalid"),
                 (3, other) => panic!("row 3 should be refused: {other:?}"),
                 (_, r) => assert!(r.is_ok(), "row {k}: {r:?}"),
+            }
+        }
+    }
+
+    /// Records each result it hears, with its token.
+    #[derive(Default)]
+    struct Heard(RefCell<Vec<(usize, Result<(), StepError>)>>);
+
+    impl RowDone for Heard {
+        fn row_done(&self, token: usize, result: Result<(), StepError>) {
+            self.0.borrow_mut().push((token, result));
+        }
+    }
+
+    /// Rows of records without a future share a batch with a row whose record waits in one: each
+    /// hears its own result once, and a poison row among them fails alone after the split.
+    #[test]
+    fn direct_rows_hear_their_own_result_beside_a_ticket_and_a_poison_fails_alone() {
+        let (heard, ticket, requests) = run(move || {
+            let w = Rc::new(FakeWriter {
+                poison: Some(3),
+                ..FakeWriter::default()
+            });
+            async move {
+                let b = batcher(w.clone(), LIMITS);
+                let heard = Rc::new(Heard::default());
+                // One group of four (full, so it goes at once): rows 1, 3 and 4 direct.
+                b.submit_direct(row(1, 1), Instant::now(), 10, heard.clone());
+                let t = b.submit(row(2, 1), Instant::now());
+                b.submit_direct(row(3, 1), Instant::now(), 30, heard.clone());
+                b.submit_direct(row(4, 1), Instant::now(), 40, heard.clone());
+                let limit = Duration::from_secs(5);
+                let ticket = within(limit, "the ticket never ended", t).await;
+                let all_heard = async {
+                    while heard.0.borrow().len() < 3 {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                };
+                within(limit, "a direct row never ended", all_heard).await;
+                let mut got = heard.0.take();
+                got.sort_by_key(|(token, _)| *token);
+                (got, ticket, w.requests.borrow().clone())
+            }
+        });
+        assert_eq!(requests.first(), Some(&vec![1, 2, 3, 4]));
+        assert_eq!(requests.len(), 5, "the batch, then each row: {requests:?}");
+        assert!(ticket.is_ok(), "the ticket row was written: {ticket:?}");
+        let tokens: Vec<usize> = heard.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tokens, vec![10, 30, 40], "each direct row heard once");
+        for (token, r) in &heard {
+            match (token, r) {
+                (30, Err(StepError::Record { class, .. })) => assert_eq!(*class, "invalid"),
+                (30, other) => panic!("the poison row should be refused: {other:?}"),
+                (_, r) => assert!(r.is_ok(), "token {token}: {r:?}"),
             }
         }
     }

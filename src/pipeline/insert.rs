@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use futures::future::LocalBoxFuture;
 
-use super::batch::{BatchLimits, BatchMetrics, Batcher};
+use super::batch::{BatchLimits, BatchMetrics, Batcher, RowDone};
 use super::{Processor, Record, StepError, StepOutcome};
 use crate::metrics::{events, ShardMetrics};
 use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Scope, Shutdown};
@@ -170,9 +170,51 @@ impl Insert {
     }
 }
 
+impl Insert {
+    /// Whether rows go out in batches (`batch_max_rows` over 1): only then can a record hand its
+    /// row over without a future ([`Insert::submit_direct`]).
+    pub fn batches(&self) -> bool {
+        self.rows.batcher.is_some()
+    }
+
+    /// Binds `rec` into the table's row; a refused value is the record's error, as in
+    /// [`Processor::process`].
+    pub fn bind(&self, rec: &Record) -> Result<BoundRow, StepError> {
+        self.binder
+            .bind(&rec.values, rec.kafka_ts_ms, rec.offset)
+            .map_err(|e| self.rows.write.step_error(RetryError::Permanent(e)))
+    }
+
+    /// Queues a bound row for a record that waits in no future: `to` hears its result under
+    /// `token` once it is written or has failed for good, exactly as [`Processor::process`] would
+    /// have returned it. Precondition: [`Insert::batches`]; without batching the row is refused
+    /// at once (a systemic error: the shard's set-up chose the wrong path).
+    pub fn submit_direct(
+        &self,
+        row: BoundRow,
+        consumed: Instant,
+        token: usize,
+        to: Rc<dyn RowDone>,
+    ) {
+        match &self.rows.batcher {
+            Some(b) => b.submit_direct(row, consumed, token, to),
+            None => to.row_done(
+                token,
+                Err(StepError::Systemic {
+                    class: "direct",
+                    message: format!("step {}: a direct row without batching", self.name()),
+                }),
+            ),
+        }
+    }
+}
+
 impl Processor for Insert {
     fn name(&self) -> &str {
         &self.rows.write.name
+    }
+    fn as_insert(&self) -> Option<&Insert> {
+        Some(self)
     }
     fn is_sink(&self) -> bool {
         true
@@ -191,10 +233,7 @@ impl Processor for Insert {
         rec: &'a mut Record,
     ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>> {
         Box::pin(async move {
-            let row = self
-                .binder
-                .bind(&rec.values, rec.kafka_ts_ms, rec.offset)
-                .map_err(|e| self.rows.write.step_error(RetryError::Permanent(e)))?;
+            let row = self.bind(rec)?;
             self.rows.write(row, rec.consumed).await?;
             Ok(StepOutcome::Passed)
         })

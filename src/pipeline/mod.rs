@@ -168,6 +168,11 @@ pub trait Processor {
     /// Sends what the step holds back for company (an insert's open batches). The shard calls it
     /// whenever it has no more ready records, so holding back never adds latency at low rates.
     fn flush(&self) {}
+    /// The built-in insert sink (see [`Chain::direct`]); custom steps keep the default.
+    #[doc(hidden)]
+    fn as_insert(&self) -> Option<&insert::Insert> {
+        None
+    }
 }
 
 /// A shard's chain.
@@ -236,6 +241,16 @@ impl Chain {
         for s in &self.steps {
             s.processor.flush();
         }
+    }
+
+    /// The chain's one step when it is a batching insert sink: the shard then hands each record's
+    /// row to it without a future per record ([`batch::RowDone`]). None for any other chain.
+    pub fn direct(&self) -> Option<Direct<'_>> {
+        let [step] = self.steps.as_slice() else {
+            return None;
+        };
+        let insert = step.processor.as_insert().filter(|i| i.batches())?;
+        Some(Direct { insert, step })
     }
 
     /// The table bindings of the chain's insert sinks.
@@ -335,6 +350,53 @@ impl Chain {
         .await;
         worst(results)?;
         Ok(true)
+    }
+}
+
+/// A chain that is one batching insert sink, used without a future per record: the caller binds,
+/// submits, and reports each row's end, which counts as the step's outcome like [`Chain::run`]'s.
+pub struct Direct<'a> {
+    insert: &'a insert::Insert,
+    step: &'a Step,
+}
+
+impl Direct<'_> {
+    /// Binds the record; a refused value counts as the step's failure.
+    pub fn bind(&self, rec: &Record) -> Result<crate::sink::BoundRow, StepError> {
+        let row = self.insert.bind(rec);
+        if row.is_err() {
+            self.step.count(3);
+        }
+        row
+    }
+
+    /// Queues the row; `to` hears its result under `token` (see [`insert::Insert::submit_direct`]).
+    pub fn submit(
+        &self,
+        row: crate::sink::BoundRow,
+        consumed: Instant,
+        token: usize,
+        to: Rc<dyn batch::RowDone>,
+    ) {
+        self.insert.submit_direct(row, consumed, token, to);
+    }
+
+    /// A row's end as the step's outcome; `took`, when the caller timed this one (a sample), is
+    /// the step's time.
+    pub fn ended(&self, written: bool, took: Option<std::time::Duration>) {
+        self.step.count(if written { 0 } else { 3 });
+        if let Some(t) = took {
+            self.step.seconds.observe(t.as_secs_f64());
+        }
+    }
+}
+
+impl Step {
+    /// Counts one outcome: 0 passed, 1 missed, 2 dropped, 3 failed.
+    fn count(&self, i: usize) {
+        if let Some(c) = self.outcomes.get(i) {
+            c.inc();
+        }
     }
 }
 

@@ -13,8 +13,9 @@
 //! `kafka::consumer_config`).
 //!
 //! Layout: [`setup`] builds a shard's resources (decoder, chain, consumer, dead letters, partition
-//! book); `run` is the event loop (message, completion, tick, control → one handler each); `record` is
-//! the life of one record after the loop handed it off (chain, dead letter, completion).
+//! book); `run` is the event loop (message, completion, direct row end, tick, control → one handler
+//! each); `record` is the life of one record after the loop handed it off (straight into its batch,
+//! or its future: chain, dead letter, completion).
 
 mod record;
 mod run;

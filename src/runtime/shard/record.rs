@@ -1,25 +1,32 @@
-//! The life of one record after the shard loop handed it off: wait for its schema if it was not at
-//! hand (first sight of the id, registry down, id not registered yet), run it through the chain,
-//! dead-letter it if it cannot be processed, and report how it ended as a [`Completion`].
+//! The life of one record after the shard loop handed it off ([`hand_off`]): straight into its
+//! batch without a future when its route's chain is one batching insert sink ([`DirectRows`]);
+//! otherwise, in its own future, wait for its schema if it was not at hand (first sight of the id,
+//! registry down, id not registered yet) and run it through the chain. Either way, dead-letter it if
+//! it cannot be processed, and report how it ended as a [`Completion`].
 //!
 //! Guarantee: a completion is `Written`, `Dropped` or `DeadLettered` only when that is final (written
 //! and acknowledged, dropped on purpose, dead letter acknowledged); `Abandoned` (the shard is
 //! stopping) and `Fatal` (stop the shard) leave the offset uncommitted. Log lines, metric labels and
 //! dead-letter headers carry classes and positions, never values of the record.
-//! Precondition: runs on its shard, inside the loop's bounded set of in-flight futures.
+//! Precondition: runs on its shard; every record handed off counts against the loop's in-flight
+//! bound until it completes, in a future or parked in [`DirectRows`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::pin::pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use futures::future::select;
+use futures::future::{select, LocalBoxFuture};
+use futures::FutureExt;
 use prometheus::IntCounter;
 
 use crate::codec::{CodecError, Decoder, RegistryClient, Row, Value};
 use crate::kafka::dead_letter::{DeadLetter, DeadLetterProducer};
 use crate::kafka::partitions::PartitionKey;
 use crate::metrics::{events, ShardMetrics};
+use crate::pipeline::batch::RowDone;
 use crate::pipeline::meta::{MetaError, MetaSlots, Source};
 use crate::pipeline::{Chain, Record, StepError};
 use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Shutdown};
@@ -61,7 +68,8 @@ pub(super) struct RouteCtx {
     pub key_decoder: Option<Rc<RefCell<Decoder<RegistryClient>>>>,
 }
 
-/// What every record future of a shard shares (one thread: `Rc`).
+/// What the loop's hand-off, every record future and the direct path of a shard share (one thread:
+/// `Rc`).
 pub(super) struct RecordContext {
     /// The routes, the primary one first.
     pub routes: Vec<RouteCtx>,
@@ -76,6 +84,8 @@ pub(super) struct RecordContext {
     /// Value vectors of finished records, handed back to the loop so the next record decodes into
     /// an existing allocation (the old insert path reused its row; one path must not cost more).
     pub spare: RefCell<Vec<Vec<Value>>>,
+    /// Records whose row went into its batch without a future ([`hand_off`]).
+    pub direct: Rc<DirectRows>,
 }
 
 /// How many spare value vectors a shard keeps (about its in-flight window's worth is never needed:
@@ -200,6 +210,164 @@ impl Origin {
     }
 }
 
+/// Records handed to their route's insert sink without a future ([`Chain::direct`]): each one's
+/// origin is parked here under a token until its row's result comes back, then queues for the loop,
+/// which completes it (or dead-letters it) as [`process`] would have.
+///
+/// Guarantee: every parked record ends exactly once, in the queue, unless the shard goes first
+/// (then it stays uncommitted, as an unfinished future would).
+#[derive(Default)]
+pub(super) struct DirectRows {
+    parked: RefCell<Vec<Option<Origin>>>,
+    free: RefCell<Vec<usize>>,
+    ended: RefCell<VecDeque<(Origin, Result<(), StepError>)>>,
+    /// The loop's waker while it waits.
+    waker: RefCell<Option<Waker>>,
+    /// Rows ended so far: one in [`STEP_SAMPLE`] is timed as the step's time.
+    ends: Cell<u32>,
+}
+
+/// One direct record in this many has its step time observed (the chain samples the same way).
+const STEP_SAMPLE: u32 = 16;
+
+impl DirectRows {
+    /// Records parked or ended and not yet taken by the loop: they count against the in-flight bound.
+    pub fn pending(&self) -> usize {
+        self.parked.borrow().len() - self.free.borrow().len() + self.ended.borrow().len()
+    }
+
+    fn park(&self, origin: Origin) -> usize {
+        let mut parked = self.parked.borrow_mut();
+        // A freed token always names an empty slot (freed by `row_done`, which emptied it).
+        if let Some(token) = self.free.borrow_mut().pop() {
+            if let Some(slot @ None) = parked.get_mut(token) {
+                *slot = Some(origin);
+                return token;
+            }
+        }
+        parked.push(Some(origin));
+        parked.len() - 1
+    }
+
+    /// The next ended record, or `Pending` with the loop's waker kept for [`RowDone::row_done`].
+    pub fn poll_ended(&self, cx: &Context<'_>) -> Poll<(Origin, Result<(), StepError>)> {
+        if let Some(end) = self.ended.borrow_mut().pop_front() {
+            return Poll::Ready(end);
+        }
+        let mut waker = self.waker.borrow_mut();
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Whether this end is the one in [`STEP_SAMPLE`] to time.
+    pub fn sampled(&self) -> bool {
+        let n = self.ends.get().wrapping_add(1);
+        self.ends.set(n);
+        n.is_multiple_of(STEP_SAMPLE)
+    }
+}
+
+impl RowDone for DirectRows {
+    fn row_done(&self, token: usize, result: Result<(), StepError>) {
+        let origin = self
+            .parked
+            .borrow_mut()
+            .get_mut(token)
+            .and_then(Option::take);
+        // A token is parked once and ended once (the batcher hands each row one result).
+        let Some(origin) = origin else {
+            debug_assert!(false, "direct row {token} ended twice or was never parked");
+            return;
+        };
+        self.free.borrow_mut().push(token);
+        self.ended.borrow_mut().push_back((origin, result));
+        let waker = self.waker.borrow_mut().take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// Hands a record over. A decoded record of a route whose whole chain is one batching insert sink
+/// (and whose key needs no decoding) is bound here and its row goes into its batch, the record
+/// parked in [`DirectRows`]: no future. Any other record, or one that fails on the way, gets the
+/// future that processes it (or dead-letters it).
+pub(super) fn hand_off(
+    ctx: &Rc<RecordContext>,
+    origin: Origin,
+    start: Start,
+) -> Option<LocalBoxFuture<'static, Completion>> {
+    let route = ctx.route(origin.topic);
+    let direct = route
+        .filter(|r| r.key_decoder.is_none())
+        .and_then(|r| r.chain.direct());
+    let (route, direct, values) = match (route, direct, start) {
+        (Some(route), Some(direct), Start::Decoded(values)) => (route, direct, values),
+        (_, _, start) => return Some(process(ctx.clone(), origin, start).boxed_local()),
+    };
+    let mut rec = match ctx.record(route, values, &[], &origin) {
+        Ok(rec) => rec,
+        Err(e) => {
+            let message = e.to_string();
+            return Some(dead_letter(ctx.clone(), origin, "metadata", message).boxed_local());
+        }
+    };
+    let bound = direct.bind(&rec);
+    ctx.give_back(std::mem::take(&mut rec.values));
+    match bound {
+        Ok(row) => {
+            let consumed = origin.consumed;
+            let token = ctx.direct.park(origin);
+            direct.submit(row, consumed, token, ctx.direct.clone());
+            None
+        }
+        Err(e) => match ending(ctx.shard, origin, Err(e)) {
+            Ending::Now(c) => Some(std::future::ready(c).boxed_local()),
+            Ending::DeadLetter(origin, class, message) => {
+                Some(dead_letter(ctx.clone(), origin, class, message).boxed_local())
+            }
+        },
+    }
+}
+
+/// How a chain's result ends a record: now, or once its dead letter is delivered.
+pub(super) enum Ending {
+    Now(Completion),
+    DeadLetter(Origin, &'static str, String),
+}
+
+/// The one mapping of a chain's result (`Ok(false)`: dropped on purpose) to the record's end.
+pub(super) fn ending(shard: usize, origin: Origin, result: Result<bool, StepError>) -> Ending {
+    Ending::Now(match result {
+        Ok(true) => origin.done(RecordOutcome::Written),
+        Ok(false) => origin.done(RecordOutcome::Dropped),
+        Err(StepError::Record { class, message }) => {
+            return Ending::DeadLetter(origin, class, message)
+        }
+        Err(StepError::Systemic { class, message }) => {
+            let e = RunError::Systemic {
+                shard,
+                class,
+                message,
+            };
+            origin.done(RecordOutcome::Fatal(e))
+        }
+        Err(StepError::Stopped) => origin.done(RecordOutcome::Abandoned),
+    })
+}
+
+/// A record the chain refused, dead-lettered (stage `process`) as its own future.
+pub(super) async fn dead_letter(
+    ctx: Rc<RecordContext>,
+    origin: Origin,
+    class: &'static str,
+    message: String,
+) -> Completion {
+    fail(&ctx, origin, "process", class, message).await
+}
+
 /// How far the loop got with a record.
 pub(super) enum Start {
     /// Decoded in the loop.
@@ -268,21 +436,11 @@ pub(super) async fn process(ctx: Rc<RecordContext>, origin: Origin, start: Start
         route.chain.run(&mut rec).await
     };
     ctx.give_back(std::mem::take(&mut rec.values));
-    match result {
-        Ok(true) => origin.done(RecordOutcome::Written),
-        Ok(false) => origin.done(RecordOutcome::Dropped),
-        Err(StepError::Record { class, message }) => {
+    match ending(ctx.shard, origin, result) {
+        Ending::Now(c) => c,
+        Ending::DeadLetter(origin, class, message) => {
             Box::pin(fail(&ctx, origin, "process", class, message)).await
         }
-        Err(StepError::Systemic { class, message }) => {
-            let e = RunError::Systemic {
-                shard: ctx.shard,
-                class,
-                message,
-            };
-            origin.done(RecordOutcome::Fatal(e))
-        }
-        Err(StepError::Stopped) => origin.done(RecordOutcome::Abandoned),
     }
 }
 

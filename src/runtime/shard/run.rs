@@ -1,5 +1,5 @@
-//! The shard's event loop: one `select` over completions, messages and the tick, each handed to one
-//! small handler; control (stop, kill) is read on the tick and at every yield.
+//! The shard's event loop: one `select` over ended direct rows, completions, messages and the tick,
+//! each handed to one small handler; control (stop, kill) is read on the tick and at every yield.
 //!
 //! Guarantee: decoding stays in this loop (schema resolution once per id; a record whose schema the
 //! registry did not serve waits in its own future, so other partitions keep flowing); under a
@@ -24,7 +24,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::record::{self, Completion, Origin, RecordContext, RecordOutcome, Start};
+use super::record::{self, Completion, Ending, Origin, RecordContext, RecordOutcome, Start};
 use super::setup::{ShardConsumer, ShardResources};
 use crate::clock::unix_seconds;
 use crate::codec::{CodecError, Row};
@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::kafka::context::ShardContext;
 use crate::kafka::partitions::PartitionControl;
 use crate::metrics::events;
+use crate::pipeline::StepError;
 use crate::retry::Retryable;
 use crate::runtime::{Control, RunError, RunOptions, ShardSpec, Siblings};
 use crate::sink::bridge::{BridgeHandle, LoopWaker};
@@ -56,6 +57,8 @@ type InFlight = FuturesUnordered<LocalBoxFuture<'static, Completion>>;
 
 enum Event<'a> {
     Completion(Completion),
+    /// A record handed over without a future ([`record::hand_off`]) whose row ended.
+    Direct(Origin, Result<(), StepError>),
     Message(BorrowedMessage<'a>),
     Eof(i32),
     ConsumerError(rdkafka::error::KafkaError),
@@ -204,6 +207,7 @@ impl ShardLoop {
             self.sync_assignment(&kafka);
             match ev {
                 Event::Completion(c) => self.on_completion(c, &kafka),
+                Event::Direct(origin, result) => self.on_direct(origin, result, &kafka),
                 Event::Message(m) => self.on_message(&m, &kafka),
                 Event::Eof(p) => self.on_eof(p, &consumer),
                 Event::ConsumerError(e) => self.on_consumer_error(&e, &kafka),
@@ -245,7 +249,12 @@ impl ShardLoop {
     /// the partitions are paused (then the stream is polled only to serve rebalances).
     fn fetching(&self) -> bool {
         self.stopping.is_none()
-            && (self.inflight.len() < self.max_in_flight || self.res.book.is_budget_paused())
+            && (self.in_flight() < self.max_in_flight || self.res.book.is_budget_paused())
+    }
+
+    /// Records begun and not yet completed: futures and direct records alike.
+    fn in_flight(&self) -> usize {
+        self.inflight.len() + self.res.records.direct.pending()
     }
 
     fn finished(&self) -> bool {
@@ -255,12 +264,12 @@ impl ShardLoop {
         let Some(since) = self.stopping else {
             return false;
         };
-        if self.inflight.is_empty() {
+        if self.in_flight() == 0 {
             return true;
         }
         let late = since.elapsed() >= self.shutdown_deadline;
         if late {
-            tracing::warn!(shard = self.spec.index, in_flight = self.inflight.len(),
+            tracing::warn!(shard = self.spec.index, in_flight = self.in_flight(),
                 "shutdown deadline passed: unfinished records stay uncommitted and will be replayed");
         }
         late
@@ -326,11 +335,30 @@ impl ShardLoop {
             value: start.1,
             headers: self.headers_of(msg, topic),
         };
-        let fut = record::process(self.res.records.clone(), origin, start.0);
-        self.inflight.push(fut.boxed_local());
-        self.res.metrics.in_flight.set(self.inflight.len() as i64);
-        if self.inflight.len() >= self.max_in_flight {
+        if let Some(fut) = record::hand_off(&self.res.records, origin, start.0) {
+            self.inflight.push(fut);
+        }
+        let in_flight = self.in_flight();
+        self.res.metrics.in_flight.set(in_flight as i64);
+        if in_flight >= self.max_in_flight {
             self.full_since.get_or_insert(now);
+        }
+    }
+
+    /// A direct record's row ended: counted as its step's outcome, then completed, or dead-lettered
+    /// in a future of its own, exactly as its chain's future would have done.
+    fn on_direct(&mut self, origin: Origin, result: Result<(), StepError>, kafka: &Kafka<'_>) {
+        let records = &self.res.records;
+        if let Some(direct) = records.route(origin.topic).and_then(|r| r.chain.direct()) {
+            let took = records.direct.sampled().then(|| origin.consumed.elapsed());
+            direct.ended(result.is_ok(), took);
+        }
+        match record::ending(records.shard, origin, result.map(|()| true)) {
+            Ending::Now(c) => self.on_completion(c, kafka),
+            Ending::DeadLetter(origin, class, message) => {
+                let letter = record::dead_letter(records.clone(), origin, class, message);
+                self.inflight.push(letter.boxed_local());
+            }
         }
     }
 
@@ -397,8 +425,9 @@ impl ShardLoop {
     }
 
     fn on_completion(&mut self, c: Completion, kafka: &Kafka<'_>) {
+        let in_flight = self.in_flight();
         let metrics = &self.res.metrics;
-        metrics.in_flight.set(self.inflight.len() as i64);
+        metrics.in_flight.set(in_flight as i64);
         let now = Instant::now();
         self.last_done_at = Some(now);
         let stage = self.res.records.stage(c.key.0);
@@ -429,12 +458,12 @@ impl ShardLoop {
             self.res.book.store(kafka);
             self.last_store = now;
         }
-        if self.inflight.len() < self.max_in_flight {
+        if in_flight < self.max_in_flight {
             self.full_since = None;
         }
-        if self.res.book.is_budget_paused() && self.inflight.len() <= self.max_in_flight / 2 {
+        if self.res.book.is_budget_paused() && in_flight <= self.max_in_flight / 2 {
             self.res.book.set_budget_paused(false, kafka);
-            events::paused(&self.res.metrics, false, self.inflight.len());
+            events::paused(&self.res.metrics, false, in_flight);
         }
     }
 
@@ -465,7 +494,7 @@ impl ShardLoop {
             && self.full_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER)
         {
             self.res.book.set_budget_paused(true, kafka);
-            events::paused(&self.res.metrics, true, self.inflight.len());
+            events::paused(&self.res.metrics, true, self.in_flight());
         }
         if self.fatal.is_none() && kafka.consumer.context().fatal.load(Ordering::SeqCst) {
             let reason = kafka
@@ -564,7 +593,7 @@ impl ShardLoop {
         if self.stopping.is_none() {
             tracing::info!(
                 shard = self.spec.index,
-                in_flight = self.inflight.len(),
+                in_flight = self.in_flight(),
                 "stopping: no more fetches, finishing in-flight work"
             );
             self.stopping = Some(Instant::now());
@@ -602,7 +631,7 @@ impl ShardLoop {
         if self.stopping.is_some() {
             return;
         }
-        let mine = self.res.book.all_at_eof() && self.inflight.is_empty();
+        let mine = self.res.book.all_at_eof() && self.in_flight() == 0;
         let drained = &self.siblings.drained;
         if let Some(flag) = drained.get(self.spec.index) {
             flag.store(mine, Ordering::SeqCst);
@@ -687,7 +716,8 @@ struct Waits<'a> {
     stream_waker: &'a LoopWaker,
 }
 
-/// Completions first (they free budget), then messages while `fetching`, then the tick. Before the
+/// Ended direct rows and completions first (they free budget), then messages while `fetching`, then
+/// the tick. Before the
 /// loop waits, the chain sends what it holds back (open batches): there is nothing more to bind now;
 /// and the bridge learns that the loop is idle, so its driver task may block in tokio meanwhile.
 async fn next_event<'c>(
@@ -699,6 +729,9 @@ async fn next_event<'c>(
 ) -> Event<'c> {
     poll_fn(|cx| {
         waits.bridge.set_idle(false);
+        if let Poll::Ready((origin, result)) = waits.records.direct.poll_ended(cx) {
+            return Poll::Ready(Event::Direct(origin, result));
+        }
         if let Poll::Ready(Some(c)) = inflight.poll_next_unpin(cx) {
             return Poll::Ready(Event::Completion(c));
         }

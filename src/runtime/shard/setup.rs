@@ -132,6 +132,7 @@ pub(super) async fn setup(
         shard: spec.index,
         shutdown: shutdown.clone(),
         spare: RefCell::new(Vec::new()),
+        direct: Rc::default(),
     });
     let resources = ShardResources {
         book,
