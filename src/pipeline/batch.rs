@@ -247,31 +247,46 @@ impl Batcher {
     ) -> (Rc<Outcome>, usize) {
         let owner = self.write.writer.owner(&row);
         let bytes = approx_row_bytes(&row);
-        let mut open = self.open.borrow_mut();
-        let i = match open.iter().position(|g| g.owner == owner) {
-            Some(i) => i,
-            None => {
-                open.push(self.open_group(owner));
-                open.len() - 1
+        // Groups to send and lingers to arm wait until the borrow of the open groups ends: glommio
+        // runs a spawned task at once, inside the spawn, and a linger task may flush right there.
+        // At most two: the group the byte limit closed, and the group this row filled.
+        let mut full: [Option<Group>; 2] = [None, None];
+        let mut opened = 0;
+        let (outcome, index) = {
+            let mut open = self.open.borrow_mut();
+            let i = match open.iter().position(|g| g.owner == owner) {
+                Some(i) => i,
+                None => {
+                    opened += 1;
+                    open.push(Group::new(owner, self.limits.max_rows));
+                    open.len() - 1
+                }
+            };
+            // A row that would take its group past the byte limit sends the group first.
+            if open[i].bytes + bytes > self.limits.max_bytes && !open[i].rows.is_empty() {
+                opened += 1;
+                let fresh = Group::new(owner, self.limits.max_rows);
+                full[0] = Some(std::mem::replace(&mut open[i], fresh));
             }
+            let g = &mut open[i];
+            g.rows.push(row);
+            g.consumed.push(consumed);
+            g.bytes += bytes;
+            let index = g.rows.len() - 1;
+            if let Some((token, to)) = direct {
+                g.direct.push((index, token, to));
+            }
+            let outcome = g.outcome.clone();
+            if g.rows.len() >= self.limits.max_rows || g.bytes >= self.limits.max_bytes {
+                full[1] = Some(open.swap_remove(i));
+            }
+            (outcome, index)
         };
-        // A row that would take its group past the byte limit sends the group first.
-        if open[i].bytes + bytes > self.limits.max_bytes && !open[i].rows.is_empty() {
-            let full = std::mem::replace(&mut open[i], self.open_group(owner));
-            self.send(full);
+        for _ in 0..opened {
+            self.arm_linger();
         }
-        let g = &mut open[i];
-        g.rows.push(row);
-        g.consumed.push(consumed);
-        g.bytes += bytes;
-        let index = g.rows.len() - 1;
-        if let Some((token, to)) = direct {
-            g.direct.push((index, token, to));
-        }
-        let outcome = g.outcome.clone();
-        if g.rows.len() >= self.limits.max_rows || g.bytes >= self.limits.max_bytes {
-            let full = open.swap_remove(i);
-            self.send(full);
+        for g in full.into_iter().flatten() {
+            self.send(g);
         }
         (outcome, index)
     }
@@ -284,25 +299,25 @@ impl Batcher {
         } else {
             self.limits.linger
         };
-        let mut open = self.open.borrow_mut();
-        if open.is_empty() {
-            return;
-        }
-        let mut i = 0;
-        while i < open.len() {
-            if linger.is_zero() || open[i].opened.elapsed() >= linger {
-                let g = open.swap_remove(i);
-                self.send(g);
-            } else {
-                i += 1;
+        let due: Vec<Group> = {
+            let mut open = self.open.borrow_mut();
+            if open.is_empty() {
+                return;
             }
+            if linger.is_zero() {
+                std::mem::take(&mut *open)
+            } else {
+                let (due, young) = std::mem::take(&mut *open)
+                    .into_iter()
+                    .partition(|g| g.opened.elapsed() >= linger);
+                *open = young;
+                due
+            }
+        };
+        // Sent after the borrow ends: see `add`.
+        for g in due {
+            self.send(g);
         }
-    }
-
-    /// A new, empty group for `owner`, with its linger armed.
-    fn open_group(self: &Rc<Self>, owner: Owner) -> Group {
-        self.arm_linger();
-        Group::new(owner, self.limits.max_rows)
     }
 
     /// With a linger, a new group is sent at the latest `linger` later even if the shard stays busy.
@@ -697,6 +712,40 @@ mod tests {
             }
         });
         assert_eq!(requests, vec![vec![1, 2], vec![3, 4], vec![5]]);
+    }
+
+    /// glommio runs a spawned task at once, inside the spawn: a linger task spawned while the shard
+    /// stops finds its sleep over and flushes right there. Fails on the old code, which spawned it
+    /// (and sent full groups) while holding the open groups' borrow: a `BorrowMutError` panic.
+    #[test]
+    fn a_row_added_while_the_shard_stops_goes_out_even_with_a_linger() {
+        let limits = BatchLimits {
+            linger: Duration::from_millis(50),
+            ..LIMITS
+        };
+        let requests = run(move || {
+            let w = Rc::new(FakeWriter::default());
+            async move {
+                let shutdown = Shutdown::default();
+                let b = Rc::new(Batcher::new(
+                    limits,
+                    Rc::new(WriteCtx {
+                        name: "t".into(),
+                        writer: w.clone(),
+                        metrics: ShardMetrics::new(0),
+                        shutdown: shutdown.clone(),
+                        rate: None,
+                    }),
+                ));
+                shutdown.stop();
+                let t = b.submit(row(1, 1), Instant::now());
+                let limit = Duration::from_secs(2);
+                let r = within(limit, "the row never went out", t).await;
+                assert!(r.is_ok(), "{r:?}");
+                w.requests.borrow().clone()
+            }
+        });
+        assert_eq!(requests, vec![vec![1]]);
     }
 
     #[test]

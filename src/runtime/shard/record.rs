@@ -261,6 +261,11 @@ impl DirectRows {
         Poll::Pending
     }
 
+    /// The next ended record, if any (no waker kept).
+    pub fn pop_ended(&self) -> Option<(Origin, Result<(), StepError>)> {
+        self.ended.borrow_mut().pop_front()
+    }
+
     /// Whether this end is the one in [`STEP_SAMPLE`] to time.
     pub fn sampled(&self) -> bool {
         let n = self.ends.get().wrapping_add(1);

@@ -206,7 +206,7 @@ impl ShardLoop {
             let ev = next_event(&mut self.inflight, &mut stream, &mut tick, fetching, waits).await;
             self.sync_assignment(&kafka);
             match ev {
-                Event::Completion(c) => self.on_completion(c, &kafka),
+                Event::Completion(c) => self.on_completion(c, &kafka, Instant::now()),
                 Event::Direct(origin, result) => self.on_direct(origin, result, &kafka),
                 Event::Message(m) => self.on_message(&m, &kafka),
                 Event::Eof(p) => self.on_eof(p, &consumer),
@@ -345,16 +345,36 @@ impl ShardLoop {
         }
     }
 
-    /// A direct record's row ended: counted as its step's outcome, then completed, or dead-lettered
-    /// in a future of its own, exactly as its chain's future would have done.
+    /// Direct records' rows ended (a batch's rows end together): the first, and every other one
+    /// already queued, at one reading of the clock.
     fn on_direct(&mut self, origin: Origin, result: Result<(), StepError>, kafka: &Kafka<'_>) {
+        let now = Instant::now();
+        let mut next = Some((origin, result));
+        while let Some((origin, result)) = next {
+            self.end_direct(origin, result, kafka, now);
+            next = self.res.records.direct.pop_ended();
+        }
+    }
+
+    /// One direct record's row ended: counted as its step's outcome, then completed, or
+    /// dead-lettered in a future of its own, exactly as its chain's future would have done.
+    fn end_direct(
+        &mut self,
+        origin: Origin,
+        result: Result<(), StepError>,
+        kafka: &Kafka<'_>,
+        now: Instant,
+    ) {
         let records = &self.res.records;
         if let Some(direct) = records.route(origin.topic).and_then(|r| r.chain.direct()) {
-            let took = records.direct.sampled().then(|| origin.consumed.elapsed());
+            let took = records
+                .direct
+                .sampled()
+                .then(|| now.saturating_duration_since(origin.consumed));
             direct.ended(result.is_ok(), took);
         }
         match record::ending(records.shard, origin, result.map(|()| true)) {
-            Ending::Now(c) => self.on_completion(c, kafka),
+            Ending::Now(c) => self.on_completion(c, kafka, now),
             Ending::DeadLetter(origin, class, message) => {
                 let letter = record::dead_letter(records.clone(), origin, class, message);
                 self.inflight.push(letter.boxed_local());
@@ -424,11 +444,11 @@ impl ShardLoop {
             .collect()
     }
 
-    fn on_completion(&mut self, c: Completion, kafka: &Kafka<'_>) {
+    /// A record is done (`now`: the loop's clock reading for it).
+    fn on_completion(&mut self, c: Completion, kafka: &Kafka<'_>, now: Instant) {
         let in_flight = self.in_flight();
         let metrics = &self.res.metrics;
         metrics.in_flight.set(in_flight as i64);
-        let now = Instant::now();
         self.last_done_at = Some(now);
         let stage = self.res.records.stage(c.key.0);
         match c.outcome {
