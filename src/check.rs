@@ -141,13 +141,9 @@ impl Live<'_> {
     /// DELETE of its tombstones checked where it deletes.
     fn binder(&self, table: &TableConfig, fields: &[String]) -> Result<Binder, RunError> {
         let (ks, name) = (&table.keyspace, &table.table);
-        let types = self
-            .bridge
-            .block_on(sink::table_columns(self.session, ks, name))?;
-        let keys = self
-            .bridge
-            .block_on(sink::session::primary_key(self.session, ks, name))?;
-        let binder = Binder::for_table(table, fields, &types)?.with_keys(keys);
+        let binder =
+            self.bridge
+                .block_on(sink::session::table_binder(self.session, table, fields))?;
         if table.on_tombstone == OnTombstone::Delete {
             binder.delete_binder(&format!("{ks}.{name}"), binder.keys())?;
         }

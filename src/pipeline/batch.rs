@@ -149,8 +149,8 @@ fn hand_out(
 /// Hears the result of a row whose record waits in no future: the shard's direct path for a route
 /// whose whole chain is one batching insert sink (see [`super::Chain::direct`]), which saves a
 /// future, its allocation and its wake-ups per record. Called once per row, on the shard's thread,
-/// when the row is written or has failed for good (after the batch's retries and split); from the
-/// batch's task, or inside the submit call itself when the row cannot be queued at all.
+/// when the row is written or has failed for good (after the batch's retries and split), from the
+/// batch's task (which glommio may start inside the submit call that filled the batch).
 pub trait RowDone {
     fn row_done(&self, token: usize, result: Result<(), StepError>);
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use futures::future::LocalBoxFuture;
 
-use super::batch::{BatchLimits, BatchMetrics, Batcher, RowDone};
+use super::batch::{BatchLimits, BatchMetrics, Batcher};
 use super::{Processor, Record, StepError, StepOutcome};
 use crate::metrics::{events, ShardMetrics};
 use crate::retry::{retry, RetryError, RetryPolicy, Retryable, Scope, Shutdown};
@@ -171,10 +171,10 @@ impl Insert {
 }
 
 impl Insert {
-    /// Whether rows go out in batches (`batch_max_rows` over 1): only then can a record hand its
-    /// row over without a future ([`Insert::submit_direct`]).
-    pub fn batches(&self) -> bool {
-        self.rows.batcher.is_some()
+    /// The table's batcher; none with batching off (`batch_max_rows = 1`). Only with one can a
+    /// record hand its row over without a future ([`super::Chain::direct`]).
+    pub(super) fn batcher(&self) -> Option<&Rc<Batcher>> {
+        self.rows.batcher.as_ref()
     }
 
     /// Binds `rec` into the table's row; a refused value is the record's error, as in
@@ -183,29 +183,6 @@ impl Insert {
         self.binder
             .bind(&rec.values, rec.kafka_ts_ms, rec.offset)
             .map_err(|e| self.rows.write.step_error(RetryError::Permanent(e)))
-    }
-
-    /// Queues a bound row for a record that waits in no future: `to` hears its result under
-    /// `token` once it is written or has failed for good, exactly as [`Processor::process`] would
-    /// have returned it. Precondition: [`Insert::batches`]; without batching the row is refused
-    /// at once (a systemic error: the shard's set-up chose the wrong path).
-    pub fn submit_direct(
-        &self,
-        row: BoundRow,
-        consumed: Instant,
-        token: usize,
-        to: Rc<dyn RowDone>,
-    ) {
-        match &self.rows.batcher {
-            Some(b) => b.submit_direct(row, consumed, token, to),
-            None => to.row_done(
-                token,
-                Err(StepError::Systemic {
-                    class: "direct",
-                    message: format!("step {}: a direct row without batching", self.name()),
-                }),
-            ),
-        }
     }
 }
 

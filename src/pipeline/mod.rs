@@ -249,8 +249,13 @@ impl Chain {
         let [step] = self.steps.as_slice() else {
             return None;
         };
-        let insert = step.processor.as_insert().filter(|i| i.batches())?;
-        Some(Direct { insert, step })
+        let insert = step.processor.as_insert()?;
+        let batcher = insert.batcher()?;
+        Some(Direct {
+            insert,
+            batcher,
+            step,
+        })
     }
 
     /// The table bindings of the chain's insert sinks.
@@ -357,6 +362,7 @@ impl Chain {
 /// submits, and reports each row's end, which counts as the step's outcome like [`Chain::run`]'s.
 pub struct Direct<'a> {
     insert: &'a insert::Insert,
+    batcher: &'a Rc<batch::Batcher>,
     step: &'a Step,
 }
 
@@ -370,7 +376,8 @@ impl Direct<'_> {
         row
     }
 
-    /// Queues the row; `to` hears its result under `token` (see [`insert::Insert::submit_direct`]).
+    /// Queues the row in its owner's batch; `to` hears its result under `token` once it is written
+    /// or has failed for good, exactly as [`Processor::process`] would have returned it.
     pub fn submit(
         &self,
         row: crate::sink::BoundRow,
@@ -378,7 +385,7 @@ impl Direct<'_> {
         token: usize,
         to: Rc<dyn batch::RowDone>,
     ) {
-        self.insert.submit_direct(row, consumed, token, to);
+        self.batcher.submit_direct(row, consumed, token, to);
     }
 
     /// A row's end as the step's outcome; `took`, when the caller timed this one (a sample), is

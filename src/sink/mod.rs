@@ -85,6 +85,12 @@ impl RowWriter for NullWriter {
     }
 }
 
+/// A CQL quoted identifier: the name as written, case kept, an inner `"` doubled. The one quoting of
+/// the INSERT and DELETE statements.
+fn quoted(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
 /// About how many bytes `row` takes in a request (values and their length prefixes), for
 /// `scylla.batch_max_bytes`; exact enough to stay under the database's batch-size warning.
 pub fn approx_row_bytes(row: &BoundRow) -> usize {
@@ -295,14 +301,12 @@ impl Binder {
 
     /// The prepared statement text.
     pub fn insert_cql(&self, keyspace: &str, table: &str) -> String {
-        let cols: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| format!("\"{}\"", c.column))
-            .collect();
+        let cols: Vec<String> = self.columns.iter().map(|c| quoted(&c.column)).collect();
         let marks = vec!["?"; self.columns.len()].join(", ");
         format!(
-            "INSERT INTO \"{keyspace}\".\"{table}\" ({}) VALUES ({marks}) USING TTL ? AND TIMESTAMP ?",
+            "INSERT INTO {}.{} ({}) VALUES ({marks}) USING TTL ? AND TIMESTAMP ?",
+            quoted(keyspace),
+            quoted(table),
             cols.join(", ")
         )
     }
@@ -370,10 +374,12 @@ impl DeleteBinder {
         let wheres: Vec<String> = self
             .keys
             .iter()
-            .map(|c| format!("\"{}\" = ?", c.column))
+            .map(|c| format!("{} = ?", quoted(&c.column)))
             .collect();
         format!(
-            "DELETE FROM \"{keyspace}\".\"{table}\" USING TIMESTAMP ? WHERE {}",
+            "DELETE FROM {}.{} USING TIMESTAMP ? WHERE {}",
+            quoted(keyspace),
+            quoted(table),
             wheres.join(" AND ")
         )
     }

@@ -111,19 +111,27 @@ pub(crate) fn tls_context(
     Ok(b.build())
 }
 
-/// The live column types of a table.
-pub async fn table_columns(
+/// A table as the database has it: each column's type, and the primary key (partition key, then
+/// clustering columns, each in order).
+pub struct TableSchema {
+    pub types: HashMap<String, CqlType>,
+    pub keys: Vec<String>,
+}
+
+/// A table's live columns and primary key, from one read of `system_schema.columns`.
+pub async fn table_schema(
     session: &Session,
     keyspace: &str,
     table: &str,
-) -> Result<HashMap<String, CqlType>, StartError> {
+) -> Result<TableSchema, StartError> {
     let columns_err = |e: &dyn std::fmt::Display| StartError::Columns {
         table: format!("{keyspace}.{table}"),
         message: e.to_string(),
     };
     let res = session
         .query_unpaged(
-            "SELECT column_name, type FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
+            "SELECT column_name, type, kind, position FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ?",
             (keyspace, table),
         )
         .await
@@ -132,12 +140,13 @@ pub async fn table_columns(
     let udts = keyspace_types(session, keyspace)
         .await
         .map_err(|e| columns_err(&e))?;
-    let mut out = HashMap::new();
+    let mut types = HashMap::new();
+    let mut keys: Vec<(u8, i32, String)> = Vec::new();
     for r in rows
-        .rows::<(String, String)>()
+        .rows::<(String, String, String, i32)>()
         .map_err(|e| columns_err(&e))?
     {
-        let (name, ty) = r.map_err(|e| columns_err(&e))?;
+        let (name, ty, kind, position) = r.map_err(|e| columns_err(&e))?;
         // A non-frozen list appends cells keyed by a fresh timeuuid on every write, so a replay with the
         // same write timestamp duplicates its elements (measured in the replay test). Frozen lists and
         // sets are single cells or idempotent.
@@ -147,12 +156,41 @@ pub async fn table_columns(
                 "non-frozen list column: replays duplicate its elements; use frozen<list<..>> or set<..> for idempotent writes"
             );
         }
-        out.insert(name, CqlType::parse(&ty).resolve_udts(keyspace, &udts));
+        match kind.as_str() {
+            "partition_key" => keys.push((0, position, name.clone())),
+            "clustering" => keys.push((1, position, name.clone())),
+            _ => {}
+        }
+        types.insert(name, CqlType::parse(&ty).resolve_udts(keyspace, &udts));
     }
-    if out.is_empty() {
+    if types.is_empty() {
         return Err(StartError::NoTable(format!("{keyspace}.{table}")));
     }
-    Ok(out)
+    keys.sort();
+    Ok(TableSchema {
+        types,
+        keys: keys.into_iter().map(|(_, _, name)| name).collect(),
+    })
+}
+
+/// The live column types of a table.
+pub async fn table_columns(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+) -> Result<HashMap<String, CqlType>, StartError> {
+    Ok(table_schema(session, keyspace, table).await?.types)
+}
+
+/// A table's binder over `fields`, checked against its live columns, with its primary key: the one
+/// builder of `run` (through [`prepare_insert`]) and `check`.
+pub async fn table_binder(
+    session: &Session,
+    table: &TableConfig,
+    fields: &[String],
+) -> Result<Binder, StartError> {
+    let schema = table_schema(session, &table.keyspace, &table.table).await?;
+    Ok(Binder::for_table(table, fields, &schema.types)?.with_keys(schema.keys))
 }
 
 /// The user-defined types of `keyspace`: name → (field name, field type text), in field order.
@@ -181,9 +219,7 @@ pub async fn prepare_insert(
     table: &TableConfig,
     fields: &[String],
 ) -> Result<(Binder, PreparedStatement), StartError> {
-    let types = table_columns(session, &table.keyspace, &table.table).await?;
-    let keys = primary_key(session, &table.keyspace, &table.table).await?;
-    let binder = Binder::for_table(table, fields, &types)?.with_keys(keys);
+    let binder = table_binder(session, table, fields).await?;
     let insert = prepare_write(
         session,
         binder.insert_cql(&table.keyspace, &table.table),
@@ -191,40 +227,6 @@ pub async fn prepare_insert(
     )
     .await?;
     Ok((binder, insert))
-}
-
-/// The primary-key columns of a table: partition key, then clustering columns, each in order.
-pub async fn primary_key(
-    session: &Session,
-    keyspace: &str,
-    table: &str,
-) -> Result<Vec<String>, StartError> {
-    let columns_err = |e: &dyn std::fmt::Display| StartError::Columns {
-        table: format!("{keyspace}.{table}"),
-        message: e.to_string(),
-    };
-    let res = session
-        .query_unpaged(
-            "SELECT column_name, kind, position FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
-            (keyspace, table),
-        )
-        .await
-        .map_err(|e| columns_err(&e))?;
-    let rows = res.into_rows_result().map_err(|e| columns_err(&e))?;
-    let mut keys: Vec<(u8, i32, String)> = Vec::new();
-    for r in rows
-        .rows::<(String, String, i32)>()
-        .map_err(|e| columns_err(&e))?
-    {
-        let (name, kind, position) = r.map_err(|e| columns_err(&e))?;
-        match kind.as_str() {
-            "partition_key" => keys.push((0, position, name)),
-            "clustering" => keys.push((1, position, name)),
-            _ => {}
-        }
-    }
-    keys.sort();
-    Ok(keys.into_iter().map(|(_, _, name)| name).collect())
 }
 
 /// The DELETE of a table's tombstones: its primary key, each column bound as `insert` binds it.
