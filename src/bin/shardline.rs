@@ -138,6 +138,10 @@ struct PlanArgs {
     /// Kafka broker CPU µs per message consumed.
     #[arg(long)]
     broker_us_per_msg: Option<f64>,
+    /// The hosts' other CPU µs per message (kernel network work and the like, charged to no
+    /// process: the machine's busy CPU less the processes').
+    #[arg(long)]
+    other_us_per_msg: Option<f64>,
     /// Mean write latency (ms) at a moderate load, not at saturation.
     #[arg(long)]
     write_mean_ms: Option<f64>,
@@ -372,6 +376,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
         cpu_us_per_msg,
         db_us_per_msg,
         broker_us_per_msg,
+        other_us_per_msg,
         write_mean_ms,
         msg_bytes,
         msgs_per_s,
@@ -406,6 +411,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
         cpu_us_per_msg: pick(cpu_us_per_msg, "cpu_us_per_msg")?,
         db_us_per_msg: optional(db_us_per_msg, "db_us_per_msg"),
         broker_us_per_msg: optional(broker_us_per_msg, "broker_us_per_msg"),
+        other_us_per_msg: optional(other_us_per_msg, "other_us_per_msg"),
         write_mean_ms: pick(write_mean_ms, "write_mean_ms")?,
         msg_bytes: pick(msg_bytes, "msg_bytes")?,
     };
