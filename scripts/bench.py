@@ -8,7 +8,10 @@ Every figure is measured here, in this run, on this machine; ratios compare runs
 CPU per message is the process's user+system CPU between its first and last record, divided by the
 records in between (sampled from /proc/<pid>/stat), so start-up and idle time are left out. The Kafka
 broker's and Cassandra's CPU are sampled at the same moments (their pids are in scripts/services.sh's
-state folder), which gives the database's and the broker's cost per record for `shardline plan`.
+state folder), which gives the database's and the broker's cost per record for `shardline plan`; the
+machine's busy CPU (/proc/stat) at the same moments, less those three, is the hosts' other CPU per
+record (kernel softirq of the traffic, the registry, the paced producer of a fixed-rate run, this
+script's polling).
 Context switches per record are summed over every thread of the process (/proc/<pid>/task/*/status).
 
 The fixed-rate runs use topics with message.timestamp.type=LogAppendTime, so a record's latency splits
@@ -217,7 +220,8 @@ def steady(warm, final):
 
 def follow(proc, port, target, timeout, skip=None):
     """Polls metrics until `target` records are done; returns the CPU µs per record of shardline, the
-    database and the broker between the first and the last sample that saw progress ({} if none).
+    database, the broker and the rest of the machine, and the machine's busy cores, between the first
+    and the last sample that saw progress ({} if none).
     The database's flushes and compactions after the window are not in it: its figure is a floor."""
     start = time.time()
     first = None
@@ -249,13 +253,16 @@ def follow(proc, port, target, timeout, skip=None):
         out[name] = (b - a) / n * 1e6 if a is not None and b is not None else None
     if first[5] and last[5] and last[5][1] > first[5][1]:
         busy = last[5][0] - first[5][0]
-        # How many of the box's cores were busy over the window (all of them: the box was the limit).
+        # How many of the box's cores were busy over the window (all of them in a max run: the box
+        # was the limit).
         out["box_busy_cores"] = busy / (last[5][1] - first[5][1]) * (os.cpu_count() or 1)
         known = [out["shardline"]] + [out.get(name) for name in SERVICES]
         if all(k is not None for k in known):
             # The rest of the machine's CPU per record: kernel work charged to no process (softirq of
-            # the loopback traffic), the registry's JVM, this script's polling, the OS.
-            out["other"] = busy / n * 1e6 - sum(known)
+            # the loopback traffic), the registry's JVM, the paced producer of a fixed-rate run, this
+            # script's polling, the OS. Floored at 0: the samples are read one after another, so a
+            # tiny rest can come out a hair below it.
+            out["other"] = max(0.0, busy / n * 1e6 - sum(known))
     return out
 
 
@@ -310,8 +317,9 @@ def driver(name, topic, count, batch, bridge=False):
     out = sh(HARNESS, "driver", "--config", cfg, "--count", str(count), "--batch", str(batch), *(["--bridge"] if bridge else []))
     after = services_cpu()
     res = json.loads(out.strip().splitlines()[-1])
-    # Cassandra's CPU over the harness's whole life (connect, prepare and binding the rows before the
-    # timed part included, when it does next to nothing): a little wider than the timed window.
+    # Cassandra's CPU over the harness's whole life: wider than the timed window (connect, prepare,
+    # binding the rows first) and, in the rounds, it takes in the flushes and compactions the run
+    # before it left behind. A rough figure beside the ceiling, not a cost to plan with.
     db_us = (after["cassandra"] - before["cassandra"]) / res["messages"] * 1e6 \
         if before.get("cassandra") is not None and after.get("cassandra") is not None and res["messages"] else None
     r = {"name": name, "impl": "driver" + (" via bridge" if bridge else ""), "shards": 1, "sink": "cassandra", "offered_rate": None, "messages": res["messages"],
@@ -579,7 +587,8 @@ MAX_LAYOUTS = [
     ("cassandra-max-2-shard-nobatch", lambda name, db: shardline(name, db, [0, 1], N_DB, batch_rows=1)),
     ("tokio-cassandra-max", lambda name, db: tokio(name, db, N_DB)),
     # The driver's batched ceilings run in the rounds too: run once before them, on a Cassandra whose
-    # JIT and memtables were cold, they read 2-3× low here and flattered shardline's ratio to them.
+    # JIT and memtables were cold, they read up to 1.8× low here and flattered shardline's ratio to
+    # them.
     ("driver-batch10-ceiling", lambda name, db: driver(name, db, N_DB, 10)),
     ("driver-batch10-via-bridge", lambda name, db: driver(name, db, N_DB, 10, bridge=True)),
 ]
@@ -588,7 +597,7 @@ MAX_LAYOUTS = [
 def max_rounds(db):
     """Every max layout once per round, round k starting at layout k (so none always runs first or
     last, on the fullest memtables), after one unrecorded warm-up run of the driver (the first runs on
-    a fresh Cassandra read up to 2× low while its JIT compiles the write path). Returns the runs by
+    a fresh Cassandra read up to 1.8× low while its JIT compiles the write path). Returns the runs by
     layout."""
     driver("warm-up", db, N_DB, 10)
     runs = {name: [] for name, _ in MAX_LAYOUTS}
@@ -719,7 +728,7 @@ def main():
     lines += ["", f"Max runs into Cassandra: {N_DB:,} records each, every layout once in each of {MAX_ROUNDS} rounds (rotated "
               "order); each row above is the layout's median run. Throughput over the rounds: " + "; ".join(
                   f"{r['name']} {rounds_note(r)}" for r in results if r.get("rounds")) + " msg/s."]
-    lines += ["", "Where the box's CPU went in the runs into Cassandra (max runs: the median run per layout; µs per record; other = the machine's busy "
+    lines += ["", "Where the box's CPU went in shardline's runs into Cassandra (max runs: the median run per layout; µs per record; other = the machine's busy "
               "CPU from /proc/stat less the three processes: kernel softirq of the loopback traffic, the registry, this "
               "script's polling):", "", "| run | shardline | Cassandra | Kafka | other | Σ | busy cores |", "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -742,11 +751,11 @@ def main():
         lines.append(f"| {row['run']} | {row['costs_from']} | {fmt(row['predicted'], '', 0)} | {fmt(row['measured'], '', 0)} | "
                      f"{fmt(row['error_pct'], '%', 1)} | {row.get('bottleneck') or 'n/a'} | {fmt(row.get('predicted_from_own_costs'), '', 0)} | "
                      f"{fmt(row.get('own_error_pct'), '%', 1)} |")
-    lines += ["", "The own-costs column checks the model's arithmetic (cores / Σ costs, the box's other CPU included, so it errs "
-              "only by the share of the box left idle); the cross column checks that costs "
-              "measured at one layout transfer to another. On this box they do for batched writes; unbatched, the database's "
-              "cost per write rose with a second shard in both runs of 2026-11-27 (+16%, +34%; each shard has a session, and so "
-              "connections, of its own), which the model has no term for."]
+    lines += ["", "The own-costs column is near-tautological: with the box's other CPU included, Σ costs is the box's busy CPU "
+              "per record, so it errs only by the share of the box left idle. The cross column is the check: whether costs "
+              "measured at one layout transfer to another. Compare the two layouts' rows in the CPU table above: where a "
+              "component's cost per record differs between them (each shard has a database session, and so connections, "
+              "of its own), the model, which has no term for it, errs by that much."]
     lines += ["", "Fixed rates, stage by stage (LogAppendTime topics; e2e = broker append → write acknowledged; send → append from "
               "the producer's acknowledgements (its linger.ms is 5); fetch = append → consumed by a shard (broker → client, and "
               "waiting in librdkafka's queue while the shard is busy or at its in-flight bound); queue = consumed → write sent; "

@@ -1,6 +1,7 @@
 //! The capacity planner behind `shardline plan`: a bottleneck model. Its inputs are measured costs per
 //! record of every resource on the path (shardline's CPU, the database's CPU per write, the broker's
-//! CPU per record, bytes per record, write latency at a moderate load); for a target rate it sizes
+//! CPU per record, the hosts' other CPU per record, bytes per record, write latency at a moderate
+//! load); for a target rate it sizes
 //! each resource, says which one binds, predicts the ceiling of the planned layout, and derives the
 //! shard's in-flight window, write-rate cap and Kafka fetch settings.
 //!
@@ -11,7 +12,7 @@
 //! target (`rate × cost / 10⁶` cores, plus headroom). Where they share the hosts (`colocated`, as on
 //! a one-box test rig), the host's cores are one pool: a host does at most
 //! `cores / (s + d + b + o) × 10⁶` records/s, and at most its shards' share. Leaving `o` out of the
-//! pool is what made the bench's predictions err high by the share of the box it takes (4-7% there).
+//! pool is what made the bench's predictions err high by the share of the box it takes (3-5% there).
 //!
 //! Guarantee: pure functions of their inputs (unit-tested with worked examples); every output states
 //! the formula it comes from in [`Plan::explain`]. Precondition: costs measured on the hardware being
@@ -37,7 +38,10 @@ pub struct Costs {
     /// the machine's busy CPU from `/proc/stat` less shardline's, the database's and the broker's
     /// over the same window): mostly the kernel's loopback or NIC work in softirq context, plus
     /// whatever else runs there. Only a colocated plan can charge it to a pool; on separate hosts
-    /// it is split between them and shown as cores. None: unknown, left out.
+    /// it is split between them and shown as cores. Measured at full load, where the part that does
+    /// not grow with the rate (idle JVM work, daemons) is spread thin: at a tenth of that rate it
+    /// reads several times larger per record, so plan with it near the rate it was measured at.
+    /// None: unknown, left out.
     #[serde(default)]
     pub other_us_per_msg: Option<f64>,
     /// Mean write latency in ms at a moderate load, not at saturation (bench: the 5,000 msg/s run):
@@ -84,8 +88,8 @@ pub struct Target {
 pub enum Bottleneck {
     /// Each shard's core (one core per shard): more shards (and partitions) move it.
     ShardCores,
-    /// The hosts' cores, shared by shardline, the database and the broker (colocated): more hosts,
-    /// or a cheaper cost per record of the largest consumer, move it.
+    /// The hosts' cores, shared by shardline, the database, the broker and the hosts' other work
+    /// (colocated): more hosts, or a cheaper cost per record of the largest consumer, move it.
     HostCores,
 }
 
@@ -143,6 +147,15 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
     if t.cores_per_host == 0 || t.msgs_per_s <= 0.0 || c.cpu_us_per_msg <= 0.0 {
         return Err("cores_per_host, msgs_per_s and cpu_us_per_msg must be positive".into());
     }
+    for (name, us) in [
+        ("db_us_per_msg", c.db_us_per_msg),
+        ("broker_us_per_msg", c.broker_us_per_msg),
+        ("other_us_per_msg", c.other_us_per_msg),
+    ] {
+        if us.is_some_and(|us| !(us >= 0.0 && us.is_finite())) {
+            return Err(format!("{name} must be a finite cost of at least 0"));
+        }
+    }
     if t.shards == Some(0) {
         return Err("shards must be at least 1".into());
     }
@@ -157,7 +170,8 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
         }
         None => {
             let needed = shardline_cores.ceil().max(1.0) as u32;
-            // Colocated, a host's cores also carry its share of the database and the broker.
+            // Colocated, a host's cores also carry its share of the database, the broker and the
+            // hosts' other work.
             let pooled = if t.colocated {
                 (cores_for(c.total_us()) / f64::from(t.cores_per_host)).ceil() as u32
             } else {
@@ -521,7 +535,7 @@ mod tests {
 
     #[test]
     fn worked_example_the_hosts_other_cpu_is_in_the_pool() {
-        // The bench of 2026-11-27 (results/bench/report.json, 3 rounds): the median 1-shard batched
+        // A bench run of 2026-11-27 (`ONLY=max MAX_ROUNDS=3 scripts/bench.sh`): the median 1-shard batched
         // run costs shardline 7.28, Cassandra 37.89, Kafka 0.43 µs per record, and the box's other
         // busy CPU 1.47 µs. 2 shards on the 2 cores: 2e6 / 47.07 = 42,490 msg/s (measured 40,123:
         // +5.9%); without the other CPU, 2e6 / 45.60 = 43,860 (+9.3%).
@@ -673,6 +687,14 @@ mod tests {
     #[test]
     fn bad_inputs_are_refused() {
         assert!(plan(&costs(), &target(1000.0, 4, 1.0)).is_err());
+        for bad in [-0.1, f64::NAN, f64::INFINITY] {
+            let c = Costs {
+                other_us_per_msg: Some(bad),
+                ..costs()
+            };
+            let e = plan(&c, &target(1000.0, 4, 0.3)).expect_err("a negative or unknown cost");
+            assert!(e.contains("other_us_per_msg"), "{e}");
+        }
         let zero = Target {
             shards: Some(0),
             ..target(1000.0, 4, 0.3)
