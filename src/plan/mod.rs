@@ -139,8 +139,8 @@ pub fn ceiling(c: &Costs, t: &Target, hosts: u32, shards: u32) -> (f64, Bottlene
     }
 }
 
-/// Computes the plan. Errors are inputs that cannot be planned for.
-pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
+/// Refuses inputs that cannot be planned for.
+fn validate(c: &Costs, t: &Target) -> Result<(), String> {
     if !(0.0..0.95).contains(&t.headroom) {
         return Err(format!("headroom {} must be in [0, 0.95)", t.headroom));
     }
@@ -159,41 +159,47 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
     if t.shards == Some(0) {
         return Err("shards must be at least 1".into());
     }
-    let spare = 1.0 - t.headroom;
-    let cores_for = |us: f64| t.msgs_per_s * us / 1e6 / spare;
-    let shardline_cores = cores_for(c.cpu_us_per_msg);
-    let (shards, hosts, shards_per_host) = match t.shards {
-        // A given layout is planned as given: its hosts are the fewest that hold its shards.
-        Some(n) => {
-            let hosts = n.div_ceil(t.cores_per_host);
-            (n, hosts, n.div_ceil(hosts))
-        }
-        None => {
-            let needed = shardline_cores.ceil().max(1.0) as u32;
-            // Colocated, a host's cores also carry its share of the database, the broker and the
-            // hosts' other work.
-            let pooled = if t.colocated {
-                (cores_for(c.total_us()) / f64::from(t.cores_per_host)).ceil() as u32
-            } else {
-                0
-            };
-            let hosts = needed.div_ceil(t.cores_per_host).max(pooled).max(1);
-            // Spread shards evenly over hosts.
-            let per_host = needed.div_ceil(hosts);
-            (per_host * hosts, hosts, per_host)
-        }
+    Ok(())
+}
+
+/// (shards, hosts, shards per host): a given layout as given, on the fewest hosts that hold it;
+/// otherwise enough shards for `shardline_cores`, on enough hosts for everything they carry.
+fn layout(
+    c: &Costs,
+    t: &Target,
+    shardline_cores: f64,
+    cores_for: impl Fn(f64) -> f64,
+) -> (u32, u32, u32) {
+    if let Some(n) = t.shards {
+        let hosts = n.div_ceil(t.cores_per_host);
+        return (n, hosts, n.div_ceil(hosts));
+    }
+    let needed = shardline_cores.ceil().max(1.0) as u32;
+    // Colocated, a host's cores also carry its share of the database, the broker and the hosts'
+    // other work.
+    let pooled = if t.colocated {
+        (cores_for(c.total_us()) / f64::from(t.cores_per_host)).ceil() as u32
+    } else {
+        0
     };
-    let (ceiling_msgs_per_s, bottleneck) = ceiling(c, t, hosts, shards);
+    let hosts = needed.div_ceil(t.cores_per_host).max(pooled).max(1);
+    // Spread shards evenly over hosts.
+    let per_host = needed.div_ceil(hosts);
+    (per_host * hosts, hosts, per_host)
+}
+
+/// What the model leaves out or cannot reach: unknown costs, a target above the layout's ceiling.
+fn model_warnings(c: &Costs, t: &Target, ceiling_msgs_per_s: f64) -> Vec<String> {
     let mut warnings = Vec::new();
-    if c.db_us_per_msg.is_none() || c.broker_us_per_msg.is_none() {
-        let missing: Vec<&str> = [
-            ("database", c.db_us_per_msg),
-            ("broker", c.broker_us_per_msg),
-        ]
-        .iter()
-        .filter(|(_, us)| us.is_none())
-        .map(|(n, _)| *n)
-        .collect();
+    let missing: Vec<&str> = [
+        ("database", c.db_us_per_msg),
+        ("broker", c.broker_us_per_msg),
+    ]
+    .iter()
+    .filter(|(_, us)| us.is_none())
+    .map(|(n, _)| *n)
+    .collect();
+    if !missing.is_empty() {
         warnings.push(format!(
             "the {} cost per record is unknown and left out of the model (measure it with \
              scripts/bench.sh, or give --db-us-per-msg / --broker-us-per-msg)",
@@ -211,7 +217,12 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
             }
         ));
     }
-    // Partitions: at least one per shard, and a multiple of the shard count so each gets the same share.
+    warnings
+}
+
+/// Partitions: at least one per shard, and a multiple of the shard count so each gets the same
+/// share; a given count that misses either is kept, with a warning.
+fn partitions_for(t: &Target, shards: u32, warnings: &mut Vec<String>) -> u32 {
     let partitions = match t.partitions {
         Some(p) if p >= shards => p,
         Some(p) => {
@@ -229,6 +240,19 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
             "{partitions} partitions over {shards} shards is uneven: some shards get one more partition"
         ));
     }
+    partitions
+}
+
+/// Computes the plan. Errors are inputs that cannot be planned for.
+pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
+    validate(c, t)?;
+    let spare = 1.0 - t.headroom;
+    let cores_for = |us: f64| t.msgs_per_s * us / 1e6 / spare;
+    let shardline_cores = cores_for(c.cpu_us_per_msg);
+    let (shards, hosts, shards_per_host) = layout(c, t, shardline_cores, cores_for);
+    let (ceiling_msgs_per_s, bottleneck) = ceiling(c, t, hosts, shards);
+    let mut warnings = model_warnings(c, t, ceiling_msgs_per_s);
+    let partitions = partitions_for(t, shards, &mut warnings);
     let per_shard = t.msgs_per_s / f64::from(shards);
     // Little's law at the moderate-load mean write latency, doubled so a latency spike does not stall
     // fetching; never for more than the layout can absorb (a larger window only queues in the database).
