@@ -601,6 +601,11 @@ MAX_LAYOUTS = [
 ]
 
 
+def rotated(xs, k):
+    """Round k's order: the list started at its k-th element, so that no layout always runs first."""
+    return xs[k % len(xs):] + xs[:k % len(xs)]
+
+
 def max_rounds(db):
     """Every max layout once per round, round k starting at layout k (so none always runs first or
     last, on the fullest memtables), after one unrecorded warm-up run of the driver (the first runs on
@@ -609,20 +614,25 @@ def max_rounds(db):
     driver("warm-up", db, N_DB, 10)
     runs = {name: [] for name, _ in MAX_LAYOUTS}
     for k in range(MAX_ROUNDS):
-        order = MAX_LAYOUTS[k % len(MAX_LAYOUTS):] + MAX_LAYOUTS[:k % len(MAX_LAYOUTS)]
-        for name, run in order:
+        for name, run in rotated(MAX_LAYOUTS, k):
             r = run(f"{name}-r{k + 1}", db)
             r["round"] = k + 1
             runs[name].append(r)
     return runs
 
 
+def median_by(runs, key):
+    """A copy of the run of median `key` (the lower of the two middle ones), under its layout's name."""
+    ordered = sorted(runs, key=lambda r: r.get(key) or 0)
+    med = dict(ordered[(len(ordered) - 1) // 2])
+    med["name"] = re.sub(r"-r\d+$", "", med["name"])
+    return med
+
+
 def median_run(runs):
     """The run of median throughput, under its layout's name, with every round's figures beside it:
     a real run, so its costs and its throughput belong together (the planner reads both)."""
-    ordered = sorted(runs, key=lambda r: r["msgs_per_s"] or 0)
-    med = dict(ordered[(len(ordered) - 1) // 2])
-    med["name"] = re.sub(r"-r\d+$", "", med["name"])
+    med = median_by(runs, "msgs_per_s")
     med["rounds"] = [{k: r.get(k) for k in ("round", "msgs_per_s", "cpu_us_per_msg", "db_us_per_msg", "broker_us_per_msg",
                                             "other_us_per_msg", "box_busy_cores",
                                             "rows_per_batch")} for r in runs]
@@ -661,7 +671,7 @@ def rate_rounds():
     for rate in RATES:
         layouts = rate_layouts(rate)
         for k in range(RATE_ROUNDS):
-            for name, run in layouts[k % len(layouts):] + layouts[:k % len(layouts)]:
+            for name, run in rotated(layouts, k):
                 topic = "bench_" + re.sub(r"[^a-z0-9]", "_", name) + f"_r{k + 1}_{STAMP}"
                 create(topic, log_append_time=True)
                 produce(topic, 0)
@@ -671,8 +681,9 @@ def rate_rounds():
     return runs
 
 
-def steady_p99(r):
-    return ((r.get("steady") or {}).get("end_to_end") or {}).get("p99_ms")
+def steady_e2e(r, q):
+    """A run's end-to-end quantile `q` after the warm-up."""
+    return ((r.get("steady") or {}).get("end_to_end") or {}).get(q)
 
 
 def median_of(xs):
@@ -684,17 +695,20 @@ def median_rate_run(runs):
     """A fixed-rate layout's run of median CPU per record, under the layout's name, with the medians
     over the rounds of each target figure (CPU per record, steady e2e p50 and p99) and every round's
     figures beside it: the targets compare medians, each taken on its own."""
-    ordered = sorted(runs, key=lambda r: r.get("cpu_us_per_msg") or 0)
-    med = dict(ordered[(len(ordered) - 1) // 2])
-    med["name"] = re.sub(r"-r\d+$", "", med["name"])
-    steady_q = lambda r, q: ((r.get("steady") or {}).get("end_to_end") or {}).get(q)
-    med["medians"] = {"cpu_us_per_msg": median_of([r.get("cpu_us_per_msg") for r in runs]),
-                      "steady_p50_ms": median_of([steady_q(r, "p50_ms") for r in runs]),
-                      "steady_p99_ms": median_of([steady_p99(r) for r in runs])}
-    med["rounds"] = [{"round": r.get("round"), "cpu_us_per_msg": r.get("cpu_us_per_msg"),
-                      "steady_p50_ms": steady_q(r, "p50_ms"), "steady_p99_ms": steady_p99(r),
-                      "ctx_per_msg": r.get("ctx_per_msg"), "rows_per_batch": r.get("rows_per_batch")} for r in runs]
+    med = median_by(runs, "cpu_us_per_msg")
+    figures = lambda r: {"cpu_us_per_msg": r.get("cpu_us_per_msg"), "steady_p50_ms": steady_e2e(r, "p50_ms"),
+                         "steady_p99_ms": steady_e2e(r, "p99_ms")}
+    med["medians"] = {k: median_of([figures(r)[k] for r in runs]) for k in figures(med)}
+    med["rounds"] = [{"round": r.get("round"), **figures(r), "ctx_per_msg": r.get("ctx_per_msg"),
+                      "rows_per_batch": r.get("rows_per_batch")} for r in runs]
     return med
+
+
+def target_row(rate, figure, value, against, bound, target):
+    """One target: shardline's `value` against `bound` (met when not above it)."""
+    ratio = value / bound if value is not None and bound else None
+    return {"rate": rate, "figure": figure, "shardline": value, "against": against, "value": bound, "target": target,
+            "ratio": ratio, "met": ratio <= 1.0 if ratio is not None else None}
 
 
 def rate_targets(by):
@@ -709,30 +723,23 @@ def rate_targets(by):
                                            ("steady e2e p99 ms", "steady_p99_ms", base, "≤ tokio"),
                                            ("steady e2e p50 ms", "steady_p50_ms", off, "≤ batching off"),
                                            ("steady e2e p99 ms", "steady_p99_ms", off, "≤ batching off")):
-            a, b = med(on, key), med(other, key)
-            rows.append({"rate": rate, "figure": figure, "shardline": a, "against": other, "value": b, "target": target,
-                         "ratio": a / b if a is not None and b else None})
+            rows.append(target_row(rate, figure, med(on, key), other, med(other, key), target))
         one = f"cassandra-{rate}-per-s-1-shard"
         if one in by:
             # Not an issue's target: the same comparison at the layout the planner picks for the rate.
             for figure, key in (("CPU µs/record, 1 shard", "cpu_us_per_msg"), ("steady e2e p99 ms, 1 shard", "steady_p99_ms")):
-                a, b = med(one, key), med(base, key)
-                rows.append({"rate": rate, "figure": figure, "shardline": a, "against": base, "value": b,
-                             "target": "(the planner's layout) ≤ tokio", "ratio": a / b if a is not None and b else None})
+                rows.append(target_row(rate, figure, med(one, key), base, med(base, key), "(the planner's layout) ≤ tokio"))
     full = (by.get("cassandra-max-2-shard") or {}).get("cpu_us_per_msg")
     five = med("cassandra-5000-per-s", "cpu_us_per_msg")
     if full and five is not None:
-        rows.append({"rate": 5000, "figure": "CPU µs/record", "shardline": five, "against": "3 × cassandra-max-2-shard",
-                     "value": 3 * full, "target": "≤ 3× full load", "ratio": five / (3 * full)})
-    for row in rows:
-        row["met"] = row["ratio"] <= 1.0 if row["ratio"] is not None else None
+        rows.append(target_row(5000, "CPU µs/record", five, "3 × cassandra-max-2-shard", 3 * full, "≤ 3× full load"))
     return rows
 
 
 def rate_lines(results, targets):
     """The summary's fixed-rate rounds and targets."""
     lines = ["", f"Fixed rates: every layout once in each of {RATE_ROUNDS} rounds (rotated order, a fresh topic per run); "
-             "the stage table above shows each layout's run of median CPU. Per round, CPU µs/record and steady e2e p99 ms:", "",
+             "a layout's row in the stage table is its run of median CPU. Per round, CPU µs/record and steady e2e p99 ms:", "",
              "| run | " + " | ".join(f"round {k + 1}" for k in range(RATE_ROUNDS)) + " | median |",
              "|---|" + "---|" * (RATE_ROUNDS + 1)]
     for r in results:
