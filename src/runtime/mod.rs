@@ -1,5 +1,5 @@
-//! Shard start and stop: placement of shards on cores, the start-up check, control over crossbeam
-//! channels, and the wait for every shard to end.
+//! Shard start and stop: placement of shards on cores, the start-up check, control over channels
+//! whose sends wake the shard's loop, and the wait for every shard to end.
 //!
 //! Guarantee: no shard starts before the config validated and the live check (table columns against
 //! the subject's latest writer schema) passed; a second stop request is a kill.
@@ -7,6 +7,7 @@
 
 pub mod shard;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +134,97 @@ pub enum Control {
     Kill,
 }
 
+/// A shard's control channel: what [`control_channel`] makes.
+///
+/// Guarantee: a send wakes the shard's loop, which takes control in its `select` (and, under a
+/// backlog, at every yield), so a stop is read at once however long the loop's idle tick is. The
+/// loop looks for control on every event: that look is one atomic load while none is queued.
+pub fn control_channel() -> (ControlSender, ControlReceiver) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let shared = Arc::new(ControlShared::default());
+    (
+        ControlSender {
+            tx,
+            shared: shared.clone(),
+        },
+        ControlReceiver { rx, shared },
+    )
+}
+
+/// What both ends of a control channel share.
+#[derive(Default)]
+struct ControlShared {
+    /// The shard's loop, registered before it waits.
+    waker: futures::task::AtomicWaker,
+    /// Set after a send: the loop's look at the channel is this load while nothing is queued.
+    queued: std::sync::atomic::AtomicBool,
+}
+
+/// The supervisor's end of a shard's control channel (any thread).
+#[derive(Clone)]
+pub struct ControlSender {
+    tx: Sender<Control>,
+    shared: Arc<ControlShared>,
+}
+
+impl ControlSender {
+    /// Queues `c` and wakes the shard's loop; false once the shard is gone (then nobody is woken).
+    pub fn send(&self, c: Control) -> bool {
+        if self.tx.send(c).is_err() {
+            return false;
+        }
+        self.shared.queued.store(true, Ordering::Release);
+        self.shared.waker.wake();
+        true
+    }
+}
+
+/// The shard's end of its control channel.
+pub struct ControlReceiver {
+    rx: Receiver<Control>,
+    shared: Arc<ControlShared>,
+}
+
+impl ControlReceiver {
+    /// The next control message, if one is queued.
+    pub fn try_recv(&self) -> Option<Control> {
+        // Cleared before the read: a send racing with it sets the flag again after its message is
+        // in the channel, so no message is left behind an unset flag.
+        if !self.shared.queued.load(Ordering::Acquire)
+            || !self.shared.queued.swap(false, Ordering::AcqRel)
+        {
+            return None;
+        }
+        let c = self.rx.try_recv().ok();
+        if !self.rx.is_empty() {
+            self.shared.queued.store(true, Ordering::Release);
+        }
+        c
+    }
+
+    /// The next control message; registers the loop's waker while none is queued.
+    pub fn poll_recv(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Control> {
+        if let Some(c) = self.try_recv() {
+            return std::task::Poll::Ready(c);
+        }
+        self.shared.waker.register(cx.waker());
+        // A send between the first look and the registration woke no one: look again.
+        match self.try_recv() {
+            Some(c) => std::task::Poll::Ready(c),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ControlReceiver {
+    /// Drops the loop's waker on the shard's thread: left in the channel, it would outlive its
+    /// executor, and glommio hands a waker dropped or woken on another thread back to the executor
+    /// it came from, which is gone then.
+    fn drop(&mut self) {
+        drop(self.shared.waker.take());
+    }
+}
+
 /// Switches of a run that are not configuration.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
@@ -192,7 +284,7 @@ pub fn stop_requests_on_signals() -> std::io::Result<Receiver<()>> {
 /// A running set of shards.
 pub struct Running {
     handles: Vec<Option<glommio::ExecutorJoinHandle<Result<(), RunError>>>>,
-    controls: Vec<Sender<Control>>,
+    controls: Vec<ControlSender>,
     pub registries: Vec<Registry>,
     pub specs: Vec<ShardSpec>,
 }
@@ -240,7 +332,7 @@ pub fn start_with(
         let joined = joined.clone();
         let drained = drained.clone();
         let custom = custom.clone();
-        let (tx, rx): (Sender<Control>, Receiver<Control>) = crossbeam_channel::unbounded();
+        let (tx, rx) = control_channel();
         let metrics = ShardMetrics::new(spec.index);
         registries.push(metrics.registry.clone());
         let cfg = config.clone();
@@ -291,7 +383,7 @@ impl Running {
     /// Asks every shard to stop gracefully.
     pub fn stop(&self) {
         for c in &self.controls {
-            let _ = c.send(Control::Stop);
+            c.send(Control::Stop);
         }
     }
 
@@ -330,16 +422,74 @@ impl Running {
                     requests += 1;
                     if requests == 1 {
                         tracing::info!("stop requested: finishing in-flight work (send again to exit at once)");
-                        for c in &controls { let _ = c.send(Control::Stop); }
+                        for c in &controls { c.send(Control::Stop); }
                     } else {
                         tracing::warn!("second stop request: exiting now; uncommitted records will be replayed");
                         // Library users get their shards ended too (the binary exits anyway).
-                        for c in &controls { let _ = c.send(Control::Kill); }
+                        for c in &controls { c.send(Control::Kill); }
                         return Err(RunError::Killed);
                     }
                 }
                 default(Duration::from_secs(3600)) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// The loop may sleep a whole idle tick (or longer): a stop sent from the supervisor's thread
+    /// must wake it, not wait to be polled.
+    #[test]
+    fn a_control_sent_from_another_thread_wakes_the_waiting_loop() {
+        let (tx, rx) = control_channel();
+        let got = LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let sender = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    tx.send(Control::Stop)
+                });
+                let t = Instant::now();
+                let recv = std::future::poll_fn(|cx| rx.poll_recv(cx));
+                // No timer of glommio's fires meanwhile except this one, far later.
+                let give_up = glommio::timer::sleep(Duration::from_secs(10));
+                let got =
+                    match futures::future::select(std::pin::pin!(recv), std::pin::pin!(give_up))
+                        .await
+                    {
+                        futures::future::Either::Left((c, _)) => Some(c),
+                        futures::future::Either::Right(_) => None,
+                    };
+                let sent = sender.join().expect("sender thread joins");
+                (got, sent, t.elapsed())
+            })
+            .expect("executor starts")
+            .join()
+            .expect("executor thread joins");
+        let (got, sent, took) = got;
+        assert!(sent, "the receiver was alive");
+        assert!(
+            matches!(got, Some(Control::Stop)),
+            "woken with the stop, not by the 10 s timer"
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn a_queued_control_is_taken_without_waiting() {
+        let (tx, rx) = control_channel();
+        assert!(tx.send(Control::Kill));
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(matches!(
+            rx.poll_recv(&mut cx),
+            std::task::Poll::Ready(Control::Kill)
+        ));
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        drop(rx);
+        assert!(!tx.send(Control::Stop), "a gone shard is reported");
     }
 }

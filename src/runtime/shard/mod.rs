@@ -23,7 +23,7 @@ mod setup;
 
 use std::sync::Arc;
 
-use super::{Control, RunError, RunOptions, ShardSpec, Siblings};
+use super::{ControlReceiver, RunError, RunOptions, ShardSpec, Siblings};
 use crate::config::Config;
 use crate::metrics::ShardMetrics;
 
@@ -33,7 +33,7 @@ pub async fn run(
     spec: ShardSpec,
     siblings: Siblings,
     metrics: ShardMetrics,
-    control: crossbeam_channel::Receiver<Control>,
+    control: ControlReceiver,
     opts: RunOptions,
 ) -> Result<(), RunError> {
     let (consumer, resources) = setup::setup(&config, spec, &siblings, metrics, opts).await?;
