@@ -37,6 +37,8 @@ B = os.environ.get("SHARDLINE_BIN", os.path.join(ROOT, "target", "release", "sha
 # ONLY=null: just the raw consume ceiling and the null-sink rows (quick before/after comparisons);
 # ONLY=max: those, the driver ceilings and the max runs into Cassandra with the planner check;
 # ONLY=rates: the fixed-rate rounds alone (rates-summary.md).
+# ONLY=idle: idle processes alone, IDLE_ROUNDS rotated rounds of shardline and the tokio baseline (and
+# of BEFORE_BIN, another shardline binary, when set: a before/after of a change) (idle-summary.md).
 ONLY = os.environ.get("ONLY", "")
 N_FAST = int(os.environ.get("N_FAST", "400000"))   # raw ceiling and null sink
 N_DB = int(os.environ.get("N_DB", "300000"))       # max rate into Cassandra, per run
@@ -46,6 +48,8 @@ N_DB = int(os.environ.get("N_DB", "300000"))       # max rate into Cassandra, pe
 MAX_ROUNDS = int(os.environ.get("MAX_ROUNDS", "5"))
 RATES = [int(r) for r in os.environ.get("RATES", "2000,5000,20000").split(",")]
 IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "10"))
+IDLE_ROUNDS = int(os.environ.get("IDLE_ROUNDS", "3"))
+BEFORE_BIN = os.environ.get("BEFORE_BIN", "")
 # The first seconds of a fixed-rate run are its warm-up (the group joins, the producer connects, the
 # first fetches): the "steady" columns leave them out (shardline: histograms scraped when the warm-up's
 # records are done, subtracted from the final scrape; the tokio harness: --skip).
@@ -388,12 +392,12 @@ def tokio(name, topic, target, rate=0, produce_count=0, threads=2):
     return r
 
 
-def idle(name, topic, tokio_impl=False):
+def idle(name, topic, tokio_impl=False, binary=None):
     """An idle process: started on an empty topic, measured for IDLE_SECONDS after it settled. CPU per
     second and context switches per second are what it costs to wait."""
     cfg = config(name, topic, [0, 1])
     log = open(os.path.join(OUT, f"{name}.log"), "w")
-    args = [HARNESS, "tokio", "--config", cfg, "--count", "1", "--threads", "2"] if tokio_impl else [B, "run", "--config", cfg]
+    args = [HARNESS, "tokio", "--config", cfg, "--count", "1", "--threads", "2"] if tokio_impl else [binary or B, "run", "--config", cfg]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
     time.sleep(5)
     c0, x0, t0 = cpu_seconds(proc.pid), ctx_switches(proc.pid), time.time()
@@ -790,6 +794,34 @@ def rates_only(results):
     print("\n".join(lines))
 
 
+def idle_only(results):
+    """ONLY=idle: every idle layout once per round in rotated order (the same empty topic), the run of
+    median CPU per layout with every round beside it, in idle-summary.md. /proc's CPU counters tick
+    every 10 ms, so IDLE_SECONDS=30 reads to 0.3 ms CPU/s."""
+    quiet = f"bench_idle_{STAMP}"
+    create(quiet)
+    produce(quiet, 0)  # registers the subject: the start-up check needs it
+    layouts = [("cassandra-idle", {}), ("tokio-cassandra-idle", {"tokio_impl": True})]
+    if BEFORE_BIN:
+        layouts.append(("cassandra-idle-before", {"binary": BEFORE_BIN}))
+    runs = {name: [] for name, _ in layouts}
+    for k in range(IDLE_ROUNDS):
+        for name, kw in rotated(layouts, k):
+            runs[name].append(idle(f"{name}-r{k + 1}", quiet, **kw))
+    lines = [f"Idle processes, {IDLE_ROUNDS} rotated rounds of {IDLE_SECONDS} s each (2 shards / 2 tokio workers); "
+             f"binary {B}" + (f", before: {BEFORE_BIN}" if BEFORE_BIN else ""), "",
+             "| layout | median ms CPU/s | median context switches/s | rounds (ms CPU/s) |", "|---|---|---|---|"]
+    for name, rs in runs.items():
+        med = median_by(rs, "cpu_ms_per_s")
+        results.append(dict(med, rounds=rs))
+        ctx = lower_middle(sorted(r.get("ctx_per_s") or 0 for r in rs))
+        lines.append(f"| {name} | {fmt(med.get('cpu_ms_per_s'), '', 2)} | {fmt(ctx, '', 1)} | "
+                     f"{', '.join(fmt(r.get('cpu_ms_per_s'), '', 2) for r in rs)} |")
+    json.dump(results, open(os.path.join(OUT, "idle.json"), "w"), indent=2)
+    open(os.path.join(OUT, "idle-summary.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main():
     global HARNESS
     os.makedirs(OUT, exist_ok=True)
@@ -801,6 +833,9 @@ def main():
     results = []
     if ONLY == "rates":
         rates_only(results)
+        return
+    if ONLY == "idle":
+        idle_only(results)
         return
     fast = f"bench_fast_{STAMP}"
     create(fast)
