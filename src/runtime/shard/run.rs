@@ -599,7 +599,6 @@ impl ShardLoop {
             self.lag_published = now;
             self.publish_lag_seconds(kafka);
         }
-        self.read_control();
         if self.opts.drain {
             self.check_drained(now);
         }
