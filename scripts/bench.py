@@ -392,6 +392,14 @@ def tokio(name, topic, target, rate=0, produce_count=0, threads=2):
     return r
 
 
+def idle_topic():
+    """An empty topic for idle runs, its subject registered (the start-up check needs it)."""
+    quiet = f"bench_idle_{STAMP}"
+    create(quiet)
+    produce(quiet, 0)
+    return quiet
+
+
 def idle(name, topic, tokio_impl=False, binary=None):
     """An idle process: started on an empty topic, measured for IDLE_SECONDS after it settled. CPU per
     second and context switches per second are what it costs to wait."""
@@ -770,9 +778,7 @@ def rate_lines(results, targets):
 def moderate_and_idle_runs():
     """Idle, the fixed rates (shardline batched and not, the tokio baseline) and the null sink at a rate."""
     results = []
-    quiet = f"bench_idle_{STAMP}"
-    create(quiet)
-    produce(quiet, 0)  # registers the subject: the start-up check needs it
+    quiet = idle_topic()
     results.append(idle("cassandra-idle", quiet))
     results.append(idle("tokio-cassandra-idle", quiet, tokio_impl=True))
     results += rate_rounds()
@@ -798,9 +804,7 @@ def idle_only(results):
     """ONLY=idle: every idle layout once per round in rotated order (the same empty topic), the run of
     median CPU per layout with every round beside it, in idle-summary.md. /proc's CPU counters tick
     every 10 ms, so IDLE_SECONDS=30 reads to 0.3 ms CPU/s."""
-    quiet = f"bench_idle_{STAMP}"
-    create(quiet)
-    produce(quiet, 0)  # registers the subject: the start-up check needs it
+    quiet = idle_topic()
     layouts = [("cassandra-idle", {}), ("tokio-cassandra-idle", {"tokio_impl": True})]
     if BEFORE_BIN:
         layouts.append(("cassandra-idle-before", {"binary": BEFORE_BIN}))
@@ -814,7 +818,7 @@ def idle_only(results):
     for name, rs in runs.items():
         med = median_by(rs, "cpu_ms_per_s")
         results.append(dict(med, rounds=rs))
-        ctx = lower_middle(sorted(r.get("ctx_per_s") or 0 for r in rs))
+        ctx = median_of([r.get("ctx_per_s") for r in rs])
         lines.append(f"| {name} | {fmt(med.get('cpu_ms_per_s'), '', 2)} | {fmt(ctx, '', 1)} | "
                      f"{', '.join(fmt(r.get('cpu_ms_per_s'), '', 2) for r in rs)} |")
     json.dump(results, open(os.path.join(OUT, "idle.json"), "w"), indent=2)
