@@ -118,20 +118,35 @@ def box_cpu():
     return ((total - f[3] - f[4]) / TICK, total / TICK)
 
 
+def thread_counters(pid):
+    """Counters of every thread of `pid` so far (None if gone): `ctx`, the voluntary + involuntary
+    context switches of them all; `preempted`, the involuntary ones of the shard threads (glommio names
+    them shard<i>-<n>): the times another thread took a shard's pinned core from it; `endpoint_cpu`,
+    CPU seconds of the /metrics endpoint's thread, which here serves this script's polls."""
+    ctx, preempted, endpoint = 0, 0, 0.0
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            stat = open(f"{task}/stat").read()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            counts = {}
+            for line in open(f"{task}/status"):
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    counts[line.split(":")[0]] = int(line.split()[1])
+        except (OSError, ValueError):
+            continue  # a thread ended between the listing and the read
+        ctx += sum(counts.values())
+        if re.match(r"shard\d", comm):
+            preempted += counts.get("nonvoluntary_ctxt_switches", 0)
+        elif comm.startswith("shardline-metr"):
+            fields = stat.rsplit(")", 1)[1].split()
+            endpoint += (int(fields[11]) + int(fields[12])) / TICK
+    return {"ctx": ctx, "preempted": preempted, "endpoint_cpu": endpoint} if ctx else None
+
+
 def ctx_switches(pid):
     """Voluntary + involuntary context switches of every thread of `pid` so far (None if gone)."""
-    total = 0
-    try:
-        for status in glob.glob(f"/proc/{pid}/task/*/status"):
-            try:
-                for line in open(status):
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        total += int(line.split()[1])
-            except OSError:
-                pass  # a thread ended between the listing and the read
-    except OSError:
-        return None
-    return total if total else None
+    t = thread_counters(pid)
+    return t["ctx"] if t else None
 
 
 SAFEPOINT = re.compile(r"^\[([^\]]+)\].*Total: (\d+) ns")
@@ -230,9 +245,10 @@ def steady(warm, final):
 
 
 def follow(proc, port, target, timeout, skip=None):
-    """Polls metrics until `target` records are done; returns the CPU µs per record of shardline, the
-    database, the broker and the rest of the machine, and the machine's busy cores, between the first
-    and the last sample that saw progress ({} if none).
+    """Polls metrics until `target` records are done; returns the CPU µs per record of shardline (less
+    its /metrics endpoint's thread, which serves these polls), the database, the broker and the rest of
+    the machine, and the machine's busy cores, between the first and the last sample that saw progress
+    ({} if none).
     The database's flushes and compactions after the window are not in it: its figure is a floor."""
     start = time.time()
     first = None
@@ -243,7 +259,7 @@ def follow(proc, port, target, timeout, skip=None):
         done = metric(t, "shardline_messages_total", 'stage="written"') + metric(t, "shardline_messages_total", 'stage="dead_lettered"')
         if skip is not None and warm is None and done >= skip:
             warm = t
-        sample = (done, cpu_seconds(proc.pid), services_cpu(), ctx_switches(proc.pid), time.time(), box_cpu())
+        sample = (done, cpu_seconds(proc.pid), services_cpu(), thread_counters(proc.pid), time.time(), box_cpu())
         if done > 0 and first is None:
             first = sample
         if done > 0:
@@ -254,11 +270,19 @@ def follow(proc, port, target, timeout, skip=None):
     if first is None or last is None or last[0] <= first[0] or last[1] is None or first[1] is None:
         return {}
     n = last[0] - first[0]
-    out = {"shardline": (last[1] - first[1]) / n * 1e6, "window": (first[4], last[4])}
+    cpu = last[1] - first[1]
+    out = {"window": (first[4], last[4])}
     if warm is not None and t:
         out["steady"] = steady(warm, t)
     if first[3] is not None and last[3] is not None:
-        out["ctx_per_msg"] = (last[3] - first[3]) / n
+        out["ctx_per_msg"] = (last[3]["ctx"] - first[3]["ctx"]) / n
+        out["preempted_per_msg"] = (last[3]["preempted"] - first[3]["preempted"]) / n
+        # The /metrics endpoint answers this script's polls, one every ~60 ms, where Prometheus
+        # scrapes every 15 s: its thread's CPU is the bench's, and goes to `other` below.
+        endpoint = last[3]["endpoint_cpu"] - first[3]["endpoint_cpu"]
+        out["endpoint_us_per_msg"] = endpoint / n * 1e6
+        cpu -= endpoint
+    out["shardline"] = cpu / n * 1e6
     for name in SERVICES:
         a, b = first[2].get(name), last[2].get(name)
         out[name] = (b - a) / n * 1e6 if a is not None and b is not None else None
@@ -311,6 +335,7 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
         "end_to_end": s["end_to_end"], "write": s["write"], "decode_p50_us": (s["decode"]["p50_ms"] or 0) * 1000,
         "end_to_end_buckets": s.get("end_to_end_buckets"), "stages": s.get("stages") or {},
         "send_to_append": produced.get("send_to_append"), "ctx_per_msg": cpu.get("ctx_per_msg"),
+        "preempted_per_msg": cpu.get("preempted_per_msg"), "endpoint_us_per_msg": cpu.get("endpoint_us_per_msg"),
         "steady": cpu.get("steady"),
         "jvm_pauses": pauses_in(*cpu["window"]) if cpu.get("window") else None,
         "rows_per_batch": (s.get("batches") or {}).get("mean_rows"),
@@ -650,7 +675,7 @@ def median_run(runs):
     a real run, so its costs and its throughput belong together (the planner reads both)."""
     med = median_by(runs, "msgs_per_s")
     med["rounds"] = [{k: r.get(k) for k in ("round", "msgs_per_s", "cpu_us_per_msg", "db_us_per_msg", "broker_us_per_msg",
-                                            "other_us_per_msg", "box_busy_cores",
+                                            "other_us_per_msg", "box_busy_cores", "preempted_per_msg", "endpoint_us_per_msg",
                                             "rows_per_batch")} for r in runs]
     return med
 
@@ -901,15 +926,22 @@ def main():
     lines += ["", f"Max runs into Cassandra: {N_DB:,} records each, every layout once in each of {MAX_ROUNDS} rounds (rotated "
               "order); each row above is the layout's median run. Throughput over the rounds: " + "; ".join(
                   f"{r['name']} {rounds_note(r)}" for r in results if r.get("rounds") and not r.get("offered_rate")) + " msg/s."]
-    lines += ["", "Where the box's CPU went in shardline's runs into Cassandra (max runs: the median run per layout; µs per record; other = the machine's busy "
+    lines += ["", "Where the box's CPU went in shardline's runs into Cassandra (max runs: the median run per layout; µs per record; "
+              "shardline's figure leaves out its /metrics endpoint's thread, which answers this script's polls every ~60 ms, "
+              "a Prometheus scrape every 15 s costing a 250th of that: its CPU, the next column, is in other; other = the machine's busy "
               "CPU from /proc/stat less the three processes: kernel softirq of the loopback traffic, the registry, this "
-              "script's polling):", "", "| run | shardline | Cassandra | Kafka | other | Σ | busy cores |", "|---|---|---|---|---|---|---|"]
+              "script's polling; preempted = involuntary context switches of the shard threads per record, the times "
+              "another thread, mostly the database's, took a shard's pinned core):", "",
+              "| run | shardline | its endpoint | Cassandra | Kafka | other | Σ | busy cores | preempted/record |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.get("box_busy_cores") is None or r["sink"] != "cassandra":
             continue
         parts = [r.get(k) for k in ("cpu_us_per_msg", "db_us_per_msg", "broker_us_per_msg", "other_us_per_msg")]
         total = sum(parts) if all(x is not None for x in parts) else None
-        lines.append(f"| {r['name']} | " + " | ".join(fmt(x, '', 2) for x in parts) + f" | {fmt(total, '', 2)} | {fmt(r['box_busy_cores'], '', 2)} |")
+        cells = [fmt(parts[0], '', 2), fmt(r.get("endpoint_us_per_msg"), '', 2)] + [fmt(x, '', 2) for x in parts[1:]]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {fmt(total, '', 2)} | {fmt(r['box_busy_cores'], '', 2)} | "
+                     f"{fmt(r.get('preempted_per_msg'), '', 3)} |")
     lines += ["", "Ratios (same run):", ""] + [f"- {k}: **{v:.2f}**" for k, v in report["ratios"].items()]
     c = report["costs"]
     lines += ["", f"Costs per record at full load, 1 shard, batching on (what `shardline plan --report` reads): shardline "
@@ -927,8 +959,11 @@ def main():
     lines += ["", "The own-costs column is near-tautological: with the box's other CPU included, Σ costs is the box's busy CPU "
               "per record, so it errs only by the share of the box left idle. The cross column is the check: whether costs "
               "measured at one layout transfer to another. Compare the two layouts' rows in the CPU table above: where a "
-              "component's cost per record differs between them (each shard has a database session, and so connections, "
-              "of its own), the model, which has no term for it, errs by that much."]
+              "component's cost per record differs between them, the model, which has no term for it, errs by that much. "
+              "The preempted column is the cause measured here: with one shard, the database's threads run on the core "
+              "the shard leaves free; with a shard pinned on each of the box's cores they take their CPU from the shards, "
+              "once per wake-up, and they wake per request (unbatched: per record). Each preemption costs the shard a "
+              "context switch and a cold cache, the database one more switch of its own."]
     lines += ["", "Fixed rates, stage by stage (LogAppendTime topics; e2e = broker append → write acknowledged; send → append from "
               "the producer's acknowledgements (its linger.ms is 5); fetch = append → consumed by a shard (broker → client, and "
               "waiting in librdkafka's queue while the shard is busy or at its in-flight bound); queue = consumed → write sent; "

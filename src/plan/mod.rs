@@ -188,9 +188,29 @@ fn layout(
     (per_host * hosts, hosts, per_host)
 }
 
-/// What the model leaves out or cannot reach: unknown costs, a target above the layout's ceiling.
-fn model_warnings(c: &Costs, t: &Target, ceiling_msgs_per_s: f64) -> Vec<String> {
+/// What the model leaves out or cannot reach: unknown costs, a target above the layout's ceiling, a
+/// colocated host with a shard pinned on every core.
+fn model_warnings(
+    c: &Costs,
+    t: &Target,
+    shards_per_host: u32,
+    ceiling_msgs_per_s: f64,
+) -> Vec<String> {
     let mut warnings = Vec::new();
+    if t.colocated && shards_per_host >= t.cores_per_host {
+        // Measured on the bench box (`preempted/record` in scripts/bench.sh's CPU table): with one
+        // of its two cores free of shards, the database's threads run there; with a shard on each
+        // core they preempt the shards, once per wake-up, and every cost per record rises with it
+        // (most where each request carries one record). The costs are each layout's own then.
+        warnings.push(format!(
+            "every core of a host holds a pinned shard ({shards_per_host} on {} cores) and the \
+             database runs there too: its threads preempt the shards on every core, which costs \
+             per record what a layout with a core free of shards does not (see preempted/record in \
+             scripts/bench.sh's report); plan with costs measured at this layout, keep batching on, \
+             or leave a core without a shard",
+            t.cores_per_host
+        ));
+    }
     let missing: Vec<&str> = [
         ("database", c.db_us_per_msg),
         ("broker", c.broker_us_per_msg),
@@ -251,7 +271,7 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
     let shardline_cores = cores_for(c.cpu_us_per_msg);
     let (shards, hosts, shards_per_host) = layout(c, t, shardline_cores, cores_for);
     let (ceiling_msgs_per_s, bottleneck) = ceiling(c, t, hosts, shards);
-    let mut warnings = model_warnings(c, t, ceiling_msgs_per_s);
+    let mut warnings = model_warnings(c, t, shards_per_host, ceiling_msgs_per_s);
     let partitions = partitions_for(t, shards, &mut warnings);
     let per_shard = t.msgs_per_s / f64::from(shards);
     // Little's law at the moderate-load mean write latency, doubled so a latency spike does not stall
@@ -555,6 +575,27 @@ mod tests {
         let p = plan(&cheap, &t).expect("plannable");
         assert_eq!(p.bottleneck, Bottleneck::ShardCores);
         assert!(close(p.ceiling_msgs_per_s, 1e6 / 4.2));
+    }
+
+    #[test]
+    fn a_colocated_host_with_a_shard_on_every_core_is_warned_about() {
+        let every_core = |colocated: bool, shards: u32| {
+            let t = Target {
+                colocated,
+                shards: Some(shards),
+                ..target(1.0, 2, 0.0)
+            };
+            plan(&bench_box(), &t).expect("plannable")
+        };
+        assert_warns(&every_core(true, 2), "preempt the shards on every core");
+        assert_warns(&every_core(true, 4), "(2 on 2 cores)");
+        for quiet in [every_core(true, 1), every_core(false, 2)] {
+            assert!(
+                !quiet.warnings.iter().any(|w| w.contains("preempt")),
+                "{:?}",
+                quiet.warnings
+            );
+        }
     }
 
     #[test]
