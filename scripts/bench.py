@@ -118,12 +118,17 @@ def box_cpu():
     return ((total - f[3] - f[4]) / TICK, total / TICK)
 
 
+SHARD_THREAD = re.compile(r"shard\d")
+
+
 def thread_counters(pid):
     """Counters of every thread of `pid` so far (None if gone): `ctx`, the voluntary + involuntary
     context switches of them all; `preempted`, the involuntary ones of the shard threads (glommio names
-    them shard<i>-<n>): the times another thread took a shard's pinned core from it; `endpoint_cpu`,
-    CPU seconds of the /metrics endpoint's thread, which here serves this script's polls."""
-    ctx, preempted, endpoint = 0, 0, 0.0
+    them shard<i>-<n>, as it does each shard's blocking-pool thread, which shardline leaves idle): the
+    times another runnable thread took a shard's pinned core (/proc does not say which); `endpoint_cpu`
+    and `endpoint_ctx`, the CPU seconds and context switches of the /metrics endpoint's thread, which
+    here serves this script's polls (None where that thread was not found)."""
+    ctx, preempted, endpoint_cpu, endpoint_ctx = 0, 0, None, None
     for task in glob.glob(f"/proc/{pid}/task/*"):
         try:
             stat = open(f"{task}/stat").read()
@@ -132,15 +137,18 @@ def thread_counters(pid):
             for line in open(f"{task}/status"):
                 if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
                     counts[line.split(":")[0]] = int(line.split()[1])
-        except (OSError, ValueError):
-            continue  # a thread ended between the listing and the read
+            fields = stat.rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / TICK
+        except (OSError, ValueError, IndexError):
+            continue  # a thread ended between the listing and the reads
         ctx += sum(counts.values())
-        if re.match(r"shard\d", comm):
+        if SHARD_THREAD.match(comm):
             preempted += counts.get("nonvoluntary_ctxt_switches", 0)
         elif comm.startswith("shardline-metr"):
-            fields = stat.rsplit(")", 1)[1].split()
-            endpoint += (int(fields[11]) + int(fields[12])) / TICK
-    return {"ctx": ctx, "preempted": preempted, "endpoint_cpu": endpoint} if ctx else None
+            endpoint_cpu, endpoint_ctx = cpu, sum(counts.values())
+    if not ctx:
+        return None
+    return {"ctx": ctx, "preempted": preempted, "endpoint_cpu": endpoint_cpu, "endpoint_ctx": endpoint_ctx}
 
 
 def ctx_switches(pid):
@@ -246,9 +254,10 @@ def steady(warm, final):
 
 def follow(proc, port, target, timeout, skip=None):
     """Polls metrics until `target` records are done; returns the CPU µs per record of shardline (less
-    its /metrics endpoint's thread, which serves these polls), the database, the broker and the rest of
-    the machine, and the machine's busy cores, between the first and the last sample that saw progress
-    ({} if none).
+    its /metrics endpoint's thread, which serves these polls: `endpoint_us_per_msg`), the database, the
+    broker and the rest of the machine, the machine's busy cores, and the context switches (the
+    endpoint's left out) and shard preemptions per record, between the first and the last sample that
+    saw progress ({} if none).
     The database's flushes and compactions after the window are not in it: its figure is a floor."""
     start = time.time()
     first = None
@@ -275,13 +284,18 @@ def follow(proc, port, target, timeout, skip=None):
     if warm is not None and t:
         out["steady"] = steady(warm, t)
     if first[3] is not None and last[3] is not None:
-        out["ctx_per_msg"] = (last[3]["ctx"] - first[3]["ctx"]) / n
-        out["preempted_per_msg"] = (last[3]["preempted"] - first[3]["preempted"]) / n
-        # The /metrics endpoint answers this script's polls, one every ~60 ms, where Prometheus
-        # scrapes every 15 s: its thread's CPU is the bench's, and goes to `other` below.
-        endpoint = last[3]["endpoint_cpu"] - first[3]["endpoint_cpu"]
-        out["endpoint_us_per_msg"] = endpoint / n * 1e6
-        cpu -= endpoint
+        a, b = first[3], last[3]
+        ctx = b["ctx"] - a["ctx"]
+        out["preempted_per_msg"] = (b["preempted"] - a["preempted"]) / n
+        if a["endpoint_cpu"] is not None and b["endpoint_cpu"] is not None:
+            # The /metrics endpoint answers this script's polls, one every ~60 ms, where Prometheus
+            # scrapes every 15 s: its thread's CPU and context switches are the bench's. The CPU
+            # goes to `other` below (and so into the planner's `o`, a fraction of a µs at full load).
+            endpoint = b["endpoint_cpu"] - a["endpoint_cpu"]
+            out["endpoint_us_per_msg"] = endpoint / n * 1e6
+            cpu -= endpoint
+            ctx -= b["endpoint_ctx"] - a["endpoint_ctx"]
+        out["ctx_per_msg"] = ctx / n
     out["shardline"] = cpu / n * 1e6
     for name in SERVICES:
         a, b = first[2].get(name), last[2].get(name)
@@ -931,7 +945,7 @@ def main():
               "a Prometheus scrape every 15 s costing a 250th of that: its CPU, the next column, is in other; other = the machine's busy "
               "CPU from /proc/stat less the three processes: kernel softirq of the loopback traffic, the registry, this "
               "script's polling; preempted = involuntary context switches of the shard threads per record, the times "
-              "another thread, mostly the database's, took a shard's pinned core):", "",
+              "another runnable thread took a shard's pinned core; /proc does not say whose):", "",
               "| run | shardline | its endpoint | Cassandra | Kafka | other | Σ | busy cores | preempted/record |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -960,10 +974,12 @@ def main():
               "per record, so it errs only by the share of the box left idle. The cross column is the check: whether costs "
               "measured at one layout transfer to another. Compare the two layouts' rows in the CPU table above: where a "
               "component's cost per record differs between them, the model, which has no term for it, errs by that much. "
-              "The preempted column is the cause measured here: with one shard, the database's threads run on the core "
-              "the shard leaves free; with a shard pinned on each of the box's cores they take their CPU from the shards, "
-              "once per wake-up, and they wake per request (unbatched: per record). Each preemption costs the shard a "
-              "context switch and a cold cache, the database one more switch of its own."]
+              "The preempted column moves with that error: with one shard, the other threads (the database's, the "
+              "broker's) have a core without a shard to run on; with a shard pinned on each of the box's cores they "
+              "take their CPU from the shards, and where every request carries one record (unbatched) they wake, and "
+              "preempt, per record. It is a measured correlate, not a decomposition of the error: a preemption costs "
+              "the shard a context switch and a cache refilled, and the costs of the other processes rise with the "
+              "second shard too."]
     lines += ["", "Fixed rates, stage by stage (LogAppendTime topics; e2e = broker append → write acknowledged; send → append from "
               "the producer's acknowledgements (its linger.ms is 5); fetch = append → consumed by a shard (broker → client, and "
               "waiting in librdkafka's queue while the shard is busy or at its in-flight bound); queue = consumed → write sent; "

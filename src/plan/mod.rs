@@ -197,20 +197,6 @@ fn model_warnings(
     ceiling_msgs_per_s: f64,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
-    if t.colocated && shards_per_host >= t.cores_per_host {
-        // Measured on the bench box (`preempted/record` in scripts/bench.sh's CPU table): with one
-        // of its two cores free of shards, the database's threads run there; with a shard on each
-        // core they preempt the shards, once per wake-up, and every cost per record rises with it
-        // (most where each request carries one record). The costs are each layout's own then.
-        warnings.push(format!(
-            "every core of a host holds a pinned shard ({shards_per_host} on {} cores) and the \
-             database runs there too: its threads preempt the shards on every core, which costs \
-             per record what a layout with a core free of shards does not (see preempted/record in \
-             scripts/bench.sh's report); plan with costs measured at this layout, keep batching on, \
-             or leave a core without a shard",
-            t.cores_per_host
-        ));
-    }
     let missing: Vec<&str> = [
         ("database", c.db_us_per_msg),
         ("broker", c.broker_us_per_msg),
@@ -235,6 +221,22 @@ fn model_warnings(
             } else {
                 ""
             }
+        ));
+    }
+    if t.colocated && t.cores_per_host > 1 && shards_per_host >= t.cores_per_host {
+        // Measured on the bench box (`preempted/record` in scripts/bench.sh's CPU table): with one of
+        // its two cores free of shards, the database's and the broker's threads had a core to run on;
+        // with a shard pinned on each core they could preempt the shards far more often per record
+        // (unbatched, in some runs), and every cost per record rose with it. Costs measured with a
+        // core free of shards then need not transfer. (With one core per host there is no other
+        // layout to advise.)
+        warnings.push(format!(
+            "this layout pins a shard on every core of a host ({shards_per_host} on {}) and the \
+             database and the broker run there too: they preempt the shards, so costs per record \
+             measured with a core free of shards need not hold (scripts/bench.sh's report counts \
+             preempted/record); plan from costs measured at this layout, keep batching on, or \
+             leave a core without a shard",
+            t.cores_per_host
         ));
     }
     warnings
@@ -587,9 +589,15 @@ mod tests {
             };
             plan(&bench_box(), &t).expect("plannable")
         };
-        assert_warns(&every_core(true, 2), "preempt the shards on every core");
-        assert_warns(&every_core(true, 4), "(2 on 2 cores)");
-        for quiet in [every_core(true, 1), every_core(false, 2)] {
+        assert_warns(&every_core(true, 2), "they preempt the shards");
+        assert_warns(&every_core(true, 4), "(2 on 2)");
+        let one_core = Target {
+            colocated: true,
+            shards: Some(1),
+            ..target(1.0, 1, 0.0)
+        };
+        let one_core = plan(&bench_box(), &one_core).expect("plannable");
+        for quiet in [every_core(true, 1), every_core(false, 2), one_core] {
             assert!(
                 !quiet.warnings.iter().any(|w| w.contains("preempt")),
                 "{:?}",
