@@ -84,10 +84,16 @@ def harness():
     sys.exit("bench.py: no e2e harness executable")
 
 
+def stat_cpu(stat):
+    """User + system CPU seconds from the text of a /proc `stat` file (a process's or a thread's);
+    raises IndexError or ValueError on a malformed one."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def cpu_seconds(pid):
     try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
+        return stat_cpu(open(f"/proc/{pid}/stat").read())
     except (OSError, IndexError, ValueError):
         return None
 
@@ -137,8 +143,7 @@ def thread_counters(pid):
             for line in open(f"{task}/status"):
                 if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
                     counts[line.split(":")[0]] = int(line.split()[1])
-            fields = stat.rsplit(")", 1)[1].split()
-            cpu = (int(fields[11]) + int(fields[12])) / TICK
+            cpu = stat_cpu(stat)
         except (OSError, ValueError, IndexError):
             continue  # a thread ended between the listing and the reads
         ctx += sum(counts.values())
