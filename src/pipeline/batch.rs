@@ -106,7 +106,8 @@ struct Group {
     /// When each row's record was consumed: the `queue` stage ends when the group is sent.
     consumed: Vec<Instant>,
     bytes: usize,
-    opened: Instant,
+    /// When the group opened, for `batch_linger_us` (not read, so not taken, without a linger).
+    opened: Option<Instant>,
     /// Read by the rows' [`RowTicket`]s (records that wait in a future).
     outcome: Rc<Outcome>,
     /// Rows whose record has no future (see [`RowDone`]): row index, token, who hears the result.
@@ -114,16 +115,17 @@ struct Group {
 }
 
 impl Group {
-    fn new(owner: Owner, max_rows: usize) -> Group {
+    fn new(owner: Owner, limits: &BatchLimits) -> Group {
+        // Most groups stay small at moderate rates: no need to reserve the largest size.
+        let size = limits.max_rows.min(16);
         Group {
             owner,
-            // Most groups stay small at moderate rates: no need to reserve the largest size.
-            rows: Vec::with_capacity(max_rows.min(16)),
-            consumed: Vec::with_capacity(max_rows.min(16)),
+            rows: Vec::with_capacity(size),
+            consumed: Vec::with_capacity(size),
             bytes: 0,
-            opened: Instant::now(),
+            opened: (!limits.linger.is_zero()).then(Instant::now),
             outcome: Rc::default(),
-            direct: Vec::new(),
+            direct: Vec::with_capacity(size),
         }
     }
 }
@@ -221,32 +223,34 @@ impl Batcher {
     /// Adds a bound row (of a record consumed at `consumed`) to its owner's group (sending the group
     /// when full) and returns the wait for its result.
     pub(super) fn submit(self: &Rc<Self>, row: BoundRow, consumed: Instant) -> RowTicket {
-        let (outcome, index) = self.add(row, consumed, None);
+        let bytes = approx_row_bytes(&row);
+        let (outcome, index) = self.add(row, bytes, consumed, None);
         RowTicket { outcome, index }
     }
 
     /// [`Batcher::submit`] for a record that waits in no future: `to` hears the row's result under
-    /// `token`.
+    /// `token`. `bytes`: the row's [`approx_row_bytes`], which the binder counted as it bound it.
     pub(super) fn submit_direct(
         self: &Rc<Self>,
         row: BoundRow,
+        bytes: usize,
         consumed: Instant,
         token: usize,
         to: Rc<dyn RowDone>,
     ) {
-        self.add(row, consumed, Some((token, to)));
+        self.add(row, bytes, consumed, Some((token, to)));
     }
 
-    /// Adds a row to its owner's group, sending the group when full; gives the group's outcome and
-    /// the row's index in it.
+    /// Adds a row of `bytes` to its owner's group, sending the group when full; gives the group's
+    /// outcome and the row's index in it.
     fn add(
         self: &Rc<Self>,
         row: BoundRow,
+        bytes: usize,
         consumed: Instant,
         direct: Option<(usize, Rc<dyn RowDone>)>,
     ) -> (Rc<Outcome>, usize) {
         let owner = self.write.writer.owner(&row);
-        let bytes = approx_row_bytes(&row);
         // Groups to send and lingers to arm wait until the borrow of the open groups ends: glommio
         // runs a spawned task at once, inside the spawn, and a linger task may flush right there.
         // At most two: the group the byte limit closed, and the group this row filled.
@@ -258,14 +262,14 @@ impl Batcher {
                 Some(i) => i,
                 None => {
                     opened += 1;
-                    open.push(Group::new(owner, self.limits.max_rows));
+                    open.push(Group::new(owner, &self.limits));
                     open.len() - 1
                 }
             };
             // A row that would take its group past the byte limit sends the group first.
             if open[i].bytes + bytes > self.limits.max_bytes && !open[i].rows.is_empty() {
                 opened += 1;
-                let fresh = Group::new(owner, self.limits.max_rows);
+                let fresh = Group::new(owner, &self.limits);
                 full[0] = Some(std::mem::replace(&mut open[i], fresh));
             }
             let g = &mut open[i];
@@ -309,7 +313,7 @@ impl Batcher {
             } else {
                 let (due, young) = std::mem::take(&mut *open)
                     .into_iter()
-                    .partition(|g| g.opened.elapsed() >= linger);
+                    .partition(|g| g.opened.is_none_or(|t| t.elapsed() >= linger));
                 *open = young;
                 due
             }
@@ -650,10 +654,28 @@ mod tests {
                 let b = batcher(w.clone(), LIMITS);
                 let heard = Rc::new(Heard::default());
                 // One group of four (full, so it goes at once): rows 1, 3 and 4 direct.
-                b.submit_direct(row(1, 1), Instant::now(), 10, heard.clone());
+                b.submit_direct(
+                    row(1, 1),
+                    approx_row_bytes(&row(1, 1)),
+                    Instant::now(),
+                    10,
+                    heard.clone(),
+                );
                 let t = b.submit(row(2, 1), Instant::now());
-                b.submit_direct(row(3, 1), Instant::now(), 30, heard.clone());
-                b.submit_direct(row(4, 1), Instant::now(), 40, heard.clone());
+                b.submit_direct(
+                    row(3, 1),
+                    approx_row_bytes(&row(3, 1)),
+                    Instant::now(),
+                    30,
+                    heard.clone(),
+                );
+                b.submit_direct(
+                    row(4, 1),
+                    approx_row_bytes(&row(4, 1)),
+                    Instant::now(),
+                    40,
+                    heard.clone(),
+                );
                 let limit = Duration::from_secs(5);
                 let ticket = within(limit, "the ticket never ended", t).await;
                 let all_heard = async {

@@ -180,8 +180,13 @@ impl Insert {
     /// Binds `rec` into the table's row; a refused value is the record's error, as in
     /// [`Processor::process`].
     pub fn bind(&self, rec: &Record) -> Result<BoundRow, StepError> {
+        self.bind_sized(rec).map(|(row, _)| row)
+    }
+
+    /// [`Insert::bind`] and the row's size for its batch (see [`Binder::bind_sized`]).
+    pub fn bind_sized(&self, rec: &Record) -> Result<(BoundRow, usize), StepError> {
         self.binder
-            .bind(&rec.values, rec.kafka_ts_ms, rec.offset)
+            .bind_sized(&rec.values, rec.kafka_ts_ms, rec.offset)
             .map_err(|e| self.rows.write.step_error(RetryError::Permanent(e)))
     }
 }

@@ -367,9 +367,10 @@ pub struct Direct<'a> {
 }
 
 impl Direct<'_> {
-    /// Binds the record; a refused value counts as the step's failure.
-    pub fn bind(&self, rec: &Record) -> Result<crate::sink::BoundRow, StepError> {
-        let row = self.insert.bind(rec);
+    /// Binds the record (the row and its size for the batch); a refused value counts as the
+    /// step's failure.
+    pub fn bind(&self, rec: &Record) -> Result<(crate::sink::BoundRow, usize), StepError> {
+        let row = self.insert.bind_sized(rec);
         if row.is_err() {
             self.step.count(3);
         }
@@ -380,12 +381,12 @@ impl Direct<'_> {
     /// or has failed for good, exactly as [`Processor::process`] would have returned it.
     pub fn submit(
         &self,
-        row: crate::sink::BoundRow,
+        (row, bytes): (crate::sink::BoundRow, usize),
         consumed: Instant,
         token: usize,
         to: Rc<dyn batch::RowDone>,
     ) {
-        self.batcher.submit_direct(row, consumed, token, to);
+        self.batcher.submit_direct(row, bytes, consumed, token, to);
     }
 
     /// A row's end as the step's outcome; `took`, when the caller timed this one (a sample), is

@@ -320,6 +320,18 @@ impl Binder {
         kafka_ts_ms: Option<i64>,
         offset: i64,
     ) -> Result<BoundRow, WriteError> {
+        self.bind_sized(values, kafka_ts_ms, offset)
+            .map(|(row, _)| row)
+    }
+
+    /// [`Binder::bind`], and the row's [`approx_row_bytes`] counted cell by cell as it binds them
+    /// (a batch needs the size of every row: one pass over the cells instead of two).
+    pub fn bind_sized(
+        &self,
+        values: &[Value],
+        kafka_ts_ms: Option<i64>,
+        offset: i64,
+    ) -> Result<(BoundRow, usize), WriteError> {
         let ttl = match self.ttl {
             Ttl::Fixed(s) => s,
             Ttl::Slot(i) => match values.get(i) {
@@ -336,6 +348,7 @@ impl Binder {
         }
         let ts_us = write_timestamp(&self.ts, values, kafka_ts_ms, offset)?;
         let mut out = Vec::with_capacity(self.columns.len() + 2);
+        let mut bytes = 0;
         for c in &self.columns {
             let v = values.get(c.slot).unwrap_or(&Value::Null);
             // Converted in place, into the value's own slot of `out` (see `mapping::convert_into`).
@@ -347,15 +360,19 @@ impl Binder {
                 column: c.column.clone(),
                 reason,
             })?;
+            bytes += 4 + cell.as_ref().map_or(0, Cell::approx_bytes);
             if cell.is_none() && !self.write_nulls {
                 if let Some(last) = out.last_mut() {
                     *last = MaybeUnset::Unset;
                 }
             }
         }
-        out.push(MaybeUnset::Set(Some(Cell::Cql(CqlValue::Int(ttl)))));
-        out.push(MaybeUnset::Set(Some(Cell::Cql(CqlValue::BigInt(ts_us)))));
-        Ok(out)
+        let ttl = CqlValue::Int(ttl);
+        let ts = CqlValue::BigInt(ts_us);
+        bytes += 8 + approx_value_bytes(&ttl) + approx_value_bytes(&ts);
+        out.push(MaybeUnset::Set(Some(Cell::Cql(ttl))));
+        out.push(MaybeUnset::Set(Some(Cell::Cql(ts))));
+        Ok((out, bytes))
     }
 }
 
@@ -524,6 +541,22 @@ columns = {columns}
                 matches!(b, MaybeUnset::Set(Some(v)) if v.clone().into_cql() == e),
                 "{b:?} != {e:?}"
             );
+        }
+    }
+
+    #[test]
+    fn bind_counts_the_size_a_batch_would_measure() {
+        let c = config("");
+        let fields = c.needed_fields();
+        let b = Binder::for_table(&c.table, &fields, &types()).expect("binder");
+        for values in [
+            vec![Value::Str("some text".into()), Value::Int(5)],
+            vec![Value::Null, Value::Long(7)],
+        ] {
+            let (row, bytes) = b.bind_sized(&values, Some(1_700), 0).expect("binds");
+            assert_eq!(bytes, approx_row_bytes(&row), "{values:?}");
+            let plain = b.bind(&values, Some(1_700), 0).expect("binds");
+            assert_eq!(format!("{row:?}"), format!("{plain:?}"));
         }
     }
 

@@ -358,7 +358,8 @@ impl ShardLoop {
 
     fn on_message(&mut self, msg: &BorrowedMessage<'_>, kafka: &Kafka<'_>) {
         self.idle_since = None;
-        let Some(topic) = self.res.book.topic_index(msg.topic()) else {
+        let book = &self.res.book;
+        let Some(topic) = book.only_topic().or_else(|| book.topic_index(msg.topic())) else {
             return;
         };
         let (partition, offset) = (msg.partition(), msg.offset());
