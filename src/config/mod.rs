@@ -837,6 +837,21 @@ fn default_registry_timeout() -> Duration {
 fn default_request_timeout() -> Duration {
     Duration::from_millis(5000)
 }
+/// A listed topic must be a Kafka topic name (ASCII letters, digits, `.`, `_`, `-`; at most 249):
+/// librdkafka takes a name that starts with `^` as a pattern, and a shard, which files messages by
+/// their topic's exact name (and, with one topic, files them all under it), must never meet a topic
+/// it does not list. Patterns go in `routes.topic_regex`, resolved to names at start-up.
+fn check_topic_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 249 || !name.chars().all(legal) {
+        return Err(ConfigError::Invalid(format!(
+            "{field}: '{name}' is not a Kafka topic name (letters, digits, '.', '_' and '-', at \
+             most 249); a pattern goes in routes.topic_regex"
+        )));
+    }
+    Ok(())
+}
+
 fn default_max_in_flight() -> usize {
     256
 }
@@ -1011,6 +1026,9 @@ impl Config {
         }
         if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
             return bad("kafka.topics must list at least one non-empty topic".into());
+        }
+        for t in &self.kafka.topics {
+            check_topic_name("kafka.topics", t)?;
         }
         if let Some(dlq) = &self.kafka.dead_letter_topic {
             if self.kafka.topics.contains(dlq) {
@@ -1199,6 +1217,9 @@ impl Config {
                 return bad(format!(
                     "routes.{n}.topics must list at least one non-empty topic (or set topic_regex)"
                 ));
+            }
+            for t in &r.topics {
+                check_topic_name(&format!("routes.{n}.topics"), t)?;
             }
             for t in &r.topics {
                 if !topics.insert(t) {
@@ -1554,6 +1575,24 @@ keyspace = "ks"
 table = "events"
 columns = { uid = "uid", url = "url" }
 "#;
+
+    #[test]
+    fn a_topic_that_is_no_kafka_name_is_refused() {
+        for bad in ["^nav.*", "a b", "nav/1"] {
+            let text = MINIMAL.replacen("[\"navigation\"]", &format!("[\"{bad}\"]"), 1);
+            let c = Config::parse(&text).expect("parses");
+            let e = c.validate().expect_err(bad).to_string();
+            assert!(
+                e.contains("not a Kafka topic name") && e.contains("topic_regex"),
+                "{e}"
+            );
+        }
+        let ok = MINIMAL.replacen("[\"navigation\"]", "[\"nav.events_v-2\"]", 1);
+        Config::parse(&ok)
+            .expect("parses")
+            .validate()
+            .expect("a legal name");
+    }
 
     #[test]
     fn minimal_config_gets_documented_defaults() {

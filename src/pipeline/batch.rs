@@ -125,7 +125,8 @@ impl Group {
             bytes: 0,
             opened: (!limits.linger.is_zero()).then(Instant::now),
             outcome: Rc::default(),
-            direct: Vec::with_capacity(size),
+            // Reserved by the first direct row: the future path's groups never hold one.
+            direct: Vec::new(),
         }
     }
 }
@@ -278,6 +279,9 @@ impl Batcher {
             g.bytes += bytes;
             let index = g.rows.len() - 1;
             if let Some((token, to)) = direct {
+                if g.direct.capacity() == 0 {
+                    g.direct.reserve(self.limits.max_rows.min(16));
+                }
                 g.direct.push((index, token, to));
             }
             let outcome = g.outcome.clone();

@@ -180,7 +180,9 @@ impl Insert {
     /// Binds `rec` into the table's row; a refused value is the record's error, as in
     /// [`Processor::process`].
     pub fn bind(&self, rec: &Record) -> Result<BoundRow, StepError> {
-        self.bind_sized(rec).map(|(row, _)| row)
+        self.binder
+            .bind(&rec.values, rec.kafka_ts_ms, rec.offset)
+            .map_err(|e| self.rows.write.step_error(RetryError::Permanent(e)))
     }
 
     /// [`Insert::bind`] and the row's size for its batch (see [`Binder::bind_sized`]).

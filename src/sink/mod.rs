@@ -320,13 +320,23 @@ impl Binder {
         kafka_ts_ms: Option<i64>,
         offset: i64,
     ) -> Result<BoundRow, WriteError> {
-        self.bind_sized(values, kafka_ts_ms, offset)
+        self.bind_counting::<false>(values, kafka_ts_ms, offset)
             .map(|(row, _)| row)
     }
 
     /// [`Binder::bind`], and the row's [`approx_row_bytes`] counted cell by cell as it binds them
     /// (a batch needs the size of every row: one pass over the cells instead of two).
     pub fn bind_sized(
+        &self,
+        values: &[Value],
+        kafka_ts_ms: Option<i64>,
+        offset: i64,
+    ) -> Result<(BoundRow, usize), WriteError> {
+        self.bind_counting::<true>(values, kafka_ts_ms, offset)
+    }
+
+    /// Both binds: with `COUNT`, the size too (0 without: no caller wants it then).
+    fn bind_counting<const COUNT: bool>(
         &self,
         values: &[Value],
         kafka_ts_ms: Option<i64>,
@@ -360,7 +370,9 @@ impl Binder {
                 column: c.column.clone(),
                 reason,
             })?;
-            bytes += 4 + cell.as_ref().map_or(0, Cell::approx_bytes);
+            if COUNT {
+                bytes += 4 + cell.as_ref().map_or(0, Cell::approx_bytes);
+            }
             if cell.is_none() && !self.write_nulls {
                 if let Some(last) = out.last_mut() {
                     *last = MaybeUnset::Unset;
@@ -369,7 +381,9 @@ impl Binder {
         }
         let ttl = CqlValue::Int(ttl);
         let ts = CqlValue::BigInt(ts_us);
-        bytes += 8 + approx_value_bytes(&ttl) + approx_value_bytes(&ts);
+        if COUNT {
+            bytes += 8 + approx_value_bytes(&ttl) + approx_value_bytes(&ts);
+        }
         out.push(MaybeUnset::Set(Some(Cell::Cql(ttl))));
         out.push(MaybeUnset::Set(Some(Cell::Cql(ts))));
         Ok((out, bytes))
