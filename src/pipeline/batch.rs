@@ -43,6 +43,12 @@ pub struct BatchLimits {
 }
 
 impl BatchLimits {
+    /// The rows a group's lists reserve: most groups stay small at moderate rates, so not the
+    /// largest size.
+    fn reserved_rows(&self) -> usize {
+        self.max_rows.min(16)
+    }
+
     /// From `[scylla]`. A batch never holds more rows than the write-rate cap allows in a second
     /// (its burst), so that the cap holds in rows for batches too.
     pub fn from_config(s: &crate::config::ScyllaConfig) -> BatchLimits {
@@ -116,8 +122,7 @@ struct Group {
 
 impl Group {
     fn new(owner: Owner, limits: &BatchLimits) -> Group {
-        // Most groups stay small at moderate rates: no need to reserve the largest size.
-        let size = limits.max_rows.min(16);
+        let size = limits.reserved_rows();
         Group {
             owner,
             rows: Vec::with_capacity(size),
@@ -280,7 +285,7 @@ impl Batcher {
             let index = g.rows.len() - 1;
             if let Some((token, to)) = direct {
                 if g.direct.capacity() == 0 {
-                    g.direct.reserve(self.limits.max_rows.min(16));
+                    g.direct.reserve(self.limits.reserved_rows());
                 }
                 g.direct.push((index, token, to));
             }
