@@ -45,6 +45,24 @@ pub struct ShardContext {
     /// The message lag per assigned partition from librdkafka's last statistics, for the shard's
     /// lag in time (a gauge cannot be read without creating it).
     pub message_lag: Mutex<HashMap<(String, i32), i64>>,
+    /// Where librdkafka's fetcher stands per partition, from its last statistics: read only when
+    /// a drain waits longer than it should, to say why (see [`FetchView`]).
+    pub fetch_view: Mutex<HashMap<(String, i32), FetchView>>,
+}
+
+/// One partition as librdkafka's statistics last described it (`fetch_state`, offsets, queue).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchView {
+    /// `none`, `stopping`, `stopped`, `offset-query`, `offset-wait` or `active`.
+    pub state: String,
+    /// The next offset the fetcher asks the broker for.
+    pub next_offset: i64,
+    /// The offset after the last message the application (the shard) took from the queue.
+    pub app_offset: i64,
+    /// The partition's high watermark as of the last fetch response (-1 before one).
+    pub hi_offset: i64,
+    /// Messages fetched and waiting in librdkafka's queue for the shard.
+    pub queued: i64,
 }
 
 /// True for the errors after which librdkafka's client is unusable: the generic `_FATAL` code
@@ -100,8 +118,17 @@ impl ClientContext for ShardContext {
 
     fn stats(&self, stats: Statistics) {
         let mut lags = self.message_lag.lock().ok();
+        let mut views = self.fetch_view.lock().ok();
+        if let Some(v) = views.as_mut() {
+            v.clear();
+        }
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
+                if *p >= 0 && part.fetch_state != "none" {
+                    if let Some(v) = views.as_mut() {
+                        v.insert((topic.clone(), *p), FetchView::of(part));
+                    }
+                }
                 // -1 is the internal UA partition and partitions this client does not consume.
                 if *p < 0 || part.consumer_lag < 0 {
                     continue;
@@ -118,6 +145,18 @@ impl ClientContext for ShardContext {
                     l.insert((topic.clone(), *p), part.consumer_lag);
                 }
             }
+        }
+    }
+}
+
+impl FetchView {
+    fn of(part: &rdkafka::statistics::Partition) -> FetchView {
+        FetchView {
+            state: part.fetch_state.clone(),
+            next_offset: part.next_offset,
+            app_offset: part.app_offset,
+            hi_offset: part.hi_offset,
+            queued: part.fetchq_cnt,
         }
     }
 }
@@ -193,6 +232,7 @@ mod tests {
             budget_paused: Arc::default(),
             fatal: Arc::default(),
             message_lag: Mutex::default(),
+            fetch_view: Mutex::default(),
         }
     }
 

@@ -259,6 +259,19 @@ impl PartitionBook {
                 .all(|k| self.parts.get(k).is_some_and(|p| p.eof))
     }
 
+    /// Drain mode: the assigned partitions not at their end, each with the records this shard has
+    /// consumed from it and whether the book holds it paused (what a stalled drain waits for).
+    pub fn not_at_eof(&self) -> Vec<(&str, i32, u64, bool)> {
+        self.assigned
+            .iter()
+            .filter(|k| !self.parts.get(k).is_some_and(|p| p.eof))
+            .map(|k| {
+                let consumed = self.parts.get(k).map_or(0, |p| p.consumed.get());
+                (self.topic(k.0), k.1, consumed, self.paused.contains(k))
+            })
+            .collect()
+    }
+
     /// Back-pressure: pause (or resume) every assigned partition for the shard's in-flight budget.
     pub fn set_budget_paused(&mut self, paused: bool, ctrl: &dyn PartitionControl) {
         self.budget.store(paused, Ordering::SeqCst);
@@ -538,13 +551,22 @@ mod tests {
         );
         b.mark_eof((1, 0));
         assert!(b.all_at_eof());
+        assert!(b.not_at_eof().is_empty());
         b.begin((1, 0), 5, None, Instant::now(), &kafka);
         assert!(!b.all_at_eof(), "a new record means b/0 is not at its end");
+        assert_eq!(
+            b.not_at_eof(),
+            vec![("b", 0, 1, false)],
+            "what a drain waits for"
+        );
         b.mark_eof((1, 7));
         assert!(
             !b.all_at_eof(),
             "an unassigned partition's end counts for nothing"
         );
+        // Held by the start barrier: a waiting partition says it is paused.
+        b.on_assignment(2, &[tp("a", 0)], true, &kafka);
+        assert_eq!(b.not_at_eof(), vec![("a", 0, 0, true)]);
     }
 
     #[test]

@@ -259,10 +259,20 @@ pub fn run_drain_env(
     })
 }
 
+/// A run's log for a failure message: its first lines (start-up, assignments) and its last ones (a
+/// stalled drain's reports of what it waits for).
 pub fn tail(p: &Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+    let (head, rest) = lines.split_at(lines.len().min(15));
+    let last = &rest[rest.len().saturating_sub(40)..];
+    let skipped = rest.len() - last.len();
+    let gap = if skipped > 0 {
+        format!("\n[... {skipped} lines ...]\n")
+    } else {
+        "\n".to_string()
+    };
+    format!("{}{gap}{}", head.join("\n"), last.join("\n"))
 }
 
 fn group_consumer(group: &str) -> Result<BaseConsumer> {

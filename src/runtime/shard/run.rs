@@ -62,6 +62,9 @@ const STORE_EVERY: Duration = Duration::from_millis(2);
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// The start barrier gives up on siblings that never join after this long.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Drain mode: how often a shard not yet at its end says what it waits for (a drain that stalls
+/// leaves evidence: librdkafka's fetch state, offsets and queue per partition, the book's view).
+const DRAIN_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 type InFlight = FuturesUnordered<LocalBoxFuture<'static, Completion>>;
 
@@ -178,6 +181,8 @@ pub(super) struct ShardLoop {
     fatal: Option<RunError>,
     killed: bool,
     idle_since: Option<Instant>,
+    /// Drain mode: when the shard last said what its drain waits for.
+    drain_reported: Instant,
     last_store: Instant,
     last_yield: Instant,
     last_tick: Instant,
@@ -228,6 +233,7 @@ impl ShardLoop {
             fatal: None,
             killed: false,
             idle_since: None,
+            drain_reported: now,
             last_store: now,
             last_yield: now,
             last_tick: now,
@@ -601,7 +607,7 @@ impl ShardLoop {
             self.publish_lag_seconds(kafka);
         }
         if self.opts.drain {
-            self.check_drained(now);
+            self.check_drained(now, kafka);
         }
     }
 
@@ -730,11 +736,15 @@ impl ShardLoop {
     /// Drain mode: the shards of one process leave together, once every assigned partition of every
     /// shard is at its end and nothing is in flight (a shard leaving early would rebalance its
     /// siblings mid-work).
-    fn check_drained(&mut self, now: Instant) {
+    fn check_drained(&mut self, now: Instant, kafka: &Kafka<'_>) {
         if self.stopping.is_some() {
             return;
         }
         let mine = self.res.book.all_at_eof() && self.in_flight() == 0;
+        if !mine && now.saturating_duration_since(self.drain_reported) >= DRAIN_REPORT_EVERY {
+            self.drain_reported = now;
+            self.report_drain_wait(kafka);
+        }
         let drained = &self.siblings.drained;
         if let Some(flag) = drained.get(self.spec.index) {
             flag.store(mine, Ordering::SeqCst);
@@ -750,6 +760,36 @@ impl ShardLoop {
                 "drained: every assigned partition of every shard at its end"
             );
             self.begin_stop();
+        }
+    }
+
+    /// Drain mode, not at its end for [`DRAIN_REPORT_EVERY`]: one line per partition not at its end
+    /// (the book's view beside librdkafka's last statistics of it) and one for work in flight.
+    fn report_drain_wait(&self, kafka: &Kafka<'_>) {
+        let book = &self.res.book;
+        let views = kafka.consumer.context().fetch_view.lock().ok();
+        for (topic, partition, consumed, paused) in book.not_at_eof() {
+            let view = views
+                .as_ref()
+                .and_then(|v| v.get(&(topic.to_string(), partition)).cloned());
+            tracing::info!(
+                shard = self.spec.index,
+                topic,
+                partition,
+                consumed,
+                paused,
+                held = book.is_held(),
+                fetcher = ?view,
+                "drain waits for the partition's end"
+            );
+        }
+        if self.in_flight() > 0 {
+            tracing::info!(
+                shard = self.spec.index,
+                in_flight = self.in_flight(),
+                budget_paused = book.is_budget_paused(),
+                "drain waits for records in flight"
+            );
         }
     }
 
