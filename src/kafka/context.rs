@@ -236,6 +236,64 @@ mod tests {
         }
     }
 
+    fn statistics(parts: &[(i32, &str, i64, i64)]) -> Statistics {
+        let mut topic = rdkafka::statistics::Topic {
+            topic: "t".into(),
+            ..Default::default()
+        };
+        for &(p, state, app_offset, lag) in parts {
+            topic.partitions.insert(
+                p,
+                rdkafka::statistics::Partition {
+                    partition: p,
+                    fetch_state: state.into(),
+                    next_offset: app_offset,
+                    app_offset,
+                    hi_offset: 40,
+                    fetchq_cnt: 3,
+                    consumer_lag: lag,
+                    ..Default::default()
+                },
+            );
+        }
+        let mut stats = Statistics::default();
+        stats.topics.insert("t".into(), topic);
+        stats
+    }
+
+    #[test]
+    fn statistics_keep_where_each_consumed_partition_fetches_and_only_the_latest() {
+        let ctx = context();
+        // Partition 0 is fetched; -1 is librdkafka's internal one, 1 one this client does not consume.
+        ctx.stats(statistics(&[
+            (0, "active", 37, 3),
+            (-1, "active", -1, -1),
+            (1, "none", -1, -1),
+        ]));
+        let view = |p: i32| {
+            ctx.fetch_view
+                .lock()
+                .ok()?
+                .get(&("t".to_string(), p))
+                .cloned()
+        };
+        assert_eq!(
+            view(0),
+            Some(FetchView {
+                state: "active".into(),
+                next_offset: 37,
+                app_offset: 37,
+                hi_offset: 40,
+                queued: 3,
+            })
+        );
+        assert_eq!((view(-1), view(1)), (None, None));
+        // A later report without the partition (revoked) forgets it.
+        ctx.stats(statistics(&[(1, "offset-query", -1001, -1)]));
+        assert_eq!(view(0), None);
+        assert_eq!(view(1).map(|v| v.state), Some("offset-query".to_string()));
+    }
+
     #[test]
     fn fatal_and_fenced_errors_are_fatal_and_others_are_not() {
         assert!(is_fatal(&KafkaError::Global(RDKafkaErrorCode::Fatal)));
