@@ -46,8 +46,9 @@ pub struct ShardContext {
     /// lag in time (a gauge cannot be read without creating it).
     pub message_lag: Mutex<HashMap<(String, i32), i64>>,
     /// Where librdkafka's fetcher stands per partition, from its last statistics: read only when
-    /// a drain waits longer than it should, to say why (see [`FetchView`]).
-    pub fetch_view: Mutex<HashMap<(String, i32), FetchView>>,
+    /// a drain waits longer than it should, to say why (see [`FetchView`]). `None` outside drain
+    /// mode, where nothing reads it: the statistics callback then keeps no copy.
+    pub fetch_view: Option<Mutex<HashMap<(String, i32), FetchView>>>,
 }
 
 /// One partition as librdkafka's statistics last described it (`fetch_state`, offsets, queue).
@@ -118,7 +119,7 @@ impl ClientContext for ShardContext {
 
     fn stats(&self, stats: Statistics) {
         let mut lags = self.message_lag.lock().ok();
-        let mut views = self.fetch_view.lock().ok();
+        let mut views = self.fetch_view.as_ref().and_then(|v| v.lock().ok());
         if let Some(v) = views.as_mut() {
             v.clear();
         }
@@ -232,7 +233,7 @@ mod tests {
             budget_paused: Arc::default(),
             fatal: Arc::default(),
             message_lag: Mutex::default(),
-            fetch_view: Mutex::default(),
+            fetch_view: Some(Mutex::default()),
         }
     }
 
@@ -272,6 +273,7 @@ mod tests {
         ]));
         let view = |p: i32| {
             ctx.fetch_view
+                .as_ref()?
                 .lock()
                 .ok()?
                 .get(&("t".to_string(), p))

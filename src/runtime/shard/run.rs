@@ -767,7 +767,12 @@ impl ShardLoop {
     /// (the book's view beside librdkafka's last statistics of it) and one for work in flight.
     fn report_drain_wait(&self, kafka: &Kafka<'_>) {
         let book = &self.res.book;
-        let views = kafka.consumer.context().fetch_view.lock().ok();
+        let views = kafka
+            .consumer
+            .context()
+            .fetch_view
+            .as_ref()
+            .and_then(|v| v.lock().ok());
         for (topic, partition, consumed, paused) in book.not_at_eof() {
             let view = views
                 .as_ref()

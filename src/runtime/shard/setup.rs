@@ -283,7 +283,7 @@ fn consumer(
         budget_paused: book.budget_flag(),
         fatal: Arc::new(AtomicBool::new(false)),
         message_lag: Mutex::new(HashMap::new()),
-        fetch_view: Mutex::new(HashMap::new()),
+        fetch_view: opts.drain.then(|| Mutex::new(HashMap::new())),
     };
     let mut cc = consumer_config(&config.kafka, client_id);
     if opts.drain {
