@@ -358,7 +358,11 @@ wait_ready() {
   local name=$1 deadline=$((SECONDS + WAIT_S)) pid others=""
   pid=$(cat "$(pidfile "$name")" 2>/dev/null || true)
   while :; do
-    if ! running "$name"; then
+    # Asked twice, a second apart: right after `launch` (before the fork's exec) the pid's /proc
+    # cmdline is still this script's, and mid-exec it can be unreadable, so one answer may wrongly
+    # say the service is gone (CI saw "exited during start-up" with an empty log; 4 in 100 launches
+    # read the script's cmdline at once here).
+    if ! running "$name" && { sleep 1; ! running "$name"; }; then
       echo "services.sh: $name (pid ${pid:-?}) exited during start-up; the end of $(logfile "$name"):" >&2
       tail -n 60 "$(logfile "$name")" >&2 || true
       foreign_holders "$name" | sed 's/^/services.sh: /' >&2

@@ -794,10 +794,9 @@ mod tests {
         };
         assert_eq!(decoded, Ok(7));
         assert!(saw_outage, "the outage was reported as retryable");
-        assert!(
-            slowest < Duration::from_millis(50),
-            "decode took {slowest:?}"
-        );
+        // Blocking would take a whole ask (`delay`); half of it leaves room for a descheduled
+        // thread on a loaded CI box.
+        assert!(slowest < delay / 2, "decode took {slowest:?}");
         assert!(start.elapsed() >= delay * 4, "four asks, each {delay:?}");
         assert_eq!(calls.load(SeqCst), 4);
     }

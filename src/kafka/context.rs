@@ -151,6 +151,18 @@ impl ClientContext for ShardContext {
 }
 
 impl FetchView {
+    /// The fetcher is at the partition's end and holds nothing for the shard: fetching, its next
+    /// fetch at (or past) the high watermark of its last response, its queue empty. What an
+    /// end-of-partition event says, read from statistics instead: drain's fallback for an end
+    /// whose event never came (librdkafka emits one end per offset, so a partition revoked and
+    /// reassigned at the same end offset may not get a second).
+    pub fn caught_up(&self) -> bool {
+        self.state == "active"
+            && self.queued == 0
+            && self.hi_offset >= 0
+            && self.next_offset >= self.hi_offset
+    }
+
     fn of(part: &rdkafka::statistics::Partition) -> FetchView {
         FetchView {
             state: part.fetch_state.clone(),
@@ -173,6 +185,10 @@ impl ConsumerContext for ShardContext {
             self.metrics.lag_seconds.reset();
             if let Ok(mut l) = self.message_lag.lock() {
                 l.clear();
+            }
+            // A view of the old assignment must not speak for the new one (drain's fallback).
+            if let Some(Ok(mut v)) = self.fetch_view.as_ref().map(|v| v.lock()) {
+                v.clear();
             }
             events::partitions_revoked(&self.metrics, &parts(tpl));
         }
@@ -294,6 +310,70 @@ mod tests {
         ctx.stats(statistics(&[(1, "offset-query", -1001, -1)]));
         assert_eq!(view(0), None);
         assert_eq!(view(1).map(|v| v.state), Some("offset-query".to_string()));
+    }
+
+    #[test]
+    fn a_fetcher_is_caught_up_only_fetching_at_the_high_watermark_with_nothing_queued() {
+        let at_end = FetchView {
+            state: "active".into(),
+            next_offset: 40,
+            app_offset: 40,
+            hi_offset: 40,
+            queued: 0,
+        };
+        assert!(at_end.caught_up());
+        // Reassigned at its committed end: the shard took nothing yet, the fetcher is at the end.
+        assert!(FetchView {
+            app_offset: -1001,
+            ..at_end.clone()
+        }
+        .caught_up());
+        let not = [
+            FetchView {
+                queued: 2,
+                ..at_end.clone()
+            },
+            FetchView {
+                next_offset: 39,
+                ..at_end.clone()
+            },
+            FetchView {
+                hi_offset: -1,
+                next_offset: -1001,
+                ..at_end.clone()
+            },
+            FetchView {
+                state: "offset-query".into(),
+                ..at_end.clone()
+            },
+            FetchView {
+                state: "stopped".into(),
+                ..at_end.clone()
+            },
+        ];
+        for v in not {
+            assert!(!v.caught_up(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn a_revoke_forgets_the_fetch_view_of_the_old_assignment() {
+        let ctx = context();
+        ctx.stats(statistics(&[(0, "active", 40, 0)]));
+        let views = |ctx: &ShardContext| {
+            ctx.fetch_view
+                .as_ref()
+                .map(|v| v.lock().map(|v| v.len()).unwrap_or(99))
+        };
+        assert_eq!(views(&ctx), Some(1));
+        let consumer: BaseConsumer<ShardContext> = rdkafka::ClientConfig::new()
+            .set("group.id", "g")
+            .create_with_context(context())
+            .expect("a consumer needs no broker to be created");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("t", 0);
+        ctx.pre_rebalance(&consumer, &Rebalance::Revoke(&tpl));
+        assert_eq!(views(&ctx), Some(0));
     }
 
     #[test]

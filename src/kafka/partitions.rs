@@ -227,6 +227,13 @@ impl PartitionBook {
         !std::mem::replace(&mut self.part(key).eof, true)
     }
 
+    /// Marks one topic's partition at its end (drain's fallback, see `FetchView::caught_up`). True
+    /// if it was assigned and not at its end.
+    pub fn mark_eof_of(&mut self, topic: &str, partition: i32) -> bool {
+        self.topic_index(topic)
+            .is_some_and(|t| self.mark_eof((t, partition)))
+    }
+
     /// librdkafka's end-of-partition event names the partition number only: every assigned topic with
     /// that partition is marked, and a later record of one of them clears its mark again (`begin`), so
     /// drain waits for it; drain's idle window covers the gap between the two. Returns the topics
@@ -564,6 +571,10 @@ mod tests {
             !b.all_at_eof(),
             "an unassigned partition's end counts for nothing"
         );
+        assert!(b.mark_eof_of("b", 0), "drain's fallback marks b/0 by name");
+        assert!(!b.mark_eof_of("b", 0), "once per end");
+        assert!(!b.mark_eof_of("c", 0), "not a topic of this shard");
+        assert!(b.all_at_eof());
         // Held by the start barrier: a waiting partition says it is paused.
         b.on_assignment(2, &[tp("a", 0)], true, &kafka);
         assert_eq!(b.not_at_eof(), vec![("a", 0, 0, true)]);

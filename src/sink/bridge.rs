@@ -492,15 +492,20 @@ mod tests {
         });
         let (timer_late, wake_late, in_flight) = out;
         assert_eq!(wake_late.len(), 5, "every wake-up arrived");
-        let worst_timer = timer_late.iter().max().copied().unwrap_or_default();
-        let worst_wake = wake_late.iter().max().copied().unwrap_or_default();
-        // Generous against a loaded CI box; the bug this guards against made them ~100 ms.
+        // The median, generous: the bug this guards against made every one ~100 ms late, while on
+        // a loaded 2-core CI box (other tests run beside this one) any single sleep or wake-up may
+        // be descheduled for tens of ms.
+        let median = |v: &[Duration]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
         assert!(
-            worst_timer < Duration::from_millis(30),
+            median(&timer_late) < Duration::from_millis(30),
             "timers late by {timer_late:?}"
         );
         assert!(
-            worst_wake < Duration::from_millis(30),
+            median(&wake_late) < Duration::from_millis(30),
             "wake-ups late by {wake_late:?}"
         );
         assert_eq!(in_flight, 1, "measured while the request was in flight");

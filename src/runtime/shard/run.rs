@@ -33,7 +33,7 @@ use super::setup::{ShardConsumer, ShardResources};
 use crate::clock::unix_seconds;
 use crate::codec::{CodecError, Row};
 use crate::config::Config;
-use crate::kafka::context::ShardContext;
+use crate::kafka::context::{FetchView, ShardContext};
 use crate::kafka::partitions::PartitionControl;
 use crate::metrics::events;
 use crate::pipeline::StepError;
@@ -183,6 +183,10 @@ pub(super) struct ShardLoop {
     idle_since: Option<Instant>,
     /// Drain mode: when the shard last said what its drain waits for.
     drain_reported: Instant,
+    /// Drain mode: the book's epoch at that report and, per partition not at its end then, the
+    /// records consumed from it (a partition that consumed nothing since, whose fetcher is caught
+    /// up, is at its end even without librdkafka's event: [`ShardLoop::end_without_event`]).
+    drain_seen: (u64, std::collections::HashMap<(String, i32), u64>),
     last_store: Instant,
     last_yield: Instant,
     last_tick: Instant,
@@ -234,6 +238,7 @@ impl ShardLoop {
             killed: false,
             idle_since: None,
             drain_reported: now,
+            drain_seen: Default::default(),
             last_store: now,
             last_yield: now,
             last_tick: now,
@@ -765,18 +770,27 @@ impl ShardLoop {
 
     /// Drain mode, not at its end for [`DRAIN_REPORT_EVERY`]: one line per partition not at its end
     /// (the book's view beside librdkafka's last statistics of it) and one for work in flight.
-    fn report_drain_wait(&self, kafka: &Kafka<'_>) {
-        let book = &self.res.book;
+    /// A partition found quiet and caught up at two reports in a row is marked at its end instead.
+    fn report_drain_wait(&mut self, kafka: &Kafka<'_>) {
         let views = kafka
             .consumer
             .context()
             .fetch_view
             .as_ref()
             .and_then(|v| v.lock().ok());
+        let book = &self.res.book;
+        let epoch = book.epoch();
+        let mut seen = std::collections::HashMap::new();
+        let mut caught_up = Vec::new();
         for (topic, partition, consumed, paused) in book.not_at_eof() {
-            let view = views
-                .as_ref()
-                .and_then(|v| v.get(&(topic.to_string(), partition)).cloned());
+            let key = (topic.to_string(), partition);
+            let view = views.as_ref().and_then(|v| v.get(&key).cloned());
+            let quiet =
+                self.drain_seen.0 == epoch && self.drain_seen.1.get(&key) == Some(&consumed);
+            if quiet && !paused && view.as_ref().is_some_and(FetchView::caught_up) {
+                caught_up.push((key, consumed, view));
+                continue;
+            }
             tracing::info!(
                 shard = self.spec.index,
                 topic,
@@ -787,13 +801,43 @@ impl ShardLoop {
                 fetcher = ?view,
                 "drain waits for the partition's end"
             );
+            seen.insert(key, consumed);
+        }
+        drop(views);
+        self.drain_seen = (epoch, seen);
+        for ((topic, partition), consumed, view) in caught_up {
+            self.end_without_event(&topic, partition, consumed, view);
         }
         if self.in_flight() > 0 {
             tracing::info!(
                 shard = self.spec.index,
                 in_flight = self.in_flight(),
-                budget_paused = book.is_budget_paused(),
+                budget_paused = self.res.book.is_budget_paused(),
                 "drain waits for records in flight"
+            );
+        }
+    }
+
+    /// Drain mode: a partition that consumed nothing for a whole [`DRAIN_REPORT_EVERY`], unpaused,
+    /// whose fetcher's statistics say it is at the high watermark with nothing queued, is at its
+    /// end although librdkafka sent no end-of-partition event (it sends one per end offset, and a
+    /// partition revoked and reassigned at the same end may not get a second). Without this a drain
+    /// through such a rebalance would wait for ever.
+    fn end_without_event(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        consumed: u64,
+        view: Option<FetchView>,
+    ) {
+        if self.res.book.mark_eof_of(topic, partition) {
+            tracing::info!(
+                shard = self.spec.index,
+                topic,
+                partition,
+                consumed,
+                fetcher = ?view,
+                "partition at its end by the fetcher's statistics (no end-of-partition event came)"
             );
         }
     }
