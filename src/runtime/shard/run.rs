@@ -770,7 +770,8 @@ impl ShardLoop {
 
     /// Drain mode, not at its end for [`DRAIN_REPORT_EVERY`]: one line per partition not at its end
     /// (the book's view beside librdkafka's last statistics of it) and one for work in flight.
-    /// A partition found quiet and caught up at two reports in a row is marked at its end instead.
+    /// A partition found quiet and caught up at two reports in a row is marked at its end instead;
+    /// one quiet but not caught up is resumed again.
     fn report_drain_wait(&mut self, kafka: &Kafka<'_>) {
         let views = kafka
             .consumer
@@ -781,7 +782,7 @@ impl ShardLoop {
         let book = &self.res.book;
         let epoch = book.epoch();
         let mut seen = std::collections::HashMap::new();
-        let mut caught_up = Vec::new();
+        let (mut caught_up, mut stalled) = (Vec::new(), Vec::new());
         for (topic, partition, consumed, paused) in book.not_at_eof() {
             let key = (topic.to_string(), partition);
             let view = views.as_ref().and_then(|v| v.get(&key).cloned());
@@ -790,6 +791,9 @@ impl ShardLoop {
             if quiet && !paused && view.as_ref().is_some_and(FetchView::caught_up) {
                 caught_up.push((key, consumed, view));
                 continue;
+            }
+            if quiet && !paused {
+                stalled.push(key.clone());
             }
             tracing::info!(
                 shard = self.spec.index,
@@ -807,6 +811,13 @@ impl ShardLoop {
         self.drain_seen = (epoch, seen);
         for ((topic, partition), consumed, view) in caught_up {
             self.end_without_event(&topic, partition, consumed, view);
+        }
+        if !stalled.is_empty() {
+            // Quiet for a whole report, not at its end, unpaused by the book: resume it again
+            // (idempotent), so that a librdkafka pause the book does not know of (one left by a
+            // rebalance racing the start barrier, say) cannot hold a drain for ever.
+            tracing::info!(shard = self.spec.index, partitions = ?stalled, "drain resumes quiet partitions the book holds unpaused");
+            PartitionControl::resume(kafka, &stalled);
         }
         if self.in_flight() > 0 {
             tracing::info!(
