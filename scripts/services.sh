@@ -159,10 +159,12 @@ logfile() { echo "$STATE/$1.log"; }
 
 # Running means: our pid file, a live process, and that process carries our marker (no pid reuse surprises).
 running() {
-  local pf pid
+  local pf pid cmd
   pf=$(pidfile "$1"); [ -f "$pf" ] || return 1
   pid=$(cat "$pf"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-Dshardline.service=$1 " || return 1
+  # Read whole, then matched: `tr | grep -q` under pipefail can fail with SIGPIPE once grep has its match.
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmd == *"-Dshardline.service=$1 "* ]]
 }
 
 probe() {

@@ -26,8 +26,9 @@ pub struct ShardContext {
     pub metrics: ShardMetrics,
     /// Bumped on every revoke and assign.
     pub epoch: Arc<AtomicU64>,
-    /// The current assignment: read by the shard only when the epoch changed.
-    pub assignment: Arc<Mutex<Vec<(String, i32)>>>,
+    /// The current assignment, `None` from a revoke until the next assign (out of the group: a
+    /// lost session, a rebalance under way): read by the shard only when the epoch changed.
+    pub assignment: SharedAssignment,
     /// The start barrier of this process: how many of its shards have had a first assignment.
     /// Until all have, assigned partitions are held paused, so the first shard to join does not start
     /// on partitions that the group hands to a sibling moments later.
@@ -51,6 +52,9 @@ pub struct ShardContext {
     pub fetch_view: Option<Mutex<HashMap<(String, i32), FetchView>>>,
 }
 
+/// The assignment the rebalance callbacks share with the shard's loop: `None` while out of the group.
+pub type SharedAssignment = Arc<Mutex<Option<Vec<(String, i32)>>>>;
+
 /// One partition as librdkafka's statistics last described it (`fetch_state`, offsets, queue).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchView {
@@ -64,7 +68,14 @@ pub struct FetchView {
     pub hi_offset: i64,
     /// Messages fetched and waiting in librdkafka's queue for the shard.
     pub queued: i64,
+    /// Microseconds since the partition's leader last sent this client anything (-1: never, or
+    /// no leader known): how fresh `hi_offset` is.
+    pub leader_rx_idle_us: i64,
 }
+
+/// How recent the leader's last response must be for [`FetchView::caught_up`]: a fetcher at its end
+/// long-polls, and the broker answers every `fetch.wait.max.ms` (librdkafka's default 500 ms).
+pub const FRESH_RX_US: i64 = 2_000_000;
 
 /// True for the errors after which librdkafka's client is unusable: the generic `_FATAL` code
 /// (details in `consumer.client().fatal_error()`), a consume error flagged fatal, and a fenced
@@ -123,11 +134,22 @@ impl ClientContext for ShardContext {
         if let Some(v) = views.as_mut() {
             v.clear();
         }
+        // How long since each broker last sent this client anything (µs; -1: never): a fetcher at
+        // its end gets a fetch response every `fetch.wait.max.ms`, so a recent one says its high
+        // watermark is fresh.
+        let rx_idle = |leader: i32| {
+            stats
+                .brokers
+                .values()
+                .find(|b| b.nodeid == leader)
+                .map_or(-1, |b| b.rxidle)
+        };
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.fetch_state != "none" {
                     if let Some(v) = views.as_mut() {
-                        v.insert((topic.clone(), *p), FetchView::of(part));
+                        let view = FetchView::of(part, rx_idle(part.leader));
+                        v.insert((topic.clone(), *p), view);
                     }
                 }
                 // -1 is the internal UA partition and partitions this client does not consume.
@@ -156,20 +178,26 @@ impl FetchView {
     /// end-of-partition event says, read from statistics instead: drain's fallback for an end
     /// whose event never came (librdkafka emits one end per offset, so a partition revoked and
     /// reassigned at the same end offset may not get a second).
+    /// The watermark must be fresh (the leader answered within [`FRESH_RX_US`]): during a leader
+    /// outage it is the last one seen, and records may have been appended since. Under
+    /// `read_committed` with a transaction open the fetcher stops at the last stable offset, below
+    /// the high watermark: never caught up, so the drain waits (for the event), as it should.
     pub fn caught_up(&self) -> bool {
         self.state == "active"
             && self.queued == 0
             && self.hi_offset >= 0
             && self.next_offset >= self.hi_offset
+            && (0..FRESH_RX_US).contains(&self.leader_rx_idle_us)
     }
 
-    fn of(part: &rdkafka::statistics::Partition) -> FetchView {
+    fn of(part: &rdkafka::statistics::Partition, leader_rx_idle_us: i64) -> FetchView {
         FetchView {
             state: part.fetch_state.clone(),
             next_offset: part.next_offset,
             app_offset: part.app_offset,
             hi_offset: part.hi_offset,
             queued: part.fetchq_cnt,
+            leader_rx_idle_us,
         }
     }
 }
@@ -179,7 +207,7 @@ impl ConsumerContext for ShardContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             self.epoch.fetch_add(1, Ordering::SeqCst);
             if let Ok(mut a) = self.assignment.lock() {
-                a.clear();
+                *a = None;
             }
             self.metrics.lag.reset();
             self.metrics.lag_seconds.reset();
@@ -210,7 +238,7 @@ impl ConsumerContext for ShardContext {
                 let p = parts(tpl);
                 events::partitions_assigned(&self.metrics, self.core, &p);
                 if let Ok(mut a) = self.assignment.lock() {
-                    *a = p;
+                    *a = Some(p);
                 }
                 self.epoch.fetch_add(1, Ordering::SeqCst);
             }
@@ -269,12 +297,23 @@ mod tests {
                     hi_offset: 40,
                     fetchq_cnt: 3,
                     consumer_lag: lag,
+                    leader: 1,
                     ..Default::default()
                 },
             );
         }
         let mut stats = Statistics::default();
         stats.topics.insert("t".into(), topic);
+        // The group coordinator's connection (-1) heard from recently, the leader less so.
+        for (name, nodeid, rxidle) in [("GroupCoordinator", -1, 1_000), ("b:9092/1", 1, 300_000)] {
+            let broker = rdkafka::statistics::Broker {
+                name: name.into(),
+                nodeid,
+                rxidle,
+                ..Default::default()
+            };
+            stats.brokers.insert(name.into(), broker);
+        }
         stats
     }
 
@@ -303,6 +342,7 @@ mod tests {
                 app_offset: 37,
                 hi_offset: 40,
                 queued: 3,
+                leader_rx_idle_us: 300_000,
             })
         );
         assert_eq!((view(-1), view(1)), (None, None));
@@ -320,6 +360,7 @@ mod tests {
             app_offset: 40,
             hi_offset: 40,
             queued: 0,
+            leader_rx_idle_us: 300_000,
         };
         assert!(at_end.caught_up());
         // Reassigned at its committed end: the shard took nothing yet, the fetcher is at the end.
@@ -348,6 +389,16 @@ mod tests {
             },
             FetchView {
                 state: "stopped".into(),
+                ..at_end.clone()
+            },
+            // A leader silent for 5 s (an outage): its last watermark may be stale.
+            FetchView {
+                leader_rx_idle_us: 5_000_000,
+                ..at_end.clone()
+            },
+            // No leader known, or never heard from.
+            FetchView {
+                leader_rx_idle_us: -1,
                 ..at_end.clone()
             },
         ];

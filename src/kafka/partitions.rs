@@ -85,6 +85,9 @@ pub struct PartitionBook {
     /// What librdkafka has paused, as far as the book has asked.
     paused: HashSet<PartitionKey>,
     held: bool,
+    /// Between a revoke and the next assign the shard is out of the group (a lost session, a
+    /// rebalance under way): its empty assignment is not "every partition at its end".
+    in_group: bool,
     budget: Arc<AtomicBool>,
     max_pending: usize,
     counter_for: CounterFor,
@@ -101,6 +104,7 @@ impl PartitionBook {
             parts: PartitionMap::default(),
             paused: HashSet::new(),
             held: false,
+            in_group: false,
             budget: Arc::new(AtomicBool::new(false)),
             max_pending: max_pending.max(2),
             counter_for,
@@ -146,6 +150,7 @@ impl PartitionBook {
         ctrl: &dyn PartitionControl,
     ) {
         self.epoch = epoch;
+        self.in_group = true;
         self.parts.clear();
         self.held = held;
         self.assigned = assignment
@@ -157,6 +162,19 @@ impl PartitionBook {
             ctrl.pause(&self.names(&self.assigned));
             self.paused = self.assigned.iter().copied().collect();
         }
+    }
+
+    /// A revoke with no assign yet: forget every partition (their records in flight complete into
+    /// an epoch that is gone), and the shard is out of the group until the next assignment.
+    pub fn on_revoke(&mut self, epoch: u64, ctrl: &dyn PartitionControl) {
+        self.on_assignment(epoch, &[], false, ctrl);
+        self.in_group = false;
+    }
+
+    /// Whether the group has assigned this shard its partitions (possibly none) since its last
+    /// revoke.
+    pub fn in_group(&self) -> bool {
+        self.in_group
     }
 
     /// A record arrived. False: a replay of an offset already tracked (ignore the record).
@@ -257,9 +275,10 @@ impl PartitionBook {
         ended
     }
 
-    /// True when the shard has had an assignment and every assigned partition is at its end.
+    /// True when the shard is in the group (assigned, not revoked since) and every assigned
+    /// partition is at its end. An empty assignment is at its end: the group gave this shard none.
     pub fn all_at_eof(&self) -> bool {
-        self.epoch > 0
+        self.in_group
             && self
                 .assigned
                 .iter()
@@ -575,6 +594,12 @@ mod tests {
         assert!(!b.mark_eof_of("b", 0), "once per end");
         assert!(!b.mark_eof_of("c", 0), "not a topic of this shard");
         assert!(b.all_at_eof());
+        // Revoked (a lost session): out of the group, so not at its end, though nothing is
+        // assigned; the next assignment, even an empty one, is in the group again.
+        b.on_revoke(9, &kafka);
+        assert!(!b.all_at_eof() && !b.in_group() && b.not_at_eof().is_empty());
+        b.on_assignment(10, &[], false, &kafka);
+        assert!(b.all_at_eof(), "the group gave this shard no partition");
         // Held by the start barrier: a waiting partition says it is paused.
         b.on_assignment(2, &[tp("a", 0)], true, &kafka);
         assert_eq!(b.not_at_eof(), vec![("a", 0, 0, true)]);

@@ -15,8 +15,10 @@
 //! Layout: [`setup`] builds a shard's resources (decoder, chain, consumer, dead letters, partition
 //! book); `run` is the event loop (message, completion, direct row end, tick, control → one handler
 //! each); `record` is the life of one record after the loop handed it off (straight into its batch,
-//! or its future: chain, dead letter, completion).
+//! or its future: chain, dead letter, completion); `drain` is drain mode's fallback for a partition
+//! end librdkafka never reports.
 
+mod drain;
 mod record;
 mod run;
 mod setup;

@@ -28,6 +28,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::drain::{DrainStep, DrainWatch};
 use super::record::{self, Completion, Ending, Origin, RecordContext, RecordOutcome, Start};
 use super::setup::{ShardConsumer, ShardResources};
 use crate::clock::unix_seconds;
@@ -183,10 +184,8 @@ pub(super) struct ShardLoop {
     idle_since: Option<Instant>,
     /// Drain mode: when the shard last said what its drain waits for.
     drain_reported: Instant,
-    /// Drain mode: the book's epoch at that report and, per partition not at its end then, the
-    /// records consumed from it (a partition that consumed nothing since, whose fetcher is caught
-    /// up, is at its end even without librdkafka's event: [`ShardLoop::end_without_event`]).
-    drain_seen: (u64, std::collections::HashMap<(String, i32), u64>),
+    /// Drain mode: what the last report saw of each partition not at its end (see [`DrainWatch`]).
+    drain_watch: DrainWatch,
     last_store: Instant,
     last_yield: Instant,
     last_tick: Instant,
@@ -238,7 +237,7 @@ impl ShardLoop {
             killed: false,
             idle_since: None,
             drain_reported: now,
-            drain_seen: Default::default(),
+            drain_watch: DrainWatch::default(),
             last_store: now,
             last_yield: now,
             last_tick: now,
@@ -363,7 +362,10 @@ impl ShardLoop {
             .map(|a| a.clone())
             .unwrap_or_default();
         let held = signals.held.load(Ordering::SeqCst);
-        self.res.book.on_assignment(epoch, &assignment, held, kafka);
+        match assignment {
+            Some(a) => self.res.book.on_assignment(epoch, &a, held, kafka),
+            None => self.res.book.on_revoke(epoch, kafka),
+        }
         self.idle_since = None;
     }
 
@@ -769,9 +771,8 @@ impl ShardLoop {
     }
 
     /// Drain mode, not at its end for [`DRAIN_REPORT_EVERY`]: one line per partition not at its end
-    /// (the book's view beside librdkafka's last statistics of it) and one for work in flight.
-    /// A partition found quiet and caught up at two reports in a row is marked at its end instead;
-    /// one quiet but not caught up is resumed again.
+    /// (the book's view beside librdkafka's last statistics of it) and one for work in flight; a
+    /// quiet partition is resumed again, and taken as at its end once [`DrainWatch`] says so.
     fn report_drain_wait(&mut self, kafka: &Kafka<'_>) {
         let views = kafka
             .consumer
@@ -780,44 +781,55 @@ impl ShardLoop {
             .as_ref()
             .and_then(|v| v.lock().ok());
         let book = &self.res.book;
-        let epoch = book.epoch();
-        let mut seen = std::collections::HashMap::new();
-        let (mut caught_up, mut stalled) = (Vec::new(), Vec::new());
-        for (topic, partition, consumed, paused) in book.not_at_eof() {
-            let key = (topic.to_string(), partition);
-            let view = views.as_ref().and_then(|v| v.get(&key).cloned());
-            let quiet =
-                self.drain_seen.0 == epoch && self.drain_seen.1.get(&key) == Some(&consumed);
-            if quiet && !paused && view.as_ref().is_some_and(FetchView::caught_up) {
-                caught_up.push((key, consumed, view));
-                continue;
+        let parts: Vec<_> = book
+            .not_at_eof()
+            .into_iter()
+            .map(|(topic, partition, consumed, paused)| {
+                let key = (topic.to_string(), partition);
+                let view = views.as_ref().and_then(|v| v.get(&key)).cloned();
+                (key, consumed, paused, view)
+            })
+            .collect();
+        drop(views);
+        let steps = self.drain_watch.report(
+            book.epoch(),
+            parts.iter().map(|((t, p), consumed, paused, view)| {
+                (t.as_str(), *p, *consumed, *paused, view.as_ref())
+            }),
+        );
+        let mut resume = Vec::new();
+        for ((key, consumed, paused, view), step) in parts.into_iter().zip(steps) {
+            let (topic, partition) = (key.0.as_str(), key.1);
+            match step {
+                DrainStep::End => self.end_without_event(topic, partition, consumed, view),
+                DrainStep::Wait | DrainStep::Resume => {
+                    tracing::info!(
+                        shard = self.spec.index,
+                        topic,
+                        partition,
+                        consumed,
+                        paused,
+                        held = self.res.book.is_held(),
+                        fetcher = ?view,
+                        resumed = step == DrainStep::Resume,
+                        "drain waits for the partition's end"
+                    );
+                    if step == DrainStep::Resume {
+                        resume.push(key);
+                    }
+                }
             }
-            if quiet && !paused {
-                stalled.push(key.clone());
-            }
+        }
+        if !resume.is_empty() {
+            // Idempotent: librdkafka may hold a partition paused that the book does not (see
+            // `DrainStep::Resume`).
+            PartitionControl::resume(kafka, &resume);
+        }
+        if !self.res.book.in_group() {
             tracing::info!(
                 shard = self.spec.index,
-                topic,
-                partition,
-                consumed,
-                paused,
-                held = book.is_held(),
-                fetcher = ?view,
-                "drain waits for the partition's end"
+                "drain waits for the group to assign this shard its partitions again"
             );
-            seen.insert(key, consumed);
-        }
-        drop(views);
-        self.drain_seen = (epoch, seen);
-        for ((topic, partition), consumed, view) in caught_up {
-            self.end_without_event(&topic, partition, consumed, view);
-        }
-        if !stalled.is_empty() {
-            // Quiet for a whole report, not at its end, unpaused by the book: resume it again
-            // (idempotent), so that a librdkafka pause the book does not know of (one left by a
-            // rebalance racing the start barrier, say) cannot hold a drain for ever.
-            tracing::info!(shard = self.spec.index, partitions = ?stalled, "drain resumes quiet partitions the book holds unpaused");
-            PartitionControl::resume(kafka, &stalled);
         }
         if self.in_flight() > 0 {
             tracing::info!(
@@ -828,12 +840,9 @@ impl ShardLoop {
             );
         }
     }
-
-    /// Drain mode: a partition that consumed nothing for a whole [`DRAIN_REPORT_EVERY`], unpaused,
-    /// whose fetcher's statistics say it is at the high watermark with nothing queued, is at its
-    /// end although librdkafka sent no end-of-partition event (it sends one per end offset, and a
-    /// partition revoked and reassigned at the same end may not get a second). Without this a drain
-    /// through such a rebalance would wait for ever.
+    /// Drain mode: a partition [`DrainWatch`] found quiet, resumed and caught up is at its end
+    /// although librdkafka sent no end-of-partition event. Without this such a drain would wait
+    /// for ever.
     fn end_without_event(
         &mut self,
         topic: &str,

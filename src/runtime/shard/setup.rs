@@ -37,7 +37,7 @@ pub(super) type ShardConsumer = StreamConsumer<ShardContext, GlommioRuntime>;
 /// when the epoch changed.
 pub(super) struct RebalanceSignals {
     pub epoch: Arc<AtomicU64>,
-    pub assignment: Arc<Mutex<Vec<(String, i32)>>>,
+    pub assignment: crate::kafka::context::SharedAssignment,
     /// The start barrier holds the assigned partitions paused.
     pub held: Arc<AtomicBool>,
 }
@@ -267,7 +267,7 @@ fn consumer(
 ) -> Result<(ShardConsumer, RebalanceSignals), RunError> {
     let signals = RebalanceSignals {
         epoch: Arc::new(AtomicU64::new(0)),
-        assignment: Arc::new(Mutex::new(Vec::new())),
+        assignment: Arc::new(Mutex::new(None)),
         held: Arc::new(AtomicBool::new(false)),
     };
     let ctx = ShardContext {
