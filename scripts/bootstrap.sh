@@ -18,6 +18,11 @@ command -v c++ >/dev/null || missing+=(build-essential)
 # The openssl command makes the test CA and certificates (scripts/services.sh).
 command -v openssl >/dev/null || missing+=(openssl)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+# Tools only some scripts need, by command name (a Debian package of the same name): for example
+# BOOTSTRAP_EXTRA=valgrind for scripts/instructions.sh. Not installed by default: no test needs them.
+for tool in ${BOOTSTRAP_EXTRA:-}; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -107,7 +107,9 @@ pub struct KafkaConfig {
     pub key_format: KeyFormat,
     /// Extra librdkafka properties, passed through verbatim to consumer and producer
     /// (for example `security.protocol`, `sasl.mechanism`, `fetch.min.bytes`).
-    /// `sasl.password` may be given as `SHARDLINE_KAFKA_SASL_PASSWORD` instead. Default: empty.
+    /// `sasl.password` may be given as `SHARDLINE_KAFKA_SASL_PASSWORD` instead. The consumers'
+    /// `statistics.interval.ms` (default 1000) sets how often the lag gauges update and drain mode
+    /// sees the fetchers; it may be longer, not 0. Default: empty.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -1040,6 +1042,18 @@ impl Config {
         if self.kafka.commit_interval.is_zero() {
             return bad("kafka.commit_interval_ms must be > 0".into());
         }
+        if self
+            .kafka
+            .librdkafka
+            .get("statistics.interval.ms")
+            .is_some_and(|v| v.trim().parse::<u64>().map_or(true, |ms| ms == 0))
+        {
+            return bad(
+                "kafka.librdkafka.\"statistics.interval.ms\" must be a whole number of ms above 0: \
+                 the lag gauges and drain mode read the statistics"
+                    .into(),
+            );
+        }
         for key in self.kafka.librdkafka.keys() {
             if OWNED_RDKAFKA_KEYS.contains(&key.as_str()) {
                 return bad(format!(
@@ -1921,6 +1935,39 @@ columns = { uid = "uid", url = "url" }
             "dead_letter_topic = \"navigation.dlq\"\n[kafka.librdkafka]\n\"enable.auto.offset.store\" = \"true\"",
         );
         assert!(invalid(&text).contains("enable.auto.offset.store"));
+    }
+
+    #[test]
+    fn statistics_interval_may_be_longer_but_not_off() {
+        let with = |v: &str| {
+            MINIMAL.replace(
+                "dead_letter_topic = \"navigation.dlq\"",
+                &format!("dead_letter_topic = \"navigation.dlq\"\n[kafka.librdkafka]\n\"statistics.interval.ms\" = \"{v}\""),
+            )
+        };
+        let c = Config::parse(&with("5000")).expect("parses");
+        c.validate().expect("a longer interval is valid");
+        let consumer = crate::kafka::consumer_config(&c.kafka, "t");
+        assert_eq!(
+            consumer.get("statistics.interval.ms"),
+            Some("5000"),
+            "not overwritten"
+        );
+        let producer = crate::kafka::producer_config(&c.kafka, "t");
+        assert_eq!(
+            producer.get("statistics.interval.ms"),
+            None,
+            "consumers only"
+        );
+        for off in ["0", "soon"] {
+            assert!(
+                invalid(&with(off)).contains("statistics.interval.ms"),
+                "{off}"
+            );
+        }
+        let default =
+            crate::kafka::consumer_config(&Config::parse(MINIMAL).expect("parses").kafka, "t");
+        assert_eq!(default.get("statistics.interval.ms"), Some("1000"));
     }
 
     #[test]

@@ -205,10 +205,11 @@ impl FetchView {
 impl ConsumerContext for ShardContext {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
+            // Written before the epoch moves, as on assign: the loop reads it when the epoch changed.
             if let Ok(mut a) = self.assignment.lock() {
                 *a = None;
             }
+            self.epoch.fetch_add(1, Ordering::SeqCst);
             self.metrics.lag.reset();
             self.metrics.lag_seconds.reset();
             if let Ok(mut l) = self.message_lag.lock() {

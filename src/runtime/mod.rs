@@ -290,10 +290,16 @@ pub struct Running {
 }
 
 /// What the shards of one process share for control: the start barrier (how many joined), the
-/// drained flags of `--drain`, and the factory of custom steps. Never touched per message.
+/// drained flags of `--drain` and the decision to leave, and the factory of custom steps. Never
+/// touched per message.
 pub struct Siblings {
     pub joined: Arc<std::sync::atomic::AtomicUsize>,
     pub drained: Arc<Vec<std::sync::atomic::AtomicBool>>,
+    /// Set by the first shard that finds every sibling drained for the idle window: the others stop
+    /// on their next tick. Deciding each on its own, a tick apart, the first to leave the group
+    /// would rebalance a sibling that has not decided yet, and that sibling would then wait to
+    /// rejoin and reach its ends again.
+    pub leave: Arc<std::sync::atomic::AtomicBool>,
     pub custom: Option<ProcessorFactory>,
 }
 
@@ -328,9 +334,11 @@ pub fn start_with(
             .map(|_| std::sync::atomic::AtomicBool::new(false))
             .collect(),
     );
+    let leave = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for spec in &specs {
         let joined = joined.clone();
         let drained = drained.clone();
+        let leave = leave.clone();
         let custom = custom.clone();
         let (tx, rx) = control_channel();
         let metrics = ShardMetrics::new(spec.index);
@@ -351,6 +359,7 @@ pub fn start_with(
                     Siblings {
                         joined,
                         drained,
+                        leave,
                         custom,
                     },
                     metrics,

@@ -24,8 +24,8 @@ use crate::kafka::context::FetchView;
 pub(super) enum DrainStep {
     /// Records came since the last report, or this is its first: only say what the drain waits for.
     Wait,
-    /// Quiet for a whole report: resume it (idempotent in librdkafka), in case librdkafka holds
-    /// it paused while the book does not. A partition that is not resumed first cannot be taken as
+    /// Quiet for a whole report: resume it (idempotent in librdkafka: it undoes an application
+    /// pause the book does not know of, and leaves an unpaused partition as it is). A partition that is not resumed first cannot be taken as
     /// at its end: a hidden pause leaves the fetcher "active" with an empty queue and a stale
     /// watermark, which would look caught up.
     Resume,

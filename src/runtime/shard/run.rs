@@ -356,11 +356,12 @@ impl ShardLoop {
         if epoch == self.res.book.epoch() {
             return;
         }
+        // A poisoned lock still holds the callbacks' last write (they write whole values).
         let assignment = signals
             .assignment
             .lock()
-            .map(|a| a.clone())
-            .unwrap_or_default();
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         let held = signals.held.load(Ordering::SeqCst);
         match assignment {
             Some(a) => self.res.book.on_assignment(epoch, &a, held, kafka),
@@ -747,6 +748,14 @@ impl ShardLoop {
         if self.stopping.is_some() {
             return;
         }
+        if self.siblings.leave.load(Ordering::SeqCst) {
+            tracing::info!(
+                shard = self.spec.index,
+                "drained: a sibling found every shard at its end"
+            );
+            self.begin_stop();
+            return;
+        }
         let mine = self.res.book.all_at_eof() && self.in_flight() == 0;
         if !mine && now.saturating_duration_since(self.drain_reported) >= DRAIN_REPORT_EVERY {
             self.drain_reported = now;
@@ -766,6 +775,7 @@ impl ShardLoop {
                 shard = self.spec.index,
                 "drained: every assigned partition of every shard at its end"
             );
+            self.siblings.leave.store(true, Ordering::SeqCst);
             self.begin_stop();
         }
     }
@@ -821,8 +831,8 @@ impl ShardLoop {
             }
         }
         if !resume.is_empty() {
-            // Idempotent: librdkafka may hold a partition paused that the book does not (see
-            // `DrainStep::Resume`).
+            // Idempotent: it undoes an application pause the book does not know of (see
+            // `DrainStep::Resume`); a partition not paused by the application is left as it is.
             PartitionControl::resume(kafka, &resume);
         }
         if !self.res.book.in_group() {
