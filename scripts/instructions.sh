@@ -16,12 +16,17 @@
 # Needs the services (scripts/services.sh up kafka cassandra registry), a release build and valgrind
 # (Debian: BOOTSTRAP_EXTRA=valgrind scripts/bootstrap.sh installs it).
 #
-# usage: scripts/instructions.sh [N] [BINARY]        (N default 20000; a run takes about N/1000 s)
+# Not quite deterministic: the shard thread frees librdkafka's messages through glibc's malloc, and an
+# idle loop runs for as long as a run lasts, so the same binary reads within about ±4% between runs
+# (N = 20,000; less with more records). Compare alternated rounds, not single runs.
+#
+# usage: scripts/instructions.sh [N] [BINARY]    (N default 50000; each run takes about N/1000 s + 45 s)
 # BEFORE=<binary>: the same runs with that binary too, alternated, and the change in %.
+# ROUNDS=<k>: k alternated rounds (default 1); each figure is then the median of the rounds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-N=${1:-20000}
+N=${1:-50000}
 BIN=${2:-target/release/shardline}
 command -v valgrind >/dev/null || {
   echo "instructions.sh: valgrind not found (BOOTSTRAP_EXTRA=valgrind scripts/bootstrap.sh)" >&2
@@ -56,18 +61,21 @@ run() {
 
 BINS=("$BIN")
 [ -n "${BEFORE:-}" ] && BINS=("$BEFORE" "$BIN")
-for b in "${!BINS[@]}"; do
-  for sink in null cassandra; do
-    args=()
-    [ "$sink" = null ] && args=(--null-sink)
-    run "${BINS[$b]}" "$T" "b$b-$sink-full" "${args[@]}"
-    run "${BINS[$b]}" "$T.empty" "b$b-$sink-empty" "${args[@]}"
+ROUNDS=${ROUNDS:-1}
+for r in $(seq 1 "$ROUNDS"); do
+  for b in "${!BINS[@]}"; do
+    for sink in null cassandra; do
+      args=()
+      [ "$sink" = null ] && args=(--null-sink)
+      run "${BINS[$b]}" "$T" "r$r-b$b-$sink-full" "${args[@]}"
+      run "${BINS[$b]}" "$T.empty" "r$r-b$b-$sink-empty" "${args[@]}"
+    done
   done
 done
 
-python3 - "$DIR" "$N" "${#BINS[@]}" "${BINS[@]}" <<'PY'
-import collections, glob, re, subprocess, sys
-d, n, nb, bins = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+python3 - "$DIR" "$N" "$ROUNDS" "${#BINS[@]}" "${BINS[@]}" <<'PY'
+import collections, glob, re, statistics, subprocess, sys
+d, n, rounds, nb, bins = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 
 def totals(label):
     """(whole process, the shard's thread) instructions of one run."""
@@ -85,7 +93,7 @@ def functions(label):
     """Instructions by function, over every thread's file of one run."""
     by = collections.Counter()
     for f in glob.glob(f"{d}/{label}.out-*"):
-        out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", f],
+        out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--auto=no", "--threshold=100", f],
                              capture_output=True, text=True).stdout
         for line in out.splitlines():
             m = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S.*)", line)
@@ -95,22 +103,31 @@ def functions(label):
     return by
 
 def top(b, sink, k=15):
-    """The functions that execute most instructions per record: the full run less the empty one."""
-    by = functions(f"b{b}-{sink}-full")
-    by.subtract(functions(f"b{b}-{sink}-empty"))
+    """The functions that execute most instructions per record: the last round's full run less its
+    empty one."""
+    by = functions(f"r{rounds}-b{b}-{sink}-full")
+    by.subtract(functions(f"r{rounds}-b{b}-{sink}-empty"))
     return [(ir, fn) for fn, ir in by.most_common(k)]
 
-res = {}
+res, each = {}, {}
 for b in range(nb):
     for sink in ("null", "cassandra"):
-        full, empty = totals(f"b{b}-{sink}-full"), totals(f"b{b}-{sink}-empty")
-        res[b, sink] = tuple((f - e) / n for f, e in zip(full, empty))
-print(f"Instructions per record (callgrind; {n:,} records; the empty topic's run subtracted)")
+        per = []
+        for r in range(1, rounds + 1):
+            full, empty = totals(f"r{r}-b{b}-{sink}-full"), totals(f"r{r}-b{b}-{sink}-empty")
+            per.append(tuple((f - e) / n for f, e in zip(full, empty)))
+        each[b, sink] = per
+        res[b, sink] = tuple(statistics.median(x[i] for x in per) for i in range(2))
+what = "median of %d rounds; " % rounds if rounds > 1 else ""
+print(f"Instructions per record (callgrind; {what}{n:,} records; the empty topic's run subtracted)")
 for b in range(nb):
     print(f"\n{bins[b]}:")
     for sink in ("null", "cassandra"):
         w, s = res[b, sink]
-        print(f"  {'--null-sink' if sink == 'null' else 'into Cassandra':15s} whole process {w:8,.0f}   shard thread {s:8,.0f}")
+        spread = ""
+        if rounds > 1:
+            spread = "   (shard thread per round: " + ", ".join(f"{x[1]:,.0f}" for x in each[b, sink]) + ")"
+        print(f"  {'--null-sink' if sink == 'null' else 'into Cassandra':15s} whole process {w:8,.0f}   shard thread {s:8,.0f}{spread}")
 if nb == 2:
     print("\nChange (second against first):")
     for sink in ("null", "cassandra"):

@@ -81,6 +81,51 @@ pub enum Value {
     Record(Vec<(String, Value)>),
 }
 
+impl Value {
+    /// Nothing on the heap and no reference counted: dropping it frees nothing.
+    #[inline]
+    pub fn owns_nothing(&self) -> bool {
+        matches!(
+            self,
+            Value::Null
+                | Value::Bool(_)
+                | Value::Int(_)
+                | Value::Long(_)
+                | Value::Float(_)
+                | Value::Double(_)
+                | Value::Date(_)
+                | Value::TimeMillis(_)
+                | Value::TimeMicros(_)
+                | Value::TimestampMillis(_)
+                | Value::TimestampMicros(_)
+                | Value::TimestampNanos(_)
+                | Value::Duration { .. }
+        )
+    }
+
+    /// Puts this value in `slot`. The value it replaces is dropped only if it owns something: the
+    /// decoder fills rows of nulls, and the drop glue of `Value` (an out-of-line call and a jump
+    /// table) cost about 26 instructions per slot under callgrind, a null included.
+    #[inline]
+    pub fn replace(self, slot: &mut Value) {
+        let old = std::mem::replace(slot, self);
+        if old.owns_nothing() {
+            std::mem::forget(old);
+        }
+    }
+
+    /// Empties `values` with [`Value::replace`]'s shortcut: only the values that own something go
+    /// through the drop glue.
+    #[inline]
+    pub fn clear_all(values: &mut Vec<Value>) {
+        for v in values.drain(..) {
+            if v.owns_nothing() {
+                std::mem::forget(v);
+            }
+        }
+    }
+}
+
 /// The shape of a value, known from the schema before any datum: what start-up type checks use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -628,7 +673,7 @@ impl Plan {
         };
         // Every slot is some step's or a fill's, so each is overwritten: no clearing first.
         if row.values.len() != self.slots {
-            row.values.clear();
+            Value::clear_all(&mut row.values);
             row.values.resize_with(self.slots, || Value::Null);
         }
         let read = self.read_steps(&mut r, row);
@@ -717,7 +762,7 @@ impl Plan {
         if depth > MAX_DEPTH {
             return Err(CodecError::TooDeep);
         }
-        *out = match self.node(node)? {
+        let value = match self.node(node)? {
             Node::Null => Value::Null,
             Node::Bool => Value::Bool(r.bool()?),
             Node::Int => Value::Int(r.int()?),
@@ -795,6 +840,7 @@ impl Plan {
             }
             Node::Pending => return Err(CodecError::Resolution("unresolved named type".into())),
         };
+        value.replace(out);
         Ok(())
     }
 
@@ -1266,6 +1312,56 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use apache_avro::types::Value as AvroValue;
+
+    #[test]
+    fn replacing_and_clearing_values_release_what_they_own_and_only_that() {
+        let payload: std::rc::Rc<[u8]> = std::rc::Rc::from(&b"abcdef"[..]);
+        let text = |at| Value::Str(Text::in_payload(&payload, at, 2).expect("in range"));
+        let mut slot = Value::Null;
+        text(0).replace(&mut slot);
+        assert_eq!(
+            std::rc::Rc::strong_count(&payload),
+            2,
+            "the slot holds one reference"
+        );
+        Value::Long(7).replace(&mut slot);
+        assert_eq!(
+            std::rc::Rc::strong_count(&payload),
+            1,
+            "the replaced text was dropped"
+        );
+        assert_eq!(slot, Value::Long(7));
+        let mut values = vec![
+            text(0),
+            Value::Null,
+            Value::Array(vec![text(2), Value::Int(1)]),
+            Value::Duration {
+                months: 1,
+                days: 2,
+                millis: 3,
+            },
+            text(4),
+        ];
+        assert_eq!(std::rc::Rc::strong_count(&payload), 4);
+        let capacity = values.capacity();
+        Value::clear_all(&mut values);
+        assert!(values.is_empty());
+        assert_eq!(
+            values.capacity(),
+            capacity,
+            "the vector is kept for the next row"
+        );
+        assert_eq!(
+            std::rc::Rc::strong_count(&payload),
+            1,
+            "every text released"
+        );
+        assert!(Value::Null.owns_nothing() && !text(0).owns_nothing());
+        assert!(
+            !Value::Array(Vec::new()).owns_nothing(),
+            "an array owns its vector"
+        );
+    }
 
     const SCHEMA: &str = r#"{"type":"record","name":"ev","namespace":"t","fields":[
         {"name":"id","type":"string"},

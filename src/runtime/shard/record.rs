@@ -121,7 +121,7 @@ impl RecordContext {
     fn give_back(&self, mut values: Vec<Value>) {
         let mut spare = self.spare.borrow_mut();
         if spare.len() < SPARE_VECTORS {
-            values.clear();
+            Value::clear_all(&mut values);
             spare.push(values);
         }
     }
