@@ -109,7 +109,8 @@ pub struct KafkaConfig {
     /// (for example `security.protocol`, `sasl.mechanism`, `fetch.min.bytes`).
     /// `sasl.password` may be given as `SHARDLINE_KAFKA_SASL_PASSWORD` instead. The consumers'
     /// `statistics.interval.ms` (default 1000) sets how often the lag gauges update and drain mode
-    /// sees the fetchers; it may be longer, not 0. Default: empty.
+    /// sees the fetchers; 1 to 9999 (drain mode's fallback needs statistics fresher than its 10 s
+    /// reports). Default: empty.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -1046,11 +1047,16 @@ impl Config {
             .kafka
             .librdkafka
             .get("statistics.interval.ms")
-            .is_some_and(|v| v.trim().parse::<u64>().map_or(true, |ms| ms == 0))
+            .is_some_and(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_or(true, |ms| ms == 0 || ms >= 10_000)
+            })
         {
             return bad(
-                "kafka.librdkafka.\"statistics.interval.ms\" must be a whole number of ms above 0: \
-                 the lag gauges and drain mode read the statistics"
+                "kafka.librdkafka.\"statistics.interval.ms\" must be a whole number of ms from 1 to \
+                 9999: the lag gauges read the statistics, and drain mode's fallback needs them fresher \
+                 than its 10 s reports"
                     .into(),
             );
         }
@@ -1959,7 +1965,7 @@ columns = { uid = "uid", url = "url" }
             None,
             "consumers only"
         );
-        for off in ["0", "soon"] {
+        for off in ["0", "soon", "10000"] {
             assert!(
                 invalid(&with(off)).contains("statistics.interval.ms"),
                 "{off}"
