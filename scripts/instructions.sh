@@ -25,9 +25,15 @@
 # ROUNDS=<k>: k alternated rounds (default 1); each figure is then the median of the rounds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+# Binaries given relative to the caller's directory still name the same files after the cd below.
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 N=${1:-50000}
-BIN=${2:-target/release/shardline}
+BIN=$(absolute "${2:-$ROOT/target/release/shardline}")
+[ -n "${BEFORE:-}" ] && BEFORE=$(absolute "$BEFORE")
+for b in "$BIN" ${BEFORE:+"$BEFORE"}; do
+  [ -x "$b" ] || { echo "instructions.sh: $b is not an executable (cargo build --release)" >&2; exit 1; }
+done
+cd "$ROOT"
 command -v valgrind >/dev/null || {
   echo "instructions.sh: valgrind not found (BOOTSTRAP_EXTRA=valgrind scripts/bootstrap.sh)" >&2
   exit 1
@@ -118,6 +124,11 @@ for b in range(nb):
             per.append(tuple((f - e) / n for f, e in zip(full, empty)))
         each[b, sink] = per
         res[b, sink] = tuple(statistics.median(x[i] for x in per) for i in range(2))
+        if res[b, sink][1] == 0:
+            # The shard thread is told apart by its loop's symbol; a binary without symbols (or a
+            # renamed loop) would read as a shard that costs nothing.
+            sys.exit(f"instructions.sh: no thread of the {sink} runs of {bins[b]} executed ShardLoop "
+                     "(stripped binary, or the loop renamed): cannot tell the shard's thread apart")
 what = "median of %d rounds; " % rounds if rounds > 1 else ""
 print(f"Instructions per record (callgrind; {what}{n:,} records; the empty topic's run subtracted)")
 for b in range(nb):

@@ -34,7 +34,7 @@ enum Cmd {
         /// Exit once every assigned partition is consumed to its end and written.
         #[arg(long)]
         drain: bool,
-        /// With --drain: how long the drained state must last before exiting.
+        /// With --drain: how long the drained state must last before exiting (at least 200 ms).
         #[arg(long, default_value_t = 3000)]
         drain_idle_ms: u64,
         /// Write nothing (decode and map only): the benchmark's null sink.

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -19,6 +19,14 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::metrics::{events, ShardMetrics};
+
+/// Locks one of the context's shared maps even if a thread panicked while holding it. Every write
+/// under these locks is one whole assignment or clear, so a poisoned value is still a complete one,
+/// and skipping the write instead (as `if let Ok(..)` would) leaves a stale assignment or view that
+/// the shard then acts on.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 pub struct ShardContext {
     pub shard: usize,
@@ -129,8 +137,8 @@ impl ClientContext for ShardContext {
     }
 
     fn stats(&self, stats: Statistics) {
-        let mut lags = self.message_lag.lock().ok();
-        let mut views = self.fetch_view.as_ref().and_then(|v| v.lock().ok());
+        let mut lags = lock(&self.message_lag);
+        let mut views = self.fetch_view.as_ref().map(lock);
         if let Some(v) = views.as_mut() {
             v.clear();
         }
@@ -164,9 +172,7 @@ impl ClientContext for ShardContext {
                         p.to_string().as_str(),
                     ])
                     .set(part.consumer_lag);
-                if let Some(l) = lags.as_mut() {
-                    l.insert((topic.clone(), *p), part.consumer_lag);
-                }
+                lags.insert((topic.clone(), *p), part.consumer_lag);
             }
         }
     }
@@ -206,18 +212,14 @@ impl ConsumerContext for ShardContext {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             // Written before the epoch moves, as on assign: the loop reads it when the epoch changed.
-            if let Ok(mut a) = self.assignment.lock() {
-                *a = None;
-            }
+            *lock(&self.assignment) = None;
             self.epoch.fetch_add(1, Ordering::SeqCst);
             self.metrics.lag.reset();
             self.metrics.lag_seconds.reset();
-            if let Ok(mut l) = self.message_lag.lock() {
-                l.clear();
-            }
+            lock(&self.message_lag).clear();
             // A view of the old assignment must not speak for the new one (drain's fallback).
-            if let Some(Ok(mut v)) = self.fetch_view.as_ref().map(|v| v.lock()) {
-                v.clear();
+            if let Some(v) = self.fetch_view.as_ref() {
+                lock(v).clear();
             }
             events::partitions_revoked(&self.metrics, &parts(tpl));
         }
@@ -238,9 +240,7 @@ impl ConsumerContext for ShardContext {
                 self.held.store(hold, Ordering::SeqCst);
                 let p = parts(tpl);
                 events::partitions_assigned(&self.metrics, self.core, &p);
-                if let Ok(mut a) = self.assignment.lock() {
-                    *a = Some(p);
-                }
+                *lock(&self.assignment) = Some(p);
                 self.epoch.fetch_add(1, Ordering::SeqCst);
             }
             Rebalance::Revoke(_) => {}
@@ -351,6 +351,34 @@ mod tests {
         ctx.stats(statistics(&[(1, "offset-query", -1001, -1)]));
         assert_eq!(view(0), None);
         assert_eq!(view(1).map(|v| v.state), Some("offset-query".to_string()));
+    }
+
+    #[test]
+    fn statistics_still_land_after_a_thread_panicked_holding_the_maps() {
+        let ctx = context();
+        // Poison both maps: a panic while a lock is held (the maps keep their last whole value).
+        std::thread::scope(|s| {
+            let _ = s
+                .spawn(|| {
+                    let _l = ctx.message_lag.lock();
+                    let _v = ctx.fetch_view.as_ref().map(|v| v.lock());
+                    panic!("poison the statistics maps");
+                })
+                .join();
+        });
+        assert!(ctx.message_lag.is_poisoned());
+        ctx.stats(statistics(&[(0, "active", 37, 3)]));
+        // Skipped writes would leave drain's fallback and the lag gauge on stale figures.
+        let views = lock(
+            ctx.fetch_view
+                .as_ref()
+                .expect("the test context keeps a view"),
+        );
+        assert_eq!(
+            views.get(&("t".to_string(), 0)).map(|v| v.next_offset),
+            Some(37)
+        );
+        assert_eq!(lock(&ctx.message_lag).get(&("t".to_string(), 0)), Some(&3));
     }
 
     #[test]

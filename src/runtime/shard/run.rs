@@ -50,6 +50,13 @@ const TICK: Duration = Duration::from_millis(100);
 /// a quiet tick still does: the lag gauge (every [`LAG_EVERY`] either way) and the client's fatal
 /// flag (an error callback's: seen up to this much later; fatal errors on the stream are events).
 const IDLE_TICK: Duration = LAG_EVERY;
+/// The time every shard must stay drained before they leave: `--drain-idle-ms`, but at least two
+/// [`TICK`]s. A sibling writes its drained flag on its own tick, so a flag can be a tick old; over two
+/// ticks every sibling has written it again (and a sibling that got work since says so), where a
+/// shorter window (0 included) could leave on a sibling's flag from before its new work.
+fn drain_window(drain_idle_ms: u64) -> Duration {
+    Duration::from_millis(drain_idle_ms).max(2 * TICK)
+}
 /// How often the lag in seconds is published: as often as librdkafka's statistics give the
 /// message lag it starts from.
 const LAG_EVERY: Duration = Duration::from_secs(1);
@@ -356,12 +363,7 @@ impl ShardLoop {
         if epoch == self.res.book.epoch() {
             return;
         }
-        // A poisoned lock still holds the callbacks' last write (they write whole values).
-        let assignment = signals
-            .assignment
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let assignment = crate::kafka::context::lock(&signals.assignment).clone();
         let held = signals.held.load(Ordering::SeqCst);
         match assignment {
             Some(a) => self.res.book.on_assignment(epoch, &a, held, kafka),
@@ -625,9 +627,7 @@ impl ShardLoop {
         let m = &self.res.metrics;
         let shard = m.shard.as_str();
         let now_ms = self.wall.ms_at(Instant::now());
-        let Ok(messages) = kafka.consumer.context().message_lag.lock() else {
-            return;
-        };
+        let messages = crate::kafka::context::lock(&kafka.consumer.context().message_lag);
         // Read under the lock, no copy: the statistics callback waits at most this long.
         let lags = self.res.book.lag_seconds(now_ms, |topic, p| {
             messages.get(&(topic.to_string(), p)).copied()
@@ -770,7 +770,7 @@ impl ShardLoop {
             return;
         }
         let since = *self.idle_since.get_or_insert(now);
-        if since.elapsed() >= Duration::from_millis(self.opts.drain_idle_ms) {
+        if since.elapsed() >= drain_window(self.opts.drain_idle_ms) {
             tracing::info!(
                 shard = self.spec.index,
                 "drained: every assigned partition of every shard at its end"
@@ -789,7 +789,7 @@ impl ShardLoop {
             .context()
             .fetch_view
             .as_ref()
-            .and_then(|v| v.lock().ok());
+            .map(crate::kafka::context::lock);
         let book = &self.res.book;
         let parts: Vec<_> = book
             .not_at_eof()
@@ -995,6 +995,13 @@ async fn next_event<'c>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_drain_window_outlasts_two_ticks_of_every_sibling() {
+        assert_eq!(drain_window(0), 2 * TICK);
+        assert_eq!(drain_window(150), 2 * TICK);
+        assert_eq!(drain_window(3_000), Duration::from_secs(3));
+    }
 
     #[test]
     fn the_tick_slows_only_after_a_whole_quiet_tick_and_speeds_up_at_the_next_event() {
