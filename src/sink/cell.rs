@@ -75,6 +75,35 @@ impl Cell {
         }
     }
 
+    /// Whether dropping the cell frees nothing: a scalar of the driver's types. Text, bytes and lists
+    /// hold the payload or a vector; any driver type not named here (the enum is non-exhaustive) is
+    /// taken as owning memory, so a new variant is dropped, never leaked.
+    pub fn owns_nothing(&self) -> bool {
+        use CqlValue as V;
+        match self {
+            Cell::Cql(v) => matches!(
+                v,
+                V::Boolean(_)
+                    | V::Int(_)
+                    | V::BigInt(_)
+                    | V::SmallInt(_)
+                    | V::TinyInt(_)
+                    | V::Float(_)
+                    | V::Double(_)
+                    | V::Timestamp(_)
+                    | V::Date(_)
+                    | V::Time(_)
+                    | V::Inet(_)
+                    | V::Uuid(_)
+                    | V::Timeuuid(_)
+                    | V::Counter(_)
+                    | V::Duration(_)
+                    | V::Empty
+            ),
+            Cell::Text(_) | Cell::Blob(_) | Cell::List(_) => false,
+        }
+    }
+
     fn mismatch(&self, typ: &ColumnType) -> SerializationError {
         SerializationError::new(CellError::TypeMismatch {
             cell: self.kind(),
