@@ -13,7 +13,8 @@
 # the functions that execute most instructions. librdkafka's statistics are set to the longest
 # interval shardline accepts (9.999 s) for these runs: under valgrind a run lasts ~50x longer, and
 # their JSON (about a million instructions each) would be charged to the records; what is left is
-# ~2 M instructions per 10 s of run that the empty run does not take away (under 100 per record).
+# ~2 M instructions per 10 s of run that the empty run does not take away (a run lasts about 1 ms
+# per record under valgrind: ~200 per record, the same for both binaries of an A/B).
 # Needs the services (scripts/services.sh up kafka cassandra registry), a release build and valgrind
 # (Debian: BOOTSTRAP_EXTRA=valgrind scripts/bootstrap.sh installs it).
 #
@@ -32,7 +33,10 @@ N=${1:-50000}
 BIN=$(absolute "${2:-$ROOT/target/release/shardline}")
 [ -n "${BEFORE:-}" ] && BEFORE=$(absolute "$BEFORE")
 for b in "$BIN" ${BEFORE:+"$BEFORE"}; do
-  [ -x "$b" ] || { echo "instructions.sh: $b is not an executable (cargo build --release)" >&2; exit 1; }
+  [ -f "$b" ] && [ -x "$b" ] || { echo "instructions.sh: $b is not an executable (give a path; cargo build --release)" >&2; exit 1; }
+  # The shard's thread is told apart by its loop's symbol: a stripped binary would read as a shard
+  # that costs nothing, after minutes of runs.
+  grep -q ShardLoop "$b" || { echo "instructions.sh: $b has no ShardLoop symbol (stripped?)" >&2; exit 1; }
 done
 cd "$ROOT"
 command -v valgrind >/dev/null || {
@@ -129,7 +133,7 @@ for b in range(nb):
             # The shard thread is told apart by its loop's symbol; a binary without symbols (or a
             # renamed loop) would read as a shard that costs nothing.
             sys.exit(f"instructions.sh: no thread of the {sink} runs of {bins[b]} executed ShardLoop "
-                     "(stripped binary, or the loop renamed): cannot tell the shard's thread apart")
+                     f"(the loop renamed?): cannot tell the shard's thread apart (callgrind files: {d})")
 what = "median of %d rounds; " % rounds if rounds > 1 else ""
 print(f"Instructions per record (callgrind; {what}{n:,} records; the empty topic's run subtracted)")
 for b in range(nb):

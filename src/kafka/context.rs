@@ -20,10 +20,11 @@ use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::metrics::{events, ShardMetrics};
 
-/// Locks one of the context's shared maps even if a thread panicked while holding it. Every write
-/// under these locks is one whole assignment or clear, so a poisoned value is still a complete one,
-/// and skipping the write instead (as `if let Ok(..)` would) leaves a stale assignment or view that
-/// the shard then acts on.
+/// Locks one of the context's shared values even if a thread panicked while holding it. Each write
+/// leaves the value valid (an assignment is written whole, a map entry whole; a statistics refresh
+/// cut short keeps some older figures, which the next one replaces), and skipping the write instead
+/// (as `if let Ok(..)` would) leaves a stale assignment or view that the shard then acts on.
+/// Defensive: the callbacks and their readers all run on the shard's thread.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -367,6 +368,7 @@ mod tests {
                 .join();
         });
         assert!(ctx.message_lag.is_poisoned());
+        assert!(ctx.fetch_view.as_ref().is_some_and(|v| v.is_poisoned()));
         ctx.stats(statistics(&[(0, "active", 37, 3)]));
         // Skipped writes would leave drain's fallback and the lag gauge on stale figures.
         let views = lock(

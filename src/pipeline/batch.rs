@@ -32,7 +32,7 @@ use prometheus::{Histogram, IntCounter};
 use super::insert::WriteCtx;
 use super::StepError;
 use crate::retry::{RetryError, Scope};
-use crate::sink::{approx_row_bytes, release_row, BoundRow, Owner};
+use crate::sink::{approx_row_bytes, release_rows, BoundRow, Owner};
 
 /// When a group is full, and how long it may wait for more rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,11 +377,7 @@ impl Batcher {
         match self.write.write_retrying(&rows).await {
             Ok(()) => {
                 m.ended(n, true);
-                // The write is over, so the group holds the only reference (a writer that kept
-                // one would have its copy dropped the usual way).
-                if let Ok(rows) = Rc::try_unwrap(rows) {
-                    rows.into_iter().for_each(release_row);
-                }
+                release_rows(rows);
                 vec![Ok(()); n]
             }
             Err(RetryError::Permanent(e)) if n > 1 && e.scope() == Scope::Record => {

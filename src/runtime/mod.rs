@@ -233,7 +233,8 @@ pub struct RunOptions {
     /// Exit once every assigned partition is at its end and nothing is in flight.
     pub drain: bool,
     /// How long the drained state must hold before a shard exits (lets late group members join);
-    /// at least two of the loop's 100 ms ticks, whatever is asked (the siblings' flags are a tick old).
+    /// at least two of the loop's 100 ms ticks, whatever is asked (each shard re-checks its own
+    /// state on its tick).
     pub drain_idle_ms: u64,
 }
 

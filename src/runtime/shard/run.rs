@@ -34,7 +34,7 @@ use super::setup::{ShardConsumer, ShardResources};
 use crate::clock::unix_seconds;
 use crate::codec::{CodecError, Row};
 use crate::config::Config;
-use crate::kafka::context::{FetchView, ShardContext};
+use crate::kafka::context::{lock, FetchView, ShardContext};
 use crate::kafka::partitions::PartitionControl;
 use crate::metrics::events;
 use crate::pipeline::StepError;
@@ -51,9 +51,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// flag (an error callback's: seen up to this much later; fatal errors on the stream are events).
 const IDLE_TICK: Duration = LAG_EVERY;
 /// The time every shard must stay drained before they leave: `--drain-idle-ms`, but at least two
-/// [`TICK`]s. A sibling writes its drained flag on its own tick, so a flag can be a tick old; over two
-/// ticks every sibling has written it again (and a sibling that got work since says so), where a
-/// shorter window (0 included) could leave on a sibling's flag from before its new work.
+/// [`TICK`]s. A shard raises its drained flag on its tick and lowers it at its next message or
+/// rebalance (`lower_drained_flag`); over two ticks every sibling has also re-checked its own state
+/// on a tick (its in-flight work done, its book at its ends), which a shorter window (0 included)
+/// would leave to chance.
 fn drain_window(drain_idle_ms: u64) -> Duration {
     Duration::from_millis(drain_idle_ms).max(2 * TICK)
 }
@@ -191,6 +192,8 @@ pub(super) struct ShardLoop {
     idle_since: Option<Instant>,
     /// Drain mode: when the shard last said what its drain waits for.
     drain_reported: Instant,
+    /// Drain mode: this shard's flag in `siblings.drained` is up (a copy, read per message).
+    drained_flag: bool,
     /// Drain mode: what the last report saw of each partition not at its end (see [`DrainWatch`]).
     drain_watch: DrainWatch,
     last_store: Instant,
@@ -244,6 +247,7 @@ impl ShardLoop {
             killed: false,
             idle_since: None,
             drain_reported: now,
+            drained_flag: false,
             drain_watch: DrainWatch::default(),
             last_store: now,
             last_yield: now,
@@ -363,17 +367,19 @@ impl ShardLoop {
         if epoch == self.res.book.epoch() {
             return;
         }
-        let assignment = crate::kafka::context::lock(&signals.assignment).clone();
+        let assignment = lock(&signals.assignment).clone();
         let held = signals.held.load(Ordering::SeqCst);
         match assignment {
             Some(a) => self.res.book.on_assignment(epoch, &a, held, kafka),
             None => self.res.book.on_revoke(epoch, kafka),
         }
+        self.lower_drained_flag();
         self.idle_since = None;
     }
 
     fn on_message(&mut self, msg: &BorrowedMessage<'_>, kafka: &Kafka<'_>) {
         self.idle_since = None;
+        self.lower_drained_flag();
         let book = &self.res.book;
         let Some(topic) = book.only_topic().or_else(|| book.topic_index(msg.topic())) else {
             return;
@@ -627,7 +633,7 @@ impl ShardLoop {
         let m = &self.res.metrics;
         let shard = m.shard.as_str();
         let now_ms = self.wall.ms_at(Instant::now());
-        let messages = crate::kafka::context::lock(&kafka.consumer.context().message_lag);
+        let messages = lock(&kafka.consumer.context().message_lag);
         // Read under the lock, no copy: the statistics callback waits at most this long.
         let lags = self.res.book.lag_seconds(now_ms, |topic, p| {
             messages.get(&(topic.to_string(), p)).copied()
@@ -764,6 +770,7 @@ impl ShardLoop {
         let drained = &self.siblings.drained;
         if let Some(flag) = drained.get(self.spec.index) {
             flag.store(mine, Ordering::SeqCst);
+            self.drained_flag = mine;
         }
         if !(mine && drained.iter().all(|d| d.load(Ordering::SeqCst))) {
             self.idle_since = None;
@@ -780,16 +787,22 @@ impl ShardLoop {
         }
     }
 
+    /// Work arrived (a message, a new assignment): siblings must not take this shard as drained on
+    /// the flag of its last tick. Only a raised flag is written, so a message costs a branch.
+    fn lower_drained_flag(&mut self) {
+        if self.drained_flag {
+            self.drained_flag = false;
+            if let Some(flag) = self.siblings.drained.get(self.spec.index) {
+                flag.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
     /// Drain mode, not at its end for [`DRAIN_REPORT_EVERY`]: one line per partition not at its end
     /// (the book's view beside librdkafka's last statistics of it) and one for work in flight; a
     /// quiet partition is resumed again, and taken as at its end once [`DrainWatch`] says so.
     fn report_drain_wait(&mut self, kafka: &Kafka<'_>) {
-        let views = kafka
-            .consumer
-            .context()
-            .fetch_view
-            .as_ref()
-            .map(crate::kafka::context::lock);
+        let views = kafka.consumer.context().fetch_view.as_ref().map(lock);
         let book = &self.res.book;
         let parts: Vec<_> = book
             .not_at_eof()
