@@ -32,7 +32,7 @@ use prometheus::{Histogram, IntCounter};
 use super::insert::WriteCtx;
 use super::StepError;
 use crate::retry::{RetryError, Scope};
-use crate::sink::{approx_row_bytes, release_rows, BoundRow, Owner};
+use crate::sink::{approx_row_bytes, BoundRow, Owner};
 
 /// When a group is full, and how long it may wait for more rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,7 +377,6 @@ impl Batcher {
         match self.write.write_retrying(&rows).await {
             Ok(()) => {
                 m.ended(n, true);
-                release_rows(rows);
                 vec![Ok(()); n]
             }
             Err(RetryError::Permanent(e)) if n > 1 && e.scope() == Scope::Record => {

@@ -118,9 +118,6 @@ impl Rows {
                 self.write.metrics.stage_queue.observe(queued);
                 let rows = Rc::new(vec![row]);
                 let r = self.write.write_retrying(&rows).await;
-                if r.is_ok() {
-                    crate::sink::release_rows(rows);
-                }
                 self.singles.ended(1, r.is_ok());
                 r.map_err(|e| self.write.step_error(e))
             }

@@ -75,42 +75,6 @@ impl Cell {
         }
     }
 
-    /// Whether dropping the cell frees nothing: a scalar of the driver's types. Text and bytes hold
-    /// the payload, a buffer or a symbol of their own, lists a vector; any driver type not named here
-    /// (the enum is non-exhaustive) is taken as owning memory, so a new variant is dropped, never
-    /// leaked.
-    pub fn owns_nothing(&self) -> bool {
-        // Every payload named goes through `plain`, which takes `Copy` types only: a type with drop
-        // glue cannot be `Copy`, so a driver update that gave one of these an owning payload fails
-        // to compile here instead of leaking.
-        fn plain<T: Copy>(_: &T) -> bool {
-            true
-        }
-        use CqlValue as V;
-        match self {
-            Cell::Cql(v) => match v {
-                V::Boolean(x) => plain(x),
-                V::Int(x) => plain(x),
-                V::BigInt(x) => plain(x),
-                V::SmallInt(x) => plain(x),
-                V::TinyInt(x) => plain(x),
-                V::Float(x) => plain(x),
-                V::Double(x) => plain(x),
-                V::Timestamp(x) => plain(x),
-                V::Date(x) => plain(x),
-                V::Time(x) => plain(x),
-                V::Inet(x) => plain(x),
-                V::Uuid(x) => plain(x),
-                V::Timeuuid(x) => plain(x),
-                V::Counter(x) => plain(x),
-                V::Duration(x) => plain(x),
-                V::Empty => true,
-                _ => false,
-            },
-            Cell::Text(_) | Cell::Blob(_) | Cell::List(_) => false,
-        }
-    }
-
     fn mismatch(&self, typ: &ColumnType) -> SerializationError {
         SerializationError::new(CellError::TypeMismatch {
             cell: self.kind(),

@@ -91,27 +91,6 @@ fn quoted(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// Drops a written row without running drop glue on the cells that own nothing (unset, null and
-/// scalar cells: most of a row's). The glue of the nested enums cost about 50 instructions per cell
-/// whatever it held (callgrind, `scripts/instructions.sh`); every written row ends here
-/// ([`release_rows`]), rows that failed are dropped the usual way.
-pub fn release_row(row: BoundRow) {
-    for slot in row {
-        match slot {
-            MaybeUnset::Set(Some(cell)) if !cell.owns_nothing() => drop(cell),
-            trivial => std::mem::forget(trivial),
-        }
-    }
-}
-
-/// Releases the rows of a finished write ([`release_row`]). The write's futures are gone by then, so
-/// the caller holds the only reference; should a writer ever keep one, its copy is dropped as usual.
-pub fn release_rows(rows: Rc<Vec<BoundRow>>) {
-    if let Ok(rows) = Rc::try_unwrap(rows) {
-        rows.into_iter().for_each(release_row);
-    }
-}
-
 /// About how many bytes `row` takes in a request (values and their length prefixes), for
 /// `scylla.batch_max_bytes`; exact enough to stay under the database's batch-size warning.
 pub fn approx_row_bytes(row: &BoundRow) -> usize {
@@ -547,78 +526,6 @@ columns = {columns}
         ]
         .into_iter()
         .collect()
-    }
-
-    #[test]
-    fn a_released_row_frees_what_its_cells_hold_and_only_that() {
-        use crate::codec::{Blob, Text};
-        let payload: Rc<[u8]> = Rc::from(&b"uid-1 abc"[..]);
-        let text = |start, len| Cell::Text(Text::in_payload(&payload, start, len).expect("UTF-8"));
-        let row: BoundRow = vec![
-            MaybeUnset::Set(Some(text(0, 5))),
-            MaybeUnset::Set(None),
-            MaybeUnset::Unset,
-            MaybeUnset::Set(Some(Cell::Cql(CqlValue::Int(7)))),
-            MaybeUnset::Set(Some(Cell::List(vec![text(6, 3), text(0, 3)]))),
-            MaybeUnset::Set(Some(Cell::Blob(
-                Blob::in_payload(&payload, 1, 2).expect("in range"),
-            ))),
-            MaybeUnset::Set(Some(Cell::Cql(CqlValue::Text("owned".into())))),
-        ];
-        assert_eq!(Rc::strong_count(&payload), 5);
-        release_row(row);
-        // Every reference the cells held into the payload is gone (a forgotten text cell would
-        // keep it alive for ever).
-        assert_eq!(Rc::strong_count(&payload), 1);
-    }
-
-    #[test]
-    fn only_scalars_of_the_driver_own_nothing() {
-        use scylla::value::{
-            Counter, CqlDate, CqlDecimal, CqlDuration, CqlTime, CqlTimestamp, CqlTimeuuid,
-            CqlVarint,
-        };
-        let id = uuid::Uuid::from_u128(7);
-        let scalars = [
-            CqlValue::Boolean(true),
-            CqlValue::Int(1),
-            CqlValue::BigInt(1),
-            CqlValue::SmallInt(1),
-            CqlValue::TinyInt(1),
-            CqlValue::Float(1.0),
-            CqlValue::Double(1.0),
-            CqlValue::Timestamp(CqlTimestamp(1)),
-            CqlValue::Date(CqlDate(1)),
-            CqlValue::Time(CqlTime(1)),
-            CqlValue::Inet([127, 0, 0, 1].into()),
-            CqlValue::Uuid(id),
-            CqlValue::Timeuuid(CqlTimeuuid::from(id)),
-            CqlValue::Counter(Counter(1)),
-            CqlValue::Duration(CqlDuration {
-                months: 1,
-                days: 1,
-                nanoseconds: 1,
-            }),
-            CqlValue::Empty,
-        ];
-        for v in scalars {
-            assert!(Cell::Cql(v.clone()).owns_nothing(), "{v:?}");
-        }
-        let owning = [
-            CqlValue::Ascii("x".into()),
-            CqlValue::Text("x".into()),
-            CqlValue::Blob(vec![1]),
-            CqlValue::Decimal(CqlDecimal::from_signed_be_bytes_and_exponent(vec![1], 0)),
-            CqlValue::Varint(CqlVarint::from_signed_bytes_be(vec![1])),
-            CqlValue::List(vec![]),
-            CqlValue::Set(vec![]),
-            CqlValue::Map(vec![]),
-            CqlValue::Tuple(vec![]),
-        ];
-        for v in owning {
-            assert!(!Cell::Cql(v.clone()).owns_nothing(), "{v:?}");
-        }
-        assert!(!Cell::List(vec![]).owns_nothing());
     }
 
     #[test]
