@@ -108,7 +108,7 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties, passed through verbatim to consumer and producer
     /// (for example `security.protocol`, `sasl.mechanism`, `fetch.min.bytes`).
     /// `sasl.password` may be given as `SHARDLINE_KAFKA_SASL_PASSWORD` instead. The consumers'
-    /// `statistics.interval.ms` (default 1000) sets how often the lag gauges update and drain mode
+    /// `statistics.interval.ms` (default 5000) sets how often the lag gauges update and drain mode
     /// sees the fetchers; 1 to 9999 (drain mode's fallback needs statistics fresher than its 10 s
     /// reports). Default: empty.
     #[serde(default)]
@@ -1973,7 +1973,7 @@ columns = { uid = "uid", url = "url" }
         }
         let default =
             crate::kafka::consumer_config(&Config::parse(MINIMAL).expect("parses").kafka, "t");
-        assert_eq!(default.get("statistics.interval.ms"), Some("1000"));
+        assert_eq!(default.get("statistics.interval.ms"), Some("5000"));
     }
 
     #[test]

@@ -58,8 +58,8 @@ const IDLE_TICK: Duration = LAG_EVERY;
 fn drain_window(drain_idle_ms: u64) -> Duration {
     Duration::from_millis(drain_idle_ms).max(2 * TICK)
 }
-/// How often the lag in seconds is published: as often as librdkafka's statistics give the
-/// message lag it starts from.
+/// How often the lag in seconds is published: each second, from the book's timestamps (which move
+/// with the clock) and the message lag of librdkafka's last statistics (every 5 s by default).
 const LAG_EVERY: Duration = Duration::from_secs(1);
 /// The longest the loop runs without yielding to the reactor (timers, I/O) and reading control.
 const YIELD_EVERY: Duration = Duration::from_millis(1);
