@@ -192,8 +192,6 @@ pub(super) struct ShardLoop {
     idle_since: Option<Instant>,
     /// Drain mode: when the shard last said what its drain waits for.
     drain_reported: Instant,
-    /// Drain mode: this shard's flag in `siblings.drained` is up (a copy, read per message).
-    drained_flag: bool,
     /// Drain mode: what the last report saw of each partition not at its end (see [`DrainWatch`]).
     drain_watch: DrainWatch,
     last_store: Instant,
@@ -247,7 +245,6 @@ impl ShardLoop {
             killed: false,
             idle_since: None,
             drain_reported: now,
-            drained_flag: false,
             drain_watch: DrainWatch::default(),
             last_store: now,
             last_yield: now,
@@ -770,7 +767,6 @@ impl ShardLoop {
         let drained = &self.siblings.drained;
         if let Some(flag) = drained.get(self.spec.index) {
             flag.store(mine, Ordering::SeqCst);
-            self.drained_flag = mine;
         }
         if !(mine && drained.iter().all(|d| d.load(Ordering::SeqCst))) {
             self.idle_since = None;
@@ -788,11 +784,11 @@ impl ShardLoop {
     }
 
     /// Work arrived (a message, a new assignment): siblings must not take this shard as drained on
-    /// the flag of its last tick. Only a raised flag is written, so a message costs a branch.
-    fn lower_drained_flag(&mut self) {
-        if self.drained_flag {
-            self.drained_flag = false;
-            if let Some(flag) = self.siblings.drained.get(self.spec.index) {
+    /// the flag of its last tick. Only a raised flag is written (only this shard writes it), so a
+    /// message costs a plain load of a line its siblings write once a tick at most.
+    fn lower_drained_flag(&self) {
+        if let Some(flag) = self.siblings.drained.get(self.spec.index) {
+            if flag.load(Ordering::Relaxed) {
                 flag.store(false, Ordering::SeqCst);
             }
         }
