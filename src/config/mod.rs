@@ -454,8 +454,9 @@ pub struct TableConfig {
     /// Column name → record field name. Required, at least one. Checked against the live table at
     /// start-up.
     pub columns: BTreeMap<String, String>,
-    /// Fixed TTL in seconds; 0 means no TTL. At most `i32::MAX` (CQL's TTL is an int). Default 0.
-    /// Exclusive with `ttl_field`.
+    /// Fixed TTL in seconds; 0 means no TTL. At most 630720000 (20 years, [`MAX_TTL_SECONDS`]: the
+    /// database refuses more). Default 0. Exclusive with `ttl_field`, whose values over the limit
+    /// are record errors (dead-lettered).
     #[serde(default)]
     pub ttl_seconds: u32,
     /// Take the TTL (seconds, int or long) from this record field instead. Default: none.
@@ -607,11 +608,11 @@ impl TableConfig {
                 "{key}.ttl_seconds and {key}.ttl_field are exclusive; keep one"
             ));
         }
-        if i32::try_from(self.ttl_seconds).is_err() {
+        if self.ttl_seconds > MAX_TTL_SECONDS {
             return bad(format!(
-                "{key}.ttl_seconds {} is larger than CQL allows (at most {})",
-                self.ttl_seconds,
-                i32::MAX
+                "{key}.ttl_seconds {} is larger than the database allows (at most {MAX_TTL_SECONDS}, \
+                 20 years); it would refuse every write",
+                self.ttl_seconds
             ));
         }
         let ts = self.write_timestamp_at(key)?;
@@ -692,7 +693,7 @@ pub enum ProcessorConfig {
         /// Default: none.
         #[serde(default)]
         defaults: BTreeMap<String, toml::Value>,
-        /// Per-request timeout. Key `timeout_ms`, in milliseconds. Default 1000 ms.
+        /// Per-request timeout. Key `timeout_ms`, in milliseconds, at least 1. Default 1000 ms.
         #[serde(
             rename = "timeout_ms",
             default = "default_step_timeout",
@@ -854,6 +855,11 @@ fn check_topic_name(field: &str, name: &str) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// The longest TTL the database accepts, in seconds: 20 years, in Cassandra (`Attributes.MAX_TTL`)
+/// and ScyllaDB alike. Both refuse a larger one only when the write runs (the TTL is a bound
+/// marker), with an error about the statement, not the record: so it is checked here, at start.
+pub const MAX_TTL_SECONDS: u32 = 630_720_000;
 
 fn default_max_in_flight() -> usize {
     256
@@ -1290,8 +1296,13 @@ impl Config {
                 key_fields,
                 query,
                 columns,
+                timeout,
                 ..
             } => {
+                if timeout.is_zero() {
+                    // The driver would time every lookup out at once, and lookups retry until stopped.
+                    return bad(format!("processors.{n}.timeout_ms must be at least 1"));
+                }
                 if key_fields.is_empty() || query.matches('?').count() != key_fields.len() {
                     return bad(format!(
                         "processors.{n}: the query needs one '?' per key field ({})",
@@ -1339,10 +1350,19 @@ impl Config {
     /// the dead-letter topic and internal ones (`__…`). A route whose expression matches none is an
     /// error: it would consume nothing, silently.
     pub fn resolve_topic_regexes(&mut self, existing: &[String]) -> Result<(), ConfigError> {
+        // Validation could not check these against the topics a regex matches: a produce step's
+        // output taken as a source would loop its records.
+        let produced = self.routes().into_iter().flat_map(|r| {
+            r.processors.iter().filter_map(|p| match p {
+                ProcessorConfig::Produce { topic, .. } => Some(topic.clone()),
+                _ => None,
+            })
+        });
         let listed: Vec<String> = self
             .all_topics()
             .into_iter()
             .chain(self.kafka.dead_letter_topic.clone())
+            .chain(produced)
             .collect();
         let mut taken: Vec<String> = Vec::new();
         for r in self.routes.iter_mut() {
@@ -2094,6 +2114,53 @@ columns = { uid = "uid", url = "url" }
             .validate()
             .expect_err("bad regex");
         assert!(e.to_string().contains("does not parse"), "{e}");
+    }
+
+    // Fails on the old code: regexes were resolved after validation, which could not see the
+    // topics they would match, so a produce step's output topic became a source of its own route.
+    #[test]
+    fn a_topic_regex_never_takes_a_topic_a_produce_step_writes() {
+        let text = format!(
+            "{MINIMAL}\n[[processors]]\nkind = \"produce\"\nname = \"out\"\ntopic = \"nav-enriched\"\n\
+             schema = '{{\"type\":\"record\",\"name\":\"O\",\"fields\":[{{\"name\":\"uid\",\"type\":\"string\"}}]}}'\n\
+             \n[[routes]]\nname = \"nav\"\ntopic_regex = \"nav-.*\"\n[routes.table]\n\
+             keyspace = \"ks\"\ntable = \"kv\"\n[routes.table.columns]\nk = \"kafka.key\"\n"
+        );
+        let mut c = Config::parse(&text).expect("parses");
+        c.validate().expect("valid");
+        let existing: Vec<String> = ["navigation", "nav-a", "nav-enriched"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        c.resolve_topic_regexes(&existing).expect("resolves");
+        assert_eq!(c.routes[0].topics, vec!["nav-a"]);
+    }
+
+    // Fails on the old code: both were accepted, and every write or lookup then failed at run time.
+    #[test]
+    fn a_ttl_beyond_the_database_limit_and_a_zero_lookup_timeout_are_refused() {
+        let ttl = |n: u64| {
+            MINIMAL.replace(
+                "keyspace = \"ks\"",
+                &format!("keyspace = \"ks\"\nttl_seconds = {n}"),
+            )
+        };
+        Config::parse(&ttl(MAX_TTL_SECONDS as u64))
+            .expect("parses")
+            .validate()
+            .expect("20 years is the limit, included");
+        let m = invalid(&ttl(MAX_TTL_SECONDS as u64 + 1));
+        assert!(
+            m.contains("table.ttl_seconds") && m.contains("630720000"),
+            "{m}"
+        );
+        let text = format!(
+            "{MINIMAL}\n[[processors]]\nkind = \"lookup\"\nname = \"seg\"\n\
+             query = \"SELECT s FROM ks.u WHERE uid = ?\"\nkey_fields = [\"uid\"]\n\
+             columns = {{ s = \"segment\" }}\ntimeout_ms = 0\n"
+        );
+        let m = invalid(&text);
+        assert!(m.contains("processors.seg.timeout_ms"), "{m}");
     }
 
     // Fails on the old code: the registry had no TLS or credential settings at all.

@@ -370,7 +370,8 @@ impl PartitionBook {
             // librdkafka reports -1 while it does not know (no committed offset yet): unknown, not 0.
             let seconds = match (messages(topic, key.1), last) {
                 (Some(0), _) => 0.0,
-                (_, Some(ts)) => (now_ms - ts).max(0) as f64 / 1000.0,
+                // Saturating: the timestamp is the producer's, any i64 (a bad one must not panic here).
+                (_, Some(ts)) => now_ms.saturating_sub(ts).max(0) as f64 / 1000.0,
                 (_, None) => continue,
             };
             out.push((topic, key.1, seconds));
@@ -677,5 +678,21 @@ mod tests {
         // A new assignment forgets the old partitions' timestamps: only a caught-up one is known.
         b.on_assignment(2, &parts, false, &kafka);
         assert_eq!(b.lag_seconds(11_000, messages), vec![("a", 1, 0.0)]);
+    }
+
+    // Fails on the old code (overflow checks on, as in tests: "attempt to subtract with overflow"):
+    // a producer may set any timestamp, i64::MIN included.
+    #[test]
+    fn a_producer_timestamp_at_the_ends_of_i64_does_not_panic() {
+        let kafka = FakeConsumer::default();
+        let mut b = book(1000);
+        b.on_assignment(1, &[tp("a", 0), tp("a", 1)], false, &kafka);
+        let now = Instant::now();
+        assert!(b.begin((0, 0), 1, Some(i64::MIN), now, &kafka));
+        assert!(b.begin((0, 1), 1, Some(i64::MAX), now, &kafka));
+        let lags = b.lag_seconds(1_700_000_000_000, |_, _| Some(3));
+        assert_eq!(lags.len(), 2);
+        assert!(lags[0].2 > 1e15, "{lags:?}");
+        assert_eq!(lags[1].2, 0.0);
     }
 }

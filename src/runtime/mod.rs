@@ -416,19 +416,32 @@ impl Running {
     }
 
     /// Waits until every shard ended or `stop_requested` asks for a stop; a second request kills.
+    /// The first shard to end with an error stops its siblings gracefully (their done work
+    /// committed), so the process ends with that error instead of running on without the shard:
+    /// in drain mode the siblings would otherwise wait for ever for its drained flag, and
+    /// otherwise a supervisor would never see the failure to restart the process.
     pub fn supervise(self, stop_requests: &Receiver<()>) -> Result<(), RunError> {
-        let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<(), RunError>>(1);
-        let controls = self.controls.clone();
-        std::thread::Builder::new()
-            .name("shardline-join".into())
-            .spawn(move || {
-                let _ = done_tx.send(self.wait());
-            })
-            .map_err(|e| RunError::ShardThread(format!("cannot start the join thread: {e}")))?;
+        let Running {
+            handles,
+            controls,
+            registries,
+            specs: _,
+        } = self;
+        let ended = join_each(handles)?;
+        let mut left = ended.1;
+        let mut first = Ok(());
         let mut requests = 0;
-        loop {
+        while left > 0 {
             crossbeam_channel::select! {
-                recv(done_rx) -> r => return r.unwrap_or_else(|_| Err(RunError::ShardThread("the join thread vanished".into()))),
+                recv(ended.0) -> r => {
+                    left -= 1;
+                    let r = r.unwrap_or_else(|_| Err(RunError::ShardThread("a join thread vanished".into())));
+                    if let (Err(e), true) = (&r, first.is_ok()) {
+                        tracing::error!(error = %e, "a shard failed: stopping the others");
+                        for c in &controls { c.send(Control::Stop); }
+                    }
+                    if first.is_ok() { first = r; }
+                }
                 recv(stop_requests) -> _ => {
                     requests += 1;
                     if requests == 1 {
@@ -444,7 +457,35 @@ impl Running {
                 default(Duration::from_secs(3600)) => {}
             }
         }
+        drop(registries);
+        first
     }
+}
+
+/// One thread per shard, blocked in its join: each result arrives as the shard ends, in whatever
+/// order (joining in turn would see shard 1's failure only after shard 0 ended). Gives the
+/// receiver and how many results will come.
+fn join_each(
+    handles: Vec<Option<glommio::ExecutorJoinHandle<Result<(), RunError>>>>,
+) -> Result<(Receiver<Result<(), RunError>>, usize), RunError> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut n = 0;
+    for (i, h) in handles.into_iter().enumerate() {
+        let Some(h) = h else { continue };
+        let tx: Sender<Result<(), RunError>> = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("shardline-join{i}"))
+            .spawn(move || {
+                let r = h
+                    .join()
+                    .map_err(|e| RunError::ShardThread(e.to_string()))
+                    .and_then(|r| r);
+                let _ = tx.send(r);
+            })
+            .map_err(|e| RunError::ShardThread(format!("cannot start a join thread: {e}")))?;
+        n += 1;
+    }
+    Ok((rx, n))
 }
 
 #[cfg(test)]
@@ -487,6 +528,55 @@ mod tests {
             "woken with the stop, not by the 10 s timer"
         );
         assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    // Fails on the old code (it hangs: the test gives up after 30 s): the supervisor joined the
+    // shards in turn and never told the others that one had failed, so in drain mode they waited
+    // for its drained flag for ever.
+    #[test]
+    fn a_failed_shard_stops_its_siblings_and_its_error_is_returned() {
+        let mut handles = Vec::new();
+        let mut controls = Vec::new();
+        for i in 0..2 {
+            let (tx, rx) = control_channel();
+            let h = LocalExecutorBuilder::default()
+                .name(&format!("test-shard{i}"))
+                .spawn(move || async move {
+                    if i == 1 {
+                        // Shard 1 fails at once; its sibling runs until it is told to stop.
+                        return Err(RunError::Systemic {
+                            shard: 1,
+                            class: "schema",
+                            message: "the table is gone".into(),
+                        });
+                    }
+                    match std::future::poll_fn(|cx| rx.poll_recv(cx)).await {
+                        Control::Stop => Ok(()),
+                        _ => Err(RunError::Killed),
+                    }
+                })
+                .expect("executor starts");
+            handles.push(Some(h));
+            controls.push(tx);
+        }
+        let running = Running {
+            handles,
+            controls,
+            registries: Vec::new(),
+            specs: Vec::new(),
+        };
+        let (_requests_tx, requests) = crossbeam_channel::unbounded::<()>();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = done_tx.send(running.supervise(&requests));
+        });
+        let r = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("supervise returns: the failed shard stopped its sibling");
+        assert!(
+            matches!(r, Err(RunError::Systemic { shard: 1, .. })),
+            "{r:?}"
+        );
     }
 
     #[test]

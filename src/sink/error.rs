@@ -154,9 +154,12 @@ fn classify_attempt(a: &RequestAttemptError) -> (Scope, &'static str) {
             DbError::WriteTimeout { .. } | DbError::ReadTimeout { .. } => (Transient, "timeout"),
             DbError::Unavailable { .. } | DbError::IsBootstrapping => (Transient, "unavailable"),
             DbError::Overloaded | DbError::RateLimitReached { .. } => (Transient, "overloaded"),
-            DbError::WriteFailure { .. } | DbError::ServerError | DbError::TruncateError => {
-                (Transient, "server")
-            }
+            // A replica failed the request (a read too: a lookup over many tombstones). About the
+            // replica, not the statement: retried, never a stop for a schema that is fine.
+            DbError::WriteFailure { .. }
+            | DbError::ReadFailure { .. }
+            | DbError::ServerError
+            | DbError::TruncateError => (Transient, "server"),
             // The values of this record were refused (an empty partition key, a value too large).
             DbError::Invalid => (Record, "invalid"),
             DbError::Unauthorized => (Systemic, "unauthorized"),
@@ -192,6 +195,18 @@ mod tests {
                 )),
                 Scope::Systemic,
                 "schema",
+            ),
+            // Fails on the old code: a replica's read failure stopped the shard as "schema".
+            (
+                db(DbError::ReadFailure {
+                    consistency: scylla::statement::Consistency::One,
+                    received: 0,
+                    required: 1,
+                    numfailures: 1,
+                    data_present: false,
+                }),
+                Scope::Transient,
+                "server",
             ),
             (db(DbError::Unauthorized), Scope::Systemic, "unauthorized"),
             (db(DbError::SyntaxError), Scope::Systemic, "schema"),

@@ -29,6 +29,9 @@ use scylla::value::{CqlValue, MaybeUnset};
 
 use crate::codec::{Kind, Value};
 use crate::config::{NullValues, TableConfig, WriteTimestamp};
+
+/// [`crate::config::MAX_TTL_SECONDS`] as the CQL `int` a TTL is bound as (20 years fit it).
+const MAX_TTL: i32 = crate::config::MAX_TTL_SECONDS as i32;
 pub use cell::Cell;
 pub use error::{Scope, StartError, WriteError};
 pub use mapping::{ColumnMap, CqlType};
@@ -202,16 +205,20 @@ impl Binder {
                 ty,
             });
         }
-        let ttl =
-            match &table.ttl_field {
-                Some(f) => Ttl::Slot(slot_of(f).ok_or_else(|| StartError::FieldNotDecoded {
-                    role: "ttl",
-                    field: f.clone(),
-                })?),
-                None => Ttl::Fixed(i32::try_from(table.ttl_seconds).map_err(|_| {
-                    StartError::Schema("ttl_seconds is larger than CQL allows".into())
-                })?),
-            };
+        let ttl = match &table.ttl_field {
+            Some(f) => Ttl::Slot(slot_of(f).ok_or_else(|| StartError::FieldNotDecoded {
+                role: "ttl",
+                field: f.clone(),
+            })?),
+            None => Ttl::Fixed(
+                i32::try_from(table.ttl_seconds)
+                    .ok()
+                    .filter(|t| *t <= MAX_TTL)
+                    .ok_or_else(|| {
+                        StartError::Schema("ttl_seconds is larger than the database allows".into())
+                    })?,
+            ),
+        };
         let ts = match table
             .write_timestamp()
             .map_err(|e| StartError::Schema(e.to_string()))?
@@ -355,6 +362,11 @@ impl Binder {
         };
         if ttl < 0 {
             return Err(mapping_err("ttl", "negative ttl"));
+        }
+        // The database would refuse it with the value in its message (`requested (N)`), which then
+        // reached the dead letter's headers and the logs: refused here, without the value.
+        if ttl > MAX_TTL {
+            return Err(mapping_err("ttl", "ttl above the database's 20-year limit"));
         }
         let ts_us = write_timestamp(&self.ts, values, kafka_ts_ms, offset)?;
         let mut out = Vec::with_capacity(self.columns.len() + 2);
@@ -556,6 +568,27 @@ columns = {columns}
                 "{b:?} != {e:?}"
             );
         }
+    }
+
+    // Fails on the old code: the database refused such a TTL only at the write, with the value in
+    // its message, and the message went to the dead letter's headers; a fixed one failed every write.
+    #[test]
+    fn a_ttl_beyond_20_years_is_refused_here_without_its_value() {
+        let c = config("ttl_field = \"t\"");
+        let fields = c.needed_fields();
+        let b = Binder::for_table(&c.table, &fields, &types()).expect("binder");
+        let with_ttl = |ttl: Value| vec![Value::Str("x".into()), Value::Int(5), ttl];
+        b.bind(&with_ttl(Value::Int(MAX_TTL)), Some(1_700), 0)
+            .expect("20 years is the limit, included");
+        for over in [Value::Int(MAX_TTL + 1), Value::Long(630_720_001)] {
+            let e = b
+                .bind(&with_ttl(over), Some(1_700), 0)
+                .expect_err("over the limit");
+            assert!(matches!(e, WriteError::Mapping { .. }), "{e:?}");
+            assert!(!e.to_string().contains("630720001"), "{e}");
+        }
+        let fixed = config("ttl_seconds = 630720001");
+        assert!(Binder::for_table(&fixed.table, &fixed.needed_fields(), &types()).is_err());
     }
 
     #[test]

@@ -400,7 +400,7 @@ impl ShardLoop {
             s.consumed.inc();
         }
         if let Some(ts) = kafka_ts_ms {
-            let fetch_ms = self.wall.ms_at(now) - ts;
+            let fetch_ms = self.wall.ms_at(now).saturating_sub(ts);
             metrics.stage_fetch.observe(fetch_ms.max(0) as f64 / 1000.0);
         }
         let start = match msg.payload() {
@@ -538,7 +538,7 @@ impl ShardLoop {
         match c.outcome {
             RecordOutcome::Written => {
                 if let Some(ts) = c.kafka_ts_ms {
-                    let e2e_ms = self.wall.ms_at(now) - ts;
+                    let e2e_ms = self.wall.ms_at(now).saturating_sub(ts);
                     metrics
                         .end_to_end_seconds
                         .observe(e2e_ms.max(0) as f64 / 1000.0);
