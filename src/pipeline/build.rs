@@ -27,6 +27,7 @@ use crate::kafka::{acked_producer, KafkaError};
 use crate::metrics::ShardMetrics;
 use crate::retry::Shutdown;
 use crate::sink::bridge::InTokio;
+use crate::sink::mapping::CqlType;
 use crate::sink::rate::WriteRate;
 use crate::sink::{Binder, NullWriter, RowWriter, ScyllaWriter, StartError};
 
@@ -42,6 +43,20 @@ pub enum BuildError {
         step: String,
         query: String,
         message: String,
+    },
+    /// A lookup's SELECT has not one bind marker per key field.
+    #[error("processors.{step}: the query has {markers} bind markers for {keys} key fields")]
+    KeyMarkers {
+        step: String,
+        markers: usize,
+        keys: usize,
+    },
+    /// A lookup's key column is of a type shardline converts no value to (a tuple, a UDT).
+    #[error("processors.{step}: key field '{field}' is bound to a {column_type} column, which shardline does not write")]
+    KeyType {
+        step: String,
+        field: String,
+        column_type: String,
     },
     /// A lookup maps a column its SELECT does not return.
     #[error("processors.{step}: the query selects no column '{column}'")]
@@ -281,6 +296,11 @@ async fn lookup(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>
             outputs.push((i, ctx.slot(name, field)?));
         }
     }
+    let keys = key_types(&stmt, name, key_fields)?
+        .into_iter()
+        .zip(key_fields)
+        .map(|(ty, f)| Ok((ctx.slot(name, f)?, ty)))
+        .collect::<Result<Vec<_>, BuildError>>()?;
     let defaults = defaults
         .iter()
         .map(|(field, v)| Ok((ctx.slot(name, field)?, toml_value(v))))
@@ -295,10 +315,7 @@ async fn lookup(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>
         session: inputs.primary.session().clone(),
         handle: inputs.primary.handle().clone(),
         stmt,
-        key_slots: key_fields
-            .iter()
-            .map(|f| ctx.slot(name, f))
-            .collect::<Result<_, _>>()?,
+        keys,
         outputs,
         cache: RefCell::new(HashMap::new()),
         cache_entries: *cache_entries,
@@ -310,6 +327,41 @@ async fn lookup(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>
         metrics: m.clone(),
         shutdown: inputs.shutdown.clone(),
     }))
+}
+
+/// The types of a lookup's bind markers, one per key field: the driver checks a value's type
+/// against its marker's, so a key is converted to it (see `lookup::key_value`). A count that does
+/// not match, or a marker of a type no value converts to, would fail every record: refused here.
+fn key_types(
+    stmt: &scylla::statement::prepared::PreparedStatement,
+    step: &str,
+    key_fields: &[String],
+) -> Result<Vec<CqlType>, BuildError> {
+    let specs = stmt.get_variable_col_specs();
+    if specs.len() != key_fields.len() {
+        return Err(BuildError::KeyMarkers {
+            step: step.into(),
+            markers: specs.len(),
+            keys: key_fields.len(),
+        });
+    }
+    let types: Vec<CqlType> = specs
+        .as_slice()
+        .iter()
+        .map(|c| CqlType::of_column(c.typ()))
+        .collect();
+    if let Some((ty, field)) = types
+        .iter()
+        .zip(key_fields)
+        .find(|(t, _)| matches!(t, CqlType::Other(_)))
+    {
+        return Err(BuildError::KeyType {
+            step: step.into(),
+            field: field.clone(),
+            column_type: ty.to_string(),
+        });
+    }
+    Ok(types)
 }
 
 fn produce(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>, BuildError> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::LocalBoxFuture;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlTimestamp, CqlValue};
+use scylla::value::CqlValue;
 
 use super::filter::text;
 use super::{Processor, Record, StepError, StepOutcome};
@@ -22,6 +22,7 @@ use crate::config::MissPolicy;
 use crate::metrics::{events, ShardMetrics};
 use crate::retry::{retry, RetryPolicy, Retryable, Scope, Shutdown};
 use crate::sink::bridge::InTokio;
+use crate::sink::mapping::{self, CqlType};
 use crate::sink::WriteError;
 
 pub(super) struct Cached {
@@ -35,7 +36,9 @@ pub struct Lookup {
     pub(super) session: Arc<Session>,
     pub(super) handle: crate::sink::bridge::BridgeHandle,
     pub(super) stmt: PreparedStatement,
-    pub(super) key_slots: Vec<usize>,
+    /// Each key field's record slot and the type of its bind marker, which the key converts to
+    /// as a column value would (a UUID string into a `uuid` key, an Avro int into a `bigint` one).
+    pub(super) keys: Vec<(usize, CqlType)>,
     /// (index in the SELECT's columns, record slot)
     pub(super) outputs: Vec<(usize, usize)>,
     pub(super) cache: RefCell<HashMap<String, Cached>>,
@@ -49,16 +52,14 @@ pub struct Lookup {
     pub(super) shutdown: Shutdown,
 }
 
-fn to_cql(v: &Value) -> Option<CqlValue> {
-    Some(match v {
-        Value::Str(s) | Value::Enum(s) | Value::Uuid(s) => CqlValue::Text(s.to_string()),
-        Value::Int(i) => CqlValue::Int(*i),
-        Value::Long(l) => CqlValue::BigInt(*l),
-        Value::TimestampMillis(ms) => CqlValue::Timestamp(CqlTimestamp(*ms)),
-        Value::Bool(b) => CqlValue::Boolean(*b),
-        Value::Double(d) => CqlValue::Double(*d),
-        _ => return None,
-    })
+/// A key field's value as its bind marker's type: converted exactly as a column value is (so a
+/// value that does not fit its key is a record error, as a value that does not fit a column is);
+/// a null key matches no row, so it is an error too. The message names no value.
+fn key_value(v: &Value, ty: &CqlType) -> Result<CqlValue, &'static str> {
+    match mapping::convert(v, ty)? {
+        Some(cell) => Ok(mapping::cql_for(cell, ty)),
+        None => Err("key field is null"),
+    }
 }
 
 fn from_cql(v: CqlValue) -> Value {
@@ -145,14 +146,15 @@ impl Processor for Lookup {
         rec: &'a mut Record,
     ) -> LocalBoxFuture<'a, Result<StepOutcome, StepError>> {
         Box::pin(async move {
-            let mut key = Vec::with_capacity(self.key_slots.len());
-            for s in &self.key_slots {
-                match rec.values.get(*s).and_then(to_cql) {
-                    Some(k) => key.push(k),
-                    None => {
+            let mut key = Vec::with_capacity(self.keys.len());
+            for (slot, ty) in &self.keys {
+                let v = rec.values.get(*slot).unwrap_or(&Value::Null);
+                match key_value(v, ty) {
+                    Ok(k) => key.push(k),
+                    Err(reason) => {
                         return Err(StepError::record(
                             "lookup_key",
-                            format!("step {}: key field is null or not a scalar", self.name),
+                            format!("step {}: {reason} (key column type {ty})", self.name),
                         ))
                     }
                 }
@@ -225,5 +227,76 @@ impl Processor for Lookup {
                 },
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scylla::cluster::metadata::{CollectionType, ColumnType, NativeType};
+
+    // Fails on the old code, which bound an int as a CQL int and a string as text whatever the
+    // key column's type (the driver refused both for a bigint, uuid or inet key).
+    #[test]
+    fn a_key_is_converted_to_its_markers_type_and_a_bad_one_names_no_value() {
+        let uuid = "123e4567-e89b-12d3-a456-426614174000";
+        let ok = |v: Value, ty: CqlType| key_value(&v, &ty).expect("converts");
+        assert_eq!(ok(Value::Int(5), CqlType::BigInt), CqlValue::BigInt(5));
+        assert_eq!(ok(Value::Long(5), CqlType::Int), CqlValue::Int(5));
+        assert!(
+            matches!(ok(Value::Str(uuid.into()), CqlType::Uuid), CqlValue::Uuid(u) if u.to_string() == uuid)
+        );
+        assert!(
+            matches!(ok(Value::Str("10.0.0.1".into()), CqlType::Inet), CqlValue::Inet(a) if a.to_string() == "10.0.0.1")
+        );
+        assert_eq!(
+            ok(Value::Str("a".into()), CqlType::Ascii),
+            CqlValue::Ascii("a".into())
+        );
+        assert_eq!(
+            ok(Value::Str("a".into()), CqlType::Text),
+            CqlValue::Text("a".into())
+        );
+        for (v, ty) in [
+            (Value::Long(1 << 40), CqlType::Int),
+            (Value::Str("not-an-address-9".into()), CqlType::Inet),
+            (Value::Null, CqlType::Text),
+            (Value::Bool(true), CqlType::Uuid),
+        ] {
+            let e = key_value(&v, &ty).expect_err("does not fit");
+            assert!(
+                !e.contains("1099511627776") && !e.contains("not-an-address-9"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn marker_types_are_read_from_the_driver_and_what_is_not_written_is_other() {
+        let native = |n| ColumnType::Native(n);
+        assert_eq!(
+            CqlType::of_column(&native(NativeType::BigInt)),
+            CqlType::BigInt
+        );
+        assert_eq!(
+            CqlType::of_column(&native(NativeType::Timeuuid)),
+            CqlType::TimeUuid
+        );
+        let list = ColumnType::Collection {
+            frozen: true,
+            typ: CollectionType::List(Box::new(native(NativeType::Text))),
+        };
+        assert_eq!(
+            CqlType::of_column(&list),
+            CqlType::List(Box::new(CqlType::Text))
+        );
+        assert!(matches!(
+            CqlType::of_column(&native(NativeType::Counter)),
+            CqlType::Other(_)
+        ));
+        assert!(matches!(
+            CqlType::of_column(&ColumnType::Tuple(vec![native(NativeType::Int)])),
+            CqlType::Other(_)
+        ));
     }
 }

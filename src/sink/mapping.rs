@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use scylla::cluster::metadata::{ColumnType, NativeType};
 use scylla::value::{CqlDate, CqlDecimal, CqlDuration, CqlTime, CqlTimestamp, CqlValue, CqlVarint};
 
 use super::{Cell, StartError};
@@ -63,6 +64,46 @@ impl std::fmt::Display for CqlType {
 }
 
 impl CqlType {
+    /// The type of a bind marker or result column as the driver describes it (a lookup's key
+    /// markers). What shardline does not write (counters, tuples, vectors, UDTs) is `Other`, which
+    /// no value converts to.
+    pub fn of_column(ct: &ColumnType<'_>) -> CqlType {
+        use scylla::cluster::metadata::CollectionType as Coll;
+        use NativeType as N;
+        let boxed = |t: &ColumnType<'_>| Box::new(CqlType::of_column(t));
+        match ct {
+            ColumnType::Native(n) => match n {
+                N::Ascii => CqlType::Ascii,
+                N::Text => CqlType::Text,
+                N::Int => CqlType::Int,
+                N::BigInt => CqlType::BigInt,
+                N::SmallInt => CqlType::SmallInt,
+                N::TinyInt => CqlType::TinyInt,
+                N::Float => CqlType::Float,
+                N::Double => CqlType::Double,
+                N::Boolean => CqlType::Boolean,
+                N::Blob => CqlType::Blob,
+                N::Timestamp => CqlType::Timestamp,
+                N::Date => CqlType::Date,
+                N::Time => CqlType::Time,
+                N::Uuid => CqlType::Uuid,
+                N::Timeuuid => CqlType::TimeUuid,
+                N::Inet => CqlType::Inet,
+                N::Decimal => CqlType::Decimal,
+                N::Varint => CqlType::Varint,
+                N::Duration => CqlType::Duration,
+                other => CqlType::Other(format!("{other:?}").to_ascii_lowercase()),
+            },
+            ColumnType::Collection { typ, .. } => match typ {
+                Coll::List(t) => CqlType::List(boxed(t)),
+                Coll::Set(t) => CqlType::Set(boxed(t)),
+                Coll::Map(k, v) => CqlType::Map(boxed(k), boxed(v)),
+                _ => CqlType::Other("collection".into()),
+            },
+            _ => CqlType::Other("tuple, vector or user type".into()),
+        }
+    }
+
     /// Parses the schema table's type text, e.g. `frozen<list<text>>`, `map<text, int>`.
     pub fn parse(s: &str) -> CqlType {
         let s = s.trim();
@@ -328,7 +369,7 @@ pub fn convert_into(v: &Value, ty: &CqlType, out: &mut Option<Cell>) -> Result<(
 /// A cell as the driver's own value for a column of type `ty` (text and bytes copied): a map's
 /// entries, which the driver's `Map` holds. A text cell for an `ascii` column is an `Ascii`, a list
 /// for a `set` column a `Set` (the same bytes on the wire; the names keep the value exact).
-fn cql_for(c: Cell, ty: &CqlType) -> CqlValue {
+pub fn cql_for(c: Cell, ty: &CqlType) -> CqlValue {
     let each = |items: Vec<Cell>, t: &CqlType| items.into_iter().map(|i| cql_for(i, t)).collect();
     match (c, ty) {
         (Cell::Text(s), CqlType::Ascii) => CqlValue::Ascii(s.as_str().to_owned()),

@@ -245,6 +245,106 @@ fn lookup_cache_and_every_miss_policy() -> Result<()> {
     Ok(())
 }
 
+// Fails on the old code: a lookup bound its keys by their Avro type (an int as a CQL int, a string
+// as text), the driver refused them for a bigint or an inet key, and every record was dead-lettered.
+#[test]
+fn lookup_keys_are_converted_to_their_column_types() -> Result<()> {
+    const N: u64 = 1000;
+    let s = setup("lookupty", N, 74)?;
+    let evs = events(74, N);
+    let dur_label = |d: i32| (d % 2 == 0).then(|| format!("d{}", d % 7));
+    let ip_label = |ip: &str| {
+        let n: u32 = ip.bytes().map(u32::from).sum();
+        (n % 3 != 0).then(|| format!("n{}", n % 5))
+    };
+    tokio().block_on(async {
+        let db = session().await?;
+        let ks = &s.ks;
+        cql(&db, &format!("CREATE TABLE {ks}.by_duration (d bigint PRIMARY KEY, label text)")).await?;
+        cql(&db, &format!("CREATE TABLE {ks}.by_ip (ip inet PRIMARY KEY, label text)")).await?;
+        cql(&db, &format!("CREATE TABLE {ks}.typed_events (event_id text PRIMARY KEY, dur_label text, ip_label text)")).await?;
+        let by_d = db.prepare(format!("INSERT INTO {ks}.by_duration (d, label) VALUES (?, ?)")).await?;
+        let by_ip = db.prepare(format!("INSERT INTO {ks}.by_ip (ip, label) VALUES (?, ?)")).await?;
+        for e in &evs {
+            if let Some(l) = dur_label(e.duration_ms) {
+                db.execute_unpaged(&by_d, (i64::from(e.duration_ms), l)).await?;
+            }
+            if let Some(l) = ip_label(&e.ip) {
+                let ip: std::net::IpAddr = e.ip.parse()?;
+                db.execute_unpaged(&by_ip, (ip, l)).await?;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let processors = r#"
+[[processors]]
+kind = "lookup"
+name = "by_duration"
+query = "SELECT label FROM {ks}.by_duration WHERE d = ?"
+key_fields = ["duration_ms"]
+columns = { label = "dur_label" }
+on_miss = "default"
+defaults = { dur_label = "none" }
+
+[[processors]]
+kind = "lookup"
+name = "by_ip"
+query = "SELECT label FROM {ks}.by_ip WHERE ip = ?"
+key_fields = ["ip"]
+columns = { label = "ip_label" }
+on_miss = "default"
+defaults = { ip_label = "none" }
+"#
+    .replace("{ks}", &s.ks);
+    let table = "table = \"typed_events\"\ncolumns = { event_id = \"event_id\", dur_label = \"dur_label\", ip_label = \"ip_label\" }";
+    let cfg = write(
+        &s.dir,
+        "typed",
+        &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
+    )?;
+    let out = drain_ok(&cfg, Duration::from_secs(300), &[])?;
+    let sum = out.summary.expect("summary");
+    ensure!(sum["written"] == N && sum["dead_lettered"] == 0, "{sum}");
+    let got: HashMap<String, (Option<String>, Option<String>)> = tokio()
+        .block_on(async {
+            rows(
+                &session().await?,
+                &format!(
+                    "SELECT event_id, dur_label, ip_label FROM {}.typed_events",
+                    s.ks
+                ),
+            )
+            .await
+        })?
+        .into_iter()
+        .map(|r| (text(&r[0]).unwrap_or_default(), (text(&r[1]), text(&r[2]))))
+        .collect();
+    ensure!(got.len() as u64 == N, "{} rows", got.len());
+    let none = || Some("none".to_string());
+    for e in &evs {
+        let want = (
+            dur_label(e.duration_ms).or_else(none),
+            ip_label(&e.ip).or_else(none),
+        );
+        let have = got.get(&e.event_id);
+        ensure!(
+            have == Some(&want),
+            "{}: {have:?}, expected {want:?}",
+            e.event_id
+        );
+    }
+    let hits = evs
+        .iter()
+        .filter(|e| dur_label(e.duration_ms).is_some())
+        .count();
+    ensure!(
+        hits > 0 && hits < N as usize,
+        "both hits and misses by duration: {hits}"
+    );
+    eprintln!("typed lookup keys: {N} rows, {hits} found by a bigint key; {sum}");
+    Ok(())
+}
+
 #[test]
 fn several_tables_from_one_record() -> Result<()> {
     const N: u64 = 3000;
