@@ -255,7 +255,7 @@ fn lookup_keys_are_converted_to_their_column_types() -> Result<()> {
     let dur_label = |d: i32| (d % 2 == 0).then(|| format!("d{}", d % 7));
     let ip_label = |ip: &str| {
         let n: u32 = ip.bytes().map(u32::from).sum();
-        (n % 3 != 0).then(|| format!("n{}", n % 5))
+        (!n.is_multiple_of(3)).then(|| format!("n{}", n % 5))
     };
     tokio().block_on(async {
         let db = session().await?;
