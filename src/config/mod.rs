@@ -1286,7 +1286,7 @@ impl Config {
             }
             self.validate_processor_step(n, p)?;
         }
-        Ok(())
+        read_before_set(processors)
     }
 
     fn validate_processor_step(&self, n: &str, p: &ProcessorConfig) -> Result<(), ConfigError> {
@@ -1435,6 +1435,35 @@ impl Config {
     pub fn all_fields(&self) -> Vec<String> {
         self.primary().all_fields()
     }
+}
+
+/// A record field has one slot: a field a lookup adds is that lookup's output, even when the Avro
+/// value has a field of the same name (it is not decoded). So a filter or a lookup key that reads
+/// it at or before the lookup that sets it would read a null on every record: a filter would drop
+/// or keep them all, a lookup fail them all. Refused. (Custom steps run after the built-in ones:
+/// their fields are set after every filter and lookup.)
+fn read_before_set(processors: &[ProcessorConfig]) -> Result<(), ConfigError> {
+    for (i, p) in processors.iter().enumerate() {
+        let reads: Vec<&String> = match p {
+            ProcessorConfig::Filter { field, .. } => vec![field],
+            ProcessorConfig::Lookup { key_fields, .. } => key_fields.iter().collect(),
+            _ => continue,
+        };
+        for later in &processors[i..] {
+            let ProcessorConfig::Lookup { name, columns, .. } = later else {
+                continue;
+            };
+            if let Some(f) = reads.iter().find(|f| columns.values().any(|c| c == **f)) {
+                return Err(ConfigError::Invalid(format!(
+                    "processors.{}: reads field '{f}', which lookup '{name}' sets at or after this \
+                     step (so it is null here); read it after the lookup, or name the lookup's \
+                     column something else",
+                    p.name()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[[routes]]`: more topics consumed by the same shards, each group of topics with its own
@@ -2114,6 +2143,45 @@ columns = { uid = "uid", url = "url" }
             .validate()
             .expect_err("bad regex");
         assert!(e.to_string().contains("does not parse"), "{e}");
+    }
+
+    // Fails on the old code: both were accepted, and the filter read a null on every record (the
+    // name was the lookup's output slot, not decoded), the lookup failed every record.
+    #[test]
+    fn a_field_read_before_the_lookup_that_sets_it_is_refused() {
+        let lookup = |name: &str, key: &str, out: &str| {
+            format!(
+                "\n[[processors]]\nkind = \"lookup\"\nname = \"{name}\"\n\
+                 query = \"SELECT s FROM ks.u WHERE k = ?\"\nkey_fields = [\"{key}\"]\n\
+                 columns = {{ s = \"{out}\" }}\n"
+            )
+        };
+        let filter = |field: &str| {
+            format!(
+                "\n[[processors]]\nkind = \"filter\"\nname = \"f\"\nfield = \"{field}\"\n\
+                 equals = \"eu\"\n"
+            )
+        };
+        let m = invalid(&format!(
+            "{MINIMAL}{}{}",
+            filter("region"),
+            lookup("geo", "uid", "region")
+        ));
+        assert!(
+            m.contains("processors.f") && m.contains("'region'") && m.contains("geo"),
+            "{m}"
+        );
+        let m = invalid(&format!("{MINIMAL}{}", lookup("self", "seg", "seg")));
+        assert!(m.contains("processors.self"), "{m}");
+        // After the lookup that sets it, the field is there to read.
+        Config::parse(&format!(
+            "{MINIMAL}{}{}",
+            lookup("geo", "uid", "region"),
+            filter("region")
+        ))
+        .expect("parses")
+        .validate()
+        .expect("read after it is set");
     }
 
     // Fails on the old code: regexes were resolved after validation, which could not see the
