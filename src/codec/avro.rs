@@ -8,9 +8,9 @@
 //! Guarantee: no input bytes make [`Plan::decode`] panic, loop without consuming input, recurse without
 //! bound, or allocate more than a small multiple of the input length; every malformed datum is a
 //! [`CodecError`]. Array and map items are what could break the last promise, because a null (or a
-//! record of nulls) takes no bytes: so every item, whatever its size, is charged one unit of a
-//! per-datum budget of the datum's length plus `ITEM_ALLOWANCE`, across all blocks of all arrays and
-//! maps of the datum, read or skipped. Precondition: the writer schema parsed (apache-avro checks
+//! record of nulls) takes no bytes: so every item, whatever its size, and every field of a nested
+//! record is charged one unit of a per-datum budget of the datum's length plus `ITEM_ALLOWANCE`,
+//! across all blocks of all arrays and maps of the datum, read or skipped. Precondition: the writer schema parsed (apache-avro checks
 //! names and references).
 
 use std::collections::HashMap;
@@ -837,6 +837,8 @@ impl Plan {
                 return self.read(*b, r, depth + 1, out);
             }
             Node::Record(fields) => {
+                // Each field is a value built, whatever its size (a record of nulls takes no bytes).
+                r.charge(fields.len())?;
                 let mut values = Vec::with_capacity(fields.len());
                 for (name, f) in fields {
                     values.push((name.clone(), Value::Null));
@@ -916,6 +918,7 @@ impl Plan {
                 self.skip(*b, r, depth + 1)?;
             }
             Node::Record(fields) => {
+                r.charge(fields.len())?;
                 for (_, f) in fields {
                     self.skip(*f, r, depth + 1)?;
                 }
@@ -1289,6 +1292,19 @@ impl<'a> Reader<'a> {
         Ok(t)
     }
 
+    /// Charges `n` values (a nested record's fields) to the datum's item budget: an array of wide
+    /// records of nulls is as many values as fields times items, not items alone.
+    fn charge(&mut self, n: usize) -> Result<(), CodecError> {
+        let n = n as u64;
+        match self.items_left.checked_sub(n) {
+            Some(left) => {
+                self.items_left = left;
+                Ok(())
+            }
+            None => Err(CodecError::BadLength(i64::try_from(n).unwrap_or(i64::MAX))),
+        }
+    }
+
     /// The item count of the next array/map block, `None` at the end marker. A negative count is
     /// followed by the block's byte size, which is read and ignored.
     ///
@@ -1615,6 +1631,41 @@ mod tests {
             .expect("a few records of nulls decode");
         let rec = Value::Record(vec![("x".into(), Value::Null), ("y".into(), Value::Null)]);
         assert_eq!(row.values, vec![Value::Array(vec![rec.clone(), rec])]);
+    }
+
+    // Fails on the old decoder: the budget counted array items, not the values built for them, so
+    // three bytes made a thousand records of a thousand fields (a million values, ~80 MB).
+    #[test]
+    fn the_fields_of_records_in_an_array_share_the_datum_budget() {
+        let wide = |n: usize| {
+            let fields: Vec<String> = (0..n)
+                .map(|i| format!(r#"{{"name":"f{i}","type":"null"}}"#))
+                .collect();
+            format!(
+                r#"{{"type":"record","name":"W","fields":[{{"name":"r","type":{{"type":"array","items":
+                {{"type":"record","name":"E","fields":[{}]}}}}}}]}}"#,
+                fields.join(",")
+            )
+        };
+        let schema = wide(1000);
+        let bomb = blocks(&[1000]);
+        assert_eq!(bomb.len(), 3);
+        let mut row = Row::default();
+        for plan in [plan_for(&schema, &["r"]), plan_for(&schema, &[])] {
+            assert!(matches!(
+                plan.decode_copy(&bomb, &mut row),
+                Err(CodecError::BadLength(_))
+            ));
+        }
+        // Within the budget (2 items of 100 fields in 3 bytes), such records still decode.
+        let plan = plan_for(&wide(100), &["r"]);
+        plan.decode_copy(&blocks(&[2]), &mut row)
+            .expect("two wide records of nulls decode");
+        assert!(
+            matches!(&row.values[..], [Value::Array(items)] if items.len() == 2),
+            "{:?}",
+            row.values.len()
+        );
     }
 
     // Fails on the old decoder: each inner array was capped on its own, so ten inner arrays of 2^16
