@@ -530,24 +530,28 @@ impl Plan {
     /// through records and nullable records; a path that meets a null reads as null. A field absent
     /// from the writer schema is a [`CodecError::Resolution`].
     pub fn compile(writer: &Schema, fields: &[String]) -> Result<Plan, CodecError> {
-        Plan::resolve(writer, fields, None)
+        Plan::resolve(writer, fields, None, &[])
     }
 
     /// [`Plan::compile`] for a writer schema that may be older or newer than the reader: a field
     /// the writer lacks holds `defaults[slot]` (the reader schema's default) in every record, or
-    /// null where there is none (see [`Plan::missing`]), instead of failing the schema.
+    /// null where there is none (see [`Plan::missing`]), instead of failing the schema. As the Avro
+    /// spec resolves, a field the writer lacks under its own name is read from the writer's field
+    /// named by one of the reader field's `aliases[slot]` (its top-level name; paths below it too).
     pub fn compile_with(
         writer: &Schema,
         fields: &[String],
         defaults: &[Option<Fill>],
+        aliases: &[Vec<String>],
     ) -> Result<Plan, CodecError> {
-        Plan::resolve(writer, fields, Some(defaults))
+        Plan::resolve(writer, fields, Some(defaults), aliases)
     }
 
     fn resolve(
         writer: &Schema,
         fields: &[String],
         defaults: Option<&[Option<Fill>]>,
+        aliases: &[Vec<String>],
     ) -> Result<Plan, CodecError> {
         let mut c = Compiler {
             nodes: Vec::new(),
@@ -569,6 +573,12 @@ impl Plan {
         let mut nested: Vec<Vec<Path>> = Vec::new();
         let mut kinds = vec![Kind::Null; fields.len()];
         let mut found = vec![false; fields.len()];
+        // A reader field matches the writer's field of its own name, or else one of its aliases.
+        let matches = |s: usize, head: &str, name: &str| {
+            head == name
+                || (!top.iter().any(|(n, _)| n == head)
+                    && aliases.get(s).is_some_and(|a| a.iter().any(|x| x == name)))
+        };
         for (name, node) in &top {
             let mut step = Step {
                 node: index32(*node)?,
@@ -578,7 +588,7 @@ impl Plan {
             let mut paths = Vec::new();
             for (s, field) in fields.iter().enumerate() {
                 let mut parts = field.split('.');
-                if parts.next() != Some(name.as_str()) {
+                if !parts.next().is_some_and(|head| matches(s, head, name)) {
                     continue;
                 }
                 let below: Vec<&str> = parts.collect();
@@ -1998,7 +2008,8 @@ mod tests {
             "geo.alt".to_string(),
             "amount.x".to_string(),
         ];
-        let plan = Plan::compile_with(&schema, &fields, &[None, None, None]).expect("compiles");
+        let plan =
+            Plan::compile_with(&schema, &fields, &[None, None, None], &[]).expect("compiles");
         assert_eq!(plan.kinds()[1], Kind::Null);
         assert_eq!(plan.missing(), &[false, true, true]);
         let datum = wide_datum(
@@ -2012,6 +2023,52 @@ mod tests {
             row.values,
             vec![Value::Str("o1".into()), Value::Null, Value::Null]
         );
+    }
+
+    // Fails on the old code: fields matched by exact name only, so a renamed field read null.
+    #[test]
+    fn a_field_the_writer_has_under_an_alias_is_read_from_it_and_its_own_name_wins() {
+        let writer = Schema::parse_str(
+            r#"{"type":"record","name":"w","fields":[{"name":"a","type":"long"},
+            {"name":"where","type":{"type":"record","name":"G","fields":[{"name":"lat","type":"double"}]}},
+            {"name":"c","type":"long"},{"name":"d","type":"long"}]}"#,
+        )
+        .expect("test schema parses");
+        let datum = encode(
+            &writer,
+            AvroValue::Record(vec![
+                ("a".into(), AvroValue::Long(42)),
+                (
+                    "where".into(),
+                    AvroValue::Record(vec![("lat".into(), AvroValue::Double(1.5))]),
+                ),
+                ("c".into(), AvroValue::Long(3)),
+                ("d".into(), AvroValue::Long(4)),
+            ]),
+        );
+        let fields: Vec<String> = ["b", "geo.lat", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let aliases = vec![
+            vec!["a".to_string()],
+            vec!["where".to_string()],
+            // `c` is in the writer: its own field, not its alias `d`.
+            vec!["d".to_string()],
+        ];
+        let plan =
+            Plan::compile_with(&writer, &fields, &[None, None, None], &aliases).expect("compiles");
+        assert_eq!(plan.missing(), &[false, false, false]);
+        let mut row = Row::default();
+        plan.decode_copy(&datum, &mut row).expect("decodes");
+        assert_eq!(
+            row.values,
+            vec![Value::Long(42), Value::Double(1.5), Value::Long(3)]
+        );
+        // Without the aliases the renamed fields are missing.
+        let plain =
+            Plan::compile_with(&writer, &fields, &[None, None, None], &[]).expect("compiles");
+        assert_eq!(plain.missing(), &[true, true, false]);
     }
 
     #[test]

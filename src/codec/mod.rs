@@ -547,7 +547,7 @@ fn ask<R: SchemaResolver>(
     let compiled = Schema::parse_str(&json)
         .map_err(|e| CodecError::Resolution(format!("schema id {id} does not parse: {e}")))
         .and_then(|schema| match &reader.defaults {
-            Some(defaults) => Plan::compile_with(&schema, fields, defaults),
+            Some(defaults) => Plan::compile_with(&schema, fields, defaults, &reader.aliases),
             None => Plan::compile(&schema, fields),
         })
         .and_then(|plan| match &reader.check {
@@ -845,6 +845,7 @@ mod tests {
         let fields = vec!["a".to_string()];
         let reader = |default: Option<Fill>| Reader {
             defaults: Some(vec![default]),
+            aliases: Vec::new(),
             check: None,
         };
         let mut d = Decoder::framed(r, fields.clone())
@@ -874,6 +875,7 @@ mod tests {
             .with_refetch(FAST)
             .with_reader(Reader {
                 defaults: Some(vec![None]),
+                aliases: Vec::new(),
                 check: Some(check),
             });
         for _ in 0..3 {

@@ -225,6 +225,7 @@ fn decoder(
     });
     Ok(decoder.with_reader(Reader {
         defaults: Some(reader::defaults(&reader_json, &fields)),
+        aliases: reader::aliases(&reader_json, &fields),
         check: Some(check),
     }))
 }
