@@ -144,8 +144,15 @@ fn validate(c: &Costs, t: &Target) -> Result<(), String> {
     if !(0.0..0.95).contains(&t.headroom) {
         return Err(format!("headroom {} must be in [0, 0.95)", t.headroom));
     }
-    if t.cores_per_host == 0 || t.msgs_per_s <= 0.0 || c.cpu_us_per_msg <= 0.0 {
-        return Err("cores_per_host, msgs_per_s and cpu_us_per_msg must be positive".into());
+    // `!(x > 0.0)` refuses NaN too (the command line parses "NaN" and "inf").
+    let positive = |x: f64| x > 0.0 && x.is_finite();
+    if t.cores_per_host == 0 || !positive(t.msgs_per_s) || !positive(c.cpu_us_per_msg) {
+        return Err(
+            "cores_per_host, msgs_per_s and cpu_us_per_msg must be positive and finite".into(),
+        );
+    }
+    if !positive(c.write_mean_ms) || !positive(c.msg_bytes) {
+        return Err("write_mean_ms and msg_bytes must be positive and finite".into());
     }
     for (name, us) in [
         ("db_us_per_msg", c.db_us_per_msg),
@@ -159,7 +166,26 @@ fn validate(c: &Costs, t: &Target) -> Result<(), String> {
     if t.shards == Some(0) {
         return Err("shards must be at least 1".into());
     }
+    if t.shards.is_some_and(|n| n > MAX_SHARDS) {
+        return Err(format!("shards must be at most {MAX_SHARDS}"));
+    }
     Ok(())
+}
+
+/// The most shards (and cores for any one resource) a plan sizes: far beyond any deployment, and far
+/// enough below `u32::MAX` that the layout's products cannot overflow. Larger means the costs or the
+/// rate are wrong (a cost in ns read as µs, a rate in bytes).
+pub const MAX_SHARDS: u32 = 1_000_000;
+
+/// Refuses a plan whose sizes would not fit [`MAX_SHARDS`]: checked before they are counted in `u32`.
+fn within_bounds(cores: &[(&str, f64)]) -> Result<(), String> {
+    match cores.iter().find(|(_, n)| *n > f64::from(MAX_SHARDS)) {
+        Some((name, n)) => Err(format!(
+            "{name} would need {n:.3e} cores, more than {MAX_SHARDS}: check the costs per record and \
+             the rate"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// (shards, hosts, shards per host): a given layout as given, on the fewest hosts that hold it;
@@ -271,6 +297,10 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
     let spare = 1.0 - t.headroom;
     let cores_for = |us: f64| t.msgs_per_s * us / 1e6 / spare;
     let shardline_cores = cores_for(c.cpu_us_per_msg);
+    within_bounds(&[
+        ("shardline", shardline_cores),
+        ("everything modelled", cores_for(c.total_us())),
+    ])?;
     let (shards, hosts, shards_per_host) = layout(c, t, shardline_cores, cores_for);
     let (ceiling_msgs_per_s, bottleneck) = ceiling(c, t, hosts, shards);
     let mut warnings = model_warnings(c, t, shards_per_host, ceiling_msgs_per_s);
@@ -346,11 +376,11 @@ impl Plan {
             }
         }
         line(format!(
-            "shards                {:>12}         = {}, rounded to fill hosts",
+            "shards                {:>12}         = {}",
             self.shards,
             match t.shards {
                 Some(n) => format!("{n} (given)"),
-                None => "ceil(shardline cores)".into(),
+                None => "ceil(shardline cores), rounded to fill hosts".into(),
             }
         ));
         let hosts = if t.shards.is_some() {
@@ -377,8 +407,8 @@ impl Plan {
         ));
         let formula = match self.bottleneck {
             Bottleneck::ShardCores => format!(
-                "= hosts × shards per host × {cap:.0}: one core per shard binds; more shards (and \
-                 partitions) move it"
+                "= shards × {cap:.0}: one core per shard binds; more shards (and partitions) \
+                 move it"
             ),
             Bottleneck::HostCores => format!(
                 "= hosts × {} cores × 1e6 / {:.3} µs (shardline + database + broker + other): the \
@@ -697,6 +727,48 @@ mod tests {
         assert_eq!(p.max_in_flight_per_shard, 953);
     }
 
+    // Fails on the old code: NaN passed the checks (and gave `max_in_flight_per_shard = 0`), a cost
+    // of 1e12 µs panicked on a shard count past u32 (debug) or divided by zero shards (release).
+    #[test]
+    fn absurd_or_non_finite_inputs_are_refused_not_planned() {
+        for cpu in [f64::NAN, f64::INFINITY, 1e12] {
+            let c = Costs {
+                cpu_us_per_msg: cpu,
+                ..costs()
+            };
+            assert!(plan(&c, &target(200_000.0, 8, 0.3)).is_err(), "{cpu}");
+        }
+        for rate in [f64::NAN, f64::INFINITY, 1e15] {
+            assert!(plan(&costs(), &target(rate, 8, 0.3)).is_err(), "{rate}");
+        }
+        for bad in [0.0, -3.0, f64::NAN] {
+            let c = Costs {
+                write_mean_ms: bad,
+                ..costs()
+            };
+            assert!(plan(&c, &target(1000.0, 8, 0.3)).is_err(), "write {bad}");
+            let c = Costs {
+                msg_bytes: bad,
+                ..costs()
+            };
+            assert!(plan(&c, &target(1000.0, 8, 0.3)).is_err(), "bytes {bad}");
+        }
+        let t = Target {
+            shards: Some(3_000_000_000),
+            ..target(1000.0, 8, 0.3)
+        };
+        assert!(plan(&costs(), &t).is_err());
+        // The largest plan allowed still counts without overflow.
+        let c = Costs {
+            cpu_us_per_msg: 1.0,
+            db_us_per_msg: None,
+            broker_us_per_msg: None,
+            ..costs()
+        };
+        let p = plan(&c, &target(0.69e12, 4, 0.3)).expect("plannable");
+        assert!(p.shards <= MAX_SHARDS + 4, "{}", p.shards);
+    }
+
     #[test]
     fn a_given_layout_is_planned_as_given() {
         // 3 shards on 2-core hosts: 2 hosts, still 3 shards (not rounded up to 4).
@@ -710,6 +782,17 @@ mod tests {
         .expect("plannable");
         assert_eq!((p.shards, p.hosts, p.shards_per_host), (3, 2, 2));
         assert!(close(p.ceiling_msgs_per_s, 3.0 * 200_000.0));
+        // The printed formula gives the printed value: 3 × 200000, not hosts × per host × 200000.
+        let given = Target {
+            shards: Some(3),
+            ..target(1000.0, 2, 0.3)
+        };
+        let text = p.explain(&costs(), &given);
+        assert!(text.contains("600000 msg/s   = shards × 200000"), "{text}");
+        assert!(
+            text.contains("3 (given)") && !text.contains("(given), rounded"),
+            "{text}"
+        );
         // One colocated box asked for more than it can do stays one box, and says so.
         let c = bench_box();
         let t = Target {
