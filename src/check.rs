@@ -188,6 +188,7 @@ fn check_route(
         .iter()
         .map(|c| format!("{prefix}{} <- {} ({})", c.column, c.field, c.ty))
         .collect();
+    check_produce_steps(route, &fields, &kinds)?;
     // The insert processors' tables: the same checks, table by table.
     for p in route.processors {
         if let crate::config::ProcessorConfig::Insert { name, table } = p {
@@ -201,6 +202,43 @@ fn check_route(
         }
     }
     Ok((schema_id, columns))
+}
+
+/// Each produce step's output schema takes the fields it is fed (read from the Kafka record; an
+/// enriched field's kind is known per record only): a misfit would fail every record, which would
+/// then be dead-lettered and committed, so it is refused here. An output field the record does not
+/// have is written null: the output must take null there.
+fn check_produce_steps(
+    route: &Route<'_>,
+    fields: &[String],
+    kinds: &[crate::codec::Kind],
+) -> Result<(), StartError> {
+    use crate::codec::Kind;
+    let all = route.all_fields();
+    for p in route.processors {
+        let crate::config::ProcessorConfig::Produce { name, schema, .. } = p else {
+            continue;
+        };
+        let parsed = Schema::parse_str(schema).map_err(|e| {
+            StartError::Schema(format!("processors.{name}.schema does not parse: {e}"))
+        })?;
+        let (plan, names) = Plan::for_encoding(&parsed)
+            .map_err(|e| StartError::Schema(format!("processors.{name}: {e}")))?;
+        for (field, out) in names.iter().zip(plan.kinds()) {
+            let input = match fields.iter().position(|f| f == field) {
+                Some(i) => kinds.get(i).cloned().unwrap_or(Kind::Null),
+                None if all.contains(field) => continue,
+                None => Kind::Null,
+            };
+            if !input.writes_into(out) {
+                return Err(StartError::Schema(format!(
+                    "processors.{name}: field '{field}' ({input}) cannot be written to the output \
+                     schema's {out}: every record would fail"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The columns fed by fields read from the Kafka record (decoded or metadata): enriched ones (lookups) are type-checked per record instead.
@@ -257,6 +295,81 @@ fn check_special(
 mod tests {
     use super::*;
     use crate::codec::Kind;
+
+    // Fails on the old code (it was not checked): a plain long into a timestamp-millis output
+    // field, or a field the record lacks into a non-null one, failed every record, which was then
+    // dead-lettered and committed.
+    #[test]
+    fn a_produce_schema_that_cannot_take_its_fields_is_refused_at_start() {
+        let with = |output: &str| {
+            let text = format!(
+                "{}\n[[processors]]\nkind = \"produce\"\nname = \"out\"\ntopic = \"o\"\n\
+                 schema = '{{\"type\":\"record\",\"name\":\"O\",\"fields\":[{output}]}}'\n",
+                crate::config::tests::MINIMAL
+            );
+            Config::parse(&text).expect("test config parses")
+        };
+        let check = |c: &Config, kinds: &[Kind]| {
+            let route = c.primary();
+            check_produce_steps(&route, &route.needed_fields(), kinds)
+        };
+        // MINIMAL reads uid and url; a produce step's fields are read too.
+        let ts = r#"{"name":"uid","type":"string"},{"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}}"#;
+        let c = with(ts);
+        assert_eq!(c.needed_fields(), ["uid", "url", "ts"]);
+        let e = check(&c, &[Kind::Str, Kind::Str, Kind::Long]).expect_err("long into timestamp");
+        assert!(e.to_string().contains("'ts'"), "{e}");
+        check(&c, &[Kind::Str, Kind::Str, Kind::TimestampMillis]).expect("the same type fits");
+        check(
+            &c,
+            &[
+                Kind::Str,
+                Kind::Str,
+                Kind::Nullable(Box::new(Kind::TimestampMillis)),
+            ],
+        )
+        .expect("nulls fail per record only");
+        let widening = r#"{"name":"url","type":"string"},{"name":"n","type":["null","long"]}"#;
+        let c = with(widening);
+        check(&c, &[Kind::Str, Kind::Str, Kind::Int]).expect("int widens to long");
+        let e = check(&c, &[Kind::Str, Kind::Str, Kind::Double]).expect_err("double into long");
+        assert!(e.to_string().contains("'n'"), "{e}");
+    }
+
+    #[test]
+    fn output_kinds_take_what_the_encoder_writes() {
+        let n = |k: Kind| Kind::Nullable(Box::new(k));
+        for (input, output, fits) in [
+            (Kind::Int, Kind::Long, true),
+            (Kind::Long, Kind::Int, false),
+            (Kind::Float, Kind::Double, true),
+            (Kind::Double, Kind::Float, false),
+            (Kind::Null, Kind::Long, false),
+            (Kind::Null, n(Kind::Long), true),
+            (n(Kind::Str), Kind::Str, true),
+            (Kind::Str, Kind::Uuid, true),
+            (Kind::Enum, Kind::Str, true),
+            (Kind::Long, Kind::TimestampMillis, false),
+            (
+                Kind::Union(vec![Kind::Null, Kind::Str, Kind::Long]),
+                Kind::Long,
+                true,
+            ),
+            (Kind::Bool, Kind::Union(vec![Kind::Str, Kind::Bool]), true),
+            (
+                Kind::Array(Box::new(Kind::Int)),
+                Kind::Array(Box::new(Kind::Long)),
+                true,
+            ),
+            (
+                Kind::Map(Box::new(Kind::Str)),
+                Kind::Map(Box::new(Kind::Long)),
+                false,
+            ),
+        ] {
+            assert_eq!(input.writes_into(&output), fits, "{input} into {output}");
+        }
+    }
 
     // Fails on the old code: timestamp-nanos compiled to kind `long`, which this check accepted and
     // the binder then read as microseconds (1000 times too late).

@@ -218,6 +218,55 @@ impl std::fmt::Display for Kind {
     }
 }
 
+impl Kind {
+    /// Whether values of this kind can be encoded into an output field of kind `output` (a
+    /// produce step's schema), as [`Plan::encode`] writes them. Per value, a null into a field
+    /// that takes none, an enum symbol the output lacks or a fixed of another size still fails
+    /// that record; what this refuses would fail every record.
+    pub fn writes_into(&self, output: &Kind) -> bool {
+        use Kind as K;
+        match (self, output) {
+            (K::Null, o) => o.takes_null(),
+            (K::Nullable(k), o) => k.writes_into(o),
+            // A general union goes where one of its branches goes (as for columns).
+            (K::Union(bs), o) => bs
+                .iter()
+                .any(|b| !matches!(b, K::Null) && b.writes_into(o)),
+            (i, K::Nullable(o)) => i.writes_into(o),
+            (i, K::Union(bs)) => bs.iter().any(|b| i.writes_into(b)),
+            (K::Int, K::Int | K::Long)
+            | (K::Long, K::Long)
+            | (K::Float, K::Float | K::Double)
+            | (K::Double, K::Double)
+            | (K::Bool, K::Bool)
+            | (K::Bytes | K::Fixed, K::Bytes | K::Fixed)
+            | (K::Str, K::Str | K::Uuid | K::Enum)
+            | (K::Enum, K::Enum | K::Str)
+            | (K::Uuid, K::Uuid | K::Str)
+            | (K::Date, K::Date)
+            | (K::TimeMillis, K::TimeMillis)
+            | (K::TimeMicros, K::TimeMicros)
+            | (K::TimestampMillis, K::TimestampMillis)
+            | (K::TimestampMicros, K::TimestampMicros)
+            | (K::TimestampNanos, K::TimestampNanos)
+            | (K::Decimal { .. }, K::Decimal { .. })
+            | (K::Duration, K::Duration)
+            // Field by field, per record: a record's nesting is not checked here.
+            | (K::Record(_) | K::Opaque, K::Record(_) | K::Opaque) => true,
+            (K::Array(i), K::Array(o)) | (K::Map(i), K::Map(o)) => i.writes_into(o),
+            _ => false,
+        }
+    }
+
+    fn takes_null(&self) -> bool {
+        match self {
+            Kind::Null | Kind::Nullable(_) => true,
+            Kind::Union(bs) => bs.iter().any(Kind::takes_null),
+            _ => false,
+        }
+    }
+}
+
 /// One node of the compiled schema. Children are indices into [`Plan::nodes`], so recursive named
 /// types compile to a finite graph.
 #[derive(Debug, Clone)]

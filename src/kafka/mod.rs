@@ -26,9 +26,10 @@ use crate::retry::{Retryable, Scope};
 /// Errors of the Kafka boundary.
 #[derive(Debug, Error)]
 pub enum KafkaError {
-    /// Creating, configuring or subscribing a client failed (start-up).
+    /// Creating, configuring or subscribing a client failed (start-up). A refused setting's value
+    /// is redacted (see the `From` impl): it may be a secret.
     #[error("kafka client: {0}")]
-    Client(#[from] rdkafka::error::KafkaError),
+    Client(rdkafka::error::KafkaError),
     /// Producing one record (a dead letter, the produce step) failed; see [`KafkaError::scope`].
     #[error("produce failed: {0}")]
     Produce(rdkafka::error::KafkaError),
@@ -46,6 +47,30 @@ pub enum KafkaError {
         hint: &'static str,
     },
 }
+
+impl From<rdkafka::error::KafkaError> for KafkaError {
+    /// librdkafka refuses a passthrough setting with its value in both the error's fields and its
+    /// own message (`Invalid value "…" for configuration property "…"`), and rdkafka prints both:
+    /// a secret under a key this build does not know (`sasl.oauthbearer.client.secret` without
+    /// OIDC, a pasted Java `sasl.jaas.config`) reached stderr. The key is kept; the value is not.
+    fn from(e: rdkafka::error::KafkaError) -> KafkaError {
+        use rdkafka::error::KafkaError as K;
+        KafkaError::Client(match e {
+            K::ClientConfig(code, description, key, value) => {
+                let description = if value.is_empty() {
+                    description
+                } else {
+                    description.replace(&value, REDACTED)
+                };
+                K::ClientConfig(code, description, key, REDACTED.into())
+            }
+            other => other,
+        })
+    }
+}
+
+/// What a refused setting's value reads as in errors.
+const REDACTED: &str = "<redacted>";
 
 /// A file the client needs (a CA, a certificate, a key) is not there. librdkafka's own message
 /// ("ssl.ca.location failed: x509 certificate routines::system lib") names neither the file nor why.
@@ -394,6 +419,41 @@ mod tests {
 
     fn request_failed() -> Rd {
         Rd::MetadataFetch(C::BrokerTransportFailure)
+    }
+
+    // Fails on the old code: rdkafka's error printed the refused setting's value, a secret here.
+    #[test]
+    fn a_refused_setting_keeps_its_key_and_loses_its_value_in_the_error() {
+        let secret = "hunter2-oidc-client-secret";
+        let mut c = rdkafka::ClientConfig::new();
+        // This build has no OIDC: librdkafka refuses the key; and an invalid value of a known key,
+        // which librdkafka's message repeats.
+        for (key, value) in [
+            ("sasl.oauthbearer.client.secret", secret),
+            ("security.protocol", secret),
+        ] {
+            c.set("bootstrap.servers", "127.0.0.1:1").set(key, value);
+            let e = match c.create::<rdkafka::consumer::BaseConsumer>() {
+                Ok(_) => panic!("{key} is refused"),
+                Err(e) => KafkaError::from(e),
+            };
+            let (shown, debug) = (e.to_string(), format!("{e:?}"));
+            assert!(shown.contains(key), "{shown}");
+            assert!(
+                !shown.contains(secret) && !debug.contains(secret),
+                "{shown} / {debug}"
+            );
+            c = rdkafka::ClientConfig::new();
+        }
+        // The message's copy of the value goes too.
+        let e = KafkaError::from(Rd::ClientConfig(
+            rdkafka_sys::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            format!("Invalid value \"{secret}\" for configuration property \"sasl.mechanism\""),
+            "sasl.mechanism".into(),
+            secret.into(),
+        ));
+        assert!(!e.to_string().contains(secret) && !format!("{e:?}").contains(secret));
+        assert!(e.to_string().contains("sasl.mechanism"), "{e}");
     }
 
     #[test]
