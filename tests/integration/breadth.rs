@@ -206,7 +206,8 @@ fn tombstones_delete_by_key_and_an_older_insert_replayed_later_does_not_bring_th
         key: vec![0xff, 0xfe],
         value: kv("bad-key"),
         ts_ms: BASE_TS_MS + 200,
-        headers: Vec::new(),
+        // Its own headers, one mapped to a column and one not: its dead letter carries both.
+        headers: vec![("trace", "t-bad".into()), ("origin", "edge-7".into())],
     });
     recs.extend((0..4).map(|i| rec(&format!("k{i}"), None, BASE_TS_MS + 1000 + i)));
     produce_avro(&topic, KV_SCHEMA, &recs)?;
@@ -234,6 +235,15 @@ fn tombstones_delete_by_key_and_an_older_insert_replayed_later_does_not_bring_th
     let letter = &letters[0];
     assert_eq!(letter.headers["shardline.error.class"], "metadata");
     assert_eq!(letter.headers["shardline.source.offset"], "10");
+    // Fails on the old code: a dead letter carried shardline's headers only.
+    assert_eq!(
+        letter.headers.get("trace").map(String::as_str),
+        Some("t-bad")
+    );
+    assert_eq!(
+        letter.headers.get("origin").map(String::as_str),
+        Some("edge-7")
+    );
     assert_eq!(letter.key.as_deref(), Some(&[0xff, 0xfe][..]));
 
     let q = |t: &str| {

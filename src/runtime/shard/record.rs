@@ -173,7 +173,13 @@ pub(super) struct Origin {
     pub value: Option<Rc<[u8]>>,
     /// The values of the headers mapped to columns ([`MetaSlots::headers`]); empty when none is.
     pub headers: Vec<Option<Rc<[u8]>>>,
+    /// Every header of the Kafka record, for its dead letter; none when it has none (the usual
+    /// case: no copy then).
+    pub source_headers: Option<Rc<[SourceHeader]>>,
 }
+
+/// One header of a consumed record: its name and value, as the dead letter carries them on.
+pub(super) type SourceHeader = (Box<str>, Option<Box<[u8]>>);
 
 /// How a record ended.
 pub(super) enum RecordOutcome {
@@ -545,6 +551,12 @@ async fn fail(
         offset: origin.offset,
         shard: ctx.shard,
         truncated: None,
+        source_headers: origin
+            .source_headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .map(|(k, v)| (k.to_string(), v.as_deref().map(<[u8]>::to_vec)))
+            .collect(),
     };
     match producer.deliver(letter, &ctx.shutdown, &ctx.metrics).await {
         Ok(()) => origin.done(RecordOutcome::DeadLettered),

@@ -418,6 +418,7 @@ impl ShardLoop {
             key: msg.key().map(Rc::from),
             value: start.1,
             headers: self.headers_of(msg, topic),
+            source_headers: msg.headers().map(source_headers),
         };
         if let Some(fut) = record::hand_off(&self.res.records, origin, start.0) {
             self.inflight.push(fut);
@@ -955,6 +956,16 @@ struct Waits<'a> {
 /// `fetching`, then a rebalance the stream handled, then the tick. Before the
 /// loop waits, the chain sends what it holds back (open batches): there is nothing more to bind now;
 /// and the bridge learns that the loop is idle, so its driver task may block in tokio meanwhile.
+/// Every header of a consumed record, copied for its dead letter (a record without headers, the
+/// usual case, copies nothing: see the caller).
+fn source_headers(headers: &rdkafka::message::BorrowedHeaders) -> Rc<[record::SourceHeader]> {
+    use rdkafka::message::Headers;
+    headers
+        .iter()
+        .map(|h| (Box::from(h.key), h.value.map(Box::from)))
+        .collect()
+}
+
 async fn next_event<'c>(
     inflight: &mut InFlight,
     stream: &mut MessageStream<'c, ShardContext>,
