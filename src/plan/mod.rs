@@ -561,6 +561,18 @@ mod tests {
         assert_eq!(p.max_in_flight_per_shard, 800);
         // 200k × 240 B / 20 partitions = 2.4 MB/s per partition; 10 ms of it = 24000 B.
         assert_eq!(p.fetch_min_bytes, 24_000);
+        // One second of the shard's input prefetched: 100k/s × 240 B / 1024 = 23,437.5 → 23,438 KiB
+        // (the total rate would give twice that).
+        assert_eq!(p.queued_max_messages_kbytes, 23_438);
+        assert!(p
+            .config_fragment()
+            .contains("\"queued.max.messages.kbytes\" = \"23438\""));
+        assert!(close(p.partitions_per_shard, 10.0));
+        // 200k × 240 B = 45.78 MiB/s written.
+        assert!(close(
+            p.scylla_write_mib_per_s,
+            200_000.0 * 240.0 / 1_048_576.0
+        ));
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
         assert!(p
             .config_fragment()
