@@ -431,6 +431,9 @@ impl Running {
         let mut left = ended.1;
         let mut first = Ok(());
         let mut requests = 0;
+        // A dropped sender (a library caller's) asks nothing: its channel would be ready for ever,
+        // a stop then at once a kill.
+        let mut stop_requests = stop_requests.clone();
         while left > 0 {
             crossbeam_channel::select! {
                 recv(ended.0) -> r => {
@@ -442,7 +445,11 @@ impl Running {
                     }
                     if first.is_ok() { first = r; }
                 }
-                recv(stop_requests) -> _ => {
+                recv(stop_requests) -> r => {
+                    if r.is_err() {
+                        stop_requests = crossbeam_channel::never();
+                        continue;
+                    }
                     requests += 1;
                     if requests == 1 {
                         tracing::info!("stop requested: finishing in-flight work (send again to exit at once)");
@@ -565,7 +572,9 @@ mod tests {
             registries: Vec::new(),
             specs: Vec::new(),
         };
-        let (_requests_tx, requests) = crossbeam_channel::unbounded::<()>();
+        // A caller that dropped its sender asks for nothing (it was a stop, then a kill at once).
+        let (requests_tx, requests) = crossbeam_channel::unbounded::<()>();
+        drop(requests_tx);
         let (done_tx, done) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
             let _ = done_tx.send(running.supervise(&requests));
