@@ -32,6 +32,14 @@ pub const MAX_DEPTH: usize = 64;
 /// items in all, which keeps decode time and allocation linear in the input while a small datum can
 /// still carry a few zero-byte items.
 const ITEM_ALLOWANCE: u64 = 1024;
+/// What a nested record of `fields` fields is charged to the item budget: one unit less than its
+/// fields, since the record (an array item, or a field of its parent) is already counted once. So a
+/// record whose fields all take bytes costs no more units than its bytes (a tree of records has one
+/// leaf more than its records' fields minus one, summed), and a record of nulls costs its fields.
+fn record_charge(fields: usize) -> usize {
+    fields.saturating_sub(1)
+}
+
 /// The field name that reads the whole datum, whatever its schema (a record, or a primitive such as
 /// an Avro `string` key), into one slot: given alone to [`Plan::compile`].
 pub const WHOLE: &str = "";
@@ -623,9 +631,13 @@ impl Plan {
         let mut kinds = vec![Kind::Null; fields.len()];
         let mut found = vec![false; fields.len()];
         // A reader field matches the writer's field of its own name, or else one of its aliases.
+        // Not a writer field that a reader field claims by its own name, nor, under a name the
+        // writer has, one of its aliases.
+        let heads: Vec<&str> = fields.iter().filter_map(|f| f.split('.').next()).collect();
         let matches = |s: usize, head: &str, name: &str| {
             head == name
                 || (!top.iter().any(|(n, _)| n == head)
+                    && !heads.contains(&name)
                     && aliases.get(s).is_some_and(|a| a.iter().any(|x| x == name)))
         };
         for (name, node) in &top {
@@ -641,6 +653,11 @@ impl Plan {
                     continue;
                 }
                 let below: Vec<&str> = parts.collect();
+                if below.is_empty() && step.slot.is_some() {
+                    // Two reader fields alias one writer field: the first has it, this one is
+                    // missing (its default), never a slot that silently reads nothing.
+                    continue;
+                }
                 found[s] = true;
                 if below.is_empty() {
                     step.slot = Some(index32(s)?);
@@ -897,7 +914,7 @@ impl Plan {
             }
             Node::Record(fields) => {
                 // Each field is a value built, whatever its size (a record of nulls takes no bytes).
-                r.charge(fields.len())?;
+                r.charge(record_charge(fields.len()))?;
                 let mut values = Vec::with_capacity(fields.len());
                 for (name, f) in fields {
                     values.push((name.clone(), Value::Null));
@@ -977,7 +994,7 @@ impl Plan {
                 self.skip(*b, r, depth + 1)?;
             }
             Node::Record(fields) => {
-                r.charge(fields.len())?;
+                r.charge(record_charge(fields.len()))?;
                 for (_, f) in fields {
                     self.skip(*f, r, depth + 1)?;
                 }
@@ -1716,6 +1733,20 @@ mod tests {
                 Err(CodecError::BadLength(_))
             ));
         }
+        // Records whose fields take bytes cost no more than their bytes: 1,100 points of two
+        // small ints (2,203 bytes) decode (charged per field, they were refused).
+        let points = r#"{"type":"record","name":"S","fields":[{"name":"pts","type":{"type":"array","items":
+            {"type":"record","name":"P","fields":[{"name":"x","type":"int"},{"name":"y","type":"int"}]}}}]}"#;
+        let mut d = Vec::new();
+        write_long(&mut d, 1100);
+        for i in 0..1100 {
+            write_long(&mut d, i % 50);
+            write_long(&mut d, 7);
+        }
+        write_long(&mut d, 0);
+        plan_for(points, &["pts"])
+            .decode_copy(&d, &mut row)
+            .expect("a long array of small records decodes");
         // Within the budget (2 items of 100 fields in 3 bytes), such records still decode.
         let plan = plan_for(&wide(100), &["r"]);
         plan.decode_copy(&blocks(&[2]), &mut row)
@@ -2114,6 +2145,24 @@ mod tests {
             row.values,
             vec![Value::Long(42), Value::Double(1.5), Value::Long(3)]
         );
+        // A writer field a reader field claims by its own name is no alias target, and two reader
+        // fields aliasing one writer field: the first has it, the second is missing.
+        let claims: Vec<String> = ["c", "other", "e", "f"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let claimed = vec![
+            vec![],
+            vec!["c".to_string()],
+            vec!["a".to_string()],
+            vec!["a".to_string()],
+        ];
+        let plan = Plan::compile_with(&writer, &claims, &[None, None, None, None], &claimed)
+            .expect("compiles");
+        assert_eq!(plan.missing(), &[false, true, false, true]);
+        plan.decode_copy(&datum, &mut row).expect("decodes");
+        assert_eq!(row.values[0], Value::Long(3));
+        assert_eq!(row.values[2], Value::Long(42));
         // Without the aliases the renamed fields are missing.
         let plain =
             Plan::compile_with(&writer, &fields, &[None, None, None], &[]).expect("compiles");

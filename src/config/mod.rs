@@ -1443,12 +1443,21 @@ impl Config {
 /// or keep them all, a lookup fail them all. Refused. (Custom steps run after the built-in ones:
 /// their fields are set after every filter and lookup.)
 fn read_before_set(processors: &[ProcessorConfig]) -> Result<(), ConfigError> {
+    let set_before = |i: usize, f: &str| {
+        processors[..i].iter().any(|p| {
+            matches!(p, ProcessorConfig::Lookup { columns, .. } if columns.values().any(|c| c == f))
+        })
+    };
     for (i, p) in processors.iter().enumerate() {
+        // A field an earlier lookup set is there to read, whatever a later one does with it.
         let reads: Vec<&String> = match p {
             ProcessorConfig::Filter { field, .. } => vec![field],
             ProcessorConfig::Lookup { key_fields, .. } => key_fields.iter().collect(),
             _ => continue,
-        };
+        }
+        .into_iter()
+        .filter(|f| !set_before(i, f))
+        .collect();
         for later in &processors[i..] {
             let ProcessorConfig::Lookup { name, columns, .. } = later else {
                 continue;
@@ -2182,6 +2191,16 @@ columns = { uid = "uid", url = "url" }
         .expect("parses")
         .validate()
         .expect("read after it is set");
+        // Even if a later lookup sets it again (a fallback).
+        Config::parse(&format!(
+            "{MINIMAL}{}{}{}",
+            lookup("geo", "uid", "region"),
+            filter("region"),
+            lookup("fallback", "url", "region")
+        ))
+        .expect("parses")
+        .validate()
+        .expect("set before, set again after");
     }
 
     // Fails on the old code: regexes were resolved after validation, which could not see the

@@ -4,7 +4,8 @@
 //! Guarantee: [`DeadLetterProducer::deliver`] resolves Ok only when the broker acknowledged the dead
 //! letter (acks=all, idempotent producer); the shard marks the source offset done only then. Transient
 //! errors are retried (a stop ends the wait); a dead letter the broker can never take (too large) is
-//! sent once more with its key and value cut to [`TRUNCATED_KEEP`] bytes and a
+//! sent once more with its key and value cut to [`TRUNCATED_KEEP`] bytes, without the source
+//! record's headers, and with a
 //! [`headers::TRUNCATED`] header giving the original sizes; if even that fails, or the topic refuses
 //! the producer (authorization), the error comes back and the shard stops without committing.
 //! The source record's own headers come first, as they were; shardline's headers after them carry
@@ -34,7 +35,8 @@ pub mod headers {
     pub const SOURCE_OFFSET: &str = "shardline.source.offset";
     pub const SHARD: &str = "shardline.shard";
     pub const TIME_MS: &str = "shardline.time_ms";
-    /// Present when key and value were cut: `key=<bytes>,value=<bytes>` of the original.
+    /// Present when key and value were cut and the source headers left out:
+    /// `key=<bytes>,value=<bytes>,headers=<count>` of the original.
     pub const TRUNCATED: &str = "shardline.truncated";
 }
 
@@ -59,10 +61,17 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The same dead letter with key and value cut to [`TRUNCATED_KEEP`] bytes, saying so in a header.
+    /// The same dead letter with key and value cut to [`TRUNCATED_KEEP`] bytes and without the
+    /// source record's headers (they alone may be what is too large), saying so in a header.
     pub fn truncated(mut self) -> DeadLetter {
         let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
-        self.truncated = Some(format!("key={},value={}", len(&self.key), len(&self.value)));
+        self.truncated = Some(format!(
+            "key={},value={},headers={}",
+            len(&self.key),
+            len(&self.value),
+            self.source_headers.len()
+        ));
+        self.source_headers.clear();
         for part in [&mut self.key, &mut self.value].into_iter().flatten() {
             part.truncate(TRUNCATED_KEEP);
         }
@@ -135,7 +144,13 @@ impl DeadLetterProducer {
         let shard = d.shard.to_string();
         let now = crate::clock::now_ms().to_string();
         let mut h = OwnedHeaders::new_with_capacity(d.source_headers.len() + 8);
-        for (key, value) in &d.source_headers {
+        // A dead letter read back and failed again keeps its first error's headers under the
+        // record's own: shardline's are set afresh below, once.
+        for (key, value) in d
+            .source_headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("shardline."))
+        {
             h = h.insert(Header {
                 key: key.as_str(),
                 value: value.as_deref(),
@@ -242,12 +257,14 @@ mod tests {
         .truncated();
         assert_eq!(d.value.as_ref().map(Vec::len), Some(TRUNCATED_KEEP));
         assert_eq!(d.key.as_ref().map(Vec::len), Some(10));
-        assert_eq!(d.truncated.as_deref(), Some("key=10,value=1048000"));
-        assert_eq!((d.partition, d.offset, d.class), (3, 42, "corrupt_datum"));
         assert_eq!(
-            d.source_headers.len(),
-            2,
-            "the record's own headers are not cut"
+            d.truncated.as_deref(),
+            Some("key=10,value=1048000,headers=2")
+        );
+        assert_eq!((d.partition, d.offset, d.class), (3, 42, "corrupt_datum"));
+        assert!(
+            d.source_headers.is_empty(),
+            "they may be what was too large"
         );
     }
 }

@@ -51,8 +51,9 @@ pub enum BuildError {
         markers: usize,
         keys: usize,
     },
-    /// A lookup's key column is of a type shardline converts no value to (a tuple, a UDT).
-    #[error("processors.{step}: key field '{field}' is bound to a {column_type} column, which shardline does not write")]
+    /// A lookup's key column is of a type no value converts to as a lookup key (a tuple, a vector,
+    /// a user type, a counter).
+    #[error("processors.{step}: key field '{field}' is bound to a {column_type} column, which lookup keys do not support")]
     KeyType {
         step: String,
         field: String,

@@ -537,9 +537,9 @@ mod tests {
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
 
-    // Fails on the old code (it hangs: the test gives up after 30 s): the supervisor joined the
-    // shards in turn and never told the others that one had failed, so in drain mode they waited
-    // for its drained flag for ever.
+    // Fails on the old code: the supervisor joined the shards in turn and never told the others
+    // that one had failed (in drain mode they waited for its drained flag for ever: here the test
+    // gives up after 30 s), and a dropped stop sender made it stop then kill at once (Err(Killed)).
     #[test]
     fn a_failed_shard_stops_its_siblings_and_its_error_is_returned() {
         let mut handles = Vec::new();

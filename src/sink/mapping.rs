@@ -65,8 +65,8 @@ impl std::fmt::Display for CqlType {
 
 impl CqlType {
     /// The type of a bind marker or result column as the driver describes it (a lookup's key
-    /// markers). What shardline does not write (counters, tuples, vectors, UDTs) is `Other`, which
-    /// no value converts to.
+    /// markers). Counters, tuples, vectors and user types (whose fields this does not resolve) are
+    /// `Other`, which no value converts to.
     pub fn of_column(ct: &ColumnType<'_>) -> CqlType {
         use scylla::cluster::metadata::CollectionType as Coll;
         use NativeType as N;

@@ -335,7 +335,7 @@ mod faults {
         let l = letters.first().expect("one dead letter");
         assert_eq!(
             l.headers.get("shardline.truncated").map(String::as_str),
-            Some("key=0,value=1000000")
+            Some("key=0,value=1000000,headers=0")
         );
         assert_eq!(l.value.as_ref().map(Vec::len), Some(1024));
         assert_eq!(l.key, None, "the poison record had no key");

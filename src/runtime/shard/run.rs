@@ -952,10 +952,6 @@ struct Waits<'a> {
     synced: u64,
 }
 
-/// Control first, then ended direct rows and completions (they free budget), then messages while
-/// `fetching`, then a rebalance the stream handled, then the tick. Before the
-/// loop waits, the chain sends what it holds back (open batches): there is nothing more to bind now;
-/// and the bridge learns that the loop is idle, so its driver task may block in tokio meanwhile.
 /// Every header of a consumed record, copied for its dead letter (a record without headers, the
 /// usual case, copies nothing: see the caller).
 fn source_headers(headers: &rdkafka::message::BorrowedHeaders) -> Rc<[record::SourceHeader]> {
@@ -966,6 +962,10 @@ fn source_headers(headers: &rdkafka::message::BorrowedHeaders) -> Rc<[record::So
         .collect()
 }
 
+/// Control first, then ended direct rows and completions (they free budget), then messages while
+/// `fetching`, then a rebalance the stream handled, then the tick. Before the
+/// loop waits, the chain sends what it holds back (open batches): there is nothing more to bind now;
+/// and the bridge learns that the loop is idle, so its driver task may block in tokio meanwhile.
 async fn next_event<'c>(
     inflight: &mut InFlight,
     stream: &mut MessageStream<'c, ShardContext>,
