@@ -17,6 +17,7 @@
 //! Precondition: used inside the shard's glommio executor (the producer's runtime hooks are glommio's).
 
 use std::cell::OnceCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
@@ -56,9 +57,13 @@ pub struct DeadLetter {
     /// Set by [`DeadLetter::truncated`].
     pub truncated: Option<String>,
     /// The source record's own headers, carried on ahead of shardline's (as Kafka Connect's dead
-    /// letter queue does): they are the record's, like its key and value.
-    pub source_headers: Vec<(String, Option<Vec<u8>>)>,
+    /// letter queue does): they are the record's, like its key and value. Shared with the record
+    /// they were copied for once, when it was consumed.
+    pub source_headers: Rc<[SourceHeader]>,
 }
+
+/// One header of a consumed record: its name and value, as its dead letter carries them on.
+pub type SourceHeader = (Box<str>, Option<Box<[u8]>>);
 
 impl DeadLetter {
     /// The same dead letter with key and value cut to [`TRUNCATED_KEEP`] bytes and without the
@@ -71,7 +76,7 @@ impl DeadLetter {
             len(&self.value),
             self.source_headers.len()
         ));
-        self.source_headers.clear();
+        self.source_headers = Rc::new([]);
         for part in [&mut self.key, &mut self.value].into_iter().flatten() {
             part.truncate(TRUNCATED_KEEP);
         }
@@ -152,7 +157,7 @@ impl DeadLetterProducer {
             .filter(|(k, _)| !k.starts_with("shardline."))
         {
             h = h.insert(Header {
-                key: key.as_str(),
+                key: key.as_ref(),
                 value: value.as_deref(),
             });
         }
@@ -249,10 +254,10 @@ mod tests {
             offset: 42,
             shard: 0,
             truncated: None,
-            source_headers: vec![
-                ("trace".into(), Some(b"t1".to_vec())),
+            source_headers: Rc::new([
+                ("trace".into(), Some(Box::from(&b"t1"[..]))),
                 ("empty".into(), None),
-            ],
+            ]),
         }
         .truncated();
         assert_eq!(d.value.as_ref().map(Vec::len), Some(TRUNCATED_KEEP));

@@ -285,7 +285,7 @@ pub fn stop_requests_on_signals() -> std::io::Result<Receiver<()>> {
 
 /// A running set of shards.
 pub struct Running {
-    handles: Vec<Option<glommio::ExecutorJoinHandle<Result<(), RunError>>>>,
+    handles: Vec<ShardHandle>,
     controls: Vec<ControlSender>,
     pub registries: Vec<Registry>,
     pub specs: Vec<ShardSpec>,
@@ -379,7 +379,7 @@ pub fn start_with(
                 core: spec.core,
                 message: e.to_string(),
             })?;
-        handles.push(Some(h));
+        handles.push(h);
         controls.push(tx);
     }
     Ok(Running {
@@ -399,20 +399,9 @@ impl Running {
     }
 
     /// Waits for every shard; the first error wins.
-    pub fn wait(mut self) -> Result<(), RunError> {
-        let mut first = Ok(());
-        for h in self.handles.iter_mut() {
-            if let Some(h) = h.take() {
-                let r = h
-                    .join()
-                    .map_err(|e| RunError::ShardThread(e.to_string()))
-                    .and_then(|r| r);
-                if first.is_ok() {
-                    first = r;
-                }
-            }
-        }
-        first
+    pub fn wait(self) -> Result<(), RunError> {
+        let (ended, n) = join_each(self.handles)?;
+        ended.iter().take(n).fold(Ok(()), Result::and)
     }
 
     /// Waits until every shard ended or `stop_requested` asks for a stop; a second request kills.
@@ -422,13 +411,9 @@ impl Running {
     /// otherwise a supervisor would never see the failure to restart the process.
     pub fn supervise(self, stop_requests: &Receiver<()>) -> Result<(), RunError> {
         let Running {
-            handles,
-            controls,
-            registries,
-            specs: _,
+            handles, controls, ..
         } = self;
-        let ended = join_each(handles)?;
-        let mut left = ended.1;
+        let (ended, mut left) = join_each(handles)?;
         let mut first = Ok(());
         let mut requests = 0;
         // A dropped sender (a library caller's) asks nothing: its channel would be ready for ever,
@@ -436,7 +421,7 @@ impl Running {
         let mut stop_requests = stop_requests.clone();
         while left > 0 {
             crossbeam_channel::select! {
-                recv(ended.0) -> r => {
+                recv(ended) -> r => {
                     left -= 1;
                     let r = r.unwrap_or_else(|_| Err(RunError::ShardThread("a join thread vanished".into())));
                     if let (Err(e), true) = (&r, first.is_ok()) {
@@ -464,7 +449,6 @@ impl Running {
                 default(Duration::from_secs(3600)) => {}
             }
         }
-        drop(registries);
         first
     }
 }
@@ -473,12 +457,11 @@ impl Running {
 /// order (joining in turn would see shard 1's failure only after shard 0 ended). Gives the
 /// receiver and how many results will come.
 fn join_each(
-    handles: Vec<Option<glommio::ExecutorJoinHandle<Result<(), RunError>>>>,
+    handles: Vec<ShardHandle>,
 ) -> Result<(Receiver<Result<(), RunError>>, usize), RunError> {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let mut n = 0;
+    let n = handles.len();
     for (i, h) in handles.into_iter().enumerate() {
-        let Some(h) = h else { continue };
         let tx: Sender<Result<(), RunError>> = tx.clone();
         std::thread::Builder::new()
             .name(format!("shardline-join{i}"))
@@ -490,10 +473,12 @@ fn join_each(
                 let _ = tx.send(r);
             })
             .map_err(|e| RunError::ShardThread(format!("cannot start a join thread: {e}")))?;
-        n += 1;
     }
     Ok((rx, n))
 }
+
+/// A shard's executor thread, ending with the shard's result.
+type ShardHandle = glommio::ExecutorJoinHandle<Result<(), RunError>>;
 
 #[cfg(test)]
 mod tests {
@@ -563,7 +548,7 @@ mod tests {
                     }
                 })
                 .expect("executor starts");
-            handles.push(Some(h));
+            handles.push(h);
             controls.push(tx);
         }
         let running = Running {

@@ -276,26 +276,17 @@ fn lookup_keys_are_converted_to_their_column_types() -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    let processors = r#"
-[[processors]]
-kind = "lookup"
-name = "by_duration"
-query = "SELECT label FROM {ks}.by_duration WHERE d = ?"
-key_fields = ["duration_ms"]
-columns = { label = "dur_label" }
-on_miss = "default"
-defaults = { dur_label = "none" }
-
-[[processors]]
-kind = "lookup"
-name = "by_ip"
-query = "SELECT label FROM {ks}.by_ip WHERE ip = ?"
-key_fields = ["ip"]
-columns = { label = "ip_label" }
-on_miss = "default"
-defaults = { ip_label = "none" }
-"#
-    .replace("{ks}", &s.ks);
+    // A lookup of `label` by `column` from `table`, into `out` ("none" on a miss).
+    let step = |table: &str, column: &str, key: &str, out: &str| {
+        format!(
+            "[[processors]]\nkind = \"lookup\"\nname = \"{table}\"\n\
+             query = \"SELECT label FROM {ks}.{table} WHERE {column} = ?\"\nkey_fields = [\"{key}\"]\n\
+             columns = {{ label = \"{out}\" }}\non_miss = \"default\"\ndefaults = {{ {out} = \"none\" }}\n\n",
+            ks = s.ks
+        )
+    };
+    let processors = step("by_duration", "d", "duration_ms", "dur_label")
+        + &step("by_ip", "ip", "ip", "ip_label");
     let table = "table = \"typed_events\"\ncolumns = { event_id = \"event_id\", dur_label = \"dur_label\", ip_label = \"ip_label\" }";
     let cfg = write(
         &s.dir,

@@ -23,7 +23,7 @@ use futures::FutureExt;
 use prometheus::IntCounter;
 
 use crate::codec::{CodecError, Decoder, RegistryClient, Row, Value};
-use crate::kafka::dead_letter::{DeadLetter, DeadLetterProducer};
+use crate::kafka::dead_letter::{DeadLetter, DeadLetterProducer, SourceHeader};
 use crate::kafka::partitions::PartitionKey;
 use crate::metrics::{events, ShardMetrics};
 use crate::pipeline::batch::RowDone;
@@ -177,9 +177,6 @@ pub(super) struct Origin {
     /// case: no copy then).
     pub source_headers: Option<Rc<[SourceHeader]>>,
 }
-
-/// One header of a consumed record: its name and value, as the dead letter carries them on.
-pub(super) type SourceHeader = (Box<str>, Option<Box<[u8]>>);
 
 /// How a record ended.
 pub(super) enum RecordOutcome {
@@ -551,12 +548,7 @@ async fn fail(
         offset: origin.offset,
         shard: ctx.shard,
         truncated: None,
-        source_headers: origin
-            .source_headers
-            .iter()
-            .flat_map(|h| h.iter())
-            .map(|(k, v)| (k.to_string(), v.as_deref().map(<[u8]>::to_vec)))
-            .collect(),
+        source_headers: origin.source_headers.clone().unwrap_or_else(|| Rc::new([])),
     };
     match producer.deliver(letter, &ctx.shutdown, &ctx.metrics).await {
         Ok(()) => origin.done(RecordOutcome::DeadLettered),

@@ -35,6 +35,7 @@ use crate::clock::unix_seconds;
 use crate::codec::{CodecError, Row};
 use crate::config::Config;
 use crate::kafka::context::{lock, FetchView, ShardContext};
+use crate::kafka::dead_letter::SourceHeader;
 use crate::kafka::partitions::PartitionControl;
 use crate::metrics::events;
 use crate::pipeline::StepError;
@@ -418,7 +419,12 @@ impl ShardLoop {
             key: msg.key().map(Rc::from),
             value: start.1,
             headers: self.headers_of(msg, topic),
-            source_headers: msg.headers().map(source_headers),
+            // Only a dead letter reads them: without a dead-letter topic a record error stops the
+            // shard, so nothing is copied.
+            source_headers: msg
+                .headers()
+                .filter(|_| self.res.records.dead_letters.is_some())
+                .map(source_headers),
         };
         if let Some(fut) = record::hand_off(&self.res.records, origin, start.0) {
             self.inflight.push(fut);
@@ -954,7 +960,7 @@ struct Waits<'a> {
 
 /// Every header of a consumed record, copied for its dead letter (a record without headers, the
 /// usual case, copies nothing: see the caller).
-fn source_headers(headers: &rdkafka::message::BorrowedHeaders) -> Rc<[record::SourceHeader]> {
+fn source_headers(headers: &rdkafka::message::BorrowedHeaders) -> Rc<[SourceHeader]> {
     use rdkafka::message::Headers;
     headers
         .iter()
