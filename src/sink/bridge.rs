@@ -464,9 +464,15 @@ mod tests {
     fn glommio_timers_and_foreign_wakes_stay_prompt_while_a_request_is_in_flight() {
         let (out, _) = on_bridge(|bridge| async move {
             let h = bridge.handle().clone();
+            // The request lasts until it is released after the measurements (a fixed 400 ms
+            // ended under a loaded CI box before the ten measurements did), so every one of them
+            // is taken while it is in flight; the 10 s cap only bounds a broken test.
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
             let slow = glommio::spawn_local(async move {
-                h.wrap(async { tokio::time::sleep(Duration::from_millis(400)).await })
-                    .await;
+                h.wrap(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), released).await;
+                })
+                .await;
             })
             .detach();
             // Let the request start and the driver settle into its wait.
@@ -487,6 +493,7 @@ mod tests {
                 }
             }
             let in_flight = bridge.in_flight();
+            let _ = release.send(());
             slow.await;
             (timer_late, wake_late, in_flight)
         });
@@ -498,8 +505,8 @@ mod tests {
         );
         // The median, generous: the bug this guards against made every one ~100 ms late, while on
         // a loaded 2-core CI box (other tests run beside this one) any single sleep or wake-up may
-        // be descheduled for tens of ms. All ten are measured while the 400 ms request is still in
-        // flight (asserted below: the ten take about 70 ms), so none of them escapes the bug.
+        // be descheduled for tens of ms. All ten are measured while the request is still in flight
+        // (it is released only afterwards, and asserted below), so none of them escapes the bug.
         let median = |v: &[Duration]| {
             let mut v = v.to_vec();
             v.sort();
