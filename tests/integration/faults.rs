@@ -97,12 +97,10 @@ fn outage(
     producer
         .join()
         .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
-    let caught_up = wait_until(Duration::from_secs(300), || all_committed(&p, 4))?;
-    ensure!(
-        caught_up,
-        "lag did not return to zero:\n{}",
-        proc.log_text()
-    );
+    let done = wait_until(Duration::from_secs(300), || {
+        Ok(caught_up(&p.group, &p.topic, 4))
+    })?;
+    ensure!(done, "lag did not return to zero:\n{}", proc.log_text());
     ensure!(
         proc.alive(),
         "shardline exited during the fault:\n{}",
@@ -227,7 +225,9 @@ fn second_process_joins_then_first_leaves() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("producer panicked"))??;
     ensure!(
-        wait_until(Duration::from_secs(300), || all_committed(&p, 8))?,
+        wait_until(Duration::from_secs(300), || Ok(caught_up(
+            &p.group, &p.topic, 8
+        )))?,
         "lag did not return to zero:\n{}",
         b.log_text()
     );
@@ -486,7 +486,11 @@ fn a_second_signal_exits_at_once_and_loses_nothing() -> Result<()> {
     ensure!(writing, "no writes:\n{}", proc.log_text());
     let t = Instant::now();
     proc.signal("-TERM")?;
-    std::thread::sleep(Duration::from_millis(100));
+    // The second signal only once the first was read: two pending SIGTERMs are delivered as one.
+    let read = wait_until(Duration::from_secs(10), || {
+        Ok(proc.log_text().contains("stop requested"))
+    })?;
+    ensure!(read, "the first signal was not read:\n{}", proc.log_text());
     proc.signal("-TERM")?;
     let status = proc.wait_for(Duration::from_secs(5))?;
     ensure!(

@@ -308,6 +308,18 @@ pub fn end_offsets(topic: &str, partitions: i32) -> Result<Vec<i64>> {
         .collect()
 }
 
+/// For polling: whether the group's committed offsets reached the topic's end. A query that fails
+/// (a broker just restarted, or one in a GC pause, may answer nothing for seconds) counts as "not
+/// yet", so the caller's deadline decides, not the first slow answer.
+pub fn caught_up(group: &str, topic: &str, partitions: i32) -> bool {
+    let at_end =
+        committed(group, topic, partitions).and_then(|c| Ok(c == end_offsets(topic, partitions)?));
+    at_end.unwrap_or_else(|e| {
+        eprintln!("offsets not read this time: {e}");
+        false
+    })
+}
+
 /// Sets the group's committed offsets back to the start (the group must have no live member).
 pub fn reset_group(group: &str, topic: &str, partitions: i32) -> Result<()> {
     let c = group_consumer(group)?;
