@@ -234,7 +234,7 @@ def create(topic, partitions=8, log_append_time=False):
     sh(B, "create-topic", "--topic", topic + ".dlq", "--partitions", "1")
 
 
-def config(name, topic, cores, in_flight=512, batch_rows=None):
+def config(name, topic, cores, in_flight=512, batch_rows=None, affinity=None):
     text = open(os.path.join(ROOT, "tuning", "navigation.toml")).read()
     text = text.replace('group_id = "shardline-demo"', f'group_id = "bench-{name}-{STAMP}"')
     text = text.replace('topics = ["navigation"]', f'topics = ["{topic}"]')
@@ -242,7 +242,7 @@ def config(name, topic, cores, in_flight=512, batch_rows=None):
     text = text.replace('listen = "127.0.0.1:9898"', f'listen = "127.0.0.1:{PORT}"')
     scylla = f"max_in_flight_per_shard = {in_flight}" + (f"\nbatch_max_rows = {batch_rows}" if batch_rows else "")
     text = text.replace("max_in_flight_per_shard = 256", scylla)
-    text += f"\n[shards]\ncores = {json.dumps(cores)}\n"
+    text += f"\n[shards]\ncores = {json.dumps(cores)}\n" + (f'affinity = "{affinity}"\n' if affinity else "")
     path = os.path.join(OUT, f"{name}.toml")
     open(path, "w").write(text)
     return path
@@ -320,8 +320,8 @@ def follow(proc, port, target, timeout, skip=None):
     return out
 
 
-def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count=0, batch_rows=None):
-    cfg = config(name, topic, cores, batch_rows=batch_rows)
+def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count=0, batch_rows=None, affinity=None):
+    cfg = config(name, topic, cores, batch_rows=batch_rows, affinity=affinity)
     summary = os.path.join(OUT, f"{name}.summary.json")
     args = [B, "run", "--config", cfg, "--summary", summary] + (["--null-sink"] if null_sink else [])
     log = open(os.path.join(OUT, f"{name}.log"), "w")
@@ -358,7 +358,7 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
         "steady": cpu.get("steady"),
         "jvm_pauses": pauses_in(*cpu["window"]) if cpu.get("window") else None,
         "rows_per_batch": (s.get("batches") or {}).get("mean_rows"),
-        "batch_max_rows": batch_rows or 10,
+        "batch_max_rows": batch_rows or 10, "affinity": affinity or "pinned",
     }
     print(json.dumps(r), flush=True)
     return r
@@ -544,7 +544,8 @@ def plots(results, out):
     for r in results:
         if r.get("sink") != "cassandra" or r.get("cpu_us_per_msg") is None or r["impl"].startswith("driver"):
             continue
-        key = r["impl"] + (" (batching off)" if r["name"].endswith("nobatch") else "") + f", {r['shards']} shard(s)"
+        key = (r["impl"] + (" (batching off)" if r["name"].endswith("nobatch") else "")
+               + (" (affinity none)" if r.get("affinity") == "none" else "") + f", {r['shards']} shard(s)")
         x = r.get("offered_rate") or r["msgs_per_s"]
         series.setdefault(key, []).append((x, r["cpu_us_per_msg"]))
     for key, pts in series.items():
@@ -715,6 +716,10 @@ def rate_layouts(rate):
         (f"cassandra-{rate}-per-s-nobatch",
          lambda n, t: shardline(n, t, [0, 1], count, rate=rate, produce_count=count, batch_rows=1)),
         (f"tokio-cassandra-{rate}-per-s", lambda n, t: tokio(n, t, count, rate=rate, produce_count=count)),
+        # The same 2 shards, batched, with `shards.affinity = "none"`: the kernel may move a shard's
+        # thread off a core the database or the broker holds (this box shares both cores with them).
+        (f"cassandra-{rate}-per-s-unpinned",
+         lambda n, t: shardline(n, t, [0, 1], count, rate=rate, produce_count=count, affinity="none")),
     ] + ([
         # The layout `shardline plan` picks for such a rate (one shard holds ~40k msg/s here): what
         # a deployment sized by the planner pays per record.
@@ -785,6 +790,12 @@ def rate_targets(by):
                                            ("steady e2e p50 ms", "steady_p50_ms", off, "≤ batching off"),
                                            ("steady e2e p99 ms", "steady_p99_ms", off, "≤ batching off")):
             rows.append(target_row(rate, figure, med(on, key), other, med(other, key), target))
+        loose = f"cassandra-{rate}-per-s-unpinned"
+        if loose in by:
+            # The same targets for the layout a host shared with the database would run
+            # (`shards.affinity = "none"`).
+            for figure, key in (("CPU µs/record, unpinned", "cpu_us_per_msg"), ("steady e2e p99 ms, unpinned", "steady_p99_ms")):
+                rows.append(target_row(rate, figure, med(loose, key), base, med(base, key), "(affinity none) ≤ tokio"))
         one = f"cassandra-{rate}-per-s-1-shard"
         if one in by:
             # Not an issue's target: the same comparison at the layout the planner picks for the rate.

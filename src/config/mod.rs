@@ -788,6 +788,10 @@ pub struct ShardsConfig {
     /// thread to place). Accepted so that existing files still load; `shardline run` warns when set.
     #[serde(default)]
     pub bridge_cores: Option<Vec<usize>>,
+    /// Whether each shard's thread is held to its core (`pinned`, the default) or may run on any
+    /// core the kernel picks (`none`). See [`Affinity`].
+    #[serde(default)]
+    pub affinity: Affinity,
     /// glommio io_uring buffer memory per shard. Default 2 MiB (shards do no file I/O).
     #[serde(default = "default_io_memory_bytes")]
     pub io_memory_bytes: usize,
@@ -806,10 +810,31 @@ impl Default for ShardsConfig {
         ShardsConfig {
             cores: None,
             bridge_cores: None,
+            affinity: Affinity::default(),
             io_memory_bytes: default_io_memory_bytes(),
             shutdown_deadline: default_shutdown_deadline(),
         }
     }
+}
+
+/// Where a shard's thread may run (key `shards.affinity`). Either way a shard is one executor with
+/// its own consumer, schema cache, session and metrics, and `shards.cores` says how many there are:
+/// nothing is shared on the per-message path. Only the kernel's freedom to move the thread differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Affinity {
+    /// `pinned`: each shard's thread runs only on its core of `shards.cores`. The default, for cores
+    /// given to shardline alone (bare metal, the database and the broker on other cores or hosts):
+    /// a shard keeps its core's caches and is never migrated.
+    #[default]
+    Pinned,
+    /// `none`: the kernel may run a shard's thread on any core. For a host whose cores shardline
+    /// shares with busy processes (the database or the broker on the same cores, a laptop, a
+    /// container with a CPU quota): a pinned shard whose core another thread holds waits for it
+    /// even while another core is idle. Seastar's `--thread-affinity 0` (part of its
+    /// `--overprovisioned`) is the same choice. Measured on a 2-core box shared with Kafka and
+    /// Cassandra: see the README's performance section.
+    None,
 }
 
 /// The `/metrics` endpoint.
@@ -1693,7 +1718,21 @@ columns = { uid = "uid", url = "url" }
         assert_eq!(c.shards.shutdown_deadline, Duration::from_millis(10_000));
         assert_eq!(c.metrics.listen, "127.0.0.1:9898");
         assert_eq!(c.shards.io_memory_bytes, 2 << 20);
+        assert_eq!(c.shards.affinity, Affinity::Pinned);
         assert_eq!(c.subject(), "navigation-value");
+    }
+
+    #[test]
+    fn shard_affinity_is_pinned_or_none_and_nothing_else() {
+        let with = |v: &str| format!("{MINIMAL}\n[shards]\naffinity = {v}\n");
+        let c = Config::parse(&with("\"none\"")).expect("parses");
+        assert_eq!(c.shards.affinity, Affinity::None);
+        let c = Config::parse(&with("\"pinned\"")).expect("parses");
+        assert_eq!(c.shards.affinity, Affinity::Pinned);
+        let e = Config::parse(&with("\"loose\""))
+            .expect_err("an unknown affinity is refused")
+            .to_string();
+        assert!(e.contains("loose") && e.contains("pinned"), "{e}");
     }
 
     #[test]

@@ -260,8 +260,9 @@ fn model_warnings(
             "this layout pins a shard on every core of a host ({shards_per_host} on {}) and the \
              database and the broker run there too: they preempt the shards, so costs per record \
              measured with a core free of shards need not hold (scripts/bench.sh's report counts \
-             preempted/record); plan from costs measured at this layout, keep batching on, or \
-             leave a core without a shard",
+             preempted/record); plan from costs measured at this layout, keep batching on, \
+             leave a core without a shard, or let the kernel move shards (shards.affinity = \
+             \"none\")",
             t.cores_per_host
         ));
     }

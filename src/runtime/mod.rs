@@ -238,6 +238,14 @@ pub struct RunOptions {
     pub drain_idle_ms: u64,
 }
 
+/// Where a shard's executor runs: held to its core, or anywhere (see [`crate::config::Affinity`]).
+fn executor_placement(affinity: crate::config::Affinity, core: usize) -> Placement {
+    match affinity {
+        crate::config::Affinity::Pinned => Placement::Fixed(core),
+        crate::config::Affinity::None => Placement::Unbound,
+    }
+}
+
 /// The shard placement from config: `shards.cores` or every online core.
 pub fn placement(config: &Config) -> Result<Vec<ShardSpec>, RunError> {
     let online: Vec<usize> = core_affinity::get_core_ids()
@@ -347,7 +355,7 @@ pub fn start_with(
         registries.push(metrics.registry.clone());
         let cfg = config.clone();
         let spec = *spec;
-        let h = LocalExecutorBuilder::new(Placement::Fixed(spec.core))
+        let h = LocalExecutorBuilder::new(executor_placement(config.shards.affinity, spec.core))
             .name(&format!("shard{}", spec.index))
             .io_memory(config.shards.io_memory_bytes)
             // glommio's preempt timer stays at its default (100 ms). A 1 ms timer starved shards on a
@@ -484,6 +492,38 @@ type ShardHandle = glommio::ExecutorJoinHandle<Result<(), RunError>>;
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    /// The kernel's view of where the calling thread may run (`Cpus_allowed_list`, e.g. "0-1").
+    fn allowed_cpus() -> String {
+        std::fs::read_to_string("/proc/thread-self/status")
+            .expect("Linux: /proc/thread-self/status is readable")
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_string())
+            .expect("the status lists Cpus_allowed_list")
+    }
+
+    #[test]
+    fn a_pinned_shard_runs_on_its_core_only_and_an_unpinned_one_where_the_process_may() {
+        use crate::config::Affinity;
+        let core = core_affinity::get_core_ids()
+            .and_then(|ids| ids.last().map(|c| c.id))
+            .expect("at least one online core");
+        let on = |affinity| {
+            LocalExecutorBuilder::new(executor_placement(affinity, core))
+                .spawn(|| async { allowed_cpus() })
+                .expect("executor starts")
+                .join()
+                .expect("executor thread joins")
+        };
+        assert_eq!(on(Affinity::Pinned), core.to_string());
+        // This test's thread is not pinned: an unpinned shard may run wherever it may.
+        assert_eq!(on(Affinity::None), allowed_cpus());
+        let all = core_affinity::get_core_ids().map_or(0, |ids| ids.len());
+        if all > 1 {
+            assert_ne!(on(Affinity::None), core.to_string(), "not held to one core");
+        }
+    }
 
     /// The loop may sleep a whole idle tick (or longer): a stop sent from the supervisor's thread
     /// must wake it, not wait to be polled.

@@ -227,7 +227,7 @@ impl ShardLoop {
         control: ControlReceiver,
         opts: RunOptions,
     ) -> ShardLoop {
-        tracing::info!(shard = spec.index, core = spec.core, client_id = %res.client_id, "shard started");
+        tracing::info!(shard = spec.index, core = spec.core, affinity = ?config.shards.affinity, client_id = %res.client_id, "shard started");
         let now = Instant::now();
         ShardLoop {
             res,
