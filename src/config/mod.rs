@@ -781,7 +781,8 @@ fn default_step_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardsConfig {
-    /// Cores that each run one shard. Default: every online core.
+    /// Cores that each run one shard (with `affinity = "none"`, the list only sets how many shards
+    /// there are, and names them in logs and metrics). Default: every online core.
     #[serde(default)]
     pub cores: Option<Vec<usize>>,
     /// Ignored: the scylla driver's runtime now runs on the shard's own thread (there is no bridge
@@ -828,12 +829,13 @@ pub enum Affinity {
     /// a shard keeps its core's caches and is never migrated.
     #[default]
     Pinned,
-    /// `none`: the kernel may run a shard's thread on any core. For a host whose cores shardline
-    /// shares with busy processes (the database or the broker on the same cores, a laptop, a
-    /// container with a CPU quota): a pinned shard whose core another thread holds waits for it
-    /// even while another core is idle. Seastar's `--thread-affinity 0` (part of its
-    /// `--overprovisioned`) is the same choice. Measured on a 2-core box shared with Kafka and
-    /// Cassandra: see the README's performance section.
+    /// `none`: the kernel may run a shard's thread, and the librdkafka threads its consumer starts,
+    /// on any core the process may use (its CPU mask: `taskset`, a cgroup `cpuset`). For a host
+    /// whose cores shardline shares with busy processes (the database or the broker on the same
+    /// cores, a laptop, a container with a CPU quota): a pinned shard whose core another thread
+    /// holds waits for it even while another core is idle. Seastar's `--thread-affinity 0` (part of
+    /// its `--overprovisioned`) is the same choice. What it changed on the bench box (2 cores
+    /// shared with Kafka and Cassandra): the README's performance section.
     None,
 }
 

@@ -798,7 +798,9 @@ mod tests {
                 b.flush();
                 glommio::yield_if_needed().await;
                 let early = w.requests.borrow().len();
-                t.await.expect("written after the linger");
+                within(Duration::from_secs(10), "the linger never sent the row", t)
+                    .await
+                    .expect("written after the linger");
                 (early, w.requests.borrow().clone())
             }
         });

@@ -517,7 +517,7 @@ mod tests {
                 .expect("executor thread joins")
         };
         assert_eq!(on(Affinity::Pinned), core.to_string());
-        // This test's thread is not pinned: an unpinned shard may run wherever it may.
+        // An unpinned shard may run wherever the thread that started it may.
         assert_eq!(on(Affinity::None), allowed_cpus());
         let all = core_affinity::get_core_ids().map_or(0, |ids| ids.len());
         if all > 1 {

@@ -486,11 +486,17 @@ fn a_second_signal_exits_at_once_and_loses_nothing() -> Result<()> {
     ensure!(writing, "no writes:\n{}", proc.log_text());
     let t = Instant::now();
     proc.signal("-TERM")?;
-    // The second signal only once the first was read: two pending SIGTERMs are delivered as one.
-    let read = wait_until(Duration::from_secs(10), || {
-        Ok(proc.log_text().contains("stop requested"))
-    })?;
-    ensure!(read, "the first signal was not read:\n{}", proc.log_text());
+    // The second signal only once the first was read (two pending SIGTERMs are delivered as one),
+    // and at once after it: the graceful stop must still be finishing its in-flight writes.
+    let read_by = Instant::now() + Duration::from_secs(10);
+    while !proc.log_text().contains("stop requested") && Instant::now() < read_by {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    ensure!(
+        proc.alive(),
+        "the graceful stop ended before the second signal:\n{}",
+        proc.log_text()
+    );
     proc.signal("-TERM")?;
     let status = proc.wait_for(Duration::from_secs(5))?;
     ensure!(
@@ -499,6 +505,11 @@ fn a_second_signal_exits_at_once_and_loses_nothing() -> Result<()> {
         proc.log_text()
     );
     let took = t.elapsed();
+    ensure!(
+        proc.log_text().contains("second stop request"),
+        "the second signal was not the one that ended it:\n{}",
+        proc.log_text()
+    );
     // Whatever was in flight is uncommitted and replayed: the next run completes the table.
     drain_ok(&p.config, Duration::from_secs(300), &[])?;
     ensure!(all_committed(&p, 4)?, "offsets not at the end");

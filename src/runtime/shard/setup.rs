@@ -4,7 +4,8 @@
 //!
 //! Guarantee: nothing is consumed before every resource exists; a failure here is a start-up error of
 //! this shard (the process exits), never a per-record error.
-//! Precondition: runs on the shard's pinned thread, so librdkafka's threads inherit its core affinity.
+//! Precondition: runs on the shard's own thread, so librdkafka's threads inherit its affinity (its
+//! core when `shards.affinity` is `pinned`; the process's cores when it is `none`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
