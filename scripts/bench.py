@@ -131,7 +131,7 @@ def thread_counters(pid):
     """Counters of every thread of `pid` so far (None if gone): `ctx`, the voluntary + involuntary
     context switches of them all; `preempted`, the involuntary ones of the shard threads (glommio names
     them shard<i>-<n>, as it does each shard's blocking-pool thread, which shardline leaves idle): the
-    times another runnable thread took a shard's pinned core (/proc does not say which); `endpoint_cpu`
+    times another runnable thread took a shard's core (/proc does not say which); `endpoint_cpu`
     and `endpoint_ctx`, the CPU seconds and context switches of the /metrics endpoint's thread, which
     here serves this script's polls (None where that thread was not found)."""
     ctx, preempted, endpoint_cpu, endpoint_ctx = 0, 0, None, None
@@ -718,7 +718,7 @@ def rounds_note(r):
 
 def rate_layouts(rate):
     """What runs at one fixed rate: shardline batched and not (2 shards, as the tokio baseline has 2
-    threads) and the tokio baseline, each on a LogAppendTime topic of its own (latency splits at the
+    threads), batched with `shards.affinity = "none"`, and the tokio baseline, each on a LogAppendTime topic of its own (latency splits at the
     broker's append; see the summary's stage table)."""
     count = rate * RATE_SECONDS
     return [
@@ -790,7 +790,8 @@ def target_row(rate, figure, value, against, bound, target):
 def rate_targets(by):
     """The fixed-rate targets, each on medians over the rounds: shardline (batched, 2 shards) against
     the tokio baseline (CPU per record, steady e2e p99), batching on against off (steady e2e p50 and
-    p99), and CPU per record at 5k msg/s against 3× the full-load figure of the same layout."""
+    p99), and CPU per record at 5k msg/s against 3× the full-load figure of the same layout; beside
+    them, not targets, the unpinned 2-shard layout and the 1-shard one against the tokio baseline."""
     rows = []
     med = lambda name, key: ((by.get(name) or {}).get("medians") or {}).get(key)
     for rate in RATES:
@@ -971,7 +972,7 @@ def main():
               "a Prometheus scrape every 15 s costing a 250th of that: its CPU, the next column, is in other; other = the machine's busy "
               "CPU from /proc/stat less the three processes: kernel softirq of the loopback traffic, the registry, this "
               "script's polling; preempted = involuntary context switches of the shard threads per record, the times "
-              "another runnable thread took a shard's pinned core; /proc does not say whose):", "",
+              "another runnable thread took a shard's core; /proc does not say whose):", "",
               "| run | shardline | its endpoint | Cassandra | Kafka | other | Σ | busy cores | preempted/record |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -998,7 +999,7 @@ def main():
                      f"{fmt(row.get('own_error_pct'), '%', 1)} |")
     lines += ["", "The own-costs column is near-tautological: with the box's other CPU included, Σ costs is the box's busy CPU "
               "per record, so it errs only by the share of the box left idle. The cross column is the check: whether costs "
-              "measured at one layout transfer to another. Compare the two layouts' rows in the CPU table above: where a "
+              "measured at one layout transfer to another. Compare the layouts' rows in the CPU table above: where a "
               "component's cost per record differs between them, the model, which has no term for it, errs by that much. "
               "The preempted column moves with that error: with one shard, the other threads (the database's, the "
               "broker's) have a core without a shard to run on; with a shard pinned on each of the box's cores they "
