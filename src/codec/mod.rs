@@ -51,17 +51,19 @@ pub const UNKNOWN_SCHEMA_GRACE: Duration = Duration::from_secs(30);
 pub enum CodecError {
     #[error("payload is shorter than its framing or datum says")]
     Truncated,
-    #[error("wire-format magic byte is {0}, expected 0")]
+    /// The payload's first byte is not the wire format's 0. Like every variant read from the bytes,
+    /// its text leaves the byte out: in a payload that is not framed it belongs to a value.
+    #[error("wire-format magic byte is not 0")]
     BadMagic(u8),
     #[error("malformed varint")]
     BadVarint,
-    #[error("invalid length or count {0}")]
+    #[error("invalid length or count")]
     BadLength(i64),
     #[error("string is not UTF-8")]
     BadUtf8,
-    #[error("boolean byte is {0}")]
+    #[error("boolean byte is neither 0 nor 1")]
     BadBool(u8),
-    #[error("union or enum index {0} out of range")]
+    #[error("union or enum index out of range")]
     BadIndex(i64),
     #[error("datum nests deeper than {}", avro::MAX_DEPTH)]
     TooDeep,
@@ -745,6 +747,24 @@ mod tests {
                 .map_err(|e| e.class()),
             Err("bad_magic")
         );
+    }
+
+    // Fails on the old code: "union or enum index 987654321 out of range" put a number read from
+    // the payload (in a corrupt or misframed record, part of a value) into logs and DLQ headers.
+    #[test]
+    fn errors_read_from_the_bytes_leave_the_bytes_out_of_their_text() {
+        for e in [
+            CodecError::BadLength(987_654_321),
+            CodecError::BadIndex(987_654_321),
+            CodecError::BadBool(201),
+            CodecError::BadMagic(201),
+        ] {
+            let text = e.to_string();
+            assert!(
+                !text.contains("987654321") && !text.contains("201"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

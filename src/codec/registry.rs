@@ -110,7 +110,7 @@ impl RegistryClient {
             .authorized(self.agent.post(&url))
             .set("Content-Type", "application/vnd.schemaregistry.v1+json")
             .send_json(body)
-            .map_err(|e| classify(e, 0))?;
+            .map_err(|e| classify(e, Ask::Subject))?;
         let id: IdBody = resp
             .into_json()
             .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer: {e}")))?;
@@ -118,10 +118,26 @@ impl RegistryClient {
     }
 }
 
+/// What a request asked the registry, which decides what a refusal says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ask {
+    /// A writer schema by its id, for a record: only a 404 says anything about the id.
+    ById(u32),
+    /// A subject's latest schema, or registering one: a 4xx may be a verdict on the schema (409
+    /// incompatible, 422 invalid).
+    Subject,
+}
+
 /// Registry errors name the status or the transport failure, never the URL (it may carry
 /// `user:password@`) or the body the registry sent back. Refusals that pass (credentials being
-/// rotated, a rate limit, a timeout) are outages, not verdicts on the schema id.
-fn classify(e: ureq::Error, id: u32) -> CodecError {
+/// rotated, a rate limit, a timeout) are outages, not verdicts on the schema id; so is any refusal of
+/// a fetch by id other than a 404 (a proxy's 407, a gateway's 400 or 421 while it is redeployed):
+/// it says nothing about the record, which waits for the registry instead of being dead-lettered.
+fn classify(e: ureq::Error, ask: Ask) -> CodecError {
+    let id = match ask {
+        Ask::ById(id) => id,
+        Ask::Subject => 0,
+    };
     match e {
         ureq::Error::Status(404, _) => CodecError::UnknownSchema(id),
         ureq::Error::Status(code @ (401 | 403), _) => CodecError::RegistryUnavailable(format!(
@@ -131,8 +147,13 @@ fn classify(e: ureq::Error, id: u32) -> CodecError {
         ureq::Error::Status(code @ (408 | 429), _) => {
             CodecError::RegistryUnavailable(format!("registry refused the request ({code})"))
         }
-        ureq::Error::Status(code, _) if (400..500).contains(&code) => {
+        ureq::Error::Status(code, _) if (400..500).contains(&code) && ask == Ask::Subject => {
             CodecError::Resolution(format!("registry refused the request ({code})"))
+        }
+        ureq::Error::Status(code, _) if (400..500).contains(&code) => {
+            CodecError::RegistryUnavailable(format!(
+                "registry refused the request ({code}), which says nothing about the schema id"
+            ))
         }
         ureq::Error::Status(code, _) => {
             CodecError::RegistryUnavailable(format!("registry answered {code}"))
@@ -211,7 +232,10 @@ fn tls_connector(schema: &SchemaConfig) -> Result<native_tls::TlsConnector, Code
 impl SchemaResolver for RegistryClient {
     fn schema_by_id(&self, id: u32) -> Result<String, CodecError> {
         let url = format!("{}/schemas/ids/{id}", self.base);
-        let resp = self.get(&url).call().map_err(|e| classify(e, id))?;
+        let resp = self
+            .get(&url)
+            .call()
+            .map_err(|e| classify(e, Ask::ById(id)))?;
         let body: SchemaBody = resp
             .into_json()
             .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer: {e}")))?;
@@ -220,7 +244,10 @@ impl SchemaResolver for RegistryClient {
 
     fn latest(&self, subject: &str) -> Result<(u32, String), CodecError> {
         let url = format!("{}/subjects/{subject}/versions/latest", self.base);
-        let resp = self.get(&url).call().map_err(|e| classify(e, 0))?;
+        let resp = self
+            .get(&url)
+            .call()
+            .map_err(|e| classify(e, Ask::Subject))?;
         let body: VersionBody = resp
             .into_json()
             .map_err(|e| CodecError::RegistryUnavailable(format!("bad registry answer: {e}")))?;
@@ -248,14 +275,16 @@ mod tests {
     }
 
     #[test]
-    fn auth_and_rate_limit_refusals_are_outages_and_a_404_is_unknown() {
+    fn a_fetch_by_id_refused_for_any_reason_but_a_404_waits_and_a_404_is_unknown() {
         let status = |code: u16| {
             let resp = ureq::Response::new(code, "status", "body with marker-secret-4711")
                 .expect("a response");
             ureq::Error::Status(code, resp)
         };
-        for code in [401, 403, 408, 429, 500, 503] {
-            let e = classify(status(code), 7);
+        // Fails on the old code for 400, 405, 407 and 421: a fetch by id refused for a reason other
+        // than the id dead-lettered the record (schema_resolution, permanent).
+        for code in [400, 401, 403, 405, 407, 408, 421, 429, 500, 503] {
+            let e = classify(status(code), Ask::ById(7));
             let text = format!("{e} {e:?}");
             assert_eq!(
                 (e.class(), e.is_retryable()),
@@ -264,8 +293,23 @@ mod tests {
             );
             assert!(!text.contains("marker-secret-4711"), "{text}");
         }
-        assert_eq!(classify(status(404), 7), CodecError::UnknownSchema(7));
-        let e = classify(status(400), 7);
-        assert_eq!((e.class(), e.is_retryable()), ("schema_resolution", false));
+        assert_eq!(
+            classify(status(404), Ask::ById(7)),
+            CodecError::UnknownSchema(7)
+        );
+        // Registering a schema or reading a subject: a 4xx may be about the schema itself.
+        for code in [400, 409, 422] {
+            let e = classify(status(code), Ask::Subject);
+            assert_eq!(
+                (e.class(), e.is_retryable()),
+                ("schema_resolution", false),
+                "{code}"
+            );
+        }
+        let e = classify(status(503), Ask::Subject);
+        assert_eq!(
+            (e.class(), e.is_retryable()),
+            ("registry_unavailable", true)
+        );
     }
 }
