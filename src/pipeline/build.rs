@@ -62,6 +62,15 @@ pub enum BuildError {
     /// A lookup maps a column its SELECT does not return.
     #[error("processors.{step}: the query selects no column '{column}'")]
     NoColumn { step: String, column: String },
+    /// A lookup maps a column of a type no record value holds exactly (time, varint, duration, a
+    /// map whose keys are not text, a tuple, a vector, a user type): it would reach the record as
+    /// something else.
+    #[error("processors.{step}: column '{column}' is a {column_type}, which lookups do not read into a field")]
+    OutputType {
+        step: String,
+        column: String,
+        column_type: String,
+    },
     /// A produce step's schema does not parse.
     #[error("processors.{step}.schema does not parse: {message}")]
     Schema { step: String, message: String },
@@ -288,12 +297,19 @@ async fn lookup(ctx: &Ctx<'_>, p: &ProcessorConfig) -> Result<Box<dyn Processor>
         let guard = stmt.get_current_result_set_col_specs();
         let specs = guard.get();
         for (column, field) in columns {
-            let (i, _) = specs
+            let (i, spec) = specs
                 .get_by_name(column)
                 .ok_or_else(|| BuildError::NoColumn {
                     step: name.clone(),
                     column: column.clone(),
                 })?;
+            if !super::lookup::readable(spec.typ()) {
+                return Err(BuildError::OutputType {
+                    step: name.clone(),
+                    column: column.clone(),
+                    column_type: CqlType::of_column(spec.typ()).to_string(),
+                });
+            }
             outputs.push((i, ctx.slot(name, field)?));
         }
     }

@@ -62,6 +62,50 @@ fn key_value(v: &Value, ty: &CqlType) -> Result<CqlValue, &'static str> {
     }
 }
 
+/// Whether [`from_cql`] reads a column of this type into a field exactly. Checked for every mapped
+/// column when the step is built: a type it cannot read would reach the record as something else
+/// (before this check, the driver's debug text: `Date(CqlDate(..))` written into a text column).
+pub(super) fn readable(ct: &scylla::cluster::metadata::ColumnType<'_>) -> bool {
+    use scylla::cluster::metadata::{ColumnType, NativeType};
+    if matches!(ct, ColumnType::Native(NativeType::Counter)) {
+        return true;
+    }
+    readable_type(&CqlType::of_column(ct))
+}
+
+fn readable_type(ty: &CqlType) -> bool {
+    match ty {
+        CqlType::Ascii
+        | CqlType::Text
+        | CqlType::Int
+        | CqlType::BigInt
+        | CqlType::SmallInt
+        | CqlType::TinyInt
+        | CqlType::Float
+        | CqlType::Double
+        | CqlType::Boolean
+        | CqlType::Blob
+        | CqlType::Timestamp
+        | CqlType::Date
+        | CqlType::Uuid
+        | CqlType::TimeUuid
+        | CqlType::Inet
+        | CqlType::Decimal => true,
+        CqlType::List(t) | CqlType::Set(t) => readable_type(t),
+        // A record's map has text keys: any other key would be turned into text or lost.
+        CqlType::Map(k, v) => matches!(**k, CqlType::Text | CqlType::Ascii) && readable_type(v),
+        // time (ns; fields hold µs), varint (no field type), duration (signed; the Avro one is
+        // not), user types, tuples, vectors.
+        CqlType::Time
+        | CqlType::Varint
+        | CqlType::Duration
+        | CqlType::Udt(_)
+        | CqlType::Other(_) => false,
+    }
+}
+
+/// A selected value as a field's value. Every type a built step maps is read exactly (see
+/// [`readable`]); a value of any other type cannot reach here, and would be read as null.
 fn from_cql(v: CqlValue) -> Value {
     match v {
         CqlValue::Text(s) | CqlValue::Ascii(s) => Value::Str(s.into()),
@@ -73,6 +117,13 @@ fn from_cql(v: CqlValue) -> Value {
         CqlValue::Double(d) => Value::Double(d),
         CqlValue::Float(f) => Value::Float(f),
         CqlValue::Timestamp(t) => Value::TimestampMillis(t.0),
+        // Days with the epoch at 2^31, as CQL counts them: every one fits an i32 from the epoch.
+        CqlValue::Date(d) => Value::Date((i64::from(d.0) - (1_i64 << 31)) as i32),
+        CqlValue::Decimal(d) => {
+            let (unscaled, scale) = d.as_signed_be_bytes_slice_and_exponent();
+            Value::Decimal(unscaled.to_vec().into(), scale)
+        }
+        CqlValue::Counter(c) => Value::Long(c.0),
         CqlValue::Uuid(u) => Value::Uuid(u.to_string().into()),
         CqlValue::Timeuuid(u) => Value::Uuid(u.to_string().into()),
         CqlValue::Inet(a) => Value::Str(a.to_string().into()),
@@ -83,7 +134,7 @@ fn from_cql(v: CqlValue) -> Value {
                 .map(|(k, v)| (text(&from_cql(k)).unwrap_or_default().into(), from_cql(v)))
                 .collect(),
         ),
-        other => Value::Str(format!("{other:?}").into()),
+        _ => Value::Null,
     }
 }
 
@@ -234,6 +285,57 @@ impl Processor for Lookup {
 mod tests {
     use super::*;
     use scylla::cluster::metadata::{CollectionType, ColumnType, NativeType};
+
+    // Fails on the old code: a date, decimal or counter column reached the record as the driver's
+    // debug text (`Date(CqlDate(..))`, written as is into a text column), and nothing refused a
+    // column no field holds exactly.
+    #[test]
+    fn selected_values_are_read_exactly_and_unreadable_columns_are_refused() {
+        use scylla::value::{Counter, CqlDate, CqlDecimal};
+        // 2^31 is CQL's epoch day.
+        assert_eq!(
+            from_cql(CqlValue::Date(CqlDate((1 << 31) + 20_000))),
+            Value::Date(20_000)
+        );
+        assert_eq!(
+            from_cql(CqlValue::Date(CqlDate((1 << 31) - 1))),
+            Value::Date(-1)
+        );
+        assert_eq!(from_cql(CqlValue::Date(CqlDate(0))), Value::Date(i32::MIN));
+        let d = CqlDecimal::from_signed_be_bytes_slice_and_exponent(&[0x04, 0xd2], 2);
+        assert_eq!(
+            from_cql(CqlValue::Decimal(d)),
+            Value::Decimal(vec![0x04, 0xd2].into(), 2),
+            "12.34"
+        );
+        assert_eq!(from_cql(CqlValue::Counter(Counter(7))), Value::Long(7));
+        let native = |n| ColumnType::Native(n);
+        let coll = |typ| ColumnType::Collection { frozen: false, typ };
+        for ok in [
+            native(NativeType::Date),
+            native(NativeType::Decimal),
+            native(NativeType::Counter),
+            native(NativeType::Text),
+            coll(CollectionType::Map(
+                Box::new(native(NativeType::Text)),
+                Box::new(native(NativeType::Decimal)),
+            )),
+        ] {
+            assert!(readable(&ok), "{ok:?}");
+        }
+        for refused in [
+            native(NativeType::Time),
+            native(NativeType::Varint),
+            native(NativeType::Duration),
+            coll(CollectionType::Map(
+                Box::new(native(NativeType::Int)),
+                Box::new(native(NativeType::Text)),
+            )),
+            coll(CollectionType::List(Box::new(native(NativeType::Time)))),
+        ] {
+            assert!(!readable(&refused), "{refused:?}");
+        }
+    }
 
     // Fails on the old code, which bound an int as a CQL int and a string as text whatever the
     // key column's type (the driver refused both for a bigint, uuid or inet key).
