@@ -57,6 +57,17 @@ struct Setup {
     dir: PathBuf,
 }
 
+impl Setup {
+    /// A config file `name.toml` for this setup's topic and keyspace, in a group of its own.
+    fn config(&self, name: &str, table: &str, processors: &str) -> Result<PathBuf> {
+        write(
+            &self.dir,
+            name,
+            &config_text(&self.topic, &unique("g"), &self.ks, 256, table, processors),
+        )
+    }
+}
+
 fn setup(name: &str, n: u64, seed: u64) -> Result<Setup> {
     let topic = unique(name);
     let ks = unique(name);
@@ -126,11 +137,7 @@ keep = false
         "table = \"navigation_events\"\ncolumns = {{ {} }}",
         ALL_COLUMNS.replace('\n', ", ")
     );
-    let cfg = write(
-        &s.dir,
-        "filter",
-        &config_text(&s.topic, &unique("g"), &s.ks, 256, &table, processors),
-    )?;
+    let cfg = s.config("filter", &table, processors)?;
     let out = drain_ok(&cfg, Duration::from_secs(300), &[])?;
     let sum = out.summary.expect("summary");
     let expected: HashSet<String> = events(71, N)
@@ -185,11 +192,7 @@ fn lookup_cache_and_every_miss_policy() -> Result<()> {
             cql(&session().await?, &format!("TRUNCATE {}.seg_events", s.ks)).await
         })?;
         let processors = LOOKUP.replace("{ks}", &s.ks).replace("{miss}", miss);
-        let cfg = write(
-            &s.dir,
-            miss,
-            &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
-        )?;
+        let cfg = s.config(miss, table, &processors)?;
         let out = drain_ok(&cfg, Duration::from_secs(300), &[])?;
         let sum = out.summary.expect("summary");
         let got: HashMap<String, Option<String>> = tokio()
@@ -288,11 +291,7 @@ fn lookup_keys_are_converted_to_their_column_types() -> Result<()> {
     let processors = step("by_duration", "d", "duration_ms", "dur_label")
         + &step("by_ip", "ip", "ip", "ip_label");
     let table = "table = \"typed_events\"\ncolumns = { event_id = \"event_id\", dur_label = \"dur_label\", ip_label = \"ip_label\" }";
-    let cfg = write(
-        &s.dir,
-        "typed",
-        &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
-    )?;
+    let cfg = s.config("typed", table, &processors)?;
     let out = drain_ok(&cfg, Duration::from_secs(300), &[])?;
     let sum = out.summary.expect("summary");
     ensure!(sum["written"] == N && sum["dead_lettered"] == 0, "{sum}");
@@ -375,12 +374,10 @@ fn lookup_outputs_keep_their_dates_and_decimals() -> Result<()> {
         )
     };
     let table = "table = \"account_events\"\ncolumns = { event_id = \"event_id\", opened = \"opened\", balance = \"balance\" }";
-    let refused = write(
-        &s.dir,
+    let refused = s.config(
         "refused",
-        &config_text(&s.topic, &unique("g"), &s.ks, 256,
-            "table = \"account_events\"\ncolumns = { event_id = \"event_id\", opened = \"opened\" }",
-            &step("opened = \"opened\", at = \"at\"")),
+        "table = \"account_events\"\ncolumns = { event_id = \"event_id\", opened = \"opened\" }",
+        &step("opened = \"opened\", at = \"at\""),
     )?;
     let out = run_drain(&refused, Duration::from_secs(120), &[])?;
     ensure!(
@@ -391,17 +388,10 @@ fn lookup_outputs_keep_their_dates_and_decimals() -> Result<()> {
         "a time column was not refused:\n{}",
         out.stderr
     );
-    let cfg = write(
-        &s.dir,
+    let cfg = s.config(
         "typed",
-        &config_text(
-            &s.topic,
-            &unique("g"),
-            &s.ks,
-            256,
-            table,
-            &step("opened = \"opened\", balance = \"balance\""),
-        ),
+        table,
+        &step("opened = \"opened\", balance = \"balance\""),
     )?;
     let out = drain_ok(&cfg, Duration::from_secs(300), &[])?;
     let sum = out.summary.expect("summary");
@@ -489,11 +479,7 @@ table = {{ keyspace = "{ks}", table = "visits_by_uid", ttl_seconds = 2592000, co
         ks = s.ks
     );
     let table = "table = \"last_seen\"\ntimestamp_source = \"field\"\ntimestamp_field = \"ts\"\ncolumns = { uid = \"uid\", ts = \"ts\", url = \"url\" }";
-    let cfg = write(
-        &s.dir,
-        "tables",
-        &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
-    )?;
+    let cfg = s.config("tables", table, &processors)?;
     drain_ok(&cfg, Duration::from_secs(300), &[])?;
     let evs = events(73, N);
     let (visits, last) = tokio().block_on(async {
@@ -603,11 +589,7 @@ fn produce_reencodes_the_enriched_record() -> Result<()> {
         r#"{"type":"record","name":"Out","fields":[{"name":"event_id","type":"string"},{"name":"uid","type":"string"},{"name":"url","type":"string"},{"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"event_type","type":{"type":"enum","name":"T","symbols":["PAGE_VIEW","CLICK","SCROLL","PURCHASE"]}},{"name":"user_segment","type":["null","string"]}]}"#
     );
     let table = "table = \"seg_events\"\ncolumns = { event_id = \"event_id\", uid = \"uid\", segment = \"user_segment\" }";
-    let cfg = write(
-        &s.dir,
-        "produce",
-        &config_text(&s.topic, &unique("g"), &s.ks, 256, table, &processors),
-    )?;
+    let cfg = s.config("produce", table, &processors)?;
     drain_ok(&cfg, Duration::from_secs(300), &[])?;
     let got = read_output(
         &out_topic,
