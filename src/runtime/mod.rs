@@ -2,7 +2,8 @@
 //! whose sends wake the shard's loop, and the wait for every shard to end.
 //!
 //! Guarantee: no shard starts before the config validated and the live check (table columns against
-//! the subject's latest writer schema) passed; a second stop request is a kill.
+//! the subject's latest writer schema) passed; a second stop request is a kill; a stop ends within
+//! `shards.shutdown_deadline_ms` + [`STOP_GRACE`], gracefully or not (see [`Running::supervise`]).
 //! Precondition: memlock for glommio's io_memory (root, or about 3 × io_memory_bytes per shard).
 
 pub mod shard;
@@ -64,6 +65,17 @@ pub enum RunError {
     /// A second stop request: the shards exit at once, uncommitted records are replayed.
     #[error("killed by a second stop request; uncommitted records will be replayed")]
     Killed,
+    /// A stop was not over [`STOP_GRACE`] after the shutdown deadline: a shard is held in the final
+    /// commit or in leaving the group (an unreachable broker or coordinator). The process ends
+    /// without it; its uncommitted records are replayed by the partitions' next owner.
+    #[error(
+        "the shards were still stopping {} ms after the stop request (the shutdown deadline + {} s: \
+         an unreachable broker holds the final commit or the group's leave): exited without them; \
+         uncommitted records will be replayed",
+        .waited.as_millis(),
+        .grace.as_secs()
+    )]
+    StopOverran { waited: Duration, grace: Duration },
     /// A record cannot be processed and there is no dead-letter topic: the shard stops uncommitted.
     #[error(
         "shard {shard}: record {topic}/{partition}@{offset} cannot be processed ({class}: {message}) \
@@ -117,6 +129,14 @@ impl RunError {
         }
     }
 }
+
+/// How long a stop may run past `shards.shutdown_deadline_ms` for what follows the in-flight work:
+/// the final synchronous commit, the dead letters' flush and leaving the group. Each takes
+/// milliseconds with the broker up; with it down librdkafka waits for the coordinator until the
+/// session times out (the commit), then again (the leave): measured 21 s for a 10 s deadline. A
+/// supervisor (systemd's `TimeoutStopSec`, 30 s in `tuning/shardline.service`) should allow the
+/// deadline plus this.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Where one shard runs.
 #[derive(Debug, Clone, Copy)]
@@ -295,6 +315,9 @@ pub fn stop_requests_on_signals() -> std::io::Result<Receiver<()>> {
 pub struct Running {
     handles: Vec<ShardHandle>,
     controls: Vec<ControlSender>,
+    /// How long after a stop [`Running::supervise`] waits for the shards: the shutdown deadline
+    /// plus [`STOP_GRACE`].
+    stop_bound: Duration,
     pub registries: Vec<Registry>,
     pub specs: Vec<ShardSpec>,
 }
@@ -393,6 +416,7 @@ pub fn start_with(
     Ok(Running {
         handles,
         controls,
+        stop_bound: config.shards.shutdown_deadline + STOP_GRACE,
         registries,
         specs,
     })
@@ -417,17 +441,28 @@ impl Running {
     /// committed), so the process ends with that error instead of running on without the shard:
     /// in drain mode the siblings would otherwise wait for ever for its drained flag, and
     /// otherwise a supervisor would never see the failure to restart the process.
+    /// Once a stop began (a request, or a failed shard stopping its siblings), the shards have the
+    /// shutdown deadline plus [`STOP_GRACE`]: a shard still held after that (librdkafka's final
+    /// commit or leave, waiting for an unreachable coordinator) is told to exit and left behind,
+    /// and the result is [`RunError::StopOverran`] (a shard's own error first, if one failed).
     pub fn supervise(self, stop_requests: &Receiver<()>) -> Result<(), RunError> {
         let Running {
-            handles, controls, ..
+            handles,
+            controls,
+            stop_bound,
+            ..
         } = self;
         let (ended, mut left) = join_each(handles)?;
         let mut first = Ok(());
         let mut requests = 0;
+        let mut stop_began: Option<std::time::Instant> = None;
         // A dropped sender (a library caller's) asks nothing: its channel would be ready for ever,
         // a stop then at once a kill.
         let mut stop_requests = stop_requests.clone();
         while left > 0 {
+            let wait = stop_began.map_or(Duration::from_secs(3600), |t| {
+                stop_bound.saturating_sub(t.elapsed())
+            });
             crossbeam_channel::select! {
                 recv(ended) -> r => {
                     left -= 1;
@@ -435,6 +470,7 @@ impl Running {
                     if let (Err(e), true) = (&r, first.is_ok()) {
                         tracing::error!(error = %e, "a shard failed: stopping the others");
                         for c in &controls { c.send(Control::Stop); }
+                        stop_began.get_or_insert_with(std::time::Instant::now);
                     }
                     if first.is_ok() { first = r; }
                 }
@@ -447,6 +483,7 @@ impl Running {
                     if requests == 1 {
                         tracing::info!("stop requested: finishing in-flight work (send again to exit at once)");
                         for c in &controls { c.send(Control::Stop); }
+                        stop_began.get_or_insert_with(std::time::Instant::now);
                     } else {
                         tracing::warn!("second stop request: exiting now; uncommitted records will be replayed");
                         // Library users get their shards ended too (the binary exits anyway).
@@ -454,7 +491,14 @@ impl Running {
                         return Err(RunError::Killed);
                     }
                 }
-                default(Duration::from_secs(3600)) => {}
+                default(wait) => {
+                    if let Some(t) = stop_began.filter(|t| t.elapsed() >= stop_bound) {
+                        let e = RunError::StopOverran { waited: t.elapsed(), grace: STOP_GRACE };
+                        tracing::warn!(shards_left = left, error = %e, "stop overran");
+                        for c in &controls { c.send(Control::Kill); }
+                        return first.and(Err(e));
+                    }
+                }
             }
         }
         first
@@ -594,6 +638,7 @@ mod tests {
         let running = Running {
             handles,
             controls,
+            stop_bound: Duration::from_secs(3600),
             registries: Vec::new(),
             specs: Vec::new(),
         };
@@ -611,6 +656,49 @@ mod tests {
             matches!(r, Err(RunError::Systemic { shard: 1, .. })),
             "{r:?}"
         );
+    }
+
+    // Fails on the old code: the supervisor waited for the shards however long they took, and with
+    // the broker down a shard's final commit and its group leave each wait for the coordinator until
+    // the session times out (measured: 21 s after SIGTERM for a 10 s deadline).
+    #[test]
+    fn a_stop_held_past_its_bound_ends_the_wait_with_stop_overran() {
+        // The shard's thread blocks when told to stop, as in librdkafka's synchronous commit.
+        let (release_tx, release) = crossbeam_channel::bounded::<()>(1);
+        let (tx, rx) = control_channel();
+        let h = LocalExecutorBuilder::default()
+            .name("test-held")
+            .spawn(move || async move {
+                let _ = std::future::poll_fn(|cx| rx.poll_recv(cx)).await;
+                let _ = release.recv_timeout(Duration::from_secs(60));
+                Ok(())
+            })
+            .expect("executor starts");
+        let running = Running {
+            handles: vec![h],
+            controls: vec![tx],
+            stop_bound: Duration::from_millis(300),
+            registries: Vec::new(),
+            specs: Vec::new(),
+        };
+        let (requests_tx, requests) = crossbeam_channel::unbounded::<()>();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = done_tx.send(running.supervise(&requests));
+        });
+        let asked = Instant::now();
+        requests_tx.send(()).expect("supervisor listens");
+        let r = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("supervise returns while the shard is still held");
+        let took = asked.elapsed();
+        let _ = release_tx.send(());
+        assert!(
+            matches!(r, Err(RunError::StopOverran { waited, .. }) if waited >= Duration::from_millis(300)),
+            "{r:?}"
+        );
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Nothing lost: poison records, kill -9, a database outage, a broker restart, a second process joining
-//! and the first leaving, SIGTERM. Built with the `fault-tests` feature (scripts/test.sh sets it): these
-//! tests stop and start the shared services, so they run one at a time (`--test-threads 1`).
+//! and the first leaving, SIGTERM (with the broker up and down). Built with the `fault-tests` feature
+//! (scripts/test.sh sets it): these tests stop and start the shared services, so they run one at a
+//! time (`--test-threads 1`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -404,6 +405,66 @@ fn poison_records_of_every_class_go_to_the_dead_letter_topic() -> Result<()> {
     );
     ensure!(all_committed(&p, 4)?);
     eprintln!("poison: produced {N}, written {rows}, dead-lettered {poison} {by_class:?}");
+    Ok(())
+}
+
+/// Starts the broker again when dropped, so that a test failing while it is down leaves it running
+/// for the tests after it.
+struct BrokerBackUp;
+
+impl Drop for BrokerBackUp {
+    fn drop(&mut self) {
+        if let Err(e) = services(&["up", "kafka"]) {
+            eprintln!("could not start the broker again: {e}");
+        }
+    }
+}
+
+// Fails on the old code: 15-21 s after SIGTERM with a 2 s deadline (the final commit, then the
+// group's leave, each waited for the coordinator until the 10 s session timed out), exit status 0.
+#[test]
+fn sigterm_with_the_broker_down_ends_within_the_deadline_and_loses_nothing() -> Result<()> {
+    const N: u64 = 100_000;
+    const DEADLINE: Duration = Duration::from_secs(2);
+    let p = pipeline("stopdown", 4)?;
+    let text = std::fs::read_to_string(&p.config)?.replace(
+        "shutdown_deadline_ms = 20000",
+        &format!("shutdown_deadline_ms = {}", DEADLINE.as_millis()),
+    );
+    std::fs::write(&p.config, text)?;
+    produce(&p.topic, N, 71, 0)?;
+    let mut proc = Proc::spawn(&p.config, &[])?;
+    ensure!(
+        wait_written(p.port, 5000.0, Duration::from_secs(60))?,
+        "no writes:\n{}",
+        proc.log_text()
+    );
+    let back_up = BrokerBackUp;
+    services(&["down", "kafka"])?;
+    let t = Instant::now();
+    proc.signal("-TERM")?;
+    let status = proc.wait_for(Duration::from_secs(60))?;
+    let took = t.elapsed();
+    drop(back_up);
+    let log = proc.log_text();
+    let bound = DEADLINE + shardline::runtime::STOP_GRACE;
+    eprintln!("SIGTERM with the broker down: exited after {took:?} (bound {bound:?}), {status:?}");
+    ensure!(status.is_some(), "still running 60 s after SIGTERM:\n{log}");
+    ensure!(
+        took <= bound + Duration::from_secs(3),
+        "exit took {took:?}, bound {bound:?}:\n{log}"
+    );
+    // Held in librdkafka past the bound, the process ends without the shard: non-zero, and says so.
+    ensure!(
+        status.is_some_and(|s| s.success()) || log.contains("stop overran"),
+        "a non-zero exit that does not say why:\n{log}"
+    );
+    // Nothing lost: the next run, once the broker expired the old member (session_timeout_ms, 10 s),
+    // writes what was not committed.
+    std::thread::sleep(Duration::from_secs(12));
+    drain_ok(&p.config, Duration::from_secs(600), &[])?;
+    ensure!(all_committed(&p, 4)?, "offsets not at the end");
+    assert_all_rows(&p.ks, 71, N)?;
     Ok(())
 }
 
