@@ -129,6 +129,41 @@ impl TickPace {
     }
 }
 
+/// When the loop yields under a backlog: at least [`YIELD_EVERY`] after the last yield, looking at
+/// the clock once per [`YIELD_CHECK_EVERY`] events (a clock read is ~1% of a record's CPU).
+#[derive(Debug)]
+struct YieldPace {
+    last_yield: Instant,
+    since_check: u32,
+}
+
+impl YieldPace {
+    fn new(now: Instant) -> YieldPace {
+        YieldPace {
+            last_yield: now,
+            since_check: 0,
+        }
+    }
+
+    /// One event passed: whether to yield now. `clock` is read only on every
+    /// [`YIELD_CHECK_EVERY`]th event.
+    fn due(&mut self, clock: impl FnOnce() -> Instant) -> bool {
+        self.since_check += 1;
+        if self.since_check < YIELD_CHECK_EVERY {
+            return false;
+        }
+        // Counted afresh whatever the clock says: before, the count was reset only by a yield, so
+        // after the 16th event every event read the clock until 1 ms had passed (97% of them).
+        self.since_check = 0;
+        clock().saturating_duration_since(self.last_yield) >= YIELD_EVERY
+    }
+
+    fn yielded(&mut self, now: Instant) {
+        self.last_yield = now;
+        self.since_check = 0;
+    }
+}
+
 /// The consumer as the partition book sees it; `null_sink` runs store nothing.
 struct Kafka<'a> {
     consumer: &'a ShardConsumer,
@@ -196,14 +231,11 @@ pub(super) struct ShardLoop {
     /// Drain mode: what the last report saw of each partition not at its end (see [`DrainWatch`]).
     drain_watch: DrainWatch,
     last_store: Instant,
-    last_yield: Instant,
+    yield_pace: YieldPace,
     last_tick: Instant,
     pace: TickPace,
     /// When `shardline_consumer_lag_seconds` was last published.
     lag_published: Instant,
-    /// Events since the loop last looked at the clock for yielding (reading it per event costs more
-    /// than the events themselves under a backlog).
-    since_yield_check: u32,
     /// When the latest record finished, if not yet published to the last-done gauge (published on
     /// the tick and at the end: a wall-clock read per record costs more than the gauge is worth).
     last_done_at: Option<Instant>,
@@ -248,11 +280,10 @@ impl ShardLoop {
             drain_reported: now,
             drain_watch: DrainWatch::default(),
             last_store: now,
-            last_yield: now,
+            yield_pace: YieldPace::new(now),
             last_tick: now,
             pace: TickPace::new(),
             lag_published: now,
-            since_yield_check: 0,
             last_done_at: None,
             wall: crate::clock::WallAnchor::now(),
             decodes: 0,
@@ -299,10 +330,7 @@ impl ShardLoop {
                 Event::Control(c) => self.on_control(c),
                 Event::Assignment => {}
             }
-            self.since_yield_check += 1;
-            if self.since_yield_check >= YIELD_CHECK_EVERY
-                && self.last_yield.elapsed() >= YIELD_EVERY
-            {
+            if self.yield_pace.due(Instant::now) {
                 // Under a backlog no event is ever Pending, so the timer never gets polled: the tick's
                 // work runs here when it is due, and the task queue yields so that the other tasks
                 // (batch writes, the bridge's driver) get their turn. glommio's reactor (timers such
@@ -314,8 +342,7 @@ impl ShardLoop {
                 // Under a backlog the loop never waits, so open batches go out here at the latest.
                 self.res.records.flush();
                 glommio::executor().yield_task_queue_now().await;
-                self.last_yield = Instant::now();
-                self.since_yield_check = 0;
+                self.yield_pace.yielded(Instant::now());
             }
         }
         drop(stream);
@@ -421,9 +448,12 @@ impl ShardLoop {
             headers: self.headers_of(msg, topic),
             // Only a dead letter reads them: without a dead-letter topic a record error stops the
             // shard, so nothing is copied.
-            source_headers: msg
-                .headers()
-                .filter(|_| self.res.records.dead_letters.is_some())
+            source_headers: self
+                .res
+                .records
+                .dead_letters
+                .as_ref()
+                .and_then(|_| msg.headers())
                 .map(source_headers),
         };
         if let Some(fut) = record::hand_off(&self.res.records, origin, start.0) {
@@ -1027,6 +1057,30 @@ mod tests {
         assert_eq!(drain_window(0), 2 * TICK);
         assert_eq!(drain_window(150), 2 * TICK);
         assert_eq!(drain_window(3_000), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_yield_check_reads_the_clock_once_per_sixteen_events() {
+        let start = Instant::now();
+        let mut pace = YieldPace::new(start);
+        let reads = std::cell::Cell::new(0u32);
+        // A busy loop within one millisecond of its last yield: never due, and 10 clock reads for
+        // 160 events (the old rule read it on 145 of them).
+        let soon = || {
+            reads.set(reads.get() + 1);
+            start + YIELD_EVERY / 2
+        };
+        assert!((0..160).all(|_| !pace.due(soon)));
+        assert_eq!(reads.get(), 10);
+        // Once the millisecond passed, due at the next check (at most 16 events later), not before.
+        let later = || start + YIELD_EVERY;
+        let due_at = (1..=16).find(|_| pace.due(later));
+        assert_eq!(due_at, Some(16));
+        pace.yielded(start + YIELD_EVERY);
+        assert!(
+            (0..32).all(|_| !pace.due(later)),
+            "a yield starts a new millisecond"
+        );
     }
 
     #[test]
