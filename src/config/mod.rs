@@ -799,8 +799,8 @@ pub struct ShardsConfig {
     /// How long a graceful stop waits for in-flight writes before committing what is done. Key
     /// `shutdown_deadline_ms`, in milliseconds. Default 10000 ms. The whole stop (the final commit,
     /// the dead letters' flush, leaving the group) is over by this plus
-    /// [`crate::runtime::STOP_GRACE`] (5 s), or the process ends without the shard, non-zero, its
-    /// uncommitted records replayed: give a supervisor's stop timeout at least that.
+    /// [`crate::runtime::STOP_GRACE`] (5 s), or the process exits 1 without waiting for the shard,
+    /// what it did not commit replayed: give a supervisor's stop timeout at least that.
     #[serde(
         rename = "shutdown_deadline_ms",
         default = "default_shutdown_deadline",

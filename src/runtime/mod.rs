@@ -2,8 +2,9 @@
 //! whose sends wake the shard's loop, and the wait for every shard to end.
 //!
 //! Guarantee: no shard starts before the config validated and the live check (table columns against
-//! the subject's latest writer schema) passed; a second stop request is a kill; a stop ends within
-//! `shards.shutdown_deadline_ms` + [`STOP_GRACE`], gracefully or not (see [`Running::supervise`]).
+//! the subject's latest writer schema) passed; a second stop request is a kill; once a stop began,
+//! [`Running::supervise`] returns within `shards.shutdown_deadline_ms` + [`STOP_GRACE`], the shards
+//! ended or not.
 //! Precondition: memlock for glommio's io_memory (root, or about 3 × io_memory_bytes per shard).
 
 pub mod shard;
@@ -66,12 +67,14 @@ pub enum RunError {
     #[error("killed by a second stop request; uncommitted records will be replayed")]
     Killed,
     /// A stop was not over [`STOP_GRACE`] after the shutdown deadline: a shard is held in the final
-    /// commit or in leaving the group (an unreachable broker or coordinator). The process ends
-    /// without it; its uncommitted records are replayed by the partitions' next owner.
+    /// commit or in leaving the group (an unreachable broker or coordinator). [`Running::supervise`]
+    /// returns without waiting for it (the binary then exits 1); what it did not commit is replayed
+    /// by the partitions' next owner. The [`Control::Kill`] sent to it is read only once librdkafka
+    /// lets its thread go: a library caller that goes on keeps that thread and its group member.
     #[error(
-        "the shards were still stopping {} ms after the stop request (the shutdown deadline + {} s: \
-         an unreachable broker holds the final commit or the group's leave): exited without them; \
-         uncommitted records will be replayed",
+        "the shards were still stopping {} ms after the stop began (the shutdown deadline + {} s: \
+         an unreachable broker holds the final commit or the group's leave): returned without \
+         waiting for them; what they did not commit will be replayed",
         .waited.as_millis(),
         .grace.as_secs()
     )]
@@ -315,6 +318,9 @@ pub fn stop_requests_on_signals() -> std::io::Result<Receiver<()>> {
 pub struct Running {
     handles: Vec<ShardHandle>,
     controls: Vec<ControlSender>,
+    /// When [`Running::stop`] first asked the shards to stop: [`Running::supervise`]'s bound counts
+    /// from there.
+    stopped_at: std::cell::Cell<Option<std::time::Instant>>,
     /// How long after a stop [`Running::supervise`] waits for the shards: the shutdown deadline
     /// plus [`STOP_GRACE`].
     stop_bound: Duration,
@@ -417,14 +423,18 @@ pub fn start_with(
         handles,
         controls,
         stop_bound: config.shards.shutdown_deadline + STOP_GRACE,
+        stopped_at: std::cell::Cell::new(None),
         registries,
         specs,
     })
 }
 
 impl Running {
-    /// Asks every shard to stop gracefully.
+    /// Asks every shard to stop gracefully (a later [`Running::supervise`] bounds the wait from now).
     pub fn stop(&self) {
+        if self.stopped_at.get().is_none() {
+            self.stopped_at.set(Some(std::time::Instant::now()));
+        }
         for c in &self.controls {
             c.send(Control::Stop);
         }
@@ -450,12 +460,13 @@ impl Running {
             handles,
             controls,
             stop_bound,
+            stopped_at,
             ..
         } = self;
         let (ended, mut left) = join_each(handles)?;
         let mut first = Ok(());
         let mut requests = 0;
-        let mut stop_began: Option<std::time::Instant> = None;
+        let mut stop_began: Option<std::time::Instant> = stopped_at.get();
         // A dropped sender (a library caller's) asks nothing: its channel would be ready for ever,
         // a stop then at once a kill.
         let mut stop_requests = stop_requests.clone();
@@ -639,6 +650,7 @@ mod tests {
             handles,
             controls,
             stop_bound: Duration::from_secs(3600),
+            stopped_at: std::cell::Cell::new(None),
             registries: Vec::new(),
             specs: Vec::new(),
         };
@@ -658,43 +670,98 @@ mod tests {
         );
     }
 
+    /// A [`Running`] of two shards bounded at 300 ms: shard 0 blocks its thread when told to stop
+    /// (as librdkafka's synchronous commit does) until the returned sender is dropped; shard 1 fails
+    /// at once when `sibling_fails`, or ends when told to stop.
+    fn held_at_stop(sibling_fails: bool) -> (Running, crossbeam_channel::Sender<()>) {
+        let (release_tx, release) = crossbeam_channel::bounded::<()>(1);
+        let mut handles = Vec::new();
+        let mut controls = Vec::new();
+        for i in 0..2 {
+            let (tx, rx) = control_channel();
+            let release = release.clone();
+            let h = LocalExecutorBuilder::default()
+                .name(&format!("test-held{i}"))
+                .spawn(move || async move {
+                    if i == 1 && sibling_fails {
+                        return Err(RunError::Systemic {
+                            shard: 1,
+                            class: "schema",
+                            message: "the table is gone".into(),
+                        });
+                    }
+                    let _ = std::future::poll_fn(|cx| rx.poll_recv(cx)).await;
+                    if i == 0 {
+                        let _ = release.recv_timeout(Duration::from_secs(60));
+                    }
+                    Ok(())
+                })
+                .expect("executor starts");
+            handles.push(h);
+            controls.push(tx);
+        }
+        let running = Running {
+            handles,
+            controls,
+            stop_bound: Duration::from_millis(300),
+            stopped_at: std::cell::Cell::new(None),
+            registries: Vec::new(),
+            specs: Vec::new(),
+        };
+        (running, release_tx)
+    }
+
+    /// Runs `supervise` on its own thread after `before`; its result and how long it took.
+    fn supervise_held(
+        running: Running,
+        before: impl FnOnce(&Running, &Sender<()>) + Send + 'static,
+    ) -> (Result<(), RunError>, Duration) {
+        let (requests_tx, requests) = crossbeam_channel::unbounded::<()>();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let t = Instant::now();
+        std::thread::spawn(move || {
+            before(&running, &requests_tx);
+            let _ = done_tx.send(running.supervise(&requests));
+            drop(requests_tx);
+        });
+        let r = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("supervise returns while a shard is still held");
+        (r, t.elapsed())
+    }
+
     // Fails on the old code: the supervisor waited for the shards however long they took, and with
     // the broker down a shard's final commit and its group leave each wait for the coordinator until
     // the session times out (measured: 21 s after SIGTERM for a 10 s deadline).
     #[test]
     fn a_stop_held_past_its_bound_ends_the_wait_with_stop_overran() {
-        // The shard's thread blocks when told to stop, as in librdkafka's synchronous commit.
-        let (release_tx, release) = crossbeam_channel::bounded::<()>(1);
-        let (tx, rx) = control_channel();
-        let h = LocalExecutorBuilder::default()
-            .name("test-held")
-            .spawn(move || async move {
-                let _ = std::future::poll_fn(|cx| rx.poll_recv(cx)).await;
-                let _ = release.recv_timeout(Duration::from_secs(60));
-                Ok(())
-            })
-            .expect("executor starts");
-        let running = Running {
-            handles: vec![h],
-            controls: vec![tx],
-            stop_bound: Duration::from_millis(300),
-            registries: Vec::new(),
-            specs: Vec::new(),
+        // A stop request (SIGTERM), and a library caller's `Running::stop`.
+        let by_request = |_: &Running, requests: &Sender<()>| {
+            requests.send(()).expect("supervisor listens");
         };
-        let (requests_tx, requests) = crossbeam_channel::unbounded::<()>();
-        let (done_tx, done) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let _ = done_tx.send(running.supervise(&requests));
-        });
-        let asked = Instant::now();
-        requests_tx.send(()).expect("supervisor listens");
-        let r = done
-            .recv_timeout(Duration::from_secs(30))
-            .expect("supervise returns while the shard is still held");
-        let took = asked.elapsed();
-        let _ = release_tx.send(());
+        let by_stop = |running: &Running, _: &Sender<()>| running.stop();
+        // The senders live until the end: a dropped one releases its shard.
+        let ((first, _release_first), (second, _release_second)) =
+            (held_at_stop(false), held_at_stop(false));
+        for (how, (r, took)) in [
+            ("request", supervise_held(first, by_request)),
+            ("stop()", supervise_held(second, by_stop)),
+        ] {
+            assert!(
+                matches!(r, Err(RunError::StopOverran { waited, .. }) if waited >= Duration::from_millis(300)),
+                "{how}: {r:?}"
+            );
+            assert!(took >= Duration::from_millis(300), "{how}: {took:?}");
+            assert!(took < Duration::from_secs(10), "{how}: {took:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_shard_whose_sibling_is_held_returns_its_own_error_within_the_bound() {
+        let (running, _release) = held_at_stop(true);
+        let (r, took) = supervise_held(running, |_, _| {});
         assert!(
-            matches!(r, Err(RunError::StopOverran { waited, .. }) if waited >= Duration::from_millis(300)),
+            matches!(r, Err(RunError::Systemic { shard: 1, .. })),
             "{r:?}"
         );
         assert!(took >= Duration::from_millis(300), "{took:?}");
