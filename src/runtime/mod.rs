@@ -617,6 +617,22 @@ mod tests {
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
 
+    /// A [`Running`] of test shards, waited for at most `stop_bound` after a stop.
+    fn test_running(
+        handles: Vec<ShardHandle>,
+        controls: Vec<ControlSender>,
+        stop_bound: Duration,
+    ) -> Running {
+        Running {
+            handles,
+            controls,
+            stop_bound,
+            stopped_at: std::cell::Cell::new(None),
+            registries: Vec::new(),
+            specs: Vec::new(),
+        }
+    }
+
     // Fails on the old code: the supervisor joined the shards in turn and never told the others
     // that one had failed (in drain mode they waited for its drained flag for ever: here the test
     // gives up after 30 s), and a dropped stop sender made it stop then kill at once (Err(Killed)).
@@ -646,14 +662,7 @@ mod tests {
             handles.push(h);
             controls.push(tx);
         }
-        let running = Running {
-            handles,
-            controls,
-            stop_bound: Duration::from_secs(3600),
-            stopped_at: std::cell::Cell::new(None),
-            registries: Vec::new(),
-            specs: Vec::new(),
-        };
+        let running = test_running(handles, controls, Duration::from_secs(3600));
         // A caller that dropped its sender asks for nothing (it was a stop, then a kill at once).
         let (requests_tx, requests) = crossbeam_channel::unbounded::<()>();
         drop(requests_tx);
@@ -700,14 +709,7 @@ mod tests {
             handles.push(h);
             controls.push(tx);
         }
-        let running = Running {
-            handles,
-            controls,
-            stop_bound: Duration::from_millis(300),
-            stopped_at: std::cell::Cell::new(None),
-            registries: Vec::new(),
-            specs: Vec::new(),
-        };
+        let running = test_running(handles, controls, Duration::from_millis(300));
         (running, release_tx)
     }
 
