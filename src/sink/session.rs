@@ -16,7 +16,14 @@ use futures::future::LocalBoxFuture;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::cluster::metadata::ColumnType;
+use scylla::cluster::metadata::Strategy;
+use scylla::cluster::ClusterState;
 use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::routing::partitioner::{Partitioner, PartitionerHasher, PartitionerName};
+use scylla::routing::Token;
+use scylla::serialize::value::SerializeValue;
+use scylla::serialize::writers::CellWriter;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::MaybeUnset;
@@ -283,6 +290,18 @@ pub struct ScyllaWriter {
     /// `UNLOGGED` batches of the INSERT by row count, built on first use: a batch of n rows needs n
     /// statements, and building them per request would cost more than the rows.
     batches: Rc<RefCell<Vec<Option<Arc<Batch>>>>>,
+    /// What [`RowWriter::owner`] needs of the cluster state, kept while the state is the same one
+    /// (a new state comes with a topology or schema change), and its buffer for partition-key
+    /// values. Without it each row cost three hash lookups, two allocations and a parse of the
+    /// partitioner's name in the driver (`ClusterState::compute_token`, `get_keyspace`).
+    routing: Rc<RefCell<Routing>>,
+}
+
+/// The keyspace's replication strategy in one cluster state, and a scratch buffer.
+#[derive(Default)]
+struct Routing {
+    state: Option<(Arc<ClusterState>, Strategy)>,
+    pk_buf: Vec<u8>,
 }
 
 impl ScyllaWriter {
@@ -305,6 +324,7 @@ impl ScyllaWriter {
             pk_slots: pk.into_iter().map(|(_, slot)| slot).collect(),
             local_dc: local_dc.map(Rc::from),
             batches: Rc::default(),
+            routing: Rc::default(),
         }
     }
 
@@ -389,6 +409,47 @@ impl ScyllaWriter {
     }
 }
 
+impl ScyllaWriter {
+    /// The row's token (see [`partition_token`]); None when a key value is missing or unbound.
+    fn token(&self, row: &BoundRow, buf: &mut Vec<u8>) -> Option<Token> {
+        let specs = self.statement.get_variable_col_specs();
+        let key = self.pk_slots.iter().map(|&slot| match row.get(slot) {
+            Some(MaybeUnset::Set(Some(cell))) => specs.get_by_index(slot).map(|s| (cell, s.typ())),
+            _ => None,
+        });
+        partition_token(self.statement.get_partitioner_name(), key, buf)
+    }
+}
+
+/// The token of a partition key, as the driver computes it (`calculate_token_for_partition_key`):
+/// the partitioner over the key's serialised values; each component of a composite key as its u16
+/// length, its bytes and a zero byte. `buf` is scratch space, kept by the caller between rows. None
+/// when a component is None or does not serialise (its write then fails on its own merits).
+pub fn partition_token<'c>(
+    partitioner: &PartitionerName,
+    key: impl ExactSizeIterator<Item = Option<(&'c Cell, &'c ColumnType<'static>)>>,
+    buf: &mut Vec<u8>,
+) -> Option<Token> {
+    let mut hasher = partitioner.build_hasher();
+    let composite = key.len() > 1;
+    for component in key {
+        let (cell, typ) = component?;
+        buf.clear();
+        cell.serialize(typ, CellWriter::new(buf)).ok()?;
+        // A cell is written as its i32 length, then its bytes.
+        let value = buf.get(4..)?;
+        if composite {
+            let len = u16::try_from(value.len()).ok()?;
+            hasher.write(&len.to_be_bytes());
+            hasher.write(value);
+            hasher.write(&[0]);
+        } else {
+            hasher.write(value);
+        }
+    }
+    Some(hasher.finish())
+}
+
 impl RowWriter for ScyllaWriter {
     fn write(&self, rows: Rc<Vec<BoundRow>>) -> LocalBoxFuture<'static, Result<(), WriteError>> {
         let session = self.session.clone();
@@ -430,17 +491,26 @@ impl RowWriter for ScyllaWriter {
         let Some(table) = self.statement.get_table_spec() else {
             return Owner::ANY;
         };
-        let (ks, name) = (table.ks_name(), table.table_name());
-        let pk: Vec<&MaybeUnset<Option<Cell>>> =
-            self.pk_slots.iter().filter_map(|&i| row.get(i)).collect();
-        let (Ok(token), Some(keyspace)) =
-            (state.compute_token(ks, name, &pk), state.get_keyspace(ks))
-        else {
+        let mut routing = self.routing.borrow_mut();
+        let Routing {
+            state: kept,
+            pk_buf,
+        } = &mut *routing;
+        let Some(token) = self.token(row, pk_buf) else {
+            return Owner::ANY;
+        };
+        if !kept.as_ref().is_some_and(|(s, _)| Arc::ptr_eq(s, &state)) {
+            let Some(keyspace) = state.get_keyspace(table.ks_name()) else {
+                return Owner::ANY;
+            };
+            *kept = Some((state.clone(), keyspace.strategy.clone()));
+        }
+        let Some((_, strategy)) = kept.as_ref() else {
             return Owner::ANY;
         };
         state
             .replica_locator()
-            .replicas_for_token(token, &keyspace.strategy, self.local_dc.as_deref(), table)
+            .replicas_for_token(token, strategy, self.local_dc.as_deref(), table)
             .into_iter()
             .next()
             .map_or(Owner::ANY, |(node, shard)| {

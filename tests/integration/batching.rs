@@ -1,6 +1,7 @@
 //! Batched writes against the real services (batching is on by default): every row of a pre-filled
 //! backlog lands with its content, TTL and write timestamp; a row the database refuses inside a full
-//! batch is dead-lettered alone while the rest of its batch is written.
+//! batch is dead-lettered alone while the rest of its batch is written; the token that groups rows by
+//! replica is the database's own.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -168,6 +169,91 @@ fn a_refused_row_in_a_full_batch_is_dead_lettered_alone() -> Result<()> {
         committed(&p.group, &p.topic, 1)?,
         vec![30],
         "every offset committed"
+    );
+    Ok(())
+}
+
+/// The token shardline computes to group rows by their replica (on ScyllaDB, or any cluster of more
+/// than one node: a single Cassandra node skips it) is the database's own `token()`, for a single and
+/// a composite partition key, text with non-ASCII characters and negative ints included.
+#[test]
+fn partition_tokens_are_the_databases_own() -> Result<()> {
+    use scylla::cluster::metadata::{ColumnType, NativeType};
+    use scylla::routing::partitioner::PartitionerName;
+    use shardline::sink::session::partition_token;
+    use shardline::sink::Cell;
+    const TEXT: ColumnType<'static> = ColumnType::Native(NativeType::Text);
+    const INT: ColumnType<'static> = ColumnType::Native(NativeType::Int);
+    let ks = unique("tokens");
+    let (single, composite) = tokio().block_on(async {
+        let s = session().await?;
+        create_keyspace(&s, &ks).await?;
+        for cql in [
+            format!("CREATE TABLE {ks}.single (a text PRIMARY KEY, c int)"),
+            format!("CREATE TABLE {ks}.composite (a text, b int, c int, PRIMARY KEY ((a, b), c))"),
+        ] {
+            s.query_unpaged(cql, &[]).await?;
+        }
+        for i in 0..200i32 {
+            let a = format!("user-{i}-\u{e9}\u{4e16}");
+            let b = i.wrapping_mul(7919) - 500_000;
+            s.query_unpaged(
+                format!("INSERT INTO {ks}.single (a, c) VALUES (?, 0)"),
+                (&a,),
+            )
+            .await?;
+            s.query_unpaged(
+                format!("INSERT INTO {ks}.composite (a, b, c) VALUES (?, ?, 0)"),
+                (&a, b),
+            )
+            .await?;
+        }
+        let single: Vec<(String, i64)> = s
+            .query_unpaged(format!("SELECT a, token(a) FROM {ks}.single"), &[])
+            .await?
+            .into_rows_result()?
+            .rows::<(String, i64)>()?
+            .collect::<Result<_, _>>()?;
+        let composite: Vec<(String, i32, i64)> = s
+            .query_unpaged(format!("SELECT a, b, token(a, b) FROM {ks}.composite"), &[])
+            .await?
+            .into_rows_result()?
+            .rows::<(String, i32, i64)>()?
+            .collect::<Result<_, _>>()?;
+        anyhow::Ok((single, composite))
+    })?;
+    ensure!(
+        single.len() == 200 && composite.len() == 200,
+        "{} / {} rows",
+        single.len(),
+        composite.len()
+    );
+    let mut buf = Vec::new();
+    let murmur3 = PartitionerName::Murmur3;
+    for (a, token) in &single {
+        let a = Cell::Cql(CqlValue::Text(a.clone()));
+        let ours = partition_token(&murmur3, [Some((&a, &TEXT))].into_iter(), &mut buf);
+        ensure!(
+            ours.map(|t| t.value()) == Some(*token),
+            "single key: {ours:?} against {token}"
+        );
+    }
+    for (a, b, token) in &composite {
+        let (a, b) = (
+            Cell::Cql(CqlValue::Text(a.clone())),
+            Cell::Cql(CqlValue::Int(*b)),
+        );
+        let key = [Some((&a, &TEXT)), Some((&b, &INT))];
+        let ours = partition_token(&murmur3, key.into_iter(), &mut buf);
+        ensure!(
+            ours.map(|t| t.value()) == Some(*token),
+            "composite key: {ours:?} against {token}"
+        );
+    }
+    let a = Cell::Cql(CqlValue::Text("x".into()));
+    ensure!(
+        partition_token(&murmur3, [Some((&a, &TEXT)), None].into_iter(), &mut buf).is_none(),
+        "a missing component has no token"
     );
     Ok(())
 }
