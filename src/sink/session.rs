@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures::future::LocalBoxFuture;
 use scylla::client::execution_profile::ExecutionProfile;
@@ -291,16 +291,19 @@ pub struct ScyllaWriter {
     /// statements, and building them per request would cost more than the rows.
     batches: Rc<RefCell<Vec<Option<Arc<Batch>>>>>,
     /// What [`RowWriter::owner`] needs of the cluster state, kept while the state is the same one
-    /// (a new state comes with a topology or schema change), and its buffer for partition-key
-    /// values. Without it each row cost three hash lookups, two allocations and a parse of the
+    /// (the driver makes a new one at each metadata refresh, about once a minute, and at topology
+    /// or schema changes), and its buffer for partition-key values. Without it each row cost three hash lookups, two allocations and a parse of the
     /// partitioner's name in the driver (`ClusterState::compute_token`, `get_keyspace`).
     routing: Rc<RefCell<Routing>>,
 }
 
-/// The keyspace's replication strategy in one cluster state, and a scratch buffer.
+/// The keyspace's replication strategy in one cluster state, and a scratch buffer. The state is
+/// held weakly: only compared by address (its allocation stays reserved while a `Weak` lives, so
+/// the address is not reused), never kept alive with its metadata and the pools of removed nodes
+/// by an idle writer.
 #[derive(Default)]
 struct Routing {
-    state: Option<(Arc<ClusterState>, Strategy)>,
+    state: Option<(Weak<ClusterState>, Strategy)>,
     pk_buf: Vec<u8>,
 }
 
@@ -410,7 +413,7 @@ impl ScyllaWriter {
 }
 
 impl ScyllaWriter {
-    /// The row's token (see [`partition_token`]); None when a key value is missing or unbound.
+    /// The row's token (see [`partition_token`]); None when a key value is missing, null or unset.
     fn token(&self, row: &BoundRow, buf: &mut Vec<u8>) -> Option<Token> {
         let specs = self.statement.get_variable_col_specs();
         let key = self.pk_slots.iter().map(|&slot| match row.get(slot) {
@@ -424,7 +427,9 @@ impl ScyllaWriter {
 /// The token of a partition key, as the driver computes it (`calculate_token_for_partition_key`):
 /// the partitioner over the key's serialised values; each component of a composite key as its u16
 /// length, its bytes and a zero byte. `buf` is scratch space, kept by the caller between rows. None
-/// when a component is None or does not serialise (its write then fails on its own merits).
+/// when a component is None, does not serialise, or (in a composite key) is longer than u16::MAX
+/// bytes, as the driver refuses it: its write then fails on its own merits. A key of no components
+/// (a statement without one, which the driver does not route) hashes nothing.
 pub fn partition_token<'c>(
     partitioner: &PartitionerName,
     key: impl ExactSizeIterator<Item = Option<(&'c Cell, &'c ColumnType<'static>)>>,
@@ -499,11 +504,14 @@ impl RowWriter for ScyllaWriter {
         let Some(token) = self.token(row, pk_buf) else {
             return Owner::ANY;
         };
-        if !kept.as_ref().is_some_and(|(s, _)| Arc::ptr_eq(s, &state)) {
+        if !kept
+            .as_ref()
+            .is_some_and(|(s, _)| std::ptr::eq(s.as_ptr(), Arc::as_ptr(&state)))
+        {
             let Some(keyspace) = state.get_keyspace(table.ks_name()) else {
                 return Owner::ANY;
             };
-            *kept = Some((state.clone(), keyspace.strategy.clone()));
+            *kept = Some((Arc::downgrade(&state), keyspace.strategy.clone()));
         }
         let Some((_, strategy)) = kept.as_ref() else {
             return Owner::ANY;
