@@ -11,7 +11,7 @@ pub mod shard;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -320,7 +320,7 @@ pub struct Running {
     controls: Vec<ControlSender>,
     /// When [`Running::stop`] first asked the shards to stop: [`Running::supervise`]'s bound counts
     /// from there.
-    stopped_at: std::cell::Cell<Option<std::time::Instant>>,
+    stopped_at: std::cell::Cell<Option<Instant>>,
     /// How long after a stop [`Running::supervise`] waits for the shards: the shutdown deadline
     /// plus [`STOP_GRACE`].
     stop_bound: Duration,
@@ -432,12 +432,9 @@ pub fn start_with(
 impl Running {
     /// Asks every shard to stop gracefully (a later [`Running::supervise`] bounds the wait from now).
     pub fn stop(&self) {
-        if self.stopped_at.get().is_none() {
-            self.stopped_at.set(Some(std::time::Instant::now()));
-        }
-        for c in &self.controls {
-            c.send(Control::Stop);
-        }
+        let mut began = self.stopped_at.get();
+        stop_all(&self.controls, &mut began);
+        self.stopped_at.set(began);
     }
 
     /// Waits for every shard; the first error wins.
@@ -466,7 +463,7 @@ impl Running {
         let (ended, mut left) = join_each(handles)?;
         let mut first = Ok(());
         let mut requests = 0;
-        let mut stop_began: Option<std::time::Instant> = stopped_at.get();
+        let mut stop_began: Option<Instant> = stopped_at.get();
         // A dropped sender (a library caller's) asks nothing: its channel would be ready for ever,
         // a stop then at once a kill.
         let mut stop_requests = stop_requests.clone();
@@ -480,8 +477,7 @@ impl Running {
                     let r = r.unwrap_or_else(|_| Err(RunError::ShardThread("a join thread vanished".into())));
                     if let (Err(e), true) = (&r, first.is_ok()) {
                         tracing::error!(error = %e, "a shard failed: stopping the others");
-                        for c in &controls { c.send(Control::Stop); }
-                        stop_began.get_or_insert_with(std::time::Instant::now);
+                        stop_all(&controls, &mut stop_began);
                     }
                     if first.is_ok() { first = r; }
                 }
@@ -493,8 +489,7 @@ impl Running {
                     requests += 1;
                     if requests == 1 {
                         tracing::info!("stop requested: finishing in-flight work (send again to exit at once)");
-                        for c in &controls { c.send(Control::Stop); }
-                        stop_began.get_or_insert_with(std::time::Instant::now);
+                        stop_all(&controls, &mut stop_began);
                     } else {
                         tracing::warn!("second stop request: exiting now; uncommitted records will be replayed");
                         // Library users get their shards ended too (the binary exits anyway).
@@ -513,6 +508,15 @@ impl Running {
             }
         }
         first
+    }
+}
+
+/// Asks every shard to stop gracefully; the first stop starts the clock of [`Running::supervise`]'s
+/// bound.
+fn stop_all(controls: &[ControlSender], began: &mut Option<Instant>) {
+    began.get_or_insert_with(Instant::now);
+    for c in controls {
+        c.send(Control::Stop);
     }
 }
 

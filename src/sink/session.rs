@@ -16,8 +16,7 @@ use futures::future::LocalBoxFuture;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::cluster::metadata::ColumnType;
-use scylla::cluster::metadata::Strategy;
+use scylla::cluster::metadata::{ColumnType, Strategy};
 use scylla::cluster::ClusterState;
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::routing::partitioner::{Partitioner, PartitionerHasher, PartitionerName};
@@ -292,8 +291,9 @@ pub struct ScyllaWriter {
     batches: Rc<RefCell<Vec<Option<Arc<Batch>>>>>,
     /// What [`RowWriter::owner`] needs of the cluster state, kept while the state is the same one
     /// (the driver makes a new one at each metadata refresh, about once a minute, and at topology
-    /// or schema changes), and its buffer for partition-key values. Without it each row cost three hash lookups, two allocations and a parse of the
-    /// partitioner's name in the driver (`ClusterState::compute_token`, `get_keyspace`).
+    /// or schema changes), and its buffer for partition-key values. Without it each row cost three
+    /// hash lookups, two allocations and a parse of the partitioner's name in the driver
+    /// (`ClusterState::compute_token`, `get_keyspace`).
     routing: Rc<RefCell<Routing>>,
 }
 
@@ -410,9 +410,7 @@ impl ScyllaWriter {
         })
         .clone()
     }
-}
 
-impl ScyllaWriter {
     /// The row's token (see [`partition_token`]); None when a key value is missing, null or unset.
     fn token(&self, row: &BoundRow, buf: &mut Vec<u8>) -> Option<Token> {
         let specs = self.statement.get_variable_col_specs();
