@@ -77,6 +77,14 @@ pub struct KafkaConfig {
     /// Default: none, which makes an unprocessable record stop its shard (nothing is skipped silently).
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Whether a dead letter carries its source record's headers, as Kafka Connect's dead-letter
+    /// queue does (they are copied when the record is consumed: it may fail long after). Reading
+    /// them costs about 0.17 µs of CPU per record even when a record has none: librdkafka
+    /// allocates and frees a parse buffer per record to read a header count of 0. `false` when the
+    /// producers send no headers or the dead letters need none: a dead letter then carries
+    /// shardline's own headers only. Headers mapped to columns are read either way. Default `true`.
+    #[serde(default = "default_true")]
+    pub dead_letter_source_headers: bool,
     /// How often stored offsets are committed (`auto.commit.interval.ms`). Key `commit_interval_ms`,
     /// in milliseconds. Default 1000 ms.
     #[serde(
@@ -149,6 +157,10 @@ impl std::fmt::Debug for KafkaConfig {
             .field("group_id", &self.group_id)
             .field("topics", &self.topics)
             .field("dead_letter_topic", &self.dead_letter_topic)
+            .field(
+                "dead_letter_source_headers",
+                &self.dead_letter_source_headers,
+            )
             .field("commit_interval", &self.commit_interval)
             .field("offset_reset", &self.offset_reset)
             .field("session_timeout", &self.session_timeout)
@@ -1996,6 +2008,23 @@ columns = { uid = "uid", url = "url" }
                 "{policy}"
             );
         }
+    }
+
+    #[test]
+    fn dead_letters_carry_source_headers_unless_told_not_to() {
+        let default = Config::parse(MINIMAL).expect("the minimal config parses");
+        assert!(default.kafka.dead_letter_source_headers);
+        let off = Config::parse(&MINIMAL.replace(
+            "dead_letter_topic = \"navigation.dlq\"",
+            "dead_letter_topic = \"navigation.dlq\"\ndead_letter_source_headers = false",
+        ))
+        .expect("a bool parses");
+        assert!(!off.kafka.dead_letter_source_headers);
+        assert!(Config::parse(&MINIMAL.replace(
+            "dead_letter_topic = \"navigation.dlq\"",
+            "dead_letter_topic = \"navigation.dlq\"\ndead_letter_source_headers = \"no\"",
+        ))
+        .is_err());
     }
 
     #[test]

@@ -301,6 +301,76 @@ fn tombstones_delete_by_key_and_an_older_insert_replayed_later_does_not_bring_th
     Ok(())
 }
 
+// `kafka.dead_letter_source_headers = false`: a dead letter carries shardline's headers only, and a
+// header mapped to a column is still read. Fails if the option is ignored (the letter would carry
+// `origin` and `trace`).
+#[test]
+fn a_dead_letter_goes_without_source_headers_when_configured_and_mapped_headers_still_land(
+) -> Result<()> {
+    let Case {
+        topic,
+        ks,
+        group,
+        dir,
+    } = case("nohdr")?;
+    tokio().block_on(cql(&ks, &[kv_table(&ks, "kv")]))?;
+    let mut recs: Vec<Rec> = (0..3)
+        .map(|i| {
+            let mut r = rec(&format!("k{i}"), kv(&format!("u{i}")), BASE_TS_MS + i * 10);
+            r.headers.push(("trace", format!("t{i}")));
+            r.headers.push(("origin", "edge-1".into()));
+            r
+        })
+        .collect();
+    // Offset 3: a key that is not UTF-8, with headers of its own: dead-lettered without them.
+    recs.push(Rec {
+        key: vec![0xff, 0xfe],
+        value: kv("bad-key"),
+        ts_ms: BASE_TS_MS + 200,
+        headers: vec![("trace", "t-bad".into()), ("origin", "edge-7".into())],
+    });
+    produce_avro(&topic, KV_SCHEMA, &recs)?;
+    let table = format!("table = \"kv\"\n\n[table.columns]\n{KV_COLUMNS}");
+    let text = config_text(&topic, &group, &ks, 64, &table, "").replace(
+        &format!("dead_letter_topic = \"{topic}.dlq\""),
+        &format!("dead_letter_topic = \"{topic}.dlq\"\ndead_letter_source_headers = false"),
+    );
+    assert!(text.contains("dead_letter_source_headers = false"));
+    let config = dir.join("nohdr.toml");
+    std::fs::write(&config, text)?;
+    let out = drain_ok(&config, Duration::from_secs(180), &[])?;
+    let summary = out.summary.context("a summary")?;
+    assert_eq!(summary["consumed"], 4);
+    assert_eq!(summary["written"], 3);
+    assert_eq!(summary["dead_lettered"], 1);
+    assert_eq!(committed(&group, &topic, 1)?, end_offsets(&topic, 1)?);
+
+    let letters = dead_letters(&topic)?;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.headers["shardline.error.class"], "metadata");
+    assert_eq!(letter.headers["shardline.source.offset"], "3");
+    assert_eq!(letter.headers.get("trace"), None);
+    assert_eq!(letter.headers.get("origin"), None);
+    assert_eq!(letter.key.as_deref(), Some(&[0xff, 0xfe][..]));
+    assert!(letter.value.is_some(), "the dead letter keeps its value");
+
+    let rows = rows_by_key(&format!("SELECT k, trace FROM {ks}.kv"))?;
+    assert_eq!(rows.len(), 3);
+    for i in 0..3 {
+        let k = format!("k{i}");
+        assert_eq!(
+            rows.get(&k),
+            Some(&vec![
+                Some(CqlValue::Text(k.clone())),
+                Some(CqlValue::Text(format!("t{i}")))
+            ]),
+            "row {k}: its mapped header"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn a_tombstone_is_dead_lettered_by_default_and_a_delete_needs_a_key_from_kafka() -> Result<()> {
     let Case {

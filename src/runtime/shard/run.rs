@@ -245,6 +245,9 @@ pub(super) struct ShardLoop {
     /// Records since decode was last timed: one in [`DECODE_SAMPLE`] is (a clock read per record
     /// for a ~0.15 µs decode cost more than the timing is worth; the histogram is a sample).
     decodes: u32,
+    /// Whether each record's headers are copied for its dead letter: there is a dead-letter topic
+    /// and `kafka.dead_letter_source_headers` is on.
+    copy_source_headers: bool,
 }
 
 /// One decode in this many is timed for `shardline_decode_seconds`.
@@ -261,6 +264,8 @@ impl ShardLoop {
     ) -> ShardLoop {
         tracing::info!(shard = spec.index, core = spec.core, affinity = ?config.shards.affinity, client_id = %res.client_id, "shard started");
         let now = Instant::now();
+        let copy_source_headers =
+            res.records.dead_letters.is_some() && config.kafka.dead_letter_source_headers;
         ShardLoop {
             res,
             spec,
@@ -287,6 +292,7 @@ impl ShardLoop {
             last_done_at: None,
             wall: crate::clock::WallAnchor::now(),
             decodes: 0,
+            copy_source_headers,
         }
     }
 
@@ -447,13 +453,12 @@ impl ShardLoop {
             value: start.1,
             headers: self.headers_of(msg, topic),
             // Only a dead letter reads them: without a dead-letter topic a record error stops the
-            // shard, so nothing is copied.
+            // shard, so nothing is copied; nor when the config says dead letters go without them
+            // (librdkafka's read costs an allocation per record, headers or not).
             source_headers: self
-                .res
-                .records
-                .dead_letters
-                .as_ref()
-                .and_then(|_| msg.headers())
+                .copy_source_headers
+                .then(|| msg.headers())
+                .flatten()
                 .map(source_headers),
         };
         if let Some(fut) = record::hand_off(&self.res.records, origin, start.0) {
