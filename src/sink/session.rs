@@ -314,17 +314,11 @@ impl ScyllaWriter {
         handle: BridgeHandle,
         local_dc: Option<&str>,
     ) -> ScyllaWriter {
-        let mut pk: Vec<(u16, usize)> = statement
-            .get_variable_pk_indexes()
-            .iter()
-            .map(|i| (i.sequence, usize::from(i.index)))
-            .collect();
-        pk.sort_unstable();
         ScyllaWriter {
+            pk_slots: key_slots(&statement),
             session,
             statement,
             handle,
-            pk_slots: pk.into_iter().map(|(_, slot)| slot).collect(),
             local_dc: local_dc.map(Rc::from),
             batches: Rc::default(),
             routing: Rc::default(),
@@ -411,15 +405,40 @@ impl ScyllaWriter {
         .clone()
     }
 
-    /// The row's token (see [`partition_token`]); None when a key value is missing, null or unset.
+    /// The row's token (see [`row_token`]).
     fn token(&self, row: &BoundRow, buf: &mut Vec<u8>) -> Option<Token> {
-        let specs = self.statement.get_variable_col_specs();
-        let key = self.pk_slots.iter().map(|&slot| match row.get(slot) {
-            Some(MaybeUnset::Set(Some(cell))) => specs.get_by_index(slot).map(|s| (cell, s.typ())),
-            _ => None,
-        });
-        partition_token(self.statement.get_partitioner_name(), key, buf)
+        row_token(&self.statement, &self.pk_slots, row, buf)
     }
+}
+
+/// Where a prepared statement's partition key sits in its bound values, in partition-key order
+/// (the order the token hashes them in, which need not be the statement's column order).
+pub fn key_slots(statement: &PreparedStatement) -> Rc<[usize]> {
+    let mut pk: Vec<(u16, usize)> = statement
+        .get_variable_pk_indexes()
+        .iter()
+        .map(|i| (i.sequence, usize::from(i.index)))
+        .collect();
+    pk.sort_unstable();
+    pk.into_iter().map(|(_, slot)| slot).collect()
+}
+
+/// The token a writer of `statement` groups `row` by (see [`partition_token`]), `pk_slots` from
+/// [`key_slots`]; None when a key value is missing, null or unset. The driver routes the row's
+/// request by `PreparedStatement::calculate_token`, which must agree (integration test
+/// `batching::partition_tokens_are_the_databases_own`).
+pub fn row_token(
+    statement: &PreparedStatement,
+    pk_slots: &[usize],
+    row: &BoundRow,
+    buf: &mut Vec<u8>,
+) -> Option<Token> {
+    let specs = statement.get_variable_col_specs();
+    let key = pk_slots.iter().map(|&slot| match row.get(slot) {
+        Some(MaybeUnset::Set(Some(cell))) => specs.get_by_index(slot).map(|s| (cell, s.typ())),
+        _ => None,
+    });
+    partition_token(statement.get_partitioner_name(), key, buf)
 }
 
 /// The token of a partition key, as the driver computes it (`calculate_token_for_partition_key`):

@@ -175,17 +175,20 @@ fn a_refused_row_in_a_full_batch_is_dead_lettered_alone() -> Result<()> {
 
 /// The token shardline computes to group rows by their replica (on ScyllaDB, or any cluster of more
 /// than one node: a single Cassandra node skips it) is the database's own `token()`, for a single and
-/// a composite partition key, text with non-ASCII characters and negative ints included.
+/// a composite partition key, text with non-ASCII characters and negative ints included; and the
+/// writer's own path (key slots from a prepared INSERT that binds the key out of order, the row as
+/// bound) agrees with both the database and the driver's `calculate_token`, which routes the request.
 #[test]
 fn partition_tokens_are_the_databases_own() -> Result<()> {
     use scylla::cluster::metadata::{ColumnType, NativeType};
     use scylla::routing::partitioner::PartitionerName;
-    use shardline::sink::session::partition_token;
-    use shardline::sink::Cell;
+    use scylla::value::MaybeUnset;
+    use shardline::sink::session::{key_slots, partition_token, row_token};
+    use shardline::sink::{BoundRow, Cell};
     const TEXT: ColumnType<'static> = ColumnType::Native(NativeType::Text);
     const INT: ColumnType<'static> = ColumnType::Native(NativeType::Int);
     let ks = unique("tokens");
-    let (single, composite) = tokio().block_on(async {
+    let (single, composite, insert) = tokio().block_on(async {
         let s = session().await?;
         create_keyspace(&s, &ks).await?;
         for cql in [
@@ -220,7 +223,14 @@ fn partition_tokens_are_the_databases_own() -> Result<()> {
             .into_rows_result()?
             .rows::<(String, i32, i64)>()?
             .collect::<Result<_, _>>()?;
-        anyhow::Ok((single, composite))
+        // The key's columns bound out of partition-key order (b before a), as a writer's INSERT
+        // may bind them: the writer must hash them in key order all the same.
+        let insert = s
+            .prepare(format!(
+                "INSERT INTO {ks}.composite (c, b, a) VALUES (?, ?, ?)"
+            ))
+            .await?;
+        anyhow::Ok((single, composite, insert))
     })?;
     ensure!(
         single.len() == 200 && composite.len() == 200,
@@ -254,6 +264,33 @@ fn partition_tokens_are_the_databases_own() -> Result<()> {
     ensure!(
         partition_token(&murmur3, [Some((&a, &TEXT)), None].into_iter(), &mut buf).is_none(),
         "a missing component has no token"
+    );
+    // The writer's own path (`ScyllaWriter::owner`): key slots from the prepared statement, the
+    // row as bound; against the database's token and the driver's, which routes the request.
+    let slots = key_slots(&insert);
+    ensure!(*slots == [2, 1], "key slots in key order: {slots:?}");
+    for (a, b, token) in &composite {
+        let cell = |v: CqlValue| MaybeUnset::Set(Some(Cell::Cql(v)));
+        let row: BoundRow = vec![
+            cell(CqlValue::Int(0)),
+            cell(CqlValue::Int(*b)),
+            cell(CqlValue::Text(a.clone())),
+        ];
+        let ours = row_token(&insert, &slots, &row, &mut buf);
+        let drivers = insert.calculate_token(&row)?;
+        ensure!(
+            ours.map(|t| t.value()) == Some(*token) && ours == drivers,
+            "bound row: ours {ours:?}, the driver's {drivers:?}, the database's {token}"
+        );
+    }
+    let unset: BoundRow = vec![
+        MaybeUnset::Set(Some(Cell::Cql(CqlValue::Int(0)))),
+        MaybeUnset::Unset,
+        MaybeUnset::Set(Some(Cell::Cql(CqlValue::Text("x".into())))),
+    ];
+    ensure!(
+        row_token(&insert, &slots, &unset, &mut buf).is_none(),
+        "an unset key value has no token"
     );
     Ok(())
 }
