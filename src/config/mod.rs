@@ -810,7 +810,8 @@ pub struct ShardsConfig {
     pub io_memory_bytes: usize,
     /// How long a graceful stop waits for in-flight writes before committing what is done. Key
     /// `shutdown_deadline_ms`, in milliseconds. Default 10000 ms. The whole stop (the final commit,
-    /// the dead letters' flush, leaving the group) is over by this plus
+    /// the dead letters' flush, leaving the group; in `--drain`, from the shards' decision to leave)
+    /// is over by this plus
     /// [`crate::runtime::STOP_GRACE`] (5 s), or the process exits 1 without waiting for the shard,
     /// what it did not commit replayed: give a supervisor's stop timeout at least that.
     #[serde(

@@ -324,6 +324,8 @@ pub struct Running {
     /// How long after a stop [`Running::supervise`] waits for the shards: the shutdown deadline
     /// plus [`STOP_GRACE`].
     stop_bound: Duration,
+    /// Told when drain mode's shards decide to leave ([`Leave`]): the bound counts from then.
+    leaving: Receiver<()>,
     pub registries: Vec<Registry>,
     pub specs: Vec<ShardSpec>,
 }
@@ -338,8 +340,41 @@ pub struct Siblings {
     /// on their next tick. Deciding each on its own, a tick apart, the first to leave the group
     /// would rebalance a sibling that has not decided yet, and that sibling would then wait to
     /// rejoin and reach its ends again.
-    pub leave: Arc<std::sync::atomic::AtomicBool>,
+    pub leave: Leave,
     pub custom: Option<ProcessorFactory>,
+}
+
+/// Drain mode's decision to leave ([`Siblings::leave`]): a flag the shards read on their tick, and
+/// a message to [`Running::supervise`], whose stop bound counts from it as from a stop request (the
+/// final commits and the group's leave follow, which an unreachable broker would hold).
+#[derive(Clone)]
+pub struct Leave {
+    raised: Arc<std::sync::atomic::AtomicBool>,
+    tell: Sender<()>,
+}
+
+impl Leave {
+    /// A flag down, and where its raising is told.
+    pub fn new() -> (Leave, Receiver<()>) {
+        let (tell, told) = crossbeam_channel::bounded(1);
+        let leave = Leave {
+            raised: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            tell,
+        };
+        (leave, told)
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Raises the flag; the first raise tells the supervisor (later ones find the channel full or
+    /// gone, which is fine: it was told).
+    pub fn raise(&self) {
+        if !self.raised.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.tell.try_send(());
+        }
+    }
 }
 
 /// Makes a shard's custom processor steps (called once per shard, on the shard's thread).
@@ -373,7 +408,7 @@ pub fn start_with(
             .map(|_| std::sync::atomic::AtomicBool::new(false))
             .collect(),
     );
-    let leave = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (leave, leaving) = Leave::new();
     for spec in &specs {
         let joined = joined.clone();
         let drained = drained.clone();
@@ -424,6 +459,7 @@ pub fn start_with(
         controls,
         stop_bound: config.shards.shutdown_deadline + STOP_GRACE,
         stopped_at: std::cell::Cell::new(None),
+        leaving,
         registries,
         specs,
     })
@@ -458,6 +494,7 @@ impl Running {
             controls,
             stop_bound,
             stopped_at,
+            leaving,
             ..
         } = self;
         let (ended, mut left) = join_each(handles)?;
@@ -467,6 +504,7 @@ impl Running {
         // A dropped sender (a library caller's) asks nothing: its channel would be ready for ever,
         // a stop then at once a kill.
         let mut stop_requests = stop_requests.clone();
+        let mut leaving = leaving;
         while left > 0 {
             let wait = stop_began.map_or(Duration::from_secs(3600), |t| {
                 stop_bound.saturating_sub(t.elapsed())
@@ -480,6 +518,14 @@ impl Running {
                         stop_all(&controls, &mut stop_began);
                     }
                     if first.is_ok() { first = r; }
+                }
+                recv(leaving) -> r => {
+                    // Told once; a gone sender (every shard's `Leave` dropped) tells nothing.
+                    leaving = crossbeam_channel::never();
+                    if r.is_ok() {
+                        tracing::info!("drained: the shards are leaving (bounded as a stop)");
+                        stop_began.get_or_insert_with(Instant::now);
+                    }
                 }
                 recv(stop_requests) -> r => {
                     if r.is_err() {
@@ -632,6 +678,7 @@ mod tests {
             controls,
             stop_bound,
             stopped_at: std::cell::Cell::new(None),
+            leaving: crossbeam_channel::never(),
             registries: Vec::new(),
             specs: Vec::new(),
         }
@@ -772,6 +819,53 @@ mod tests {
         );
         assert!(took >= Duration::from_millis(300), "{took:?}");
         assert!(took < Duration::from_secs(10), "{took:?}");
+    }
+
+    // Fails on the old code: in drain mode nothing started the bound (no stop was requested), so a
+    // shard held in its final commit or leave (the broker gone at the end of a drain) held the
+    // process until librdkafka gave up; here the helper gives up after 30 s.
+    #[test]
+    fn a_drain_held_after_its_shards_decided_to_leave_ends_with_stop_overran() {
+        let (leave, leaving) = Leave::new();
+        let (release_tx, release) = crossbeam_channel::bounded::<()>(1);
+        let (tx, _rx) = control_channel();
+        let h = LocalExecutorBuilder::default()
+            .name("test-drain-held")
+            .spawn(move || async move {
+                // Drained: the shard decides to leave, then its final commit blocks the thread.
+                leave.raise();
+                leave.raise();
+                let _ = release.recv_timeout(Duration::from_secs(60));
+                Ok(())
+            })
+            .expect("executor starts");
+        let mut running = test_running(vec![h], vec![tx], Duration::from_millis(300));
+        running.leaving = leaving;
+        let (r, took) = supervise_held(running, |_, _| {});
+        drop(release_tx);
+        assert!(
+            matches!(r, Err(RunError::StopOverran { waited, .. }) if waited >= Duration::from_millis(300)),
+            "{r:?}"
+        );
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+    }
+
+    #[test]
+    fn a_drain_that_ends_on_its_own_is_not_an_overrun() {
+        let (leave, leaving) = Leave::new();
+        let (tx, _rx) = control_channel();
+        let h = LocalExecutorBuilder::default()
+            .name("test-drain-ends")
+            .spawn(move || async move {
+                leave.raise();
+                Ok(())
+            })
+            .expect("executor starts");
+        let mut running = test_running(vec![h], vec![tx], Duration::from_millis(300));
+        running.leaving = leaving;
+        let (r, _) = supervise_held(running, |_, _| {});
+        assert!(r.is_ok(), "{r:?}");
     }
 
     #[test]

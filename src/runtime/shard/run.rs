@@ -793,7 +793,7 @@ impl ShardLoop {
         if self.stopping.is_some() {
             return;
         }
-        if self.siblings.leave.load(Ordering::SeqCst) {
+        if self.siblings.leave.is_raised() {
             tracing::info!(
                 shard = self.spec.index,
                 "drained: a sibling found every shard at its end"
@@ -820,7 +820,7 @@ impl ShardLoop {
                 shard = self.spec.index,
                 "drained: every assigned partition of every shard at its end"
             );
-            self.siblings.leave.store(true, Ordering::SeqCst);
+            self.siblings.leave.raise();
             self.begin_stop();
         }
     }
