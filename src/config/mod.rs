@@ -165,6 +165,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("offset_reset", &self.offset_reset)
             .field("session_timeout", &self.session_timeout)
             .field("max_pending_per_partition", &self.max_pending_per_partition)
+            .field("key_format", &self.key_format)
             .field("librdkafka", &redacted)
             .finish()
     }

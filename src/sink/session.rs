@@ -423,10 +423,10 @@ pub fn key_slots(statement: &PreparedStatement) -> Rc<[usize]> {
     pk.into_iter().map(|(_, slot)| slot).collect()
 }
 
-/// The token a writer of `statement` groups `row` by (see [`partition_token`]), `pk_slots` from
-/// [`key_slots`]; None when a key value is missing, null or unset. The driver routes the row's
-/// request by `PreparedStatement::calculate_token`, which must agree (integration test
-/// `batching::partition_tokens_are_the_databases_own`).
+/// The token a writer of `statement` groups `row` by, `pk_slots` from [`key_slots`] of the same
+/// statement; None when a key value is missing, null or unset, or as [`partition_token`] says. The
+/// driver routes a single row's request by `PreparedStatement::calculate_token`, and a batch by its
+/// first row's: they must agree (integration test `batching::partition_tokens_are_the_databases_own`).
 pub fn row_token(
     statement: &PreparedStatement,
     pk_slots: &[usize],

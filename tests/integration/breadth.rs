@@ -352,6 +352,11 @@ fn a_dead_letter_goes_without_source_headers_when_configured_and_mapped_headers_
     assert_eq!(letter.headers["shardline.source.offset"], "3");
     assert_eq!(letter.headers.get("trace"), None);
     assert_eq!(letter.headers.get("origin"), None);
+    assert!(
+        letter.headers.keys().all(|k| k.starts_with("shardline.")),
+        "shardline's headers only: {:?}",
+        letter.headers.keys().collect::<Vec<_>>()
+    );
     assert_eq!(letter.key.as_deref(), Some(&[0xff, 0xfe][..]));
     assert!(letter.value.is_some(), "the dead letter keeps its value");
 

@@ -174,7 +174,8 @@ pub(super) struct Origin {
     /// The values of the headers mapped to columns ([`MetaSlots::headers`]); empty when none is.
     pub headers: Vec<Option<Rc<[u8]>>>,
     /// Every header of the Kafka record, for its dead letter; none when it has none (the usual
-    /// case: no copy then).
+    /// case: no copy then), without a dead-letter topic, or with
+    /// `kafka.dead_letter_source_headers = false` (not even read then).
     pub source_headers: Option<Rc<[SourceHeader]>>,
 }
 
