@@ -324,8 +324,6 @@ pub struct Running {
     /// How long after a stop began (a request, a failed shard, a drain's decision to leave)
     /// [`Running::supervise`] waits for the shards: the shutdown deadline plus [`STOP_GRACE`].
     stop_bound: Duration,
-    /// See [`Siblings::clean_ends`].
-    clean_ends: Arc<std::sync::atomic::AtomicUsize>,
     /// Told when drain mode's shards decide to leave ([`Leave`]): the bound counts from then.
     leaving: Receiver<()>,
     pub registries: Vec<Registry>,
@@ -343,11 +341,6 @@ pub struct Siblings {
     /// would rebalance a sibling that has not decided yet, and that sibling would then wait to
     /// rejoin and reach its ends again.
     pub leave: Leave,
-    /// How many shards ended cleanly: their final commit done (or nothing to commit) and nothing
-    /// left in flight. When every shard did, a stop still held after its bound is held only in
-    /// leaving the group, which loses and replays nothing: [`Running::supervise`] returns without
-    /// the error then.
-    pub clean_ends: Arc<std::sync::atomic::AtomicUsize>,
     pub custom: Option<ProcessorFactory>,
 }
 
@@ -415,12 +408,10 @@ pub fn start_with(
             .collect(),
     );
     let (leave, leaving) = Leave::new();
-    let clean_ends = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for spec in &specs {
         let joined = joined.clone();
         let drained = drained.clone();
         let leave = leave.clone();
-        let shard_clean_ends = clean_ends.clone();
         let custom = custom.clone();
         let (tx, rx) = control_channel();
         let metrics = ShardMetrics::new(spec.index);
@@ -442,7 +433,6 @@ pub fn start_with(
                         joined,
                         drained,
                         leave,
-                        clean_ends: shard_clean_ends,
                         custom,
                     },
                     metrics,
@@ -467,7 +457,6 @@ pub fn start_with(
         handles,
         controls,
         stop_bound: config.shards.shutdown_deadline + STOP_GRACE,
-        clean_ends,
         stopped_at: std::cell::Cell::new(None),
         leaving,
         registries,
@@ -499,8 +488,8 @@ impl Running {
     /// deciding to leave), the shards have the shutdown deadline plus [`STOP_GRACE`]: a shard still
     /// held after that (librdkafka's final commit or leave, waiting for an unreachable coordinator)
     /// is told to exit and left behind, and the result is [`RunError::StopOverran`] (a shard's own
-    /// error first, if one failed), unless every shard ended cleanly ([`Siblings::clean_ends`]):
-    /// then only leaving the group is held, nothing is replayed, and it is a warning.
+    /// error first, if one failed). Whether the held shard had committed everything is not known
+    /// for sure (lost partitions, abandoned records), so an overrun is always an error.
     pub fn supervise(self, stop_requests: &Receiver<()>) -> Result<(), RunError> {
         let Running {
             handles,
@@ -508,10 +497,8 @@ impl Running {
             stop_bound,
             stopped_at,
             leaving,
-            clean_ends,
             ..
         } = self;
-        let shards = handles.len();
         let (ended, mut left) = join_each(handles)?;
         let mut first = Ok(());
         let mut requests = 0;
@@ -560,16 +547,9 @@ impl Running {
                 }
                 default(wait) => {
                     if let Some(t) = stop_began.filter(|t| t.elapsed() >= stop_bound) {
-                        for c in &controls { c.send(Control::Kill); }
-                        if clean_ends.load(Ordering::SeqCst) >= shards {
-                            tracing::warn!(shards_left = left, waited_ms = t.elapsed().as_millis() as u64,
-                                "stop overran in leaving the group (an unreachable coordinator): every shard's \
-                                 final commit is done and nothing was in flight, so nothing will be replayed; \
-                                 exiting without waiting");
-                            return first;
-                        }
                         let e = RunError::StopOverran { waited: t.elapsed(), grace: STOP_GRACE };
                         tracing::warn!(shards_left = left, error = %e, "stop overran");
+                        for c in &controls { c.send(Control::Kill); }
                         return first.and(Err(e));
                     }
                 }
@@ -699,7 +679,6 @@ mod tests {
             handles,
             controls,
             stop_bound,
-            clean_ends: Arc::default(),
             stopped_at: std::cell::Cell::new(None),
             leaving: crossbeam_channel::never(),
             registries: Vec::new(),
@@ -844,12 +823,33 @@ mod tests {
         assert!(took < Duration::from_secs(10), "{took:?}");
     }
 
+    /// A [`Running`] of one drain shard bounded at `bound`: it raises the leave, then blocks its
+    /// thread (as librdkafka's final commit or group leave does with the broker gone) until the
+    /// returned sender is dropped or sends.
+    fn drain_shard(bound: Duration) -> (Running, crossbeam_channel::Sender<()>) {
+        let (leave, leaving) = Leave::new();
+        let (release_tx, release) = crossbeam_channel::bounded::<()>(1);
+        let (tx, _rx) = control_channel();
+        let h = LocalExecutorBuilder::default()
+            .name("test-drain")
+            .spawn(move || async move {
+                leave.raise();
+                let _ = release.recv_timeout(Duration::from_secs(60));
+                Ok(())
+            })
+            .expect("executor starts");
+        let mut running = test_running(vec![h], vec![tx], bound);
+        running.leaving = leaving;
+        (running, release_tx)
+    }
+
     // Fails on the old code: in drain mode nothing started the bound (no stop was requested), so a
     // shard held in its final commit or leave (the broker gone at the end of a drain) held the
-    // process until librdkafka gave up (here: Ok after the shard's 20 s).
+    // process until librdkafka gave up; here the helper gives up after 30 s.
     #[test]
     fn a_drain_held_after_its_shards_decided_to_leave_ends_with_stop_overran() {
-        let (r, took) = supervise_held(drain_shard(false, Duration::from_secs(20)), |_, _| {});
+        let (running, _release) = drain_shard(Duration::from_millis(300));
+        let (r, took) = supervise_held(running, |_, _| {});
         assert!(
             matches!(r, Err(RunError::StopOverran { waited, .. }) if waited >= Duration::from_millis(300)),
             "{r:?}"
@@ -858,57 +858,30 @@ mod tests {
         assert!(took < Duration::from_secs(10), "{took:?}");
     }
 
-    /// A [`Running`] of one drain shard bounded at 300 ms: it raises the leave (twice: only the
-    /// first tells), then counts itself a clean end when `clean`, then blocks its thread for
-    /// `hold` (as librdkafka's commit or group leave does with the broker gone).
-    fn drain_shard(clean: bool, hold: Duration) -> Running {
-        let (leave, leaving) = Leave::new();
-        let clean_ends = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let shard_clean_ends = clean_ends.clone();
-        let (tx, _rx) = control_channel();
-        let h = LocalExecutorBuilder::default()
-            .name("test-drain")
-            .spawn(move || async move {
-                leave.raise();
-                leave.raise();
-                if clean {
-                    shard_clean_ends.fetch_add(1, Ordering::SeqCst);
-                }
-                std::thread::sleep(hold);
-                Ok(())
-            })
-            .expect("executor starts");
-        let mut running = test_running(vec![h], vec![tx], Duration::from_millis(300));
-        running.leaving = leaving;
-        running.clean_ends = clean_ends;
-        running
-    }
-
+    // Fails if the leave message itself ended the wait (as an error or a kill): the shard, released
+    // 100 ms after supervise began, is well within its 5 s bound.
     #[test]
     fn a_drain_that_ends_within_its_bound_is_not_an_overrun() {
-        let (r, took) = supervise_held(drain_shard(false, Duration::from_millis(150)), |_, _| {});
+        let (running, release) = drain_shard(Duration::from_secs(5));
+        let (r, took) = supervise_held(running, move |_, _| {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = release.send(());
+            });
+        });
         assert!(r.is_ok(), "{r:?}");
-        assert!(took >= Duration::from_millis(150), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
     }
 
-    // Fails without `clean_ends`: the held group leave after a clean end was a StopOverran (exit 1)
-    // though every offset was committed and nothing would be replayed.
-    #[test]
-    fn a_clean_end_held_in_leaving_the_group_is_not_an_error() {
-        let (r, took) = supervise_held(drain_shard(true, Duration::from_secs(20)), |_, _| {});
-        assert!(r.is_ok(), "{r:?}");
-        assert!(took >= Duration::from_millis(300), "{took:?}");
-        assert!(took < Duration::from_secs(10), "{took:?}");
-    }
-
+    // Fails when every raise sends: the second raise, after the first was taken, would be told again.
     #[test]
     fn only_the_first_raise_of_the_leave_is_told() {
         let (leave, leaving) = Leave::new();
         assert!(!leave.is_raised());
         leave.raise();
-        leave.clone().raise();
         assert!(leave.is_raised());
         assert!(leaving.try_recv().is_ok());
+        leave.clone().raise();
         assert!(leaving.try_recv().is_err(), "told once");
     }
 

@@ -931,26 +931,14 @@ impl ShardLoop {
         }
         self.res.book.store(kafka);
         let offsets = self.res.book.committable();
-        let committed = if !offsets.is_empty() && !self.opts.null_sink {
+        if !offsets.is_empty() && !self.opts.null_sink {
             match kafka
                 .consumer
                 .commit(&offsets_tpl(&offsets), CommitMode::Sync)
             {
-                Ok(()) => {
-                    events::committed(&self.res.metrics, true, None);
-                    true
-                }
-                Err(e) => {
-                    events::committed(&self.res.metrics, false, Some(&e));
-                    false
-                }
+                Ok(()) => events::committed(&self.res.metrics, true, None),
+                Err(e) => events::committed(&self.res.metrics, false, Some(&e)),
             }
-        } else {
-            true
-        };
-        // Nothing of this shard will be replayed: the supervisor may then let a held group leave go.
-        if committed && self.in_flight() == 0 && self.fatal.is_none() {
-            self.siblings.clean_ends.fetch_add(1, Ordering::SeqCst);
         }
         if let Some(d) = &self.res.records.dead_letters {
             // Acked dead letters are already done; this only hands over what is queued, within what
