@@ -375,6 +375,13 @@ impl Plan {
                 )),
                 _ => line(format!("{name:<22}{:>12}         (cost unknown)", "?")),
             }
+            if name == "database cores" && cores.is_some() {
+                line(format!(
+                    "{:<22}{:>12}         (ScyllaDB's µs per write must be measured against the real \
+                     cluster: a Cassandra figure only validates this model)",
+                    "", ""
+                ));
+            }
         }
         line(format!(
             "shards                {:>12}         = {}",
@@ -581,6 +588,11 @@ mod tests {
         let text = p.explain(&costs(), &t);
         assert!(
             text.contains("largest cost          the database"),
+            "{text}"
+        );
+        // Issue 12: the Cassandra figure validates the model; ScyllaDB's must be measured.
+        assert!(
+            text.contains("ScyllaDB's µs per write must be measured against the real cluster"),
             "{text}"
         );
     }
