@@ -157,6 +157,31 @@ fn rows_by_key(q: &str) -> Result<HashMap<String, Vec<Option<CqlValue>>>> {
     Ok(out)
 }
 
+/// Drains `config` (group, topic) and checks that it consumed and wrote `counts`, dead-lettered one
+/// record of the given class and source offset and committed every offset; gives that dead letter.
+fn drain_to_one_dead_letter(
+    config: &std::path::Path,
+    (group, topic): (&str, &str),
+    (consumed, written): (u64, u64),
+    (class, offset): (&str, i64),
+) -> Result<Letter> {
+    let out = drain_ok(config, Duration::from_secs(180), &[])?;
+    let summary = out.summary.context("a summary")?;
+    assert_eq!(summary["consumed"], consumed);
+    assert_eq!(summary["written"], written);
+    assert_eq!(summary["dead_lettered"], 1);
+    assert_eq!(committed(group, topic, 1)?, end_offsets(topic, 1)?);
+    let mut letters = dead_letters(topic)?;
+    assert_eq!(letters.len(), 1);
+    let letter = letters.remove(0);
+    assert_eq!(letter.headers["shardline.error.class"], class);
+    assert_eq!(
+        letter.headers["shardline.source.offset"],
+        offset.to_string()
+    );
+    Ok(letter)
+}
+
 const KV_SCHEMA: &str =
     r#"{"type":"record","name":"kv","namespace":"t","fields":[{"name":"url","type":"string"}]}"#;
 
@@ -223,18 +248,8 @@ fn tombstones_delete_by_key_and_an_older_insert_replayed_later_does_not_bring_th
         &config,
         config_text(&topic, &group, &ks, 64, &table, &processors),
     )?;
-    let out = drain_ok(&config, Duration::from_secs(180), &[])?;
-    let summary = out.summary.context("a summary")?;
-    assert_eq!(summary["consumed"], 15);
-    assert_eq!(summary["written"], 14, "10 inserts and 4 deletes");
-    assert_eq!(summary["dead_lettered"], 1);
-    assert_eq!(committed(&group, &topic, 1)?, end_offsets(&topic, 1)?);
-
-    let letters = dead_letters(&topic)?;
-    assert_eq!(letters.len(), 1);
-    let letter = &letters[0];
-    assert_eq!(letter.headers["shardline.error.class"], "metadata");
-    assert_eq!(letter.headers["shardline.source.offset"], "10");
+    // 10 inserts and 4 deletes written, the key that is not UTF-8 dead-lettered.
+    let letter = &drain_to_one_dead_letter(&config, (&group, &topic), (15, 14), ("metadata", 10))?;
     // Fails on the old code: a dead letter carried shardline's headers only.
     assert_eq!(
         letter.headers.get("trace").map(String::as_str),
@@ -338,18 +353,7 @@ fn a_dead_letter_goes_without_source_headers_when_configured_and_mapped_headers_
     assert!(text.contains("dead_letter_source_headers = false"));
     let config = dir.join("nohdr.toml");
     std::fs::write(&config, text)?;
-    let out = drain_ok(&config, Duration::from_secs(180), &[])?;
-    let summary = out.summary.context("a summary")?;
-    assert_eq!(summary["consumed"], 4);
-    assert_eq!(summary["written"], 3);
-    assert_eq!(summary["dead_lettered"], 1);
-    assert_eq!(committed(&group, &topic, 1)?, end_offsets(&topic, 1)?);
-
-    let letters = dead_letters(&topic)?;
-    assert_eq!(letters.len(), 1);
-    let letter = &letters[0];
-    assert_eq!(letter.headers["shardline.error.class"], "metadata");
-    assert_eq!(letter.headers["shardline.source.offset"], "3");
+    let letter = &drain_to_one_dead_letter(&config, (&group, &topic), (4, 3), ("metadata", 3))?;
     assert_eq!(letter.headers.get("trace"), None);
     assert_eq!(letter.headers.get("origin"), None);
     assert!(
