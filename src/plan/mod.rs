@@ -410,7 +410,7 @@ impl Plan {
             self.hosts
         ));
         line(format!(
-            "shards per host       {:>12}",
+            "shards per host       {:>12}         = ceil(shards / hosts)",
             self.shards_per_host
         ));
         let formula = match self.bottleneck {
@@ -446,12 +446,17 @@ impl Plan {
             ));
         }
         line(format!(
-            "partitions            {:>12}         ({:.2} per shard)",
-            self.partitions, self.partitions_per_shard
+            "partitions            {:>12}         = {} ({:.2} per shard)",
+            self.partitions,
+            match t.partitions {
+                Some(_) => "the topic's (given)",
+                None => "2 × shards (no --partitions given)",
+            },
+            self.partitions_per_shard
         ));
         line(format!(
-            "msg/s per shard       {:>12.0}",
-            self.msgs_per_s_per_shard
+            "msg/s per shard       {:>12.0}         = {:.0} msg/s / shards",
+            self.msgs_per_s_per_shard, t.msgs_per_s
         ));
         line(format!(
             "in-flight per shard   {:>12}         = 2 × min(msg/s per shard, ceiling / shards) × mean write {:.2} ms at moderate load, within [16, 65536]",
@@ -466,8 +471,8 @@ impl Plan {
             self.queued_max_messages_kbytes
         ));
         line(format!(
-            "Scylla writes         {:>12.0} /s      {:.1} MiB/s of values",
-            self.scylla_writes_per_s, self.scylla_write_mib_per_s
+            "Scylla writes         {:>12.0} /s      = the target rate; {:.1} MiB/s of values (× {:.0} B per message)",
+            self.scylla_writes_per_s, self.scylla_write_mib_per_s, c.msg_bytes
         ));
         for w in &self.warnings {
             line(format!("warning: {w}"));
