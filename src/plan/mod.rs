@@ -348,18 +348,23 @@ pub fn plan(c: &Costs, t: &Target) -> Result<Plan, String> {
 impl Plan {
     /// A human table with the formula behind each line.
     pub fn explain(&self, c: &Costs, t: &Target) -> String {
-        let mut s = String::new();
-        let mut line = |l: String| {
-            s.push_str(&l);
-            s.push('\n');
-        };
+        let mut out = Vec::new();
+        self.explain_cores(c, t, &mut out);
+        self.explain_layout(c, t, &mut out);
+        self.explain_settings(c, t, &mut out);
+        out.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
+        out.iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    /// A shard's capacity and each resource's cores for the target, with their formulas.
+    fn explain_cores(&self, c: &Costs, t: &Target, out: &mut Vec<String>) {
         let cap = shard_capacity(c);
         let spare = 1.0 - t.headroom;
-        line(format!(
+        out.push(format!(
             "shard capacity        {cap:>12.0} msg/s   = 1e6 / {:.3} µs shardline CPU per message",
             c.cpu_us_per_msg
         ));
-        line(format!(
+        out.push(format!(
             "shardline cores       {:>12.2}         = {:.0} msg/s × {:.3} µs / 1e6 / (1 − {:.2})",
             self.shardline_cores, t.msgs_per_s, c.cpu_us_per_msg, t.headroom
         ));
@@ -369,21 +374,26 @@ impl Plan {
             ("other host cores", self.other_cores, c.other_us_per_msg),
         ] {
             match (cores, us) {
-                (Some(n), Some(us)) => line(format!(
+                (Some(n), Some(us)) => out.push(format!(
                     "{name:<22}{n:>12.2}         = {:.0} msg/s × {us:.3} µs / 1e6 / {spare:.2}",
                     t.msgs_per_s
                 )),
-                _ => line(format!("{name:<22}{:>12}         (cost unknown)", "?")),
+                _ => out.push(format!("{name:<22}{:>12}         (cost unknown)", "?")),
             }
             if name == "database cores" && cores.is_some() {
-                line(format!(
+                out.push(format!(
                     "{:<22}{:>12}         (ScyllaDB's µs per write must be measured against the real \
                      cluster: a Cassandra figure only validates this model)",
                     "", ""
                 ));
             }
         }
-        line(format!(
+    }
+
+    /// Shards, hosts, the ceiling, what binds it and the largest cost.
+    fn explain_layout(&self, c: &Costs, t: &Target, out: &mut Vec<String>) {
+        let cap = shard_capacity(c);
+        out.push(format!(
             "shards                {:>12}         = {}",
             self.shards,
             match t.shards {
@@ -405,11 +415,11 @@ impl Plan {
         } else {
             format!("= ceil(shards / {} cores per host)", t.cores_per_host)
         };
-        line(format!(
+        out.push(format!(
             "hosts                 {:>12}         {hosts}",
             self.hosts
         ));
-        line(format!(
+        out.push(format!(
             "shards per host       {:>12}         = ceil(shards / hosts)",
             self.shards_per_host
         ));
@@ -425,7 +435,7 @@ impl Plan {
                 c.total_us()
             ),
         };
-        line(format!(
+        out.push(format!(
             "ceiling               {:>12.0} msg/s   {formula}",
             self.ceiling_msgs_per_s
         ));
@@ -439,13 +449,17 @@ impl Plan {
         .filter_map(|(n, us)| Some((n, us?)))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         {
-            line(format!(
+            out.push(format!(
                 "largest cost          {name}: {us:.3} µs of {:.3} µs per message ({:.0}%)",
                 c.total_us(),
                 us / c.total_us().max(1e-9) * 100.0
             ));
         }
-        line(format!(
+    }
+
+    /// Partitions, the in-flight window, the fetch settings and the writes.
+    fn explain_settings(&self, c: &Costs, t: &Target, out: &mut Vec<String>) {
+        out.push(format!(
             "partitions            {:>12}         = {} ({:.2} per shard)",
             self.partitions,
             match t.partitions {
@@ -454,30 +468,26 @@ impl Plan {
             },
             self.partitions_per_shard
         ));
-        line(format!(
+        out.push(format!(
             "msg/s per shard       {:>12.0}         = {:.0} msg/s / shards",
             self.msgs_per_s_per_shard, t.msgs_per_s
         ));
-        line(format!(
+        out.push(format!(
             "in-flight per shard   {:>12}         = 2 × min(msg/s per shard, ceiling / shards) × mean write {:.2} ms at moderate load, within [16, 65536]",
             self.max_in_flight_per_shard, c.write_mean_ms
         ));
-        line(format!(
+        out.push(format!(
             "fetch.min.bytes       {:>12}         ≈ 10 ms of one partition",
             self.fetch_min_bytes
         ));
-        line(format!(
+        out.push(format!(
             "queued.max.messages.kbytes {:>7}         ≈ 1 s of one shard's input",
             self.queued_max_messages_kbytes
         ));
-        line(format!(
+        out.push(format!(
             "Scylla writes         {:>12.0} /s      = the target rate; {:.1} MiB/s of values (× {:.0} B per message)",
             self.scylla_writes_per_s, self.scylla_write_mib_per_s, c.msg_bytes
         ));
-        for w in &self.warnings {
-            line(format!("warning: {w}"));
-        }
-        s
     }
 
     /// A config fragment for each host.
