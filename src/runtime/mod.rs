@@ -496,7 +496,7 @@ impl Running {
             controls,
             stop_bound,
             stopped_at,
-            leaving,
+            mut leaving,
             ..
         } = self;
         let (ended, mut left) = join_each(handles)?;
@@ -506,7 +506,6 @@ impl Running {
         // A dropped sender (a library caller's) asks nothing: its channel would be ready for ever,
         // a stop then at once a kill.
         let mut stop_requests = stop_requests.clone();
-        let mut leaving = leaving;
         while left > 0 {
             let wait = stop_began.map_or(Duration::from_secs(3600), |t| {
                 stop_bound.saturating_sub(t.elapsed())

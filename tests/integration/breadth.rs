@@ -157,6 +157,17 @@ fn rows_by_key(q: &str) -> Result<HashMap<String, Vec<Option<CqlValue>>>> {
     Ok(out)
 }
 
+/// A record whose key is not UTF-8 (a `kafka.key` column refuses it: dead-lettered as `metadata`),
+/// with a header mapped to a column (`trace = t-bad`) and one that is not (`origin = edge-7`).
+fn bad_key_rec() -> Rec {
+    Rec {
+        key: vec![0xff, 0xfe],
+        value: kv("bad-key"),
+        ts_ms: BASE_TS_MS + 200,
+        headers: vec![("trace", "t-bad".into()), ("origin", "edge-7".into())],
+    }
+}
+
 /// Drains `config` (group, topic) and checks that it consumed and wrote `counts`, dead-lettered one
 /// record of the given class and source offset and committed every offset; gives that dead letter.
 fn drain_to_one_dead_letter(
@@ -227,13 +238,8 @@ fn tombstones_delete_by_key_and_an_older_insert_replayed_later_does_not_bring_th
             r
         })
         .collect();
-    recs.push(Rec {
-        key: vec![0xff, 0xfe],
-        value: kv("bad-key"),
-        ts_ms: BASE_TS_MS + 200,
-        // Its own headers, one mapped to a column and one not: its dead letter carries both.
-        headers: vec![("trace", "t-bad".into()), ("origin", "edge-7".into())],
-    });
+    // Its own headers, one mapped to a column and one not: its dead letter carries both.
+    recs.push(bad_key_rec());
     recs.extend((0..4).map(|i| rec(&format!("k{i}"), None, BASE_TS_MS + 1000 + i)));
     produce_avro(&topic, KV_SCHEMA, &recs)?;
     // `kv` deletes on tombstones; the insert step's `kv_all` skips them.
@@ -338,12 +344,7 @@ fn a_dead_letter_goes_without_source_headers_when_configured_and_mapped_headers_
         })
         .collect();
     // Offset 3: a key that is not UTF-8, with headers of its own: dead-lettered without them.
-    recs.push(Rec {
-        key: vec![0xff, 0xfe],
-        value: kv("bad-key"),
-        ts_ms: BASE_TS_MS + 200,
-        headers: vec![("trace", "t-bad".into()), ("origin", "edge-7".into())],
-    });
+    recs.push(bad_key_rec());
     produce_avro(&topic, KV_SCHEMA, &recs)?;
     let table = format!("table = \"kv\"\n\n[table.columns]\n{KV_COLUMNS}");
     let text = config_text(&topic, &group, &ks, 64, &table, "").replace(
