@@ -215,8 +215,9 @@ async fn driver_setup(
 }
 
 /// Inserts `rows` in groups of `batch`, `in_flight` requests at a time. With `bridge`, each request
-/// future is polled with that runtime's context entered (shardline's way: the shard polls, the
-/// bridge thread does the I/O); without, it runs on the current tokio runtime.
+/// future is polled from a glommio task with that runtime's context entered, and the runtime is
+/// driven on the same thread (shardline's way, `sink::bridge`); without, it runs on the current
+/// tokio runtime.
 async fn insert_all(
     session: &scylla::client::session::Session,
     insert: &scylla::statement::prepared::PreparedStatement,
@@ -356,6 +357,7 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize, skip: u64) -> Result<
                     }
                     received += 1;
                     let observe = received > skip;
+                    let consumed = Instant::now();
                     let (p, o) = (m.partition(), m.offset());
                     trackers.entry(p).or_default().begin(o, std::time::Instant::now());
                     let ts = m.timestamp().to_millis();
@@ -372,6 +374,11 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize, skip: u64) -> Result<
                     // The conventional design: a task per write on the multi-threaded runtime.
                     tokio::spawn(async move {
                         let t = Instant::now();
+                        if observe {
+                            // Consumed → write sent, as shardline's `queue` stage: here the wait
+                            // for a worker to poll the new task.
+                            m2.stage_queue.observe((t - consumed).as_secs_f64());
+                        }
                         if s.execute_unpaged(&ins, &values).await.is_ok() && observe {
                             m2.write_seconds.observe(t.elapsed().as_secs_f64());
                             if let Some(ms) = ts {
@@ -390,8 +397,8 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize, skip: u64) -> Result<
         let (b, n) = histogram_buckets(&fams, "shardline_end_to_end_seconds");
         let q = |x| quantile(&b, n, x).map(|s| s * 1000.0);
         let buckets: Vec<(f64, u64)> = b.iter().map(|&(le, c)| (le * 1000.0, c)).collect();
-        let (fb, fnn) = histogram_buckets(&fams, "shardline_stage_seconds");
-        let fq = |x| quantile(&fb, fnn, x).map(|s| s * 1000.0);
+        // Per stage (`fetch`, `queue`) and the write, read as shardline's own report reads them.
+        let summary = shardline::report::summarize(std::slice::from_ref(&metrics.registry), secs);
         println!(
             "{}",
             serde_json::json!({"mode": "tokio", "threads": threads, "messages": done, "seconds": secs,
@@ -399,7 +406,7 @@ fn tokio_pipeline(cfg: Config, count: u64, threads: usize, skip: u64) -> Result<
                 "cpu_us_per_msg": (self_cpu(tick) - cpu0) / (done.max(1) as f64) * 1e6,
                 "end_to_end": {"p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999)},
                 "end_to_end_buckets": buckets,
-                "stages": {"fetch": {"p50_ms": fq(0.5), "p99_ms": fq(0.99), "p999_ms": fq(0.999)}}})
+                "stages": summary.stages, "write": summary.write})
         );
         anyhow::Ok(())
     })

@@ -74,6 +74,28 @@ STAMP = str(int(time.time()))
 PORT = 19898
 
 
+def cpu_ms_per_s(r):
+    """The process's CPU per second of its run (first to last record): CPU per record × records per s."""
+    if r.get("cpu_ms_per_s") is not None:
+        return r["cpu_ms_per_s"]
+    if r.get("cpu_us_per_msg") is None or not r.get("msgs_per_s"):
+        return None
+    return r["cpu_us_per_msg"] * r["msgs_per_s"] / 1000
+
+
+def machine():
+    """The machine the figures come from: CPU model, CPUs, memory, kernel."""
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown CPU")
+    mem_kib = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal:")), 0)
+    return {"cpus": os.cpu_count(), "cpu_model": model, "mem_gib": round(mem_kib / 2**20, 1),
+            "kernel": os.uname().release}
+
+
+def machine_line():
+    m = machine()
+    return f"{m['cpus']} × {m['cpu_model']}, {m['mem_gib']} GiB, kernel {m['kernel']}"
+
+
 def sh(*args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
 
@@ -358,6 +380,7 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
         "other_us_per_msg": cpu.get("other"), "box_busy_cores": cpu.get("box_busy_cores"),
         "peak_rss_mib": rss,
         "end_to_end": s["end_to_end"], "write": s["write"], "decode_p50_us": (s["decode"]["p50_ms"] or 0) * 1000,
+        "bind_p50_us": (s.get("bind", {}).get("p50_ms") or 0) * 1000,
         "end_to_end_buckets": s.get("end_to_end_buckets"), "stages": s.get("stages") or {},
         "send_to_append": produced.get("send_to_append"), "ctx_per_msg": cpu.get("ctx_per_msg"),
         "preempted_per_msg": cpu.get("preempted_per_msg"), "endpoint_us_per_msg": cpu.get("endpoint_us_per_msg"),
@@ -429,13 +452,14 @@ def tokio(name, topic, target, rate=0, produce_count=0, threads=2):
         "messages": res["messages"], "msgs_per_s": res["msgs_per_s"], "cpu_us_per_msg": cpu_us, "peak_rss_mib": rss or None,
         # With a warm-up skipped, the harness's latencies are the steady ones only (no whole-run figure).
         "end_to_end": {} if skip else res["end_to_end"], "end_to_end_buckets": res.get("end_to_end_buckets"),
-        "stages": res.get("stages") or {}, "send_to_append": produced.get("send_to_append"),
+        "stages": res.get("stages") or {}, "write": {} if skip else (res.get("write") or {}),
+        "send_to_append": produced.get("send_to_append"),
         # From 4 s after the harness started (before its first record) to its exit: a wider window
         # than shardline's (first to last record), so this figure leans high.
         "ctx_per_msg": (ctx1 - ctx0) / res["messages"] if ctx0 and ctx1 and res["messages"] else None,
         # The harness observed no latency of the warm-up's records: its quantiles are the steady ones.
         "steady": {"end_to_end": {**res["end_to_end"], "buckets": res.get("end_to_end_buckets")},
-                   **(res.get("stages") or {})} if skip else None,
+                   **(res.get("stages") or {}), "write": res.get("write") or {}} if skip else None,
         "jvm_pauses": pauses_in(t0, t1) if produce_count else None,
     }
     print(json.dumps(r), flush=True)
@@ -523,8 +547,9 @@ def plots(results, out):
     ax.legend(fontsize=7)
     save(fig, "latency_percentiles")
 
-    # 2. Where the time goes, per fixed-rate shardline run: stacked means (means add up; quantiles do not).
-    runs = [r for r in results if r["impl"] == "shardline" and r.get("offered_rate") and r.get("stages")]
+    # 2. Where the time goes, per fixed-rate run (shardline's and the tokio baseline's): stacked means
+    # (means add up; quantiles do not).
+    runs = [r for r in results if r.get("offered_rate") and r.get("stages")]
     if runs:
         fig, ax = plt.subplots(figsize=(9, 5))
         # After the warm-up where the run has it (as in the percentile plot), else the whole run.
@@ -953,7 +978,7 @@ def main():
 
     by = {r["name"]: r for r in results}
     report = {
-        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "machine": machine(),
         "raw": raw, "runs": results,
         "ratios": {
             "null_sink_2_shard_to_raw": by["null-sink-2-shard"]["msgs_per_s"] / raw["msgs_per_s"],
@@ -977,14 +1002,14 @@ def main():
     except Exception as e:  # a plot must never cost the run its summary
         print(f"bench.py: plotting failed: {e}", file=sys.stderr)
         plotted = []
-    lines = ["# shardline benchmark", "", f"Machine: {os.cpu_count()} CPUs, kernel {os.uname().release}; Kafka, Cassandra and the registry on the same machine.",
+    lines = ["# shardline benchmark", "", f"Machine: {machine_line()}; Kafka, Cassandra and the registry on the same machine.",
              f"Raw consume ceiling (one plain rdkafka consumer): **{fmt(raw['msgs_per_s'], ' msg/s', 0)}** over {raw['messages']:,} records of {msg_bytes:.0f} B, {fmt(raw.get('cpu_us_per_msg'), ' µs', 2)} CPU per record.", "",
-             "| run | impl | shards | sink | offered msg/s | achieved msg/s | CPU µs/msg | Cassandra µs/msg | Kafka µs/msg | rows/batch | e2e p50 ms | e2e p99 ms | e2e p999 ms | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | impl | shards | sink | offered msg/s | achieved msg/s | CPU µs/msg | CPU ms/s | ctx switches/msg | Cassandra µs/msg | Kafka µs/msg | rows/batch | e2e p50 ms | e2e p99 ms | e2e p999 ms | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         e = r.get("end_to_end") or {}
         lines.append(f"| {r['name']} | {r['impl']} | {r['shards']} | {r['sink']} | {fmt(r['offered_rate'], '', 0)} | {fmt(r['msgs_per_s'], '', 0)} | "
-                     f"{fmt(r['cpu_us_per_msg'], '', 2)} | {fmt(r.get('db_us_per_msg'), '', 2)} | {fmt(r.get('broker_us_per_msg'), '', 2)} | {fmt(r.get('rows_per_batch'), '', 1)} | {fmt(e.get('p50_ms'), '', 2)} | {fmt(e.get('p99_ms'), '', 2)} | {fmt(e.get('p999_ms'), '', 2)} | {fmt(r.get('peak_rss_mib'), '', 0)} |")
+                     f"{fmt(r['cpu_us_per_msg'], '', 2)} | {fmt(cpu_ms_per_s(r), '', 1)} | {fmt(r.get('ctx_per_msg'), '', 2)} | {fmt(r.get('db_us_per_msg'), '', 2)} | {fmt(r.get('broker_us_per_msg'), '', 2)} | {fmt(r.get('rows_per_batch'), '', 1)} | {fmt(e.get('p50_ms'), '', 2)} | {fmt(e.get('p99_ms'), '', 2)} | {fmt(e.get('p999_ms'), '', 2)} | {fmt(r.get('peak_rss_mib'), '', 0)} |")
     lines += ["", f"Max runs into Cassandra: {N_DB:,} records each, every layout once in each of {MAX_ROUNDS} rounds (rotated "
               "order); each row above is the layout's median run. Throughput over the rounds: " + "; ".join(
                   f"{r['name']} {rounds_note(r)}" for r in results if r.get("rounds") and not r.get("offered_rate")) + " msg/s."]

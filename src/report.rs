@@ -63,6 +63,8 @@ pub struct RunSummary {
     pub stages: BTreeMap<String, Quantiles>,
     pub write: Quantiles,
     pub decode: Quantiles,
+    /// Decoded record → bound row, per insert step (sampled, like decode).
+    pub bind: Quantiles,
     /// "topic/partition" → shard → messages consumed.
     pub partitions: BTreeMap<String, BTreeMap<String, u64>>,
     /// Processor step → outcome (passed, dropped, missed, failed) → records, over all shards.
@@ -234,6 +236,7 @@ pub fn summarize(registries: &[Registry], seconds: f64) -> RunSummary {
         stages: latency_by(&fams, "shardline_stage_seconds", "stage"),
         write: quantiles(&fams, "shardline_write_seconds"),
         decode: quantiles(&fams, "shardline_decode_seconds"),
+        bind: quantiles(&fams, "shardline_bind_seconds"),
         partitions,
         steps: by_labels(&fams, "shardline_step_outcomes_total", "step", "outcome"),
         lookup_cache: by_labels(&fams, "shardline_lookup_cache_total", "step", "result"),

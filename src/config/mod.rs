@@ -341,8 +341,10 @@ pub struct ScyllaConfig {
     #[serde(default = "default_batch_max_rows")]
     pub batch_max_rows: usize,
     /// Bytes of values per batch, at most (estimated; a single larger row still goes alone).
-    /// Default 4096: under Cassandra's `batch_size_warn_threshold` of 5 KiB. ScyllaDB has its own
-    /// `batch_size_warn_threshold_in_kb` (see its `scylla.yaml`): stay under it.
+    /// Default 4096: under Cassandra's `batch_size_warn_threshold` of 5 KiB (and far under ScyllaDB's
+    /// `batch_size_warn_threshold_in_kb`, 128 KiB by default, `db/config.cc`; its
+    /// `batch_size_fail_threshold_in_kb` is 1024). Where a database's threshold was lowered, stay
+    /// under it.
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
     /// How long a group may wait for more rows, in microseconds (key `batch_linger_us`). Default 0:

@@ -25,8 +25,9 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 15.0,
 ];
 
-/// Seconds, for decoding: a datum decodes in a few hundred nanoseconds, so the buckets start at 100 ns
-/// (with [`LATENCY_BUCKETS`] every decode fell into the first bucket and read as "0.01 ms").
+/// Seconds, for decoding and binding: each takes a few hundred nanoseconds or less, so the buckets
+/// start at 100 ns (with [`LATENCY_BUCKETS`] every decode fell into the first bucket and read as
+/// "0.01 ms").
 pub const DECODE_BUCKETS: &[f64] = &[
     100e-9, 200e-9, 300e-9, 500e-9, 750e-9, 1e-6, 2e-6, 5e-6, 10e-6, 25e-6, 100e-6, 1e-3, 10e-3,
 ];
@@ -37,6 +38,7 @@ pub struct ShardMetrics {
     pub registry: Registry,
     pub shard: String,
     pub decode_seconds: Histogram,
+    pub bind_seconds: Histogram,
     pub write_seconds: Histogram,
     pub end_to_end_seconds: Histogram,
     /// Where a record's time goes before its write (`shardline_stage_seconds{stage}`): `fetch`, its
@@ -236,7 +238,15 @@ impl ShardMetrics {
             decode_seconds: histogram(
                 r,
                 "shardline_decode_seconds",
-                "Wire frame + Avro datum to row, per message.",
+                "Wire frame + Avro datum to row, per message; one decode in 16 is timed.",
+                &["shard"],
+                DECODE_BUCKETS,
+            )
+            .with_label_values(&[s.as_str()]),
+            bind_seconds: histogram(
+                r,
+                "shardline_bind_seconds",
+                "Decoded record to its table's bound row (values, TTL, write timestamp), per insert step; one bind in 16 is timed.",
                 &["shard"],
                 DECODE_BUCKETS,
             )

@@ -11,16 +11,21 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
-use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::cluster::metadata::{ColumnType, Strategy};
-use scylla::cluster::ClusterState;
-use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::cluster::{ClusterState, NodeRef};
+use scylla::errors::RequestAttemptError;
+use scylla::frame::response::result::TableSpec;
+use scylla::policies::load_balancing::{
+    DefaultPolicy, FallbackPlan, LoadBalancingPolicy, RoutingInfo,
+};
 use scylla::routing::partitioner::{Partitioner, PartitionerHasher, PartitionerName};
-use scylla::routing::Token;
+use scylla::routing::{Shard, Token};
 use scylla::serialize::value::SerializeValue;
 use scylla::serialize::writers::CellWriter;
 use scylla::statement::batch::{Batch, BatchType};
@@ -33,18 +38,38 @@ use super::{
 };
 use crate::config::{Config, TableConfig};
 
+/// The driver's token-aware policy, preferring `scylla.local_datacenter`: the session's default.
+fn default_policy(config: &Config) -> Arc<dyn LoadBalancingPolicy> {
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &config.scylla.local_datacenter {
+        policy = policy.prefer_datacenter(dc.clone());
+    }
+    policy.build()
+}
+
+/// An execution profile with the configured consistency and request timeout.
+fn profile(config: &Config, policy: Arc<dyn LoadBalancingPolicy>) -> ExecutionProfile {
+    ExecutionProfile::builder()
+        .consistency(config.scylla.consistency.to_driver())
+        .request_timeout(Some(config.scylla.request_timeout))
+        .load_balancing_policy(policy)
+        .build()
+}
+
+/// The profile of every [`ScyllaWriter`]'s statements and batches: the session's, routed by
+/// [`FirstReplica`]. Lookups and schema reads keep the session's default profile.
+pub fn write_profile(config: &Config) -> ExecutionProfileHandle {
+    let policy = FirstReplica {
+        inner: default_policy(config),
+        local_dc: config.scylla.local_datacenter.clone(),
+    };
+    profile(config, Arc::new(policy)).into_handle()
+}
+
 /// Builds a session from config. Runs inside the bridge.
 pub async fn connect(config: &Config) -> Result<Session, StartError> {
     let s = &config.scylla;
-    let mut policy = DefaultPolicy::builder().token_aware(true);
-    if let Some(dc) = &s.local_datacenter {
-        policy = policy.prefer_datacenter(dc.clone());
-    }
-    let profile = ExecutionProfile::builder()
-        .consistency(s.consistency.to_driver())
-        .request_timeout(Some(s.request_timeout))
-        .load_balancing_policy(policy.build())
-        .build();
+    let profile = profile(config, default_policy(config));
     let mut builder = SessionBuilder::new()
         .known_nodes(&s.nodes)
         .default_execution_profile_handle(profile.into_handle());
@@ -115,6 +140,95 @@ pub(crate) fn tls_context(
             .map_err(|e| err(format!("key {k}"), e))?;
     }
     Ok(b.build())
+}
+
+/// Routes a write to the first replica of its token (in `local_dc` where one is set): the owner
+/// [`ScyllaWriter::owner`] groups rows by, computed by the same [`first_replica`]. The driver routes
+/// a batch by its first statement's token (`Session::batch` computes it from the first row's values
+/// and the prepared statement's partition key) through the request's load-balancing policy; the
+/// driver's own [`DefaultPolicy`] picks a *random* replica of that token for a non-LWT request
+/// (scylla 1.9, `DefaultPolicy::pick_replica`), which with a replication factor above 1 would send
+/// a group to a node that owns only its first row. A first replica that is down, a request without
+/// a token or table, and LWTs (which the default policy already sends to the first replica) go as
+/// the default policy says; so does every retry and speculative attempt (`fallback`).
+#[derive(Debug)]
+struct FirstReplica {
+    inner: Arc<dyn LoadBalancingPolicy>,
+    local_dc: Option<String>,
+}
+
+impl LoadBalancingPolicy for FirstReplica {
+    fn pick<'a>(
+        &'a self,
+        request: &'a RoutingInfo,
+        cluster: &'a ClusterState,
+    ) -> Option<(NodeRef<'a>, Option<Shard>)> {
+        let owner = match (request.token, request.table) {
+            (Some(token), Some(table)) if !request.should_route_as_lwt() => {
+                cluster.get_keyspace(table.ks_name()).and_then(|ks| {
+                    first_replica(
+                        cluster,
+                        token,
+                        &ks.strategy,
+                        self.local_dc.as_deref(),
+                        table,
+                    )
+                })
+            }
+            _ => None,
+        };
+        match owner {
+            Some((node, shard)) if node.is_connected() => {
+                Some((node, node.sharder().map(|_| shard)))
+            }
+            _ => self.inner.pick(request, cluster),
+        }
+    }
+
+    fn fallback<'a>(
+        &'a self,
+        request: &'a RoutingInfo,
+        cluster: &'a ClusterState,
+    ) -> FallbackPlan<'a> {
+        self.inner.fallback(request, cluster)
+    }
+
+    fn on_request_success(&self, request: &RoutingInfo, latency: Duration, node: NodeRef<'_>) {
+        self.inner.on_request_success(request, latency, node);
+    }
+
+    fn on_request_failure(
+        &self,
+        request: &RoutingInfo,
+        latency: Duration,
+        node: NodeRef<'_>,
+        error: &RequestAttemptError,
+    ) {
+        self.inner.on_request_failure(request, latency, node, error);
+    }
+
+    fn name(&self) -> String {
+        FIRST_REPLICA.to_string()
+    }
+}
+
+/// [`FirstReplica`]'s name, as the driver reports it.
+pub const FIRST_REPLICA: &str = "shardline::FirstReplica";
+
+/// The first replica of `token` for `table` (in `dc`'s replicas where one is given), in the
+/// replica set's order: the one owner both the grouping and the routing of writes use.
+pub fn first_replica<'a>(
+    cluster: &'a ClusterState,
+    token: Token,
+    strategy: &'a Strategy,
+    dc: Option<&'a str>,
+    table: &TableSpec,
+) -> Option<(NodeRef<'a>, Shard)> {
+    cluster
+        .replica_locator()
+        .replicas_for_token(token, strategy, dc, table)
+        .into_iter()
+        .next()
 }
 
 /// A table as the database has it: each column's type, and the primary key (partition key, then
@@ -286,6 +400,8 @@ pub struct ScyllaWriter {
     pk_slots: Rc<[usize]>,
     /// `scylla.local_datacenter`: the owner of a row is its first replica there.
     local_dc: Option<Rc<str>>,
+    /// [`write_profile`]: the statement's and its batches' routing to that owner.
+    profile: ExecutionProfileHandle,
     /// `UNLOGGED` batches of the INSERT by row count, built on first use: a batch of n rows needs n
     /// statements, and building them per request would cost more than the rows.
     batches: Rc<RefCell<Vec<Option<Arc<Batch>>>>>,
@@ -310,16 +426,19 @@ struct Routing {
 impl ScyllaWriter {
     fn new(
         session: Arc<Session>,
-        statement: PreparedStatement,
+        mut statement: PreparedStatement,
         handle: BridgeHandle,
         local_dc: Option<&str>,
+        profile: ExecutionProfileHandle,
     ) -> ScyllaWriter {
+        statement.set_execution_profile_handle(Some(profile.clone()));
         ScyllaWriter {
             pk_slots: key_slots(&statement),
             session,
             statement,
             handle,
             local_dc: local_dc.map(Rc::from),
+            profile,
             batches: Rc::default(),
             routing: Rc::default(),
         }
@@ -337,7 +456,8 @@ impl ScyllaWriter {
             .wrap(async move { prepare_insert(&s, &config.table, fields).await })
             .await?;
         let dc = config.scylla.local_datacenter.as_deref();
-        let writer = ScyllaWriter::new(session, insert, bridge.clone(), dc);
+        let profile = write_profile(config);
+        let writer = ScyllaWriter::new(session, insert, bridge.clone(), dc, profile);
         Ok((writer, binder))
     }
 
@@ -353,7 +473,13 @@ impl ScyllaWriter {
         })
         .await?;
         let dc = self.local_dc.as_deref();
-        let writer = ScyllaWriter::new(self.session.clone(), insert, self.handle.clone(), dc);
+        let writer = ScyllaWriter::new(
+            self.session.clone(),
+            insert,
+            self.handle.clone(),
+            dc,
+            self.profile.clone(),
+        );
         Ok((writer, binder))
     }
 
@@ -370,7 +496,13 @@ impl ScyllaWriter {
         })
         .await?;
         let dc = self.local_dc.as_deref();
-        let writer = ScyllaWriter::new(self.session.clone(), delete, self.handle.clone(), dc);
+        let writer = ScyllaWriter::new(
+            self.session.clone(),
+            delete,
+            self.handle.clone(),
+            dc,
+            self.profile.clone(),
+        );
         Ok((writer, binder))
     }
 
@@ -396,6 +528,8 @@ impl ScyllaWriter {
                 b.append_statement(self.statement.clone());
             }
             b.set_is_idempotent(true);
+            // And its own profile: the statement's is not consulted for a batch.
+            b.set_execution_profile_handle(Some(self.profile.clone()));
             // A batch has its own consistency: the table's, where it overrides the session's.
             if let Some(c) = self.statement.get_consistency() {
                 b.set_consistency(c);
@@ -487,9 +621,8 @@ impl RowWriter for ScyllaWriter {
             };
             return Box::pin(InTokio::new(self.handle.clone(), fut));
         }
-        // The driver routes a batch by its first statement's token (`Session::batch` peeks the first
-        // row's values and computes it with the prepared statement's partition key), with the same
-        // token-aware policy as single writes: the group's rows all have that row's first replica.
+        // The driver routes a batch by its first statement's token and the batch's profile: the
+        // writer's [`FirstReplica`], so the group goes to the owner its rows were grouped by.
         let batch = self.batch(rows.len());
         let fut = async move {
             session
@@ -533,11 +666,7 @@ impl RowWriter for ScyllaWriter {
         let Some((_, strategy)) = kept.as_ref() else {
             return Owner::ANY;
         };
-        state
-            .replica_locator()
-            .replicas_for_token(token, strategy, self.local_dc.as_deref(), table)
-            .into_iter()
-            .next()
+        first_replica(&state, token, strategy, self.local_dc.as_deref(), table)
             .map_or(Owner::ANY, |(node, shard)| {
                 Owner::new(node.host_id, node.sharder().map(|_| shard))
             })

@@ -309,3 +309,122 @@ fn partition_tokens_are_the_databases_own() -> Result<()> {
     );
     Ok(())
 }
+
+/// Writers route a request, a batch included, to the first replica of its (first row's) token:
+/// the owner they group rows by (`ScyllaWriter::owner` and `FirstReplica::pick` share
+/// `first_replica`). This one-node cluster cannot tell a first replica from another one; what it
+/// checks is the wiring: the writers' profile carries the policy, which picks for every row the
+/// node `first_replica` names, and leaves requests without a token to the driver's default policy.
+#[test]
+fn writes_are_routed_to_the_owner_they_are_grouped_by() -> Result<()> {
+    use scylla::policies::load_balancing::RoutingInfo;
+    use scylla::value::MaybeUnset;
+    use shardline::sink::session::{
+        first_replica, key_slots, row_token, write_profile, FIRST_REPLICA,
+    };
+    use shardline::sink::{BoundRow, Cell};
+    let ks = unique("routing");
+    let config = shardline::config::Config::parse(&config_text(
+        "t",
+        "g",
+        &ks,
+        64,
+        "table = \"navigation_events\"\n\n[table.columns]\nuid = \"uid\"\nevent_id = \"event_id\"",
+        "",
+    ))?;
+    let profile = write_profile(&config).to_profile();
+    let policy = profile.get_load_balancing_policy();
+    ensure!(
+        policy.name() == FIRST_REPLICA,
+        "the writers' policy: {}",
+        policy.name()
+    );
+    tokio().block_on(async {
+        let s = session().await?;
+        create_keyspace(&s, &ks).await?;
+        let insert = s
+            .prepare(format!(
+                "INSERT INTO {ks}.navigation_events (event_id, uid) VALUES (?, ?)"
+            ))
+            .await?;
+        let table = insert
+            .get_table_spec()
+            .ok_or_else(|| anyhow::anyhow!("no table spec"))?;
+        let state = s.get_cluster_state();
+        let strategy = &state
+            .get_keyspace(&ks)
+            .ok_or_else(|| anyhow::anyhow!("no keyspace {ks}"))?
+            .strategy;
+        let slots = key_slots(&insert);
+        let mut buf = Vec::new();
+        for i in 0..100 {
+            let cell = |v: String| MaybeUnset::Set(Some(Cell::Cql(CqlValue::Text(v))));
+            let row: BoundRow = vec![cell(format!("e{i}")), cell(format!("user-{i}"))];
+            let token = row_token(&insert, &slots, &row, &mut buf)
+                .ok_or_else(|| anyhow::anyhow!("row {i} has no token"))?;
+            let mut info = RoutingInfo::default();
+            info.token = Some(token);
+            info.table = Some(table);
+            let picked = policy.pick(&info, &state).map(|(n, _)| n.host_id);
+            let owner = first_replica(&state, token, strategy, None, table).map(|(n, _)| n.host_id);
+            ensure!(
+                picked.is_some() && picked == owner,
+                "row {i}: picked {picked:?}, owner {owner:?}"
+            );
+        }
+        let untargeted = RoutingInfo::default();
+        ensure!(
+            policy.pick(&untargeted, &state).is_some(),
+            "a request without a token goes where the default policy says"
+        );
+        anyhow::Ok(())
+    })
+}
+
+/// Two records of the same primary key one after the other in a partition, with the same Kafka
+/// timestamp, pre-filled so that they go out in the same batch: the later one's values are the row,
+/// because its write timestamp (Kafka ms × 1000 + offset mod 1000) is the greater one, whatever order
+/// the database applies a batch's statements in.
+#[test]
+fn the_later_of_two_records_of_one_key_in_a_batch_is_the_row() -> Result<()> {
+    const PAIRS: u64 = 20;
+    let p = pipeline("samekey", 1)?;
+    let mut events = Vec::new();
+    for i in 0..PAIRS {
+        let mut first = navigation::event(9, i, BASE_TS_MS, 20_000);
+        let mut second = first.clone();
+        // The later value sorts first: with equal write timestamps the database would keep the
+        // greater value (its tie-break), the earlier record's.
+        first.url = format!("https://b/first/{i}");
+        second.url = format!("https://a/second/{i}");
+        events.push((0, T0 + i as i64, first));
+        events.push((0, T0 + i as i64, second));
+    }
+    produce_events(&p.topic, &events)?;
+    assert_eq!(end_offsets(&p.topic, 1)?, vec![2 * PAIRS as i64]);
+
+    let out = drain_ok(&p.config, Duration::from_secs(300), &[])?;
+    let summary = out.summary.as_ref().expect("a summary is written at exit");
+    assert_eq!(summary["written"], 2 * PAIRS, "{summary}");
+    let mean = summary["batches"]["mean_rows"].as_f64().unwrap_or(0.0);
+    assert!(
+        mean > 2.0,
+        "the pairs went out in batches: {}",
+        summary["batches"]
+    );
+
+    let rows = tokio().block_on(async { read_rows(&session().await?, &p.ks).await })?;
+    assert_eq!(rows.len(), PAIRS as usize, "one row per key");
+    for i in 0..PAIRS {
+        let id = navigation::event(9, i, BASE_TS_MS, 20_000).event_id;
+        let row = rows.get(&id).expect("every key has its row");
+        // The second record of pair i is at offset 2i + 1.
+        let offset = 2 * i as i64 + 1;
+        assert_eq!(
+            row.url.as_deref(),
+            Some(format!("https://a/second/{i}").as_str())
+        );
+        assert_eq!(row.writetime_us, Some((T0 + i as i64) * 1000 + offset));
+    }
+    Ok(())
+}
