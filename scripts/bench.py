@@ -74,6 +74,29 @@ STAMP = str(int(time.time()))
 PORT = 19898
 
 
+def tail_lines(results):
+    """The summary's table of what part of each fixed-rate shardline run's tail came with JVM pauses."""
+    runs = [r for r in results if r.get("offered_rate") and r.get("tail")]
+    if not runs:
+        return []
+    lines = ["", f"Whose tail (shardline's fixed-rate runs after the {WARMUP_SECONDS} s warm-up; each second's "
+             "end-to-end histogram from /metrics scrapes a second apart, counted when the write is acknowledged; "
+             f"a second is paused when a safepoint of Kafka or Cassandra of {PAUSE_MS:.0f} ms or more was logged in it "
+             "or the second before; tail = the records above the bucket bound that holds the whole window's p99; the "
+             "tokio harness has no such series):", "",
+             "| run | pauses | paused s / records / p99 ms | clean s / records / p99 ms | p99 ms (bound) | tail in paused seconds |",
+             "|---|---|---|---|---|---|"]
+    for r in runs:
+        t = r["tail"]
+        side = lambda k: (f"{fmt(t[k]['seconds'], '', 0)} / {fmt(t[k]['records'], '', 0)} / "
+                          f"{fmt(t[k]['p99_ms'], '', 1)}")
+        share = t.get("tail_in_paused_share")
+        lines.append(f"| {r['name']} | {t['pauses']} | {side('paused')} | {side('clean')} | "
+                     f"{fmt(t.get('p99_ms'), '', 1)} ({fmt(t.get('tail_above_ms'), '', 0)}) | "
+                     f"{'n/a' if share is None else f'{share:.0%}'} |")
+    return lines
+
+
 def cpu_ms_per_s(r):
     """The process's CPU per second of its run (first to last record): CPU per record × records per s."""
     if r.get("cpu_ms_per_s") is not None:
@@ -193,14 +216,13 @@ def ctx_switches(pid):
 SAFEPOINT = re.compile(r"^\[([^\]]+)\].*Total: (\d+) ns")
 
 
-def jvm_pauses(name, t0, t1):
-    """Stop-the-world pauses (safepoints: GC and other VM operations) of service `name` between the Unix
-    times t0 and t1, from its -Xlog:safepoint file: pauses of 1 ms or more, their total and the longest
-    in ms. None without a log (a service started before services.sh wrote one): unknown, not zero."""
-    count, total, longest = 0, 0.0, 0.0
+def safepoints(name):
+    """(Unix time logged, ms) of every safepoint (GC and other VM operations stop the world) in service
+    `name`'s -Xlog:safepoint files; None without a log (a service started before services.sh wrote one)."""
     paths = sorted(glob.glob(os.path.join(STATE, f"{name}-safepoints.log*")))
     if not paths:
         return None
+    out = []
     for path in paths:
         try:
             lines = open(path, errors="replace").readlines()
@@ -214,10 +236,66 @@ def jvm_pauses(name, t0, t1):
                 t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
             except ValueError:
                 continue
-            ms = int(m.group(2)) / 1e6
-            if t0 <= t <= t1 and ms >= 1.0:
-                count, total, longest = count + 1, total + ms, max(longest, ms)
-    return {"count": count, "total_ms": total, "max_ms": longest}
+            out.append((t, int(m.group(2)) / 1e6))
+    return out
+
+
+def jvm_pauses(name, t0, t1):
+    """Stop-the-world pauses of service `name` between the Unix times t0 and t1: pauses of 1 ms or more,
+    their total and the longest in ms. None without a log: unknown, not zero."""
+    points = safepoints(name)
+    if points is None:
+        return None
+    ms = [p for t, p in points if t0 <= t <= t1 and p >= 1.0]
+    return {"count": len(ms), "total_ms": sum(ms), "max_ms": max(ms, default=0.0)}
+
+
+# A JVM pause this long or longer marks the second it was logged in, and the next one, as paused.
+PAUSE_MS = 5.0
+
+
+def tail_attribution(series):
+    """Which part of a fixed-rate run's end-to-end tail came with the co-located JVMs' pauses.
+
+    `series`: (Unix time, /metrics text) scrapes about a second apart, after the warm-up. Each interval's
+    end-to-end histogram (records counted when their write is acknowledged) goes to "paused" when a
+    safepoint of PAUSE_MS or more of Kafka or Cassandra was logged in it or in the second before it
+    (a pause delays the records that arrive during it, and they complete after it), else to "clean".
+    Gives each side's seconds, records and p99, the bucket bound that holds the whole window's p99
+    (`tail_above_ms`), and the share of the records above it that came in paused intervals."""
+    if len(series) < 3:
+        return None
+    t0, t1 = series[0][0], series[-1][0]
+    pauses = []
+    for name in SERVICES:
+        pauses += [t for t, ms in (safepoints(name) or []) if t0 - 1.0 <= t <= t1 and ms >= PAUSE_MS]
+    sides = {k: {"seconds": 0.0, "records": 0.0, "buckets": {}} for k in ("paused", "clean")}
+    for (ta, a), (tb, b) in zip(series, series[1:]):
+        h = metrics_window.window(a, b).get("end_to_end")
+        if not h:
+            continue
+        side = sides["paused" if any(ta - 1.0 <= p < tb for p in pauses) else "clean"]
+        side["seconds"] += tb - ta
+        side["records"] += h["count"]
+        for le, c in h["buckets"]:
+            side["buckets"][le] = side["buckets"].get(le, 0.0) + c
+    def p99(buckets, n):
+        return metrics_window.percentile_from_buckets(sorted(buckets.items()), n, 0.99) if n else None
+    both = {le: sides["paused"]["buckets"].get(le, 0.0) + sides["clean"]["buckets"].get(le, 0.0)
+            for le in set(sides["paused"]["buckets"]) | set(sides["clean"]["buckets"])}
+    n = sides["paused"]["records"] + sides["clean"]["records"]
+    whole = p99(both, n)
+    out = {"pause_ms_at_least": PAUSE_MS, "pauses": len(pauses), "p99_ms": whole}
+    bound = min((le for le in both if whole is not None and le >= whole), default=None)
+    tails = {}
+    for k, side in sides.items():
+        out[k] = {"seconds": side["seconds"], "records": side["records"], "p99_ms": p99(side["buckets"], side["records"])}
+        # Records above the bound: the side's count less those at or under it (past the top bucket too).
+        tails[k] = side["records"] - side["buckets"].get(bound, 0.0) if bound is not None else 0.0
+    out["tail_above_ms"] = bound
+    total_tail = tails["paused"] + tails["clean"]
+    out["tail_in_paused_share"] = tails["paused"] / total_tail if total_tail > 0 else None
+    return out
 
 
 def pauses_in(t0, t1):
@@ -296,11 +374,15 @@ def follow(proc, port, target, timeout, skip=None):
     first = None
     last = None
     warm, t = None, ""
+    # After the warm-up, a scrape about every second: the tail's attribution (tail_attribution).
+    series = []
     while time.time() - start < timeout and proc.poll() is None:
         t = scrape(port)
         done = metric(t, "shardline_messages_total", 'stage="written"') + metric(t, "shardline_messages_total", 'stage="dead_lettered"')
         if skip is not None and warm is None and done >= skip:
             warm = t
+        if warm is not None and t and (not series or time.time() - series[-1][0] >= 1.0 or done >= target):
+            series.append((time.time(), t))
         sample = (done, cpu_seconds(proc.pid), services_cpu(), thread_counters(proc.pid), time.time(), box_cpu())
         if done > 0 and first is None:
             first = sample
@@ -316,6 +398,7 @@ def follow(proc, port, target, timeout, skip=None):
     out = {"window": (first[4], last[4])}
     if warm is not None and t:
         out["steady"] = steady(warm, t)
+        out["tail"] = tail_attribution(series)
     if first[3] is not None and last[3] is not None:
         a, b = first[3], last[3]
         ctx = b["ctx"] - a["ctx"]
@@ -361,7 +444,8 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
     producer = None
     if produce_count:
         time.sleep(3.5)  # the start barrier lets both shards join before the paced producer starts
-        producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate), "--quiet"],
+        producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate),
+                                     "--warmup-s", str(WARMUP_SECONDS), "--quiet"],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     cpu = follow(proc, PORT, target, timeout=600, skip=rate * WARMUP_SECONDS if produce_count else None)
     cpu_us = cpu.get("shardline")
@@ -382,9 +466,10 @@ def shardline(name, topic, cores, target, null_sink=False, rate=0, produce_count
         "end_to_end": s["end_to_end"], "write": s["write"], "decode_p50_us": (s["decode"]["p50_ms"] or 0) * 1000,
         "bind_p50_us": (s.get("bind", {}).get("p50_ms") or 0) * 1000,
         "end_to_end_buckets": s.get("end_to_end_buckets"), "stages": s.get("stages") or {},
-        "send_to_append": produced.get("send_to_append"), "ctx_per_msg": cpu.get("ctx_per_msg"),
+        "send_to_append": produced.get("send_to_append"),
+        "send_to_append_steady": produced.get("send_to_append_steady"), "ctx_per_msg": cpu.get("ctx_per_msg"),
         "preempted_per_msg": cpu.get("preempted_per_msg"), "endpoint_us_per_msg": cpu.get("endpoint_us_per_msg"),
-        "steady": cpu.get("steady"),
+        "steady": cpu.get("steady"), "tail": cpu.get("tail"),
         "jvm_pauses": pauses_in(*cpu["window"]) if cpu.get("window") else None,
         "rows_per_batch": (s.get("batches") or {}).get("mean_rows"),
         "batch_max_rows": batch_rows or 10, "affinity": affinity or "pinned",
@@ -430,7 +515,8 @@ def tokio(name, topic, target, rate=0, produce_count=0, threads=2):
     producer = None
     t0 = time.time()
     if produce_count:
-        producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate), "--quiet"],
+        producer = subprocess.Popen([B, "produce", "--topic", topic, "--count", str(produce_count), "--rate", str(rate),
+                                     "--warmup-s", str(WARMUP_SECONDS), "--quiet"],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     rss = 0.0
     ctx0 = ctx_switches(proc.pid)
@@ -452,8 +538,10 @@ def tokio(name, topic, target, rate=0, produce_count=0, threads=2):
         "messages": res["messages"], "msgs_per_s": res["msgs_per_s"], "cpu_us_per_msg": cpu_us, "peak_rss_mib": rss or None,
         # With a warm-up skipped, the harness's latencies are the steady ones only (no whole-run figure).
         "end_to_end": {} if skip else res["end_to_end"], "end_to_end_buckets": res.get("end_to_end_buckets"),
-        "stages": res.get("stages") or {}, "write": {} if skip else (res.get("write") or {}),
+        # With a warm-up skipped, every latency the harness has is a steady one: under "steady".
+        "stages": {} if skip else (res.get("stages") or {}), "write": {} if skip else (res.get("write") or {}),
         "send_to_append": produced.get("send_to_append"),
+        "send_to_append_steady": produced.get("send_to_append_steady"),
         # From 4 s after the harness started (before its first record) to its exit: a wider window
         # than shardline's (first to last record), so this figure leans high.
         "ctx_per_msg": (ctx1 - ctx0) / res["messages"] if ctx0 and ctx1 and res["messages"] else None,
@@ -549,12 +637,12 @@ def plots(results, out):
 
     # 2. Where the time goes, per fixed-rate run (shardline's and the tokio baseline's): stacked means
     # (means add up; quantiles do not).
-    runs = [r for r in results if r.get("offered_rate") and r.get("stages")]
+    runs = [r for r in results if r.get("offered_rate") and (r.get("steady") or r.get("stages"))]
     if runs:
         fig, ax = plt.subplots(figsize=(9, 5))
         # After the warm-up where the run has it (as in the percentile plot), else the whole run.
-        st = lambda r, k: ((r.get("steady") or {}).get(k) or (r["stages"].get(k) if k in ("fetch", "queue") else r.get(k)) or {})
-        parts = [("send → append (whole run)", lambda r: (r.get("send_to_append") or {}).get("mean_ms")),
+        st = lambda r, k: ((r.get("steady") or {}).get(k) or ((r.get("stages") or {}).get(k) if k in ("fetch", "queue") else r.get(k)) or {})
+        parts = [("send → append", lambda r: (r.get("send_to_append_steady") or r.get("send_to_append") or {}).get("mean_ms")),
                  ("fetch (append → consumed)", lambda r: st(r, "fetch").get("mean_ms")),
                  ("queue (consumed → write sent)", lambda r: st(r, "queue").get("mean_ms")),
                  ("write", lambda r: st(r, "write").get("mean_ms"))]
@@ -1064,9 +1152,9 @@ def main():
               "JVM pauses = safepoints of the broker and Cassandra inside the run's window, from their -Xlog:safepoint files; e2e "
               "and fetch have the Kafka timestamp's 1 ms resolution, so their sub-ms quantiles are interpolation within a bucket):", "",
               "| run | CPU µs/msg | ctx switches/msg | send→append p99 ms | fetch p99 | queue p99 | write p99 | e2e p50 | e2e p99 | e2e p999 | "
-              f"after {WARMUP_SECONDS} s warm-up: e2e p50 / p99 / p999 | fetch p99 | queue p99 | write p99 | "
+              f"after {WARMUP_SECONDS} s warm-up: e2e p50 / p99 / p999 | send→append p99 | fetch p99 | queue p99 | write p99 | "
               "Kafka pauses ≥ 1 ms: n, max ms | Cassandra pauses ≥ 1 ms: n, max ms |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if not r.get("offered_rate"):
             continue
@@ -1076,12 +1164,14 @@ def main():
         sd = r.get("steady") or {}
         se = sd.get("end_to_end") or {}
         steady_cols = (f"{fmt(se.get('p50_ms'), '', 2)} / {fmt(se.get('p99_ms'), '', 1)} / {fmt(se.get('p999_ms'), '', 1)} | "
+                       f"{fmt((r.get('send_to_append_steady') or {}).get('p99_ms'), '', 1)} | "
                        f"{fmt((sd.get('fetch') or {}).get('p99_ms'), '', 1)} | {fmt((sd.get('queue') or {}).get('p99_ms'), '', 2)} | "
                        f"{fmt((sd.get('write') or {}).get('p99_ms'), '', 1)}")
         lines.append(f"| {r['name']} | {fmt(r['cpu_us_per_msg'], '', 1)} | {fmt(r.get('ctx_per_msg'), '', 2)} | "
                      f"{fmt((r.get('send_to_append') or {}).get('p99_ms'), '', 1)} | {fmt((st.get('fetch') or {}).get('p99_ms'), '', 1)} | "
                      f"{fmt((st.get('queue') or {}).get('p99_ms'), '', 2)} | {fmt((r.get('write') or {}).get('p99_ms'), '', 1)} | "
                      f"{fmt(e.get('p50_ms'), '', 2)} | {fmt(e.get('p99_ms'), '', 1)} | {fmt(e.get('p999_ms'), '', 1)} | {steady_cols} | {pause('kafka')} | {pause('cassandra')} |")
+    lines += tail_lines(results)
     lines += rate_lines(results, report["rate_targets"])
     idles = [r for r in results if r.get("offered_rate") == 0]
     if idles:

@@ -119,6 +119,11 @@ struct ProduceArgs {
     /// Make every n-th record a poison record, cycling through the error classes (dead-letter tests).
     #[arg(long, default_value_t = 0)]
     poison_every: u64,
+    /// Also report send → append over the records sent this many seconds after the start only
+    /// (`send_to_append_steady`): the steady state, without the first seconds' connections and
+    /// group joins. Default 0: no steady figure.
+    #[arg(long, default_value_t = 0)]
+    warmup_s: u64,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -300,6 +305,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         base_ts_ms,
         uids,
         poison_every,
+        warmup_s,
         quiet,
     } = args;
     if count.is_none() && duration_s.is_none() {
@@ -330,6 +336,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             None
         },
         progress: !quiet,
+        warmup: Duration::from_secs(warmup_s),
     };
     let s = loadgen::produce(&spec, &Default::default())?;
     eprintln!(

@@ -40,6 +40,9 @@ pub struct ProduceSpec {
     /// Registry id of [`navigation::SCHEMA_IP_AS_LONG`], for `schema_incompatible` poison records.
     pub alt_schema_id: Option<u32>,
     pub progress: bool,
+    /// Records sent this long after the start also count in `send_to_append_steady` (zero: no
+    /// steady figure).
+    pub warmup: Duration,
 }
 
 /// What was produced.
@@ -60,6 +63,9 @@ pub struct ProduceSummary {
     /// LogAppendTime topic only (exact quantiles, millisecond resolution: the append time is in ms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_to_append: Option<AppendLatency>,
+    /// The same, over the records sent [`ProduceSpec::warmup`] after the start or later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_to_append_steady: Option<AppendLatency>,
 }
 
 /// Exact quantiles of the send → append latency.
@@ -102,9 +108,21 @@ struct Counting {
     append_us: Mutex<Vec<u32>>,
     /// When the first acknowledgement came, µs since the Unix epoch (0: none yet).
     first_ack_us: AtomicU64,
+    /// Send → append in µs of the records sent at `steady_from_us` or later.
+    steady_us: Mutex<Vec<u32>>,
+    /// The end of the warm-up, µs since the Unix epoch (u64::MAX: no steady figure).
+    steady_from_us: u64,
 }
 
 struct Ctx(Arc<Counting>);
+
+/// Keeps a send → append sample; bounded: a long --duration run keeps its first 10 M (40 MB).
+fn push_sample(samples: &Mutex<Vec<u32>>, us: u32) {
+    let mut v = samples.lock().unwrap_or_else(PoisonError::into_inner);
+    if v.len() < 10_000_000 {
+        v.push(us);
+    }
+}
 
 impl ClientContext for Ctx {}
 impl ProducerContext for Ctx {
@@ -128,14 +146,9 @@ impl ProducerContext for Ctx {
                     (m.timestamp(), sent_us as u64 >= first)
                 {
                     let us = (ms * 1000 - sent_us as i64).clamp(0, u32::MAX as i64) as u32;
-                    let mut v = self
-                        .0
-                        .append_us
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    // Bounded: a long --duration run keeps its first 10 M samples (40 MB).
-                    if v.len() < 10_000_000 {
-                        v.push(us);
+                    push_sample(&self.0.append_us, us);
+                    if sent_us as u64 >= self.0.steady_from_us {
+                        push_sample(&self.0.steady_us, us);
                     }
                 }
             }
@@ -199,6 +212,12 @@ pub fn produce(
         failed: AtomicU64::new(0),
         append_us: Mutex::new(Vec::new()),
         first_ack_us: AtomicU64::new(0),
+        steady_us: Mutex::new(Vec::new()),
+        steady_from_us: if spec.warmup.is_zero() {
+            u64::MAX
+        } else {
+            (crate::clock::now_us().max(0) as u64).saturating_add(spec.warmup.as_micros() as u64)
+        },
     });
     let producer: ThreadedProducer<Ctx> = cfg.create_with_context(Ctx(counting.clone()))?;
     let start = Instant::now();
@@ -275,6 +294,13 @@ pub fn produce(
             .unwrap_or_else(PoisonError::into_inner),
     );
     sum.send_to_append = AppendLatency::of(samples);
+    let steady = std::mem::take(
+        &mut *counting
+            .steady_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    sum.send_to_append_steady = AppendLatency::of(steady);
     sum.seconds = start.elapsed().as_secs_f64();
     sum.rate_per_s = if sum.seconds > 0.0 {
         sum.sent as f64 / sum.seconds

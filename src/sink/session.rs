@@ -150,7 +150,10 @@ pub(crate) fn tls_context(
 /// (scylla 1.9, `DefaultPolicy::pick_replica`), which with a replication factor above 1 would send
 /// a group to a node that owns only its first row. A first replica that is down, a request without
 /// a token or table, and LWTs (which the default policy already sends to the first replica) go as
-/// the default policy says; so does every retry and speculative attempt (`fallback`).
+/// the default policy says; so does every retry and speculative attempt (`fallback`). Not covered:
+/// the driver's routing of strongly consistent tablet keyspaces (an experimental ScyllaDB mode) to a
+/// tablet's Raft leader, which it does not expose; there a write takes one hop more, as any
+/// write that reaches a replica other than the leader does.
 #[derive(Debug)]
 struct FirstReplica {
     inner: Arc<dyn LoadBalancingPolicy>,
@@ -178,9 +181,10 @@ impl LoadBalancingPolicy for FirstReplica {
             _ => None,
         };
         match owner {
-            Some((node, shard)) if node.is_connected() => {
-                Some((node, node.sharder().map(|_| shard)))
-            }
+            // The shard as the replica locator gives it (0 on a node without shards), as the
+            // default policy's fallback lists it: the driver leaves the picked target out of the
+            // fallback only when node and shard both match, so a retry goes to another replica.
+            Some((node, shard)) if node.is_connected() => Some((node, Some(shard))),
             _ => self.inner.pick(request, cluster),
         }
     }
@@ -455,9 +459,7 @@ impl ScyllaWriter {
         let (binder, insert) = bridge
             .wrap(async move { prepare_insert(&s, &config.table, fields).await })
             .await?;
-        let dc = config.scylla.local_datacenter.as_deref();
-        let profile = write_profile(config);
-        let writer = ScyllaWriter::new(session, insert, bridge.clone(), dc, profile);
+        let writer = ScyllaWriter::with_statement(session, insert, bridge, config);
         Ok((writer, binder))
     }
 
@@ -537,6 +539,34 @@ impl ScyllaWriter {
             Arc::new(b)
         })
         .clone()
+    }
+
+    /// The execution profiles a request of this writer goes with: its statement's and a batch's
+    /// (for tests: both are [`write_profile`]'s).
+    #[doc(hidden)]
+    pub fn profiles(&self) -> [Option<ExecutionProfileHandle>; 2] {
+        [
+            self.statement.get_execution_profile_handle().cloned(),
+            self.batch(2).get_execution_profile_handle().cloned(),
+        ]
+    }
+
+    /// A writer of `statement` on `session`, routed as `config` says: what [`ScyllaWriter::connect`]
+    /// builds after preparing the table's INSERT.
+    pub fn with_statement(
+        session: Arc<Session>,
+        statement: PreparedStatement,
+        bridge: &BridgeHandle,
+        config: &Config,
+    ) -> ScyllaWriter {
+        let dc = config.scylla.local_datacenter.as_deref();
+        ScyllaWriter::new(
+            session,
+            statement,
+            bridge.clone(),
+            dc,
+            write_profile(config),
+        )
     }
 
     /// The row's token (see [`row_token`]).

@@ -313,16 +313,19 @@ fn partition_tokens_are_the_databases_own() -> Result<()> {
 /// Writers route a request, a batch included, to the first replica of its (first row's) token:
 /// the owner they group rows by (`ScyllaWriter::owner` and `FirstReplica::pick` share
 /// `first_replica`). This one-node cluster cannot tell a first replica from another one; what it
-/// checks is the wiring: the writers' profile carries the policy, which picks for every row the
+/// checks is the wiring: a writer's statement and its batches carry the profile with the policy
+/// (without it, the driver's default policy picks a random replica), which picks for every row the
 /// node `first_replica` names, and leaves requests without a token to the driver's default policy.
 #[test]
 fn writes_are_routed_to_the_owner_they_are_grouped_by() -> Result<()> {
     use scylla::policies::load_balancing::RoutingInfo;
     use scylla::value::MaybeUnset;
+    use shardline::sink::bridge::TokioBridge;
     use shardline::sink::session::{
         first_replica, key_slots, row_token, write_profile, FIRST_REPLICA,
     };
-    use shardline::sink::{BoundRow, Cell};
+    use shardline::sink::{BoundRow, Cell, ScyllaWriter};
+    use std::sync::Arc;
     let ks = unique("routing");
     let config = shardline::config::Config::parse(&config_text(
         "t",
@@ -339,14 +342,25 @@ fn writes_are_routed_to_the_owner_they_are_grouped_by() -> Result<()> {
         "the writers' policy: {}",
         policy.name()
     );
+    // Built (and dropped) outside the test's runtime: a runtime may not be dropped inside another.
+    let bridge = TokioBridge::new()?;
     tokio().block_on(async {
-        let s = session().await?;
+        let s = Arc::new(session().await?);
         create_keyspace(&s, &ks).await?;
         let insert = s
             .prepare(format!(
                 "INSERT INTO {ks}.navigation_events (event_id, uid) VALUES (?, ?)"
             ))
             .await?;
+        let writer =
+            ScyllaWriter::with_statement(s.clone(), insert.clone(), bridge.handle(), &config);
+        for (what, handle) in ["statement", "batch"].into_iter().zip(writer.profiles()) {
+            let name = handle.map(|h| h.to_profile().get_load_balancing_policy().name());
+            ensure!(
+                name.as_deref() == Some(FIRST_REPLICA),
+                "the writer's {what} goes with {name:?}"
+            );
+        }
         let table = insert
             .get_table_spec()
             .ok_or_else(|| anyhow::anyhow!("no table spec"))?;
@@ -378,7 +392,9 @@ fn writes_are_routed_to_the_owner_they_are_grouped_by() -> Result<()> {
             "a request without a token goes where the default policy says"
         );
         anyhow::Ok(())
-    })
+    })?;
+    drop(bridge);
+    Ok(())
 }
 
 /// Two records of the same primary key one after the other in a partition, with the same Kafka

@@ -66,22 +66,30 @@ fn kill_dash_nine_five_times_loses_nothing() -> Result<()> {
     ensure!(all_committed(&p, 8)?, "offsets not at the end");
     assert_all_rows(&p.ks, 21, N)?;
     let s = out.summary.expect("summary");
+    // Batching is on by default: the final run's backlog went out in batches.
+    let mean_rows = s["batches"]["mean_rows"].as_f64().unwrap_or(0.0);
+    ensure!(
+        mean_rows > 2.0,
+        "the backlog was written in batches: {}",
+        s["batches"]
+    );
     eprintln!(
-        "kill -9 x5: produced {N}, rows {N} (each event once), final run consumed {}",
+        "kill -9 x5: produced {N}, rows {N} (each event once), final run consumed {}, {mean_rows:.1} rows per batch",
         s["consumed"]
     );
     Ok(())
 }
 
 /// Starts a run, produces `n` events at `rate` in the background, applies `fault` after `after`.
-/// `fault` gets the metrics port and returns what it scraped while the fault lasted.
+/// `fault` gets the metrics port and returns what it scraped while the fault lasted; the helper
+/// returns that and the last scrape, once the run caught up.
 fn outage(
     name: &str,
     n: u64,
     rate: u64,
     after: Duration,
     fault: impl FnOnce(u16) -> Result<String>,
-) -> Result<(Pipeline, String)> {
+) -> Result<(Pipeline, String, String)> {
     let p = pipeline(name, 4)?;
     produce(&p.topic, 0, 31, 0)?; // registers the subject for the start-up check
     let mut proc = Proc::spawn(&p.config, &[])?;
@@ -107,7 +115,8 @@ fn outage(
         "shardline exited during the fault:\n{}",
         proc.log_text()
     );
-    let lag = metric_sum(&scrape(p.port), "shardline_consumer_lag_messages", &[]);
+    let last = scrape(p.port);
+    let lag = metric_sum(&last, "shardline_consumer_lag_messages", &[]);
     proc.signal("-TERM")?;
     let status = proc.wait_for(Duration::from_secs(60))?;
     ensure!(
@@ -116,12 +125,12 @@ fn outage(
     );
     assert_all_rows(&p.ks, 31, n)?;
     eprintln!("{name}: produced {n}, rows {n}, consumer lag gauge at the end {lag}");
-    Ok((p, during))
+    Ok((p, during, last))
 }
 
 #[test]
 fn cassandra_stopped_for_20_s_mid_run() -> Result<()> {
-    let (_p, metrics) = outage("cassdown", 60_000, 3000, Duration::from_secs(5), |port| {
+    let (_p, metrics, last) = outage("cassdown", 60_000, 3000, Duration::from_secs(5), |port| {
         services(&["down", "cassandra"])?;
         std::thread::sleep(Duration::from_secs(15));
         let during = scrape(port);
@@ -142,19 +151,27 @@ fn cassandra_stopped_for_20_s_mid_run() -> Result<()> {
     );
     // Memory stays bounded: in flight never exceeds the budget (512 per shard in the test config).
     ensure!(in_flight <= 2.0 * 512.0, "in flight {in_flight}");
+    // Batching is on by default: the backlog the outage left went out in batches.
+    let batches = metric_sum(&last, "shardline_batch_rows_count", &[]);
+    let mean_rows = metric_sum(&last, "shardline_batch_rows_sum", &[]) / batches.max(1.0);
+    ensure!(
+        mean_rows > 1.5,
+        "rows per batch over the run: {mean_rows:.2}"
+    );
     eprintln!("cassandra outage: {retries} write retries, {paused} shard(s) paused, {in_flight} in flight during the outage");
     Ok(())
 }
 
 #[test]
 fn kafka_broker_restarted_mid_run() -> Result<()> {
-    let (_p, _metrics) = outage("kafkadown", 60_000, 3000, Duration::from_secs(5), |port| {
-        services(&["down", "kafka"])?;
-        std::thread::sleep(Duration::from_secs(5));
-        let during = scrape(port);
-        services(&["up", "kafka"])?;
-        Ok(during)
-    })?;
+    let (_p, _metrics, _last) =
+        outage("kafkadown", 60_000, 3000, Duration::from_secs(5), |port| {
+            services(&["down", "kafka"])?;
+            std::thread::sleep(Duration::from_secs(5));
+            let during = scrape(port);
+            services(&["up", "kafka"])?;
+            Ok(during)
+        })?;
     Ok(())
 }
 

@@ -113,6 +113,7 @@ pub fn produce_full(
         poison_every,
         alt_schema_id,
         progress: false,
+        warmup: Duration::ZERO,
     };
     let s = loadgen::produce(&spec, &BTreeMap::new())?;
     if s.acked != count {
