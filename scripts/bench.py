@@ -82,18 +82,18 @@ def tail_lines(results):
     lines = ["", f"Whose tail (shardline's fixed-rate runs after the {WARMUP_SECONDS} s warm-up; each second's "
              "end-to-end histogram from /metrics scrapes a second apart, counted when the write is acknowledged; "
              f"a second is paused when a safepoint of Kafka or Cassandra of {PAUSE_MS:.0f} ms or more was logged in it "
-             "or the second before; tail = the records above the bucket bound that holds the whole window's p99; the "
-             "tokio harness has no such series):", "",
-             "| run | pauses | paused s / records / p99 ms | clean s / records / p99 ms | p99 ms (bound) | tail in paused seconds |",
-             "|---|---|---|---|---|---|"]
+             "or the second before; the tail over a percentile = the records in the bucket that holds the whole window's "
+             "percentile and above, i.e. over the bucket's lower bound, in brackets; the tokio harness has no such series):", "",
+             "| run | pauses | paused s / records / p99 ms | clean s / records / p99 ms | p99 ms (over) | of those, in paused seconds | p999 ms (over) | of those, in paused seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         t = r["tail"]
         side = lambda k: (f"{fmt(t[k]['seconds'], '', 0)} / {fmt(t[k]['records'], '', 0)} / "
                           f"{fmt(t[k]['p99_ms'], '', 1)}")
-        share = t.get("tail_in_paused_share")
+        share = lambda k: "n/a" if t.get(k) is None else f"{t[k]:.0%}"
         lines.append(f"| {r['name']} | {t['pauses']} | {side('paused')} | {side('clean')} | "
-                     f"{fmt(t.get('p99_ms'), '', 1)} ({fmt(t.get('tail_above_ms'), '', 0)}) | "
-                     f"{'n/a' if share is None else f'{share:.0%}'} |")
+                     f"{fmt(t.get('p99_ms'), '', 1)} ({fmt(t.get('tail_above_ms'), '', 1)}) | {share('tail_in_paused_share')} | "
+                     f"{fmt(t.get('p999_ms'), '', 1)} ({fmt(t.get('far_tail_above_ms'), '', 1)}) | {share('far_tail_in_paused_share')} |")
     return lines
 
 
@@ -261,8 +261,9 @@ def tail_attribution(series):
     end-to-end histogram (records counted when their write is acknowledged) goes to "paused" when a
     safepoint of PAUSE_MS or more of Kafka or Cassandra was logged in it or in the second before it
     (a pause delays the records that arrive during it, and they complete after it), else to "clean".
-    Gives each side's seconds, records and p99, the bucket bound that holds the whole window's p99
-    (`tail_above_ms`), and the share of the records above it that came in paused intervals."""
+    Gives each side's seconds, records and p99, and for the whole window's p99 and p999 the lower bound
+    of the bucket that holds it (`tail_above_ms`, `far_tail_above_ms`) and the share of the records
+    above that bound (that bucket and the ones above it) that came in paused intervals."""
     if len(series) < 3:
         return None
     t0, t1 = series[0][0], series[-1][0]
@@ -279,22 +280,25 @@ def tail_attribution(series):
         side["records"] += h["count"]
         for le, c in h["buckets"]:
             side["buckets"][le] = side["buckets"].get(le, 0.0) + c
-    def p99(buckets, n):
-        return metrics_window.percentile_from_buckets(sorted(buckets.items()), n, 0.99) if n else None
+    def pct(buckets, n, q=0.99):
+        return metrics_window.percentile_from_buckets(sorted(buckets.items()), n, q) if n else None
     both = {le: sides["paused"]["buckets"].get(le, 0.0) + sides["clean"]["buckets"].get(le, 0.0)
             for le in set(sides["paused"]["buckets"]) | set(sides["clean"]["buckets"])}
     n = sides["paused"]["records"] + sides["clean"]["records"]
-    whole = p99(both, n)
-    out = {"pause_ms_at_least": PAUSE_MS, "pauses": len(pauses), "p99_ms": whole}
-    bound = min((le for le in both if whole is not None and le >= whole), default=None)
-    tails = {}
+    out = {"pause_ms_at_least": PAUSE_MS, "pauses": len(pauses), "p99_ms": pct(both, n),
+           "p999_ms": pct(both, n, 0.999)}
     for k, side in sides.items():
-        out[k] = {"seconds": side["seconds"], "records": side["records"], "p99_ms": p99(side["buckets"], side["records"])}
-        # Records above the bound: the side's count less those at or under it (past the top bucket too).
-        tails[k] = side["records"] - side["buckets"].get(bound, 0.0) if bound is not None else 0.0
-    out["tail_above_ms"] = bound
-    total_tail = tails["paused"] + tails["clean"]
-    out["tail_in_paused_share"] = tails["paused"] / total_tail if total_tail > 0 else None
+        out[k] = {"seconds": side["seconds"], "records": side["records"], "p99_ms": pct(side["buckets"], side["records"])}
+    for key, q in (("tail", "p99_ms"), ("far_tail", "p999_ms")):
+        whole = out[q]
+        # The lower bound of the bucket that holds the percentile: the tail is that bucket and above.
+        bound = max((le for le in both if whole is not None and le < whole), default=None)
+        # Records above the bound: each side's count less those at or under it (past the top bucket too).
+        above = {k: (side["records"] - side["buckets"].get(bound, 0.0)) if bound is not None else 0.0
+                 for k, side in sides.items()}
+        total = above["paused"] + above["clean"]
+        out[f"{key}_above_ms"] = bound
+        out[f"{key}_in_paused_share"] = above["paused"] / total if total > 0 else None
     return out
 
 
@@ -990,7 +994,7 @@ def rates_only(results):
     """ONLY=rates: the fixed-rate rounds alone, their table and targets (those that need a max run
     are left out), in rates-summary.md."""
     results += rate_rounds()
-    lines = rate_lines(results, rate_targets({r["name"]: r for r in results}))
+    lines = rate_lines(results, rate_targets({r["name"]: r for r in results})) + tail_lines(results)
     json.dump(results, open(os.path.join(OUT, "rates.json"), "w"), indent=2)
     open(os.path.join(OUT, "rates-summary.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
