@@ -291,10 +291,15 @@ def tail_attribution(series):
         out[k] = {"seconds": side["seconds"], "records": side["records"], "p99_ms": pct(side["buckets"], side["records"])}
     for key, q in (("tail", "p99_ms"), ("far_tail", "p999_ms")):
         whole = out[q]
-        # The lower bound of the bucket that holds the percentile: the tail is that bucket and above.
-        bound = max((le for le in both if whole is not None and le < whole), default=None)
+        # The lower bound of the bucket that holds the percentile: the tail is that bucket and above
+        # (0 in the first bucket; past the top finite bucket, where the percentile is unknown, the
+        # records over that top bound).
+        if whole is None:
+            bound = max(both, default=None)
+        else:
+            bound = max((le for le in both if le < whole), default=0.0)
         # Records above the bound: each side's count less those at or under it (past the top bucket too).
-        above = {k: (side["records"] - side["buckets"].get(bound, 0.0)) if bound is not None else 0.0
+        above = {k: side["records"] - side["buckets"].get(bound, 0.0) if bound is not None else 0.0
                  for k, side in sides.items()}
         total = above["paused"] + above["clean"]
         out[f"{key}_above_ms"] = bound

@@ -116,6 +116,11 @@ struct Counting {
 
 struct Ctx(Arc<Counting>);
 
+/// The send → append samples gathered so far, leaving none.
+fn take_samples(samples: &Mutex<Vec<u32>>) -> Vec<u32> {
+    std::mem::take(&mut *samples.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
 /// Keeps a send → append sample; bounded: a long --duration run keeps its first 10 M (40 MB).
 fn push_sample(samples: &Mutex<Vec<u32>>, us: u32) {
     let mut v = samples.lock().unwrap_or_else(PoisonError::into_inner);
@@ -287,20 +292,8 @@ pub fn produce(
     producer.flush(Duration::from_secs(120))?;
     sum.acked = counting.acked.load(Ordering::Relaxed);
     sum.failed = counting.failed.load(Ordering::Relaxed);
-    let samples = std::mem::take(
-        &mut *counting
-            .append_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
-    sum.send_to_append = AppendLatency::of(samples);
-    let steady = std::mem::take(
-        &mut *counting
-            .steady_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
-    sum.send_to_append_steady = AppendLatency::of(steady);
+    sum.send_to_append = AppendLatency::of(take_samples(&counting.append_us));
+    sum.send_to_append_steady = AppendLatency::of(take_samples(&counting.steady_us));
     sum.seconds = start.elapsed().as_secs_f64();
     sum.rate_per_s = if sum.seconds > 0.0 {
         sum.sent as f64 / sum.seconds

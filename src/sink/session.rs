@@ -474,15 +474,7 @@ impl ScyllaWriter {
             prepare_insert(&session, table, fields).await
         })
         .await?;
-        let dc = self.local_dc.as_deref();
-        let writer = ScyllaWriter::new(
-            self.session.clone(),
-            insert,
-            self.handle.clone(),
-            dc,
-            self.profile.clone(),
-        );
-        Ok((writer, binder))
+        Ok((self.sibling(insert), binder))
     }
 
     /// A writer of `table`'s deletes on the same session, for tombstones: the DELETE prepared from
@@ -497,15 +489,20 @@ impl ScyllaWriter {
             prepare_delete(&session, table, insert).await
         })
         .await?;
+        Ok((self.sibling(delete), binder))
+    }
+
+    /// A writer of `statement` on this one's session, bridge and routing.
+    fn sibling(&self, statement: PreparedStatement) -> ScyllaWriter {
         let dc = self.local_dc.as_deref();
-        let writer = ScyllaWriter::new(
+        let profile = self.profile.clone();
+        ScyllaWriter::new(
             self.session.clone(),
-            delete,
+            statement,
             self.handle.clone(),
             dc,
-            self.profile.clone(),
-        );
-        Ok((writer, binder))
+            profile,
+        )
     }
 
     pub fn session(&self) -> &Arc<Session> {
