@@ -195,6 +195,23 @@ fn step_metrics(r: &Registry) -> (HistogramVec, IntCounterVec, IntCounterVec) {
 
 /// The consumer lag per partition, in messages (librdkafka's statistics) and in seconds (the shard's
 /// estimate from the last record's timestamp, see [`crate::kafka::partitions`]).
+/// The sampled per-record timings, on [`DECODE_BUCKETS`]: decode and bind.
+fn decode_and_bind(r: &Registry, s: &str) -> (Histogram, Histogram) {
+    let sampled = |name: &str, help: &str| {
+        histogram(r, name, help, &["shard"], DECODE_BUCKETS).with_label_values(&[s])
+    };
+    (
+        sampled(
+            "shardline_decode_seconds",
+            "Wire frame + Avro datum to row, per message; one decode in 16 is timed.",
+        ),
+        sampled(
+            "shardline_bind_seconds",
+            "Decoded record to its table's bound row (values, TTL, write timestamp), per insert step; one bind in 16 is timed.",
+        ),
+    )
+}
+
 fn lag_gauges(r: &Registry) -> (IntGaugeVec, GaugeVec) {
     let labels = ["shard", "topic", "partition"];
     let messages = gauge(
@@ -234,23 +251,10 @@ impl ShardMetrics {
             &["shard", "stage"],
         );
         // `registry` and `shard` move in last: every field before them borrows them.
+        let (decode_seconds, bind_seconds) = decode_and_bind(r, &s);
         ShardMetrics {
-            decode_seconds: histogram(
-                r,
-                "shardline_decode_seconds",
-                "Wire frame + Avro datum to row, per message; one decode in 16 is timed.",
-                &["shard"],
-                DECODE_BUCKETS,
-            )
-            .with_label_values(&[s.as_str()]),
-            bind_seconds: histogram(
-                r,
-                "shardline_bind_seconds",
-                "Decoded record to its table's bound row (values, TTL, write timestamp), per insert step; one bind in 16 is timed.",
-                &["shard"],
-                DECODE_BUCKETS,
-            )
-            .with_label_values(&[s.as_str()]),
+            decode_seconds,
+            bind_seconds,
             write_seconds: shard_histogram(
                 r,
                 &s,
